@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Benchmark of lbagent: get_state latency under concurrent clients, and idle CPU use.
+
+Starts a real agent on loopback and measures:
+
+* get_state() latency (median, p99) with N client threads each making M
+  calls, a new connection per call as the balancer's poller does;
+* the same figures against a minimal standard-library XML-RPC server that
+  returns a constant dict, measured in the same run (the reference; the
+  ratio is what to compare between machines);
+* the agent's CPU use, in % of one core, over a window while two pollers
+  each call get_state() once a second (the agent's normal life).
+
+Targets: p99 < 2 ms, CPU < 0.5 % of a core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import xmlrpc.client
+
+import psutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST = "127.0.0.61"
+TARGET_P99_MS = 2.0
+TARGET_CPU_PCT = 0.5
+
+REFERENCE_SERVER = r"""
+import sys
+from socketserver import ThreadingMixIn
+from xmlrpc.server import SimpleXMLRPCServer, SimpleXMLRPCRequestHandler
+
+class Server(ThreadingMixIn, SimpleXMLRPCServer):
+    daemon_threads = True
+
+class Quiet(SimpleXMLRPCRequestHandler):
+    rpc_paths = ("/", "/RPC2")
+    def log_message(self, *args):
+        pass
+
+STATE = {"hostname": "ref", "agent_version": "0", "sampled_at": 1.0, "users": [],
+         "variables": {n: 1.5 for n in ("NBPROC CPUFREQ LOADAVG LOADAVG5 LOADAVG15 CPUUSED MEMTOTAL MEMUSED "
+                                        "MEMAVAIL MEMUSEDPCT SWAPUSEDPCT DISKUSEDPCT NBUSERS NBSESSIONS UPTIME").split()}}
+server = Server((sys.argv[1], int(sys.argv[2])), requestHandler=Quiet, logRequests=False)
+server.register_function(lambda: STATE, "get_state")
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+AGENT_CONFIG = """<?xml version="1.0"?>
+<lbaconfig>
+  <agent listen="{host}:{port}" sample-interval="5"/>
+  <log level="warning"/>
+  <access>
+    <allow from="127.0.0.0/8"/>
+    <allow from="::1"/>
+  </access>
+</lbaconfig>
+"""
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"{host}:{port} not listening after {timeout} s")
+
+
+def one_call(url: str) -> float:
+    """Seconds for one get_state() on a fresh connection."""
+    proxy = xmlrpc.client.ServerProxy(url)
+    start = time.perf_counter()
+    proxy.get_state()
+    elapsed = time.perf_counter() - start
+    proxy("close")()
+    return elapsed
+
+
+def _client(args: tuple[str, int]) -> list[float]:
+    url, calls = args
+    return [one_call(url) for _ in range(calls)]
+
+
+def latency(url: str, clients: int, calls: int, pid: int | None = None) -> tuple[float, float, float | None]:
+    """(median ms, p99 ms, server CPU µs per call) of ``clients`` x ``calls`` get_state() calls.
+
+    Each client is its own process, like independent balancers: client
+    threads in one interpreter would measure their own GIL contention.
+    """
+    for _ in range(20):  # warm up the server
+        one_call(url)
+    proc = psutil.Process(pid) if pid else None
+    before = proc.cpu_times() if proc else None
+    with multiprocessing.get_context("fork").Pool(clients) as pool:
+        results = pool.map(_client, [(url, calls)] * clients)
+    cpu_per_call = None
+    if proc:
+        after = proc.cpu_times()
+        used = (after.user + after.system) - (before.user + before.system)
+        cpu_per_call = 1e6 * used / (clients * calls)
+    samples = sorted(x * 1000 for r in results for x in r)
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    return statistics.median(samples), p99, cpu_per_call
+
+
+def cpu_while_polled(pid: int, url: str, seconds: float, pollers: int = 2) -> float:
+    """% of one core the process used while ``pollers`` clients call it once a second."""
+    proc = psutil.Process(pid)
+    stop = threading.Event()
+    counts = [0] * pollers
+
+    def poller(i: int) -> None:
+        while not stop.is_set():
+            xmlrpc.client.ServerProxy(url).get_state()
+            counts[i] += 1
+            stop.wait(1.0)
+
+    before = proc.cpu_times()
+    start = time.monotonic()
+    threads = [threading.Thread(target=poller, args=(i,), daemon=True) for i in range(pollers)]
+    for t in threads:
+        t.start()
+    stop.wait(seconds)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    after = proc.cpu_times()
+    wall = time.monotonic() - start
+    used = (after.user + after.system) - (before.user + before.system)
+    return 100.0 * used / wall, sum(counts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=4, help="concurrent client processes (default 4)")
+    parser.add_argument("--calls", type=int, default=500, help="calls per client (default 500)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="CPU measurement window (default 60)")
+    args = parser.parse_args()
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    procs: list[subprocess.Popen] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            port = free_port(HOST)
+            cfg = os.path.join(tmp, "lbaconfig.xml")
+            with open(cfg, "w") as fh:
+                fh.write(AGENT_CONFIG.format(host=HOST, port=port))
+            agent = subprocess.Popen([sys.executable, "-m", "lbagent", "-f", "-c", cfg], env=env,
+                                     stdout=subprocess.DEVNULL)
+            procs.append(agent)
+            wait_for_port(HOST, port, agent)
+            agent_url = f"http://{HOST}:{port}/RPC2"
+
+            ref_port = free_port(HOST)
+            ref = subprocess.Popen([sys.executable, "-c", REFERENCE_SERVER, HOST, str(ref_port)],
+                                   stdout=subprocess.PIPE, text=True)
+            procs.append(ref)
+            wait_for_port(HOST, ref_port, ref)
+            ref_url = f"http://{HOST}:{ref_port}/RPC2"
+
+            n = args.threads * args.calls
+            print(f"get_state latency, {args.threads} clients x {args.calls} calls, new connection per call, "
+                  "then 1 client ...", flush=True)
+            a_med, a_p99, a_cpu = latency(agent_url, args.threads, args.calls, agent.pid)
+            r_med, r_p99, r_cpu = latency(ref_url, args.threads, args.calls, ref.pid)
+            s_med, s_p99, _ = latency(agent_url, 1, args.calls)
+            sr_med, sr_p99, _ = latency(ref_url, 1, args.calls)
+            print(f"agent CPU over {args.seconds:g} s while 2 pollers call get_state once a second ...", flush=True)
+            cpu, polls = cpu_while_polled(agent.pid, agent_url, args.seconds)
+
+            print()
+            print(f"{'measure':<34}{'lbagent':>10}{'reference':>11}{'ratio':>8}{'target':>10}  verdict")
+            print(f"{str(args.threads) + ' clients: median (ms)':<34}{a_med:>10.3f}{r_med:>11.3f}"
+                  f"{a_med / r_med:>8.2f}{'':>10}")
+            print(f"{str(args.threads) + ' clients: p99 (ms)':<34}{a_p99:>10.3f}{r_p99:>11.3f}{a_p99 / r_p99:>8.2f}"
+                  f"{'< ' + str(TARGET_P99_MS):>10}  {'ok' if a_p99 < TARGET_P99_MS else 'MISSED'}")
+            print(f"{'server CPU per call (µs)':<34}{a_cpu:>10.0f}{r_cpu:>11.0f}{a_cpu / r_cpu:>8.2f}")
+            print(f"{'1 client: median (ms)':<34}{s_med:>10.3f}{sr_med:>11.3f}{s_med / sr_med:>8.2f}")
+            print(f"{'1 client: p99 (ms)':<34}{s_p99:>10.3f}{sr_p99:>11.3f}{s_p99 / sr_p99:>8.2f}"
+                  f"{'< ' + str(TARGET_P99_MS):>10}  {'ok' if s_p99 < TARGET_P99_MS else 'MISSED'}")
+            print(f"{'CPU, % of one core (' + str(polls) + ' polls)':<34}{cpu:>10.3f}{'':>11}{'':>8}"
+                  f"{'< ' + str(TARGET_CPU_PCT):>10}  {'ok' if cpu < TARGET_CPU_PCT else 'MISSED'}")
+            print()
+            print("reference: a minimal threaded stdlib SimpleXMLRPCServer returning a constant dict, "
+                  "same clients, same run; ratio = lbagent / reference (lower is better).")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Terminal service throughput against nginx, measured in the same run with wrk.
+
+    python bench/bench_terminal.py [--duration 10] [--threads 2] [--connections 50]
+                                   [--mode keep-alive|close|both] [--lbserver-config FILE]
+
+Starts, on loopback ports:
+
+* the terminal service: ``tests.terminal_harness`` (a fixed answer
+  function), or the real ``lbserver -f -c FILE`` with ``--lbserver-config``
+  (its ``<lbservice listen>`` must be a loopback address);
+* nginx (Debian nginx-light) as a non-daemon child with a temporary config:
+  one worker, ``return 200 "host\\n";``, pid, logs and temp files in a
+  temporary directory;
+
+then runs ``wrk --latency`` against both, once with keep-alive and once with
+``Connection: close``, and prints requests/s, p99 latency and the ratio
+(terminal service / nginx) for each mode. Needs ``nginx`` and ``wrk`` in PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        default_type text/plain;
+        location / {{ return 200 "host\\n"; }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{host}:{port} not listening after {timeout}s")
+
+
+def lbserver_address(config: str) -> tuple[str, int]:
+    """The terminal address from an lbsconfig.xml (``<lbservice listen>``, default port 8008)."""
+    import xml.etree.ElementTree as ET  # noqa: PLC0415 (only this mode needs it)
+
+    elem = ET.parse(config).getroot().find("lbservice")
+    listen = elem.get("listen", "0.0.0.0:8008") if elem is not None else "0.0.0.0:8008"
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return host, int(port)
+
+
+def run_wrk(url: str, args: argparse.Namespace, close: bool) -> tuple[float, str]:
+    """Requests/s and p99 latency text from one wrk run."""
+    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", url]
+    if close:
+        cmd[1:1] = ["-H", "Connection: close"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 30, check=True).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
+    if rps is None:
+        raise SystemExit(f"could not read wrk output:\n{out}")
+    if errors:
+        print(f"    note: {errors.group(0).strip()}  ({url})")
+    return float(rps.group(1)), p99.group(1) if p99 else "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    parser.add_argument("--mode", choices=("keep-alive", "close", "both"), default="both")
+    parser.add_argument("--lbserver-config", metavar="FILE", help="benchmark the real lbserver with this config")
+    parser.add_argument("--no-uvloop", action="store_true", help="harness: asyncio's own loop even with uvloop installed")
+    args = parser.parse_args(argv)
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found in PATH (Debian packages nginx-light and wrk)")
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    children: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="bench-terminal-") as tmp:
+        try:
+            if args.lbserver_config:
+                host, lb_port = lbserver_address(args.lbserver_config)
+                lb = subprocess.Popen([sys.executable, "-m", "lbserver", "-f", "-c", args.lbserver_config],
+                                      env=env, stdout=subprocess.DEVNULL)
+                label = "lbserver"
+            else:
+                host, lb_port = "127.0.0.1", free_port()
+                cmd = [sys.executable, "-m", "tests.terminal_harness", "--listen", f"{host}:{lb_port}",
+                       "--hosts", "host"]
+                if args.no_uvloop:
+                    cmd.append("--no-uvloop")
+                lb = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+                label = "terminal service"
+            children.append(lb)
+            ng_port = free_port()
+            conf = Path(tmp, "nginx.conf")
+            conf.write_text(NGINX_CONF.format(tmp=tmp, port=ng_port))
+            ng = subprocess.Popen(["nginx", "-p", tmp, "-e", f"{tmp}/error.log", "-c", str(conf)],
+                                  stdout=subprocess.DEVNULL)
+            children.append(ng)
+            wait_for_port(lb_port, lb, host=host)
+            wait_for_port(ng_port, ng)
+            lb_url = f"http://[{host}]:{lb_port}/" if ":" in host else f"http://{host}:{lb_port}/"
+            ng_url = f"http://127.0.0.1:{ng_port}/"
+            modes = ["keep-alive", "close"] if args.mode == "both" else [args.mode]
+            loop = "asyncio" if args.no_uvloop or importlib.util.find_spec("uvloop") is None else "uvloop"
+            print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {os.cpu_count()} CPUs, "
+                  f"event loop: {loop if not args.lbserver_config else 'as lbserver chooses'}")
+            for mode in modes:
+                close = mode == "close"
+                lb_rps, lb_p99 = run_wrk(lb_url, args, close)
+                ng_rps, ng_p99 = run_wrk(ng_url, args, close)
+                print(f"[{mode}] {label}: {lb_rps:10.0f} req/s  p99 {lb_p99}")
+                print(f"[{mode}] nginx:{' ' * (len(label) - 5)} {ng_rps:10.0f} req/s  p99 {ng_p99}")
+                print(f"[{mode}] ratio {label}/nginx: {lb_rps / ng_rps:.2f}")
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            for child in children:
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

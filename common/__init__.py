@@ -1,0 +1,1 @@
+"""Code shared by lbagent and lbserver: config loading, daemon runtime, version."""

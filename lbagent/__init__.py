@@ -1,0 +1,1 @@
+"""lbagent: reports an application server's state to the balancers over XML-RPC."""

@@ -1,0 +1,63 @@
+"""Who may query the agent: the <access> allow-list, and quiet logging of refusals.
+
+Pure logic (no sockets): the RPC server passes the peer address it got from
+accept() and a clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+from lbagent.config import Network
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def peer_address(host: str) -> IPAddress | None:
+    """The address of a peer as accept() reported it, or None when it is not an IP address.
+
+    An IPv4 client of a dual-stack ``[::]`` socket shows up as
+    ``::ffff:a.b.c.d``; it is treated as the IPv4 address it is, so
+    ``<allow from="10.0.0.0/8"/>`` matches it. A zone suffix (``%eth0``) is ignored.
+    """
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def is_allowed(host: str, allow: Iterable[Network] | None) -> bool:
+    """Whether the peer ``host`` may query, given the allow-list (None: everyone may)."""
+    if allow is None:
+        return True
+    addr = peer_address(host)
+    if addr is None:
+        return False
+    return any(addr.version == net.version and addr in net for net in allow)
+
+
+class DenyLog:
+    """Decides when a refused peer is worth a log line: at most once per ``period`` per address."""
+
+    def __init__(self, period: float = 60.0, max_entries: int = 4096) -> None:
+        self.period = period
+        self.max_entries = max_entries
+        self._last: dict[str, float] = {}
+
+    def should_log(self, host: str, now: float) -> bool:
+        """True when ``host`` was not logged within the last ``period`` seconds (and records it)."""
+        last = self._last.get(host)
+        if last is not None and now - last < self.period:
+            return False
+        if len(self._last) >= self.max_entries:
+            # Forget addresses whose period is over; a scan from many
+            # addresses must not grow this without bound.
+            self._last = {h: t for h, t in self._last.items() if now - t < self.period}
+            if len(self._last) >= self.max_entries:
+                return False
+        self._last[host] = now
+        return True

@@ -1,0 +1,338 @@
+"""The agent's XML-RPC service: get_state(), ping() and introspection over HTTP.
+
+One worker thread per connection at a time, from a pool that grows while
+all are busy (a stuck client cannot block others), each connection bounded by ``request-timeout`` in total, requests bounded by
+``max-request-bytes``, the allow-list checked before anything is read, and
+request bodies parsed with DTDs and entities refused. Requests only read the
+sampler's current sample; its marshalled reply is built once per sample.
+"""
+
+from __future__ import annotations
+
+import heapq
+import http.server
+import itertools
+import logging
+import socket
+import socketserver
+import sys
+import threading
+import time
+import xmlrpc.client
+from typing import Callable
+from xmlrpc.server import SimpleXMLRPCDispatcher
+
+from defusedxml.xmlrpc import DefusedExpatParser
+
+from common.version import __version__
+from lbagent.access import DenyLog, is_allowed
+from lbagent.config import AgentConfig
+from lbagent.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+RPC_PATHS = ("/", "/RPC2")
+DRAIN_BYTES = 1024 * 1024   # read and dropped after a refusal, so the client sees the answer
+DRAIN_SECONDS = 1.0
+
+
+def safe_loads(data: bytes) -> tuple[tuple, str | None]:
+    """Parse an XML-RPC request like ``xmlrpc.client.loads``, refusing DTDs and entities.
+
+    Raises DTDForbidden / EntitiesForbidden / ExternalReferenceForbidden
+    (defusedxml), ``xml.parsers.expat.ExpatError`` or
+    ``xmlrpc.client.ResponseError`` for bad input.
+    """
+    target = xmlrpc.client.Unmarshaller(use_builtin_types=False)
+    parser = DefusedExpatParser(target, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    parser.feed(data)
+    parser.close()
+    return target.close(), target.getmethodname()
+
+
+class Deadlines:
+    """One thread that shuts down sockets whose connection outlived its deadline.
+
+    A per-operation socket timeout alone would let a client trickle one byte
+    per timeout for ever; this bounds the whole connection.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, socket.socket]] = []
+        self._live: set[int] = set()
+        self._ids = itertools.count()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="lbagent-deadlines", daemon=True)
+        self._thread.start()
+
+    def add(self, sock: socket.socket, seconds: float) -> int:
+        """Shut ``sock`` down ``seconds`` from now unless :meth:`cancel` comes first."""
+        with self._cond:
+            token = next(self._ids)
+            entry = (time.monotonic() + seconds, token, sock)
+            heapq.heappush(self._heap, entry)
+            self._live.add(token)
+            if self._heap[0] is entry:
+                # Only a new earliest deadline needs the thread awake; with one
+                # timeout for all, that is rare under load (saves a wake-up per call).
+                self._cond.notify()
+            return token
+
+    def cancel(self, token: int) -> None:
+        """The connection ended in time."""
+        with self._cond:
+            self._live.discard(token)
+
+    def stop(self) -> None:
+        """End the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopping:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)  # finished in time
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                due, token, sock = self._heap[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                self._live.discard(token)
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class Dispatcher(SimpleXMLRPCDispatcher):
+    """get_state, ping and system.* over a sample source, with a per-sample reply cache."""
+
+    def __init__(self, current_sample: Callable[[], object]) -> None:
+        super().__init__(allow_none=False, encoding="utf-8", use_builtin_types=False)
+        self._current = current_sample
+        self._cache: tuple[object, bytes] | None = None
+        self.register_function(self.get_state, "get_state")
+        self.register_function(self.ping, "ping")
+        self.register_introspection_functions()
+
+    def get_state(self) -> dict:
+        """get_state() -> struct: hostname, agent_version, sampled_at (epoch seconds),
+        variables {NAME: value} and users [name], as of the latest sample."""
+        sample = self._current()
+        if sample is None:
+            raise xmlrpc.client.Fault(2, "no sample taken yet")
+        return sample.state()
+
+    def ping(self) -> bool:
+        """ping() -> true: the agent is up."""
+        return True
+
+    def _state_response(self) -> bytes:
+        sample = self._current()
+        cache = self._cache
+        if cache is not None and cache[0] is sample and sample is not None:
+            return cache[1]
+        body = xmlrpc.client.dumps((self.get_state(),), methodresponse=True,
+                                   encoding=self.encoding).encode(self.encoding, "xmlcharrefreplace")
+        self._cache = (sample, body)  # a race only marshals the same sample twice
+        return body
+
+    def _marshaled_dispatch(self, data: bytes, dispatch_method=None, path=None) -> bytes:
+        try:
+            params, method = safe_loads(data)
+            if method is None:
+                raise xmlrpc.client.Fault(1, "not an XML-RPC method call")
+            if method == "get_state" and not params:
+                return self._state_response()
+            result = self._dispatch(method, params)
+            response = xmlrpc.client.dumps((result,), methodresponse=True, encoding=self.encoding)
+        except xmlrpc.client.Fault as fault:
+            response = xmlrpc.client.dumps(fault, encoding=self.encoding)
+        except Exception as exc:  # any bad request becomes a fault; the agent keeps serving
+            response = xmlrpc.client.dumps(
+                xmlrpc.client.Fault(1, f"{type(exc).__name__}: {exc}"[:300]), encoding=self.encoding)
+        return response.encode(self.encoding, "xmlcharrefreplace")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """One connection: at most one request (HTTP/1.0 semantics)."""
+
+    server_version = f"lbagent/{__version__}"
+    sys_version = ""
+    protocol_version = "HTTP/1.0"
+    # Answer garbage with a status line too (the stdlib default, HTTP/0.9, has none).
+    default_request_version = "HTTP/1.0"
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
+    server: "AgentHTTPServer"
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def setup(self) -> None:
+        cfg = self.server.config
+        self.timeout = cfg.request_timeout
+        self._deadline = self.server.deadlines.add(self.request, cfg.request_timeout)
+        super().setup()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.deadlines.cancel(self._deadline)
+
+    def handle(self) -> None:
+        host = self.client_address[0]
+        if not is_allowed(host, self.server.config.allow):
+            self.server.note_denied(host)
+            self._refuse_raw(403, "Forbidden", f"access denied for {host}\n")
+            return
+        try:
+            super().handle()
+        except OSError as exc:  # a peer that vanished or timed out mid-request
+            log.debug("connection from %s ended: %s", host, exc)
+
+    def _refuse_raw(self, code: int, reason: str, text: str) -> None:
+        body = text.encode("utf-8", "replace")
+        head = (f"HTTP/1.0 {code} {reason}\r\nServer: {self.server_version}\r\n"
+                f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n").encode("ascii")
+        try:
+            self.wfile.write(head + body)
+            self.wfile.flush()
+        except OSError:
+            return
+        self._drain()
+
+    def _drain(self) -> None:
+        """Read and drop what the client still sends (bounded), so closing does not
+        reset the connection before it has read our answer."""
+        sock = self.request
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(DRAIN_SECONDS)
+            end = time.monotonic() + DRAIN_SECONDS
+            left = DRAIN_BYTES
+            while left > 0 and time.monotonic() < end:
+                data = sock.recv(min(65536, left))
+                if not data:
+                    break
+                left -= len(data)
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
+               extra: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def _refuse(self, code: int, text: str, extra: dict[str, str] | None = None) -> None:
+        self._reply(code, text.encode("utf-8"), extra=dict(extra or {}, Connection="close"))
+        self._drain()
+
+    def do_POST(self) -> None:
+        """An XML-RPC call."""
+        path = self.path.split("?", 1)[0]
+        if path not in RPC_PATHS:
+            self._refuse(404, f"not found: XML-RPC is served at {' and '.join(RPC_PATHS)}\n")
+            return
+        if self.headers.get("Transfer-Encoding"):
+            self._refuse(411, "send the request with a Content-Length\n")
+            return
+        encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            self._refuse(415, f"content encoding {encoding[:40]!r} not accepted\n")
+            return
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            self._refuse(411, "Content-Length required\n")
+            return
+        if not raw.strip().isdigit():
+            self._refuse(400, "bad Content-Length\n")
+            return
+        length = int(raw)
+        limit = self.server.config.max_request_bytes
+        if length > limit:
+            log.debug("request of %d bytes from %s refused (limit %d)", length, self.client_address[0], limit)
+            self._refuse(413, f"request body larger than {limit} bytes\n")
+            return
+        data = self.rfile.read(length)
+        if len(data) < length:
+            log.debug("client %s closed before sending its request", self.client_address[0])
+            self.close_connection = True
+            return
+        response = self.server.dispatcher._marshaled_dispatch(data)
+        self._reply(200, response, ctype="text/xml")
+
+    def _not_post(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path not in RPC_PATHS:
+            self._refuse(404, "not found\n")
+        else:
+            self._refuse(405, "XML-RPC needs POST\n", extra={"Allow": "POST"})
+
+    do_GET = do_HEAD = do_PUT = do_DELETE = do_OPTIONS = do_PATCH = _not_post
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+        # One line per request at info level would flood the log at 1 poll/s per balancer.
+        log.debug("%s %s", self.client_address[0], format % args)
+
+
+class AgentHTTPServer(socketserver.TCPServer):
+    """Serves connections on an already bound, listening socket, each on a pooled worker thread."""
+
+    def __init__(self, sock: socket.socket, config: AgentConfig, dispatcher: Dispatcher,
+                 deadlines: Deadlines, deny_log: DenyLog, workers: WorkerPool) -> None:
+        self.address_family = sock.family
+        super().__init__(sock.getsockname(), Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.config = config
+        self.dispatcher = dispatcher
+        self.deadlines = deadlines
+        self.deny_log = deny_log
+        self.workers = workers
+
+    def note_denied(self, host: str) -> None:
+        """Log a refused peer, at most once a minute per address."""
+        if self.deny_log.should_log(host, time.monotonic()):
+            log.warning("refused query from %s: not in <access> of %s (logged at most once a minute)",
+                        host, self.config.path)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.workers.submit(lambda: self._serve_connection(request, client_address)):
+            # Every worker busy: answer at once rather than queue the connection.
+            try:
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+
+    def _serve_connection(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        # One bad peer must not spill tracebacks on stderr nor stop the server.
+        log.warning("error while serving %s: %s", client_address[0], sys.exc_info()[1],
+                    exc_info=log.isEnabledFor(logging.DEBUG))

@@ -1,0 +1,114 @@
+"""Background sampling: one immutable :class:`Sample` at a time, swapped atomically.
+
+The sampler thread reads built-in and custom variables every
+``sample-interval`` seconds and replaces :attr:`Sampler.current` with a new
+frozen object; request threads only read that attribute (a single reference
+load, atomic in CPython), so they never wait for sampling.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from common.version import __version__
+from lbagent.config import AgentConfig
+from lbagent.metrics import Builtins
+from lbagent.values import Value
+from lbagent.variables import CustomSampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of every variable."""
+
+    hostname: str
+    sampled_at: float
+    variables: Mapping[str, Value]
+    users: tuple[str, ...]
+    _reply: dict = field(default=None, repr=False, compare=False)
+
+    def state(self) -> dict:
+        """The ``get_state()`` reply (built once per sample; callers must not modify it)."""
+        return self._reply
+
+
+def make_sample(hostname: str, sampled_at: float, variables: dict[str, Value], users: list[str]) -> Sample:
+    """Build a :class:`Sample` and its ready-made ``get_state`` reply."""
+    frozen = MappingProxyType(dict(variables))
+    reply = {
+        "hostname": hostname,
+        "agent_version": __version__,
+        "sampled_at": round(sampled_at, 3),
+        "variables": dict(variables),
+        "users": list(users),
+    }
+    return Sample(hostname=hostname, sampled_at=sampled_at, variables=frozen, users=tuple(users), _reply=reply)
+
+
+class Sampler:
+    """Owns the sampling thread and the current sample."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self._config = config
+        self._builtins = Builtins()
+        self._custom = CustomSampler()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.current: Sample | None = None
+        self.error: str | None = None
+
+    def take(self) -> Sample:
+        """Read every variable now, publish and return the new sample."""
+        config = self._config
+        values, users = self._builtins.read()
+        values.update(self._custom.sample(config.variables))
+        sample = make_sample(socket.gethostname(), time.time(), values, users)
+        self.current = sample
+        return sample
+
+    def start(self) -> None:
+        """Take the first sample (so the first request has data), then sample in the background."""
+        self.take()
+        self._thread = threading.Thread(target=self._loop, name="lbagent-sampler", daemon=True)
+        self._thread.start()
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """Use ``config`` from now on, and sample again at once."""
+        self._config = config
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End the sampling thread (waits for a sample in progress, which is bounded)."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._custom.close()
+
+    def alive(self) -> bool:
+        """Whether the sampling thread runs (False before start and after stop)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        next_at = time.monotonic() + self._config.sample_interval
+        while not self._stopping:
+            self._wake.wait(max(0.0, next_at - time.monotonic()))
+            if self._stopping:
+                break
+            self._wake.clear()
+            started = time.monotonic()
+            try:
+                self.take()
+            except Exception:  # a bad reading must not end sampling; the old sample stays
+                log.exception("sampling failed; keeping the previous sample")
+            # Start-to-start spacing, but never back-to-back when a sample overruns.
+            next_at = max(started + self._config.sample_interval, time.monotonic() + 0.1)

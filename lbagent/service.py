@@ -1,0 +1,149 @@
+"""The agent as a daemon service: the object :func:`common.runtime.run` drives.
+
+bind() opens the listening socket before daemonising; start() takes the
+first sample and then serves; reload() applies a new, already validated
+config (a new listen address is bound first, so a failure leaves the old
+one serving); stop() ends everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+from lbagent.access import DenyLog
+from lbagent.config import AgentConfig
+from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher
+from lbagent.workers import WorkerPool
+from lbagent.sampler import Sampler
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 128
+POLL_INTERVAL = 0.5  # how soon serve_forever notices shutdown()
+MAX_CONNECTIONS = 256  # served at once; more get 503 at once
+
+
+def format_listen(listen: tuple[str, int]) -> str:
+    """``host:port``, with IPv6 hosts in brackets."""
+    host, port = listen
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_listen(listen: tuple[str, int]) -> socket.socket:
+    """A listening TCP socket on ``listen``; OSError names the address on failure.
+
+    ``[::]`` is dual-stack where the system allows it, so IPv4 balancers
+    reach an agent listening on all IPv6 addresses too.
+    """
+    host, port = listen
+    where = format_listen(listen)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {where}: {exc.strerror}") from None
+    family, stype, proto, _, addr = infos[0]
+    sock = socket.socket(family, stype, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and addr[0] == "::":
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except OSError:
+                pass
+        sock.bind(addr)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from None
+    return sock
+
+
+class AgentService:
+    """lbagent's implementation of :class:`common.runtime.Service`."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._config: AgentConfig | None = None
+        self._sampler: Sampler | None = None
+        self._server: AgentHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._deadlines: Deadlines | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._deny_log = DenyLog()
+        self._workers = WorkerPool(max_workers=MAX_CONNECTIONS)
+        self._stopping = False
+
+    @property
+    def address(self) -> tuple:
+        """The address actually listened on (after bind)."""
+        return self._server.server_address if self._server else self._sock.getsockname()
+
+    def bind(self, config: AgentConfig) -> list[socket.socket]:
+        """Open the listening socket for ``config.listen``."""
+        self._sock = bind_listen(config.listen)
+        self._config = config
+        return [self._sock]
+
+    def start(self, config: AgentConfig) -> None:
+        """Take the first sample, then serve XML-RPC in a background thread."""
+        if self._sock is None:
+            self.bind(config)
+        self._config = config
+        self._sampler = Sampler(config)
+        self._sampler.start()
+        self._deadlines = Deadlines()
+        self._dispatcher = Dispatcher(lambda: self._sampler.current)
+        self._serve(self._sock, config)
+        log.info("serving XML-RPC on %s, sampling every %g s, %d custom variable(s)",
+                 format_listen(config.listen), config.sample_interval, len(config.variables))
+
+    def _serve(self, sock: socket.socket, config: AgentConfig) -> None:
+        server = AgentHTTPServer(sock, config, self._dispatcher, self._deadlines, self._deny_log, self._workers)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL},
+                                  name="lbagent-rpc", daemon=True)
+        thread.start()
+        self._server, self._thread = server, thread
+
+    def reload(self, config: AgentConfig) -> None:
+        """Apply ``config``: variables, allow-list, limits and interval at once; rebind on a new address."""
+        old = self._config
+        if config.listen != old.listen:
+            sock = bind_listen(config.listen)  # fails before anything changed
+            old_server, old_thread = self._server, self._thread
+            self._serve(sock, config)
+            self._sock = sock
+            old_server.shutdown()
+            old_server.server_close()
+            old_thread.join(timeout=5)
+            log.info("now listening on %s (was %s)", format_listen(config.listen), format_listen(old.listen))
+        else:
+            # Handlers read server.config per connection, so this takes effect for the next one.
+            self._server.config = config
+        self._config = config
+        self._sampler.reconfigure(config)
+
+    def stop(self) -> None:
+        """Stop serving and sampling."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        elif self._sock is not None:
+            self._sock.close()
+        if self._sampler is not None:
+            self._sampler.stop()
+        self._workers.close()
+        if self._deadlines is not None:
+            self._deadlines.stop()
+
+    def failure(self) -> str | None:
+        """Why the agent cannot go on, if a thread it needs has ended."""
+        if self._stopping:
+            return None
+        if self._thread is not None and not self._thread.is_alive():
+            return "the XML-RPC server thread ended"
+        if self._sampler is not None and self._thread is not None and not self._sampler.alive():
+            return "the sampling thread ended"
+        return None

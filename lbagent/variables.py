@@ -1,0 +1,215 @@
+"""Custom variables: reading each admin-defined value, bounded in time.
+
+Each reader returns a value or raises :class:`VariableProblem`; a variable
+with a problem is left out of the sample (absent), and the problem is logged
+once per change of outcome so a broken command does not flood the log.
+Command variables run concurrently, each in its own process group that is
+killed with the group when it overruns its timeout, so one hanging command
+delays a sample by at most its own timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import stat
+import subprocess
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterable, Sequence
+
+import psutil
+
+from lbagent.config import CustomVariable
+from lbagent.values import BadValue, Value, parse_output
+
+log = logging.getLogger(__name__)
+
+MAX_OUTPUT = 64 * 1024   # more than any sane one-value command prints
+MAX_FILE_READ = 4096     # the first line is all that counts
+MAX_WORKERS = 32
+# Commands see a predictable locale, so numbers come out with a '.' decimal point.
+COMMAND_ENV_OVERRIDES = {"LC_ALL": "C"}
+
+
+class VariableProblem(Exception):
+    """Why a custom variable has no value this time (a stable, loggable reason)."""
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_command(command: str, timeout: float) -> Value:
+    """Run ``command`` with /bin/sh -c and parse the first line of its output.
+
+    The command gets its own session and process group; past ``timeout``
+    seconds the whole group is killed. Raises :class:`VariableProblem` on a
+    timeout, a non-zero exit, too much output or output that is not a value.
+    """
+    env = dict(os.environ, **COMMAND_ENV_OVERRIDES)
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True, env=env)
+    except OSError as exc:
+        raise VariableProblem(f"cannot start /bin/sh: {exc.strerror or exc}") from None
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        fd = proc.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    _kill_group(proc)
+                    raise VariableProblem(f"timed out after {timeout:g} s (killed)")
+                if not sel.select(remaining):
+                    continue
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                size += len(data)
+                if size > MAX_OUTPUT:
+                    _kill_group(proc)
+                    raise VariableProblem(f"printed more than {MAX_OUTPUT} bytes (killed)")
+                chunks.append(data)
+        try:
+            status = proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise VariableProblem(f"timed out after {timeout:g} s (killed)") from None
+    finally:
+        proc.stdout.close()
+        if proc.returncode is None:
+            try:
+                proc.wait(1.0)  # reap the killed shell; SIGKILL is prompt
+            except subprocess.TimeoutExpired:
+                log.warning("command %r (pid %d) did not die after SIGKILL", command, proc.pid)
+    if status != 0:
+        what = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        raise VariableProblem(what)
+    try:
+        return parse_output(b"".join(chunks))
+    except BadValue as exc:
+        raise VariableProblem(f"unusable output: {exc}") from None
+
+
+def read_file_value(path: str) -> Value:
+    """The first line of the regular file ``path``, parsed as a value."""
+    try:
+        # O_NONBLOCK: a FIFO put at the path must not stall the sampler.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise VariableProblem(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise VariableProblem(f"{path} is not a regular file")
+        data = os.read(fd, MAX_FILE_READ)
+    except OSError as exc:
+        raise VariableProblem(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    try:
+        return parse_output(data)
+    except BadValue as exc:
+        raise VariableProblem(f"unusable content in {path}: {exc}") from None
+
+
+def disk_used_pct(path: str) -> float:
+    """Used space of the file system holding ``path``, in % (2 decimals)."""
+    try:
+        return round(psutil.disk_usage(path).percent, 2)
+    except OSError as exc:
+        raise VariableProblem(f"cannot stat {path}: {exc.strerror or exc}") from None
+
+
+def processes_running(variables: Iterable[CustomVariable], exclude: int | None = None) -> dict[str, bool]:
+    """For each process variable, whether any process's name or full command line matches.
+
+    One pass over the process table serves every variable; ``exclude`` is a
+    pid to ignore (the agent itself, whose command line names its config).
+    """
+    found = {v.name: False for v in variables}
+    pending = [v for v in variables]
+    if not pending:
+        return found
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        info = proc.info
+        if info["pid"] == exclude:
+            continue
+        name = info.get("name") or ""
+        cmdline = " ".join(info.get("cmdline") or ())
+        for var in list(pending):
+            if var.pattern.search(name) or (cmdline and var.pattern.search(cmdline)):
+                found[var.name] = True
+                pending.remove(var)
+        if not pending:
+            break
+    return found
+
+
+class CustomSampler:
+    """Reads all custom variables for one sample; remembers outcomes for logging."""
+
+    def __init__(self, max_workers: int = MAX_WORKERS) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lbagent-cmd")
+        self._problems: dict[str, str | None] = {}
+
+    def close(self) -> None:
+        """Stop the command threads (waiting for running commands, each bounded)."""
+        self._pool.shutdown(wait=True)
+
+    def _note(self, var: CustomVariable, problem: str | None) -> None:
+        before = self._problems.get(var.name, "")
+        if problem == before:
+            return
+        if problem is not None:
+            log.warning("variable %s (%s, line %d) left out: %s", var.name, var.type, var.line, problem)
+        elif before:
+            log.info("variable %s has a value again", var.name)
+        self._problems[var.name] = problem
+
+    def sample(self, variables: Sequence[CustomVariable]) -> dict[str, Value]:
+        """Return the values of ``variables`` that could be read this time."""
+        values: dict[str, Value] = {}
+        outcomes: dict[str, str | None] = {}
+        # The process table is scanned before commands start, so a command
+        # such as "pgrep gdm" cannot make a GDM pattern match itself.
+        procs = [v for v in variables if v.type == "process"]
+        if procs:
+            try:
+                values.update(processes_running(procs, exclude=os.getpid()))
+            except psutil.Error as exc:
+                for v in procs:
+                    outcomes[v.name] = f"cannot list processes: {exc}"
+        futures: dict[str, Future] = {
+            v.name: self._pool.submit(run_command, v.command, v.timeout)
+            for v in variables if v.type == "command"
+        }
+        for var in variables:
+            try:
+                if var.type == "constant":
+                    values[var.name] = var.value
+                elif var.type == "disk":
+                    values[var.name] = disk_used_pct(var.path)
+                elif var.type == "file":
+                    values[var.name] = read_file_value(var.path)
+                elif var.type == "command":
+                    # run_command is bounded by its timeout; the margin covers reaping.
+                    values[var.name] = futures[var.name].result(timeout=var.timeout + 5.0)
+            except VariableProblem as exc:
+                outcomes[var.name] = str(exc)
+            except Exception as exc:  # never let one variable break the sample
+                outcomes[var.name] = f"unexpected error: {exc!r}"
+        for var in variables:
+            self._note(var, outcomes.get(var.name))
+        self._problems = {v.name: self._problems.get(v.name) for v in variables}
+        return values

@@ -1,0 +1,1 @@
+"""lbserver: polls the agents, weighs the servers, answers terminals, publishes DNS aliases."""

@@ -1,0 +1,7 @@
+"""``python -m lbserver``: same as the ``lbserver`` command."""
+
+import sys
+
+from lbserver.main import main
+
+sys.exit(main())

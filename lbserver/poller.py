@@ -1,0 +1,142 @@
+"""Concurrent polling of the agents over XML-RPC, on the balancer's event loop.
+
+Each agent gets one short HTTP/1.0 POST of ``get_state``; the whole exchange
+(connect, send, read, parse) is bounded by the poll timeout and the reply by
+``max-reply-bytes``, so a dead, black-holed, slow or garbage-spewing agent
+costs at most the timeout and never delays the others. Replies are parsed with
+defusedxml's expat guards (no DTDs, no entity expansion).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import defusedxml.xmlrpc
+
+from lbserver.config import Node
+
+# Make xmlrpc.client's parser refuse DTDs and entities for every reply we parse.
+defusedxml.xmlrpc.monkey_patch()
+
+_BODY = xmlrpc.client.dumps((), "get_state").encode()
+
+
+class PollError(Exception):
+    """Why one agent could not be polled, in words fit for the status page."""
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """Outcome of polling one node: ``state`` or ``error`` is set."""
+
+    name: str
+    state: dict | None
+    error: str | None
+    elapsed: float
+
+
+def _request(node: Node) -> bytes:
+    host = f"[{node.host}]" if ":" in node.host else node.host
+    return (
+        f"POST /RPC2 HTTP/1.0\r\nHost: {host}:{node.port}\r\nUser-Agent: lbserver\r\n"
+        f"Content-Type: text/xml\r\nContent-Length: {len(_BODY)}\r\n\r\n"
+    ).encode() + _BODY
+
+
+def parse_reply(raw: bytes, max_bytes: int) -> object:
+    """Parse a whole HTTP reply carrying an XML-RPC response; return the value.
+
+    Raises :class:`PollError` with a specific message on any HTTP or XML-RPC
+    problem (bad status line, non-200 status, fault, malformed XML).
+    """
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise PollError("reply is not HTTP (no header end)")
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise PollError(f"reply is not HTTP: {lines[0][:60]!r}")
+    status = int(parts[1])
+    if status != 200:
+        reason = parts[2].decode("latin-1", "replace")[:60] if len(parts) > 2 else ""
+        raise PollError(f"agent answered HTTP {status} {reason}".rstrip())
+    if len(body) > max_bytes:
+        raise PollError(f"reply larger than {max_bytes} bytes")
+    try:
+        values, _ = xmlrpc.client.loads(body)
+    except xmlrpc.client.Fault as exc:
+        raise PollError(f"agent fault {exc.faultCode}: {str(exc.faultString)[:120]}") from None
+    except Exception as exc:  # expat, defusedxml and xmlrpc raise many kinds
+        raise PollError(f"malformed XML-RPC reply: {type(exc).__name__}: {str(exc)[:120]}") from None
+    if len(values) != 1:
+        raise PollError("malformed XML-RPC reply: expected one value")
+    return values[0]
+
+
+async def _exchange(node: Node, max_bytes: int, ssl_ctx: ssl.SSLContext | None) -> bytes:
+    reader, writer = await asyncio.open_connection(node.host, node.port, ssl=ssl_ctx)
+    try:
+        writer.write(_request(node))
+        await writer.drain()
+        limit = max_bytes + 16384  # room for the HTTP header
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise PollError(f"reply larger than {max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        writer.close()
+
+
+async def fetch_state(node: Node, timeout: float, max_bytes: int,
+                      ssl_ctx: ssl.SSLContext | None = None) -> object:
+    """Fetch one agent's ``get_state`` value, raising :class:`PollError` on any failure."""
+    try:
+        raw = await asyncio.wait_for(_exchange(node, max_bytes, ssl_ctx), timeout)
+    except asyncio.TimeoutError:
+        raise PollError(f"no answer within {timeout:g} s") from None
+    except ConnectionRefusedError:
+        raise PollError("connection refused (agent not running?)") from None
+    except ssl.SSLError as exc:
+        raise PollError(f"TLS error: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise PollError(f"network error: {exc.strerror or exc}") from None
+    if not raw:
+        raise PollError("agent closed the connection without answering")
+    return parse_reply(raw, max_bytes)
+
+
+async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concurrency: int = 512,
+                   validate=None) -> Mapping[str, PollResult]:
+    """Poll every node concurrently (at most ``concurrency`` sockets at once).
+
+    ``validate`` turns a raw reply into a state dict or raises ValueError
+    (kept out of this module so it stays about the network).
+    """
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(node: Node) -> PollResult:
+        async with sem:
+            start = time.monotonic()
+            try:
+                value = await fetch_state(node, timeout, max_bytes)
+                state = validate(value) if validate else value
+                return PollResult(node.name, state, None, time.monotonic() - start)
+            except PollError as exc:
+                return PollResult(node.name, None, str(exc), time.monotonic() - start)
+            except ValueError as exc:
+                return PollResult(node.name, None, f"invalid agent reply: {exc}", time.monotonic() - start)
+
+    results = await asyncio.gather(*(one(n) for n in nodes))
+    return {r.name: r for r in results}

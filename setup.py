@@ -1,0 +1,47 @@
+"""Packaging for the mille-xterm load balancer (lbagent, lbserver, lbclient, lbctl)."""
+
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "common" / "version.py").read_text()).group(1)
+
+setup(
+    name="mille-xterm-loadbalancer",
+    version=VERSION,
+    description="Load balancer for LTSP thin-client terminals and DNS aliases",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="GPL-2.0-or-later",
+    python_requires=">=3.10",
+    packages=["common", "lbagent", "lbserver"],
+    package_data={"common": ["schemas/*.rng"], "lbserver": ["static/*"]},
+    install_requires=[
+        "lxml>=4.9",
+        "psutil>=5.9",
+        "python-daemon>=2.3",
+        "dnspython>=2.3",
+        "defusedxml>=0.7",
+        "prometheus_client>=0.16",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "aiosmtpd>=1.4"],
+    },
+    entry_points={
+        "console_scripts": [
+            "lbagent = lbagent.main:main",
+            "lbserver = lbserver.main:main",
+            "lbclient = lbserver.lbclient:main",
+            "lbctl = lbserver.ctl:main",
+        ],
+    },
+    classifiers=[
+        "Environment :: No Input/Output (Daemon)",
+        "License :: OSI Approved :: GNU General Public License v2 or later (GPLv2+)",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Topic :: System :: Networking",
+    ],
+)

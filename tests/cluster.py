@@ -1,0 +1,145 @@
+"""Build small clusters of real lbagents and a real lbserver on loopback for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import Procs, free_port, python_cmd, wait_for_port, wait_until
+
+
+@dataclass
+class Agent:
+    """A real lbagent whose SIMLOAD variable is read from a file the test can rewrite."""
+
+    name: str
+    ip: str
+    port: int
+    load_file: Path
+    config: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    def set_load(self, value: float) -> None:
+        """Change the SIMLOAD the agent reports (picked up at its next sample)."""
+        self.load_file.write_text(f"{value}\n")
+
+
+def agent_xml(ip: str, port: int, load_file: Path, extra: str = "") -> str:
+    """An agent config: loopback listen, 0.2 s samples, SIMLOAD from ``load_file``."""
+    return f"""<?xml version="1.0"?>
+<lbaconfig>
+  <agent listen="{ip}:{port}" sample-interval="0.2"/>
+  <access><allow from="127.0.0.0/8"/></access>
+  <variables>
+    <variable name="SIMLOAD" type="file" path="{load_file}"/>
+    {extra}
+  </variables>
+</lbaconfig>
+"""
+
+
+def start_agent(procs: Procs, tmp: Path, name: str, ip: str, load: float = 0.0, extra: str = "",
+                port: int | None = None) -> Agent:
+    """Write a config for and start one real lbagent; return once it listens."""
+    port = port or free_port(ip)
+    load_file = tmp / f"{name}.load"
+    load_file.write_text(f"{load}\n")
+    cfg = tmp / f"{name}.xml"
+    cfg.write_text(agent_xml(ip, port, load_file, extra))
+    agent = Agent(name, ip, port, load_file, cfg)
+    restart_agent(procs, agent)
+    return agent
+
+
+def restart_agent(procs: Procs, agent: Agent) -> None:
+    """(Re)start ``agent``'s process on its address."""
+    agent.proc = procs.start(python_cmd("lbagent", "-f", "-c", str(agent.config)))
+    wait_for_port(agent.ip, agent.port, proc=agent.proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a process and wait for it."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+@dataclass
+class Balancer:
+    """A real lbserver process and its addresses."""
+
+    config: Path
+    port: int
+    mgmt_port: int
+    proc: subprocess.Popen | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mgmt_url(self) -> str:
+        return f"http://127.0.0.1:{self.mgmt_port}"
+
+    def status(self) -> dict:
+        """The /status document."""
+        with urllib.request.urlopen(self.mgmt_url + "/status", timeout=5) as resp:
+            return json.load(resp)
+
+    def ask(self, query: str = "") -> str:
+        """One terminal request; the host answered."""
+        with urllib.request.urlopen(self.url + "/" + query, timeout=5) as resp:
+            return resp.read().decode().strip()
+
+    def wait_health(self, node: str, health: str, timeout: float = 15.0) -> dict:
+        """Wait until /status shows ``node`` with ``health``; return the status."""
+        return wait_until(lambda: (s := self.status())["nodes"][node]["health"] == health and s,
+                          timeout, what=f"node {node} {health}")
+
+
+def server_xml(lb_port: int, mgmt_port: int, groups: dict[str, list[tuple[str, str]]], tmp: Path,
+               rules: str = '<variable name="SIMLOAD" custom="true" weight="100" capacity="100"/>',
+               poll: str = 'interval="0.5" timeout="0.4" rise="2" fall="2"', extra: str = "") -> str:
+    """An lbsconfig.xml on loopback; ``groups`` maps a group to (name, url) pairs, the first is default."""
+    parts = []
+    for i, (gname, members) in enumerate(groups.items()):
+        nodes = "\n".join(f'      <node name="{n}" address="{u}"/>' for n, u in members)
+        parts.append(f'    <group name="{gname}" default="{"true" if i == 0 else "false"}">\n{nodes}\n    </group>')
+    return f"""<?xml version="1.0"?>
+<lbsconfig>
+  <lbservice listen="127.0.0.1:{lb_port}" returns="$NAME" idle-timeout="5"/>
+  <mgmtservice listen="127.0.0.1:{mgmt_port}" state-file="{tmp}/lbserver.state"/>
+  <poll {poll}/>
+  <nodes>
+{chr(10).join(parts)}
+  </nodes>
+  <rules>
+    {rules}
+  </rules>
+  {extra}
+</lbsconfig>
+"""
+
+
+def start_balancer(procs: Procs, tmp: Path, groups: dict[str, list[tuple[str, str]]], **kw) -> Balancer:
+    """Write a config and start a real lbserver in the foreground; return once it serves."""
+    bal = Balancer(tmp / "lbsconfig.xml", free_port(), free_port())
+    bal.config.write_text(server_xml(bal.port, bal.mgmt_port, groups, tmp, **kw))
+    bal.proc = procs.start(python_cmd("lbserver", "-f", "-c", str(bal.config)))
+    wait_for_port("127.0.0.1", bal.port, timeout=20, proc=bal.proc)
+    wait_for_port("127.0.0.1", bal.mgmt_port, timeout=20, proc=bal.proc)
+    return bal
+
+
+def env_with_root() -> dict[str, str]:
+    """Environment for running the project's modules as commands."""
+    return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))

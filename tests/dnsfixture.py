@@ -1,0 +1,256 @@
+"""Fixtures for DNS arbiter tests: a real BIND 9 and a real SMTP server on loopback.
+
+``named_server``: ``named`` (Debian package bind9) as a child process on
+127.0.0.1 and a free port, serving a throwaway primary zone
+``lbtest.example`` that accepts dynamic updates signed with one hmac-sha256
+key only. ``smtp_server``: aiosmtpd in a thread, collecting messages.
+Both are stopped after the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from conftest import free_port, wait_until
+
+NAMED = shutil.which("named") or "/usr/sbin/named"
+ZONE = "lbtest.example"
+KEY_NAME = "lbkey"
+
+
+def free_udp_tcp_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (named listens on both)."""
+    for _ in range(50):
+        port = free_port("127.0.0.1")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port for named")
+
+
+class NamedServer:
+    """A private ``named`` serving ZONE; start/stop/restart keep the zone (and its journal)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_udp_tcp_port()
+        self.zone = ZONE
+        self.key_name = KEY_NAME
+        self.secret_b64 = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.dir / "named.log"
+        self.key_file = self.dir / "client.key"
+        self.key_file.write_text(f'key "{KEY_NAME}" {{\n\talgorithm hmac-sha256;\n\tsecret "{self.secret_b64}";\n}};\n')
+        os.chmod(self.key_file, 0o600)
+        (self.dir / f"{ZONE}.db").write_text(
+            "$TTL 300\n"
+            f"@ IN SOA ns.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 60\n"
+            f"@ IN NS ns.{ZONE}.\n"
+            "ns IN A 127.0.0.1\n"
+        )
+        (self.dir / "named.conf").write_text(
+            f'key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{self.secret_b64}"; }};\n'
+            "options {\n"
+            f'  directory "{self.dir}";\n'
+            f'  pid-file "{self.dir}/named.pid";\n'
+            f'  session-keyfile "{self.dir}/session.key";\n'
+            f'  managed-keys-directory "{self.dir}";\n'
+            f"  listen-on port {self.port} {{ 127.0.0.1; }};\n"
+            "  listen-on-v6 { none; };\n"
+            "  recursion no;\n"
+            "  dnssec-validation no;\n"
+            "  notify no;\n"
+            "};\n"
+            "controls { };\n"
+            f'zone "{ZONE}" {{ type primary; file "{self.dir}/{ZONE}.db"; '
+            f'allow-update {{ key "{KEY_NAME}"; }}; }};\n'
+        )
+
+    def start(self) -> None:
+        """Start named and return once it answers the zone's SOA over TCP."""
+        assert self.proc is None or self.proc.poll() is not None
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([NAMED, "-g", "-n", "1", "-c", str(self.dir / "named.conf")],
+                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        log.close()
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"named exited with {self.proc.returncode}: {self.log_tail()}")
+            return self.soa_serial() is not None
+
+        try:
+            wait_until(ready, timeout=15, what="named answering the SOA")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"named did not start: {self.log_tail()}") from None
+
+    def stop(self) -> None:
+        """Stop named (SIGTERM, then SIGKILL after 5 s)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, n: int = 2000) -> str:
+        """The end of named's log, for failure messages."""
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def _query(self, name: str, rdtype: str):
+        q = dns.message.make_query(name, rdtype)
+        return dns.query.tcp(q, "127.0.0.1", port=self.port, timeout=2)
+
+    def soa_serial(self) -> int | None:
+        """The zone's SOA serial as named serves it (None when it does not answer)."""
+        try:
+            resp = self._query(ZONE, "SOA")
+        except (OSError, EOFError, dns.exception.DNSException):
+            return None
+        for rrset in resp.answer:
+            if rrset.rdtype == dns.rdatatype.SOA:
+                return rrset[0].serial
+        return None
+
+    def dig(self, name: str, rdtype: str = "A") -> list[str]:
+        """Addresses for ``name`` (relative to the zone) as the real ``dig`` tool reports them, sorted."""
+        fqdn = f"{name}.{ZONE}"
+        out = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.port), "+short", "+tcp", "+time=2", "+tries=1",
+                              fqdn, rdtype], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        return sorted(line.strip() for line in out.stdout.splitlines() if line.strip())
+
+    def ttl(self, name: str, rdtype: str = "A") -> int | None:
+        """The TTL named serves for the RRset (None when empty)."""
+        resp = self._query(f"{name}.{ZONE}", rdtype)
+        for rrset in resp.answer:
+            if rrset.rdtype == dns.rdatatype.from_text(rdtype):
+                return rrset.ttl
+        return None
+
+
+@pytest.fixture
+def named_server(tmp_path):
+    """A running private BIND serving ZONE with a TSIG-protected update policy."""
+    server = NamedServer(tmp_path / "named")
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class SmtpServer:
+    """A loopback aiosmtpd server; ``messages`` collects parsed mails, ``envelopes`` the raw ones."""
+
+    host: str
+    port: int
+    messages: list[Message] = field(default_factory=list)
+    envelopes: list = field(default_factory=list)
+    logins: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait_count(self, n: int, timeout: float = 10.0) -> list[Message]:
+        """Wait until at least ``n`` messages arrived; return them."""
+        wait_until(lambda: len(self.messages) >= n, timeout=timeout, what=f"{n} mail(s)")
+        with self.lock:
+            return list(self.messages)
+
+
+class _Handler:
+    def __init__(self, server: SmtpServer) -> None:
+        self.server = server
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
+        with self.server.lock:
+            self.server.envelopes.append(envelope)
+            self.server.messages.append(message_from_bytes(envelope.original_content or envelope.content))
+        return "250 OK"
+
+
+def start_smtp(auth: dict[str, str] | None = None, port: int | None = None):
+    """Start aiosmtpd on 127.0.0.1 (``port`` or a free one); returns (SmtpServer, controller to stop)."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    srv = SmtpServer(host="127.0.0.1", port=port or free_port())
+    kw = {}
+    if auth is not None:
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            if isinstance(auth_data, LoginPassword):
+                user, pw = auth_data.login.decode(), auth_data.password.decode()
+                srv.logins.append((user, pw))
+                ok = auth.get(user) == pw
+                return AuthResult(success=ok, handled=ok)  # not handled: aiosmtpd answers 535
+            return AuthResult(success=False, handled=False)
+
+        # PLAIN only: aiosmtpd's LOGIN does not take smtplib's initial response, and a failed
+        # PLAIN would make smtplib fall back to LOGIN and stall until its timeout.
+        kw = dict(authenticator=authenticator, auth_require_tls=False, auth_required=True,
+                  auth_exclude_mechanism=["LOGIN"])
+    ctl = Controller(_Handler(srv), hostname=srv.host, port=srv.port, ready_timeout=10, **kw)
+    ctl.start()
+    return srv, ctl
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on 127.0.0.1 collecting mails (no authentication)."""
+    srv, ctl = start_smtp()
+    yield srv
+    ctl.stop()
+
+
+@pytest.fixture
+def smtp_auth_server():
+    """A real SMTP server on 127.0.0.1 requiring AUTH PLAIN as user 'lb' with password 's3cret pw'."""
+    srv, ctl = start_smtp({"lb": "s3cret pw"})
+    yield srv
+    ctl.stop()
+
+
+#: Test nodes: names and documentation addresses. The addresses are only DATA
+#: published in the private zone; nothing ever connects to them.
+NODES = {"wms01": "192.0.2.11", "wms02": "192.0.2.12", "wms03": "192.0.2.13", "wms04": "192.0.2.14"}
+
+
+def write_config(path: Path, named: NamedServer, aliases: str, *, nodes: dict[str, str] | None = None,
+                 dns_attrs: str = "", key_file: Path | None = None, extra_node_attrs: dict[str, str] | None = None) -> Path:
+    """Write an lbsconfig.xml whose <dns> points at ``named`` (group WMS holds ``nodes``)."""
+    nodes = NODES if nodes is None else nodes
+    extra_node_attrs = extra_node_attrs or {}
+    node_xml = "\n".join(
+        f'      <node name="{n}" address="http://{ip}:8001" {extra_node_attrs.get(n, "")}/>' for n, ip in nodes.items())
+    path.write_text(
+        '<?xml version="1.0"?>\n<lbsconfig>\n  <nodes>\n    <group name="WMS" default="true">\n'
+        f"{node_xml}\n    </group>\n  </nodes>\n"
+        f'  <dns server="127.0.0.1" port="{named.port}" zone="{named.zone}" ttl="120" timeout="3" '
+        f'key-file="{key_file or named.key_file}" {dns_attrs}>\n{aliases}\n  </dns>\n</lbsconfig>\n')
+    return path

@@ -1,0 +1,48 @@
+"""Allow-list matching and rate-limited refusal logging (pure)."""
+
+import ipaddress
+
+from lbagent.access import DenyLog, is_allowed, peer_address
+
+NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def test_everyone_allowed_without_access_element():
+    assert is_allowed("203.0.113.5", None)
+
+
+def test_allow_list_matching():
+    assert is_allowed("10.1.2.3", NETS)
+    assert not is_allowed("11.0.0.1", NETS)
+    assert is_allowed("::1", NETS)
+    assert not is_allowed("::2", NETS)
+
+
+def test_ipv4_mapped_ipv6_peer_is_matched_as_ipv4():
+    assert peer_address("::ffff:10.0.0.7") == ipaddress.ip_address("10.0.0.7")
+    assert is_allowed("::ffff:10.0.0.7", NETS)
+    assert not is_allowed("::ffff:192.168.0.1", NETS)
+
+
+def test_scoped_and_garbage_addresses():
+    assert peer_address("fe80::1%eth0") == ipaddress.ip_address("fe80::1")
+    assert not is_allowed("not-an-address", NETS)
+
+
+def test_empty_allow_list_denies_all():
+    assert not is_allowed("127.0.0.1", ())
+
+
+def test_deny_log_once_per_period_per_address():
+    d = DenyLog(period=60)
+    assert d.should_log("10.9.9.9", 1000.0)
+    assert not d.should_log("10.9.9.9", 1030.0)
+    assert d.should_log("10.9.9.8", 1030.0)
+    assert d.should_log("10.9.9.9", 1060.5)
+
+
+def test_deny_log_is_bounded():
+    d = DenyLog(period=60, max_entries=3)
+    assert all(d.should_log(f"10.0.0.{i}", 0.0) for i in range(3))
+    assert not d.should_log("10.0.0.99", 1.0)      # table full, nothing expired: stay quiet
+    assert d.should_log("10.0.0.99", 100.0)        # old entries expired and were dropped

@@ -1,0 +1,330 @@
+"""lbagent as a real process on loopback, queried with xmlrpc.client and raw sockets."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import xmlrpc.client
+
+import psutil
+import pytest
+
+from conftest import free_port, python_cmd, wait_for_port, wait_until
+
+CLIENT_TIMEOUT = 5.0
+
+
+class SourceTransport(xmlrpc.client.Transport):
+    """xmlrpc.client transport connecting from a chosen local address, with a timeout."""
+
+    def __init__(self, source: str | None = None, timeout: float = CLIENT_TIMEOUT) -> None:
+        super().__init__()
+        self.source = source
+        self.timeout = timeout
+
+    def make_connection(self, host):
+        conn = http.client.HTTPConnection(host, timeout=self.timeout,
+                                          source_address=(self.source, 0) if self.source else None)
+        self._connection = host, conn
+        return conn
+
+
+def proxy(host: str, port: int, path: str = "/RPC2", source: str | None = None,
+          timeout: float = CLIENT_TIMEOUT) -> xmlrpc.client.ServerProxy:
+    shown = f"[{host}]" if ":" in host else host
+    return xmlrpc.client.ServerProxy(f"http://{shown}:{port}{path}",
+                                     transport=SourceTransport(source, timeout))
+
+
+def config_text(host: str, port: int, extra: str = "", agent_attrs: str = 'sample-interval="0.5"') -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return textwrap.dedent("""\
+        <?xml version="1.0"?>
+        <lbaconfig>
+          <agent listen="{listen}" {attrs}/>
+        {extra}
+        </lbaconfig>
+        """).format(listen=f"{shown}:{port}", attrs=agent_attrs, extra=extra)
+
+
+class Agent:
+    """One foreground agent process and what a test needs to talk to it."""
+
+    def __init__(self, procs, tmp_path, host: str, extra: str = "", agent_attrs: str = 'sample-interval="0.5"'):
+        self.host = host
+        self.port = free_port(host)
+        self.config = tmp_path / "lbaconfig.xml"
+        self.config.write_text(config_text(host, self.port, extra, agent_attrs))
+        self.log = tmp_path / "agent.log"
+        self.proc = procs.start(python_cmd("lbagent", "-f", "-c", str(self.config)),
+                                stderr=open(self.log, "w"), stdout=subprocess.DEVNULL)
+        wait_for_port(host, self.port, proc=self.proc)
+
+    def rpc(self, **kw) -> xmlrpc.client.ServerProxy:
+        return proxy(self.host, self.port, **kw)
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+def raw_request(host: str, port: int, data: bytes, source: str | None = None) -> bytes:
+    """Send ``data`` and read the whole answer (the agent closes after one request)."""
+    with socket.create_connection((host, port), timeout=CLIENT_TIMEOUT,
+                                  source_address=(source, 0) if source else None) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def post(path: str, body: bytes, headers: str = "") -> bytes:
+    return (f"POST {path} HTTP/1.0\r\nHost: x\r\nContent-Type: text/xml\r\n"
+            f"Content-Length: {len(body)}\r\n{headers}\r\n").encode() + body
+
+
+def test_state_matches_the_system_and_custom_variables(procs, tmp_path):
+    marker = f"lbagent-proc-marker-{os.getpid()}"
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", marker])
+    hang_marker = f"47.{os.getpid()}"
+    (tmp_path / "queue").write_text("17\nignored\n")
+    extra = f"""
+      <variables>
+        <variable name="ANSWER" type="command" command="echo 42"/>
+        <variable name="HANG" type="command" command="sleep {hang_marker}" timeout="1.5"/>
+        <variable name="GARBAGE" type="command" command="head -c 64 /dev/urandom; printf '\\001'"/>
+        <variable name="FAILS" type="command" command="echo 1; exit 2"/>
+        <variable name="HELPER" type="process" pattern="{marker}"/>
+        <variable name="NOPROC" type="process" pattern="^no-such-process-[0-9]{{12}}$"/>
+        <variable name="TMPDISK" type="disk" path="{tmp_path}"/>
+        <variable name="NODISK" type="disk" path="{tmp_path}/absent"/>
+        <variable name="QUEUE" type="file" path="{tmp_path}/queue"/>
+        <variable name="NOFILE" type="file" path="{tmp_path}/absent"/>
+        <variable name="ROOM" type="constant" value="B12"/>
+        <variable name="READY" type="constant" value="true"/>
+      </variables>"""
+    try:
+        agent = Agent(procs, tmp_path, "127.0.0.41", extra)
+        # The port listens at once; the first answer waits for the first sample.
+        state = agent.rpc().get_state()
+        v = state["variables"]
+        assert v["NBPROC"] == os.cpu_count()
+        assert v["MEMTOTAL"] == pytest.approx(psutil.virtual_memory().total / 2 ** 20, rel=0.03)
+        assert 0 <= v["MEMUSEDPCT"] <= 100 and 0 <= v["CPUUSED"] <= 100
+        assert v["MEMUSED"] + v["MEMAVAIL"] == pytest.approx(v["MEMTOTAL"], abs=2)
+        assert v["DISKUSEDPCT"] == pytest.approx(psutil.disk_usage("/").percent, abs=1)
+        assert v["UPTIME"] == pytest.approx(psutil.time.time() - psutil.boot_time(), abs=30)
+        assert v["LOADAVG15"] == pytest.approx(os.getloadavg()[2], abs=1)
+        assert v["NBSESSIONS"] == len(psutil.users())
+        assert state["users"] == sorted({u.name for u in psutil.users()})
+        assert v["NBUSERS"] == len(state["users"])
+        assert isinstance(v["CPUFREQ"], int) and v["CPUFREQ"] >= 0
+        assert state["hostname"] == socket.gethostname()
+        assert abs(state["sampled_at"] - psutil.time.time()) < 60
+        from common.builtins import BUILTIN_VARIABLES
+        assert set(BUILTIN_VARIABLES) <= set(v)
+
+        assert v["ANSWER"] == 42
+        assert v["HELPER"] is True and v["NOPROC"] is False
+        assert v["TMPDISK"] == pytest.approx(psutil.disk_usage(str(tmp_path)).percent, abs=1)
+        assert v["QUEUE"] == 17
+        assert v["ROOM"] == "B12" and v["READY"] is True
+        for absent in ("HANG", "GARBAGE", "FAILS", "NODISK", "NOFILE"):
+            assert absent not in v
+
+        helper.kill()
+        helper.wait()
+        # From now on the sampler spends 1.5 s of every sample in the hanging
+        # command; requests are answered from the cache all the same.
+        wait_until(lambda: agent.rpc(timeout=1.0).get_state()["variables"]["HELPER"] is False,
+                   timeout=10, what="HELPER false once the process is gone")
+        for _ in range(5):
+            assert agent.rpc(timeout=1.0).get_state()["variables"]["ANSWER"] == 42
+    finally:
+        helper.kill()
+        helper.wait()
+    procs.stop_all()
+    log = agent.log_text()
+    assert log.count("variable HANG (command, line 7) left out: timed out") == 1, log
+    assert "variable GARBAGE" in log and "variable NOFILE" in log
+    # Killed with its process group, the hanging command leaves nothing behind.
+    wait_until(lambda: not any(hang_marker in " ".join(p.info["cmdline"] or ())
+                               for p in psutil.process_iter(["cmdline"])),
+               timeout=5, what="no leftover hanging command")
+
+
+def test_allow_list_refuses_other_addresses(procs, tmp_path):
+    agent = Agent(procs, tmp_path, "127.0.0.42", '<access><allow from="127.0.0.1/32"/></access>')
+    assert agent.rpc(source="127.0.0.1").ping() is True
+    for _ in range(3):
+        with pytest.raises(xmlrpc.client.ProtocolError) as info:
+            agent.rpc(source="127.0.0.9").get_state()
+        assert info.value.errcode == 403
+    answer = raw_request(agent.host, agent.port, post("/RPC2", xmlrpc.client.dumps((), "ping").encode()),
+                         source="127.0.0.9")
+    assert answer.startswith(b"HTTP/1.0 403 ") and b"access denied for 127.0.0.9" in answer
+    assert agent.rpc(source="127.0.0.1").get_state()["variables"]["NBPROC"] == os.cpu_count()
+    procs.stop_all()
+    log = agent.log_text()
+    assert log.count("refused query from 127.0.0.9") == 1, log  # not once per request
+
+
+def test_bad_requests_do_not_hurt_the_agent(procs, tmp_path):
+    agent = Agent(procs, tmp_path, "127.0.0.43", agent_attrs='sample-interval="1" max-request-bytes="4096"')
+    host, port = agent.host, agent.port
+
+    # Malformed XML: a fault, and the agent keeps answering.
+    answer = raw_request(host, port, post("/RPC2", b"<methodCall><methodName>get_state</meth"))
+    assert answer.startswith(b"HTTP/1.0 200 ")
+    with pytest.raises(xmlrpc.client.Fault):
+        xmlrpc.client.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert agent.rpc().ping() is True
+
+    # Entity bomb: refused as a fault, quickly, without expanding anything.
+    bomb = (b'<?xml version="1.0"?>\n<!DOCTYPE b [<!ENTITY a "aaaaaaaaaa">'
+            + b"".join(b'<!ENTITY a%d "%s">' % (i + 1, (b"&a%d;" % i if i else b"&a;") * 10) for i in range(9))
+            + b"]>\n<methodCall><methodName>&a9;</methodName></methodCall>")
+    answer = raw_request(host, port, post("/", bomb))
+    with pytest.raises(xmlrpc.client.Fault, match="DTDForbidden"):
+        xmlrpc.client.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+    # Oversized body: 413 from the announced length alone, and from a real client.
+    answer = raw_request(host, port, b"POST /RPC2 HTTP/1.0\r\nContent-Length: 50000000\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 413 ")
+    with pytest.raises(xmlrpc.client.ProtocolError) as info:
+        agent.rpc().ping("x" * 200_000)
+    assert info.value.errcode == 413
+
+    # Wrong path and wrong method.
+    with pytest.raises(xmlrpc.client.ProtocolError) as info:
+        agent.rpc(path="/other").ping()
+    assert info.value.errcode == 404
+    assert raw_request(host, port, b"GET / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 405 ")
+    assert raw_request(host, port, b"\x16\x03\x01garbage\r\n\r\n").startswith(b"HTTP/1.0 400 ")
+
+    # Both paths serve XML-RPC.
+    assert agent.rpc(path="/").ping() is True
+    assert agent.rpc(path="/RPC2").get_state()["hostname"] == socket.gethostname()
+    assert agent.proc.poll() is None
+
+
+def test_stuck_client_neither_blocks_others_nor_lingers(procs, tmp_path):
+    agent = Agent(procs, tmp_path, "127.0.0.44", agent_attrs='sample-interval="1" request-timeout="1"')
+    with socket.create_connection((agent.host, agent.port), timeout=CLIENT_TIMEOUT) as stuck:
+        stuck.sendall(b"POST /RPC2 HTTP/1.0\r\nContent-Length: 100\r\n\r\n<methodCall>")  # and no more
+        assert agent.rpc(timeout=2.0).get_state()["variables"]["NBPROC"] == os.cpu_count()
+        # request-timeout bounds the whole connection: the agent hangs up on it.
+        stuck.settimeout(CLIENT_TIMEOUT)
+        assert stuck.recv(4096) == b""
+    with socket.create_connection((agent.host, agent.port), timeout=CLIENT_TIMEOUT) as trickle:
+        # A byte at a time, each within the per-read timeout, still ends at the deadline.
+        def cut_off():
+            try:
+                trickle.sendall(b"P")
+                return False
+            except OSError:
+                return True
+        wait_until(cut_off, timeout=5, interval=0.3, what="trickling client cut off")
+
+
+def test_ipv6_loopback(procs, tmp_path):
+    agent = Agent(procs, tmp_path, "::1", '<access><allow from="::1"/></access>')
+    state = agent.rpc().get_state()
+    assert state["variables"]["NBPROC"] == os.cpu_count()
+
+
+def test_reload_in_foreground_rebinds_and_applies_variables(procs, tmp_path):
+    agent = Agent(procs, tmp_path, "127.0.0.45")
+    assert "ROOM" not in agent.rpc().get_state()["variables"]
+    new_port = free_port("127.0.0.45")
+    agent.config.write_text(config_text("127.0.0.45", new_port, """
+      <access><allow from="127.0.0.0/8"/></access>
+      <variables><variable name="ROOM" type="constant" value="7"/></variables>"""))
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_for_port("127.0.0.45", new_port, proc=agent.proc)
+    moved = proxy("127.0.0.45", new_port)
+    wait_until(lambda: moved.get_state()["variables"].get("ROOM") == 7, timeout=10, what="ROOM after reload")
+    wait_until(lambda: _refused("127.0.0.45", agent.port), timeout=10, what="old port closed")
+
+
+def _refused(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_daemon_lifecycle(tmp_path):
+    """No -f: pid file, refusal of a second instance, SIGHUP reloads, SIGTERM cleans up."""
+    host = "127.0.0.46"
+    port = free_port(host)
+    pidfile = tmp_path / "lbagent.pid"
+    log = tmp_path / "agent.log"
+    cfg = tmp_path / "lbaconfig.xml"
+    log_el = f'<log file="{log}" level="info"/>'
+    cfg.write_text(config_text(host, port, log_el))
+    env = dict(os.environ, PYTHONPATH=str(os.path.dirname(os.path.dirname(__file__))))
+    cmd = python_cmd("lbagent", "-c", str(cfg), "-p", str(pidfile))
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env)
+    assert first.returncode == 0, first.stderr
+    pid = None
+    try:
+        pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), what="pid file"))
+        assert psutil.pid_exists(pid) and pid != os.getpid()
+        wait_for_port(host, port)
+        assert proxy(host, port).ping() is True
+
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env)
+        assert second.returncode != 0
+        assert "already running" in second.stderr and str(pid) in second.stderr
+        assert int(pidfile.read_text()) == pid
+
+        cfg.write_text(config_text(host, port, log_el + """
+          <variables><variable name="ROOM" type="constant" value="12"/></variables>"""))
+        os.kill(pid, signal.SIGHUP)
+        wait_until(lambda: proxy(host, port).get_state()["variables"].get("ROOM") == 12,
+                   timeout=10, what="new variable after SIGHUP")
+
+        broken = config_text(host, port, log_el + """
+          <variables><variable name="ROOM" type="constant"/></variables>""")
+        cfg.write_text(broken)
+        bad_line = broken.splitlines().index('          <variables><variable name="ROOM" type="constant"/></variables>') + 1
+        os.kill(pid, signal.SIGHUP)
+        wait_until(lambda: "reload refused" in log.read_text(), timeout=10, what="reload refusal logged")
+        assert f"{cfg}:{bad_line}: " in log.read_text()
+        assert "missing attribute value" in log.read_text()
+        assert proxy(host, port).get_state()["variables"]["ROOM"] == 12  # old config still in force
+
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not pidfile.exists(), timeout=10, what="pid file removed")
+        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                   timeout=10, what="daemon gone")
+        pid = None
+        assert "lbagent stopped" in log.read_text()
+    finally:
+        if pid is not None and psutil.pid_exists(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_port_in_use_is_reported_before_detaching(tmp_path):
+    host = "127.0.0.47"
+    with socket.socket() as busy:
+        busy.bind((host, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "lbaconfig.xml"
+        cfg.write_text(config_text(host, port))
+        env = dict(os.environ, PYTHONPATH=str(os.path.dirname(os.path.dirname(__file__))))
+        res = subprocess.run(python_cmd("lbagent", "-c", str(cfg), "-p", str(tmp_path / "pid")),
+                             capture_output=True, text=True, timeout=30, env=env)
+    assert res.returncode == 1
+    assert f"cannot listen on {host}:{port}" in res.stderr
+    assert not (tmp_path / "pid").exists()

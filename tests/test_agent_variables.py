@@ -1,0 +1,128 @@
+"""Custom variable readers: real commands, files and processes (no network)."""
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import wait_until
+from lbagent.config import CustomVariable
+from lbagent.variables import (CustomSampler, VariableProblem, disk_used_pct, processes_running,
+                               read_file_value, run_command)
+
+
+def test_command_value_types():
+    assert run_command("echo 12", 2) == 12
+    assert run_command("printf '0.75\\nignored\\n'", 2) == 0.75
+    assert run_command("echo TRUE", 2) is True
+    assert run_command("echo north wing", 2) == "north wing"
+
+
+def test_command_runs_with_c_locale():
+    assert run_command('echo "$LC_ALL"', 2) == "C"
+
+
+def test_command_failure_and_garbage():
+    with pytest.raises(VariableProblem, match="exited with status 3"):
+        run_command("echo 1; exit 3", 2)
+    with pytest.raises(VariableProblem, match="unusable output"):
+        run_command("printf '\\001\\377\\033[1m\\n'", 2)
+    with pytest.raises(VariableProblem, match="empty"):
+        run_command("true", 2)
+
+
+def test_hanging_command_is_killed_with_its_group():
+    marker = "31.%d" % os.getpid()
+    # The shell forks a pipeline: the group kill must take the grandchildren too.
+    start = time.monotonic()
+    with pytest.raises(VariableProblem, match="timed out after 0.5 s"):
+        run_command(f"sleep {marker} | cat; echo 1", 0.5)
+    assert time.monotonic() - start < 5  # bounded by the timeout, not by the command
+
+    def gone():
+        return not any(p.info["cmdline"] and marker in " ".join(p.info["cmdline"])
+                       for p in psutil.process_iter(["cmdline"]))
+    wait_until(gone, timeout=5, what="sleep of the killed command gone")
+
+
+def test_endless_output_is_cut_off():
+    with pytest.raises(VariableProblem, match="printed more than"):
+        run_command("yes", 5)
+
+
+def test_file_value(tmp_path):
+    f = tmp_path / "queue"
+    f.write_text("17\nsecond line\n")
+    assert read_file_value(str(f)) == 17
+    with pytest.raises(VariableProblem, match="No such file"):
+        read_file_value(str(tmp_path / "absent"))
+    with pytest.raises(VariableProblem, match="not a regular file"):
+        read_file_value(str(tmp_path))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(VariableProblem, match="not a regular file"):
+        read_file_value(str(fifo))  # and it did not block waiting for a writer
+
+
+def test_disk_value(tmp_path):
+    assert disk_used_pct(str(tmp_path)) == pytest.approx(psutil.disk_usage(str(tmp_path)).percent, abs=0.5)
+    with pytest.raises(VariableProblem, match="cannot stat"):
+        disk_used_pct(str(tmp_path / "absent"))
+
+
+def test_process_match_by_name_and_command_line():
+    marker = f"lbagent-test-marker-{os.getpid()}"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    try:
+        by_cmd = CustomVariable(name="MARK", type="process", pattern=re.compile(re.escape(marker)))
+        by_name = CustomVariable(name="INIT", type="process", pattern=re.compile("^" + re.escape(
+            psutil.Process(os.getpid()).name()) + "$"))
+        none = CustomVariable(name="NONE", type="process", pattern=re.compile("^no-such-process-[0-9]{12}$"))
+        found = processes_running([by_cmd, by_name, none])
+        assert found == {"MARK": True, "INIT": True, "NONE": False}
+    finally:
+        proc.kill()
+        proc.wait()
+    assert processes_running([by_cmd]) == {"MARK": False}
+
+
+def test_sampler_runs_commands_concurrently(tmp_path):
+    """Each command waits for the other to have started: only concurrent runs both succeed."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    wait = "for i in $(seq 100); do [ -e {other} ] && echo 1 && exit 0; sleep 0.05; done; exit 1"
+    variables = [
+        CustomVariable(name="A", type="command", command=f"touch {a}; " + wait.format(other=b), timeout=10),
+        CustomVariable(name="B", type="command", command=f"touch {b}; " + wait.format(other=a), timeout=10),
+    ]
+    sampler = CustomSampler()
+    try:
+        assert sampler.sample(variables) == {"A": 1, "B": 1}
+    finally:
+        sampler.close()
+
+
+def test_sampler_leaves_out_failures_and_logs_once(caplog, tmp_path):
+    variables = [
+        CustomVariable(name="HANG", type="command", command="sleep 30", timeout=0.3),
+        CustomVariable(name="OK", type="command", command="echo 5", timeout=5),
+        CustomVariable(name="ROOM", type="constant", value="B12"),
+        CustomVariable(name="Q", type="file", path=str(tmp_path / "q")),
+    ]
+    sampler = CustomSampler()
+    try:
+        with caplog.at_level(logging.INFO, logger="lbagent.variables"):
+            assert sampler.sample(variables) == {"OK": 5, "ROOM": "B12"}
+            sampler.sample(variables)
+            (tmp_path / "q").write_text("3\n")
+            assert sampler.sample(variables)["Q"] == 3
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("HANG" in m and "timed out" in m for m in messages) == 1
+        assert sum("Q (file" in m for m in messages) == 1
+        assert any("Q has a value again" in m for m in messages)
+    finally:
+        sampler.close()

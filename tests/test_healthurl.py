@@ -1,0 +1,123 @@
+"""Submission-test pages: parsing, host matching, fetching over file:// and real HTTP."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+
+import pytest
+
+from conftest import free_port
+from lbserver.healthurl import HealthFetchError, fetch, match_nodes, parse_page, parse_timestamp
+
+NOW = 1_700_000_000.0
+
+
+def test_parse_newest_wins_and_flags():
+    page = parse_page(
+        "# submission tests\n"
+        f"{NOW - 600:.0f} 1 wms01.example.org\n"
+        f"{NOW - 60:.0f} 0 WMS01.example.org.\n"
+        f"{NOW - 30:.0f} 2 wms02.example.org\n"
+        "\n", NOW, 3600)
+    assert page.results["wms01.example.org"].ok
+    assert not page.results["wms02.example.org"].ok
+    assert page.results["wms02.example.org"].flag == 2
+    assert page.problems == ()
+
+
+def test_parse_reports_bad_lines_with_numbers():
+    page = parse_page(f"{NOW:.0f} 0 a\ngarbage\nyesterday 0 b\n{NOW:.0f} x c\n", NOW, 3600)
+    assert set(page.results) == {"a"}
+    assert [p.split(":")[0] for p in page.problems] == ["line 2", "line 3", "line 4"]
+    assert "bad ERRORFLAG" in page.problems[2]
+
+
+def test_parse_ignores_stale_results():
+    page = parse_page(f"{NOW - 7200:.0f} 1 old.example.org\n{NOW - 10:.0f} 0 new\n", NOW, 3600)
+    assert "old.example.org" not in page.results
+    assert page.stale and "old.example.org" in page.stale[0]
+
+
+def test_iso_timestamps():
+    assert parse_timestamp("2023-11-14T22:13:20Z") == pytest.approx(1_700_000_000)
+    assert parse_timestamp("2023-11-14T23:13:20+01:00") == pytest.approx(1_700_000_000)
+    with pytest.raises(ValueError):
+        parse_timestamp("nan")
+
+
+def test_match_by_name_host_and_first_label():
+    page = parse_page(
+        f"{NOW:.0f} 1 wms01.example.org\n"     # first label = node name wms01
+        f"{NOW:.0f} 1 wms02\n"                 # short name = first label of node host
+        f"{NOW:.0f} 1 10.0.0.3\n"              # address host
+        f"{NOW:.0f} 1 other.example.org\n", NOW, 3600)
+    nodes = [("wms01", "10.0.0.1"), ("b", "wms02.example.org"), ("c", "10.0.0.3"), ("d", "wms04.example.org")]
+    m = match_nodes(page, nodes)
+    assert set(m) == {"wms01", "b", "c"}
+
+
+def test_match_ambiguous_first_label_is_not_guessed():
+    page = parse_page(f"{NOW:.0f} 1 wms01\n", NOW, 3600)
+    assert match_nodes(page, [("x", "wms01.a.org"), ("y", "wms01.b.org")]) == {}
+
+
+def test_exact_match_beats_first_label():
+    page = parse_page(f"{NOW:.0f} 0 wms01.a.org\n{NOW + 1:.0f} 1 wms01.b.org\n", NOW + 1, 3600)
+    m = match_nodes(page, [("x", "wms01.a.org")])
+    assert m["x"].ok
+
+
+def test_fetch_file(tmp_path):
+    p = tmp_path / "tests.txt"
+    p.write_text(f"{NOW:.0f} 0 a\n")
+    assert fetch(p.as_uri(), 2) == f"{NOW:.0f} 0 a\n"
+    with pytest.raises(HealthFetchError, match="No such file"):
+        fetch((tmp_path / "missing.txt").as_uri(), 2)
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"x" * 2000)
+    with pytest.raises(HealthFetchError, match="larger than 1000 bytes"):
+        fetch(big.as_uri(), 2, max_bytes=1000)
+
+
+def test_fetch_rejects_other_schemes():
+    with pytest.raises(HealthFetchError, match="unsupported URL scheme 'ftp'"):
+        fetch("ftp://127.0.0.1/x", 1)
+
+
+@pytest.fixture
+def http_page():
+    body = {"data": f"{time.time():.0f} 1 wms01\n".encode()}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path == "/tests.txt":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body["data"])))
+                self.end_headers()
+                self.wfile.write(body["data"])
+            else:
+                self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_fetch_http(http_page):
+    assert " 1 wms01" in fetch(http_page + "/tests.txt", 2)
+    with pytest.raises(HealthFetchError, match="HTTP 404"):
+        fetch(http_page + "/nothing", 2)
+
+
+def test_fetch_http_refused():
+    port = free_port()
+    with pytest.raises(HealthFetchError, match=f"127.0.0.1:{port}/x: .*refused"):
+        fetch(f"http://127.0.0.1:{port}/x", 2)

@@ -1,0 +1,162 @@
+"""The weight formula and health verdicts, rule by rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from lbserver.config import Require, Rule
+from lbserver.weights import compensates, evaluate, node_size
+
+BASE = {"NBPROC": 4, "CPUFREQ": 2000}   # size 8 core-GHz
+
+
+def approx(x):
+    return pytest.approx(x, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("variables, size", [
+    ({"NBPROC": 4, "CPUFREQ": 2000}, 8.0),
+    ({"NBPROC": 16, "CPUFREQ": 2400.0}, 38.4),
+    ({"NBPROC": 2}, 2.0),                      # CPUFREQ missing: 1000 MHz
+    ({"NBPROC": 2, "CPUFREQ": 0}, 2.0),        # CPUFREQ 0: 1000 MHz
+    ({"CPUFREQ": 3000}, 3.0),                  # NBPROC missing: 1
+    ({"NBPROC": "8", "CPUFREQ": "1500"}, 12.0),  # numeric strings from custom commands
+    ({"NBPROC": True, "CPUFREQ": "fast"}, 1.0),  # nonsense: the conservative defaults
+])
+def test_node_size(variables, size):
+    assert node_size(variables) == approx(size)
+
+
+def test_no_rules_weight_is_size():
+    v = evaluate(BASE, (), ())
+    assert v.healthy and v.weight == approx(8.0) and v.size == approx(8.0) and v.reasons == ()
+    assert evaluate({"NBPROC": 16, "CPUFREQ": 2000}, (), ()).weight == approx(32.0)
+
+
+def test_linear_contribution_scaled_by_size():
+    rule = Rule("MEMUSEDPCT", weight=30, capacity=90)
+    v = evaluate({**BASE, "MEMUSEDPCT": 45}, [rule], ())
+    assert v.healthy and v.weight == approx(8 * 30 * 0.5)
+
+
+@pytest.mark.parametrize("value, fraction", [(0, 1.0), (-5, 1.0), (90, 0.0), (120, 0.0), (9, 0.9)])
+def test_clamp(value, fraction):
+    rule = Rule("MEMUSEDPCT", weight=10, capacity=90)
+    assert evaluate({**BASE, "MEMUSEDPCT": value}, [rule], ()).weight == approx(8 * 10 * fraction)
+
+
+def test_per_cpu_divides_by_nbproc():
+    rule = Rule("LOADAVG", weight=50, capacity=1.0, per_cpu=True)
+    assert evaluate({**BASE, "LOADAVG": 2.0}, [rule], ()).weight == approx(8 * 50 * 0.5)
+    plain = Rule("LOADAVG", weight=50, capacity=1.0)
+    assert evaluate({**BASE, "LOADAVG": 2.0}, [plain], ()).weight == 0.0
+
+
+def test_rules_add_up():
+    rules = [Rule("LOADAVG", weight=50, capacity=1.0, per_cpu=True), Rule("NBSESSIONS", weight=20, capacity=40)]
+    v = evaluate({**BASE, "LOADAVG": 1.0, "NBSESSIONS": 10}, rules, ())
+    assert v.weight == approx(8 * (50 * 0.75 + 20 * 0.75))
+
+
+def test_two_unlike_servers_worked_example():
+    # The README's example: the big busy server still outweighs the small idle one.
+    rules = [Rule("LOADAVG", weight=50, capacity=1.0, per_cpu=True), Rule("MEMUSEDPCT", weight=30, capacity=90)]
+    small = evaluate({"NBPROC": 2, "CPUFREQ": 3000, "LOADAVG": 0.5, "MEMUSEDPCT": 30}, rules, ())
+    big = evaluate({"NBPROC": 16, "CPUFREQ": 2000, "LOADAVG": 12.0, "MEMUSEDPCT": 60}, rules, ())
+    assert small.weight == approx(6 * (50 * 0.75 + 30 * (2 / 3)))   # 345
+    assert big.weight == approx(32 * (50 * 0.25 + 30 * (1 / 3)))    # 720
+
+
+def test_critical_compares_measured_value():
+    rule = Rule("MEMUSEDPCT", weight=30, capacity=90, critical=98)
+    assert evaluate({**BASE, "MEMUSEDPCT": 97.9}, [rule], ()).healthy
+    v = evaluate({**BASE, "MEMUSEDPCT": 98.5}, [rule], ())
+    assert not v.healthy and v.weight == 0.0
+    assert v.reasons == ("MEMUSEDPCT 98.5 >= critical 98",)
+    assert not evaluate({**BASE, "MEMUSEDPCT": 98}, [rule], ()).healthy  # "at or over"
+
+
+def test_critical_per_cpu_and_ignores_predicted_sessions():
+    rule = Rule("LOADAVG", weight=50, capacity=1.0, per_cpu=True, critical=2.0, per_session=1.0)
+    assert not evaluate({**BASE, "LOADAVG": 8.0}, [rule], ()).healthy          # 2.0 per cpu
+    assert "LOADAVG per cpu 2 >= critical 2" in evaluate({**BASE, "LOADAVG": 8.0}, [rule], ()).reasons
+    assert evaluate({**BASE, "LOADAVG": 7.9}, [rule], ()).healthy
+    # a guess of 100 more sessions lowers the weight to 0 but does not exclude the node
+    v = evaluate({**BASE, "LOADAVG": 1.0}, [rule], (), extra_sessions=100)
+    assert v.healthy and v.weight == 0.0
+
+
+def test_extra_sessions_use_per_session_before_per_cpu():
+    rule = Rule("LOADAVG", weight=50, capacity=1.0, per_cpu=True, per_session=0.5)
+    v = evaluate({**BASE, "LOADAVG": 1.0}, [rule], (), extra_sessions=2)
+    assert v.weight == approx(8 * 50 * (1 - (1.0 + 2 * 0.5) / 4))
+    no_ps = Rule("NBSESSIONS", weight=20, capacity=40)
+    assert evaluate({**BASE, "NBSESSIONS": 10}, [no_ps], (), extra_sessions=5).weight == approx(8 * 20 * 0.75)
+
+
+@pytest.mark.parametrize("variables, reason", [
+    (BASE, "variable LOADAVG missing from agent reply"),
+    ({**BASE, "LOADAVG": "n/a"}, "variable LOADAVG is not a number: 'n/a'"),
+    ({**BASE, "LOADAVG": True}, "variable LOADAVG is not a number: 'true'"),
+])
+def test_missing_or_non_numeric_rule_variable_is_unhealthy(variables, reason):
+    v = evaluate(variables, [Rule("LOADAVG", weight=50, capacity=1.0)], ())
+    assert not v.healthy and v.weight == 0.0 and v.reasons == (reason,)
+
+
+def test_numeric_string_variable_counts():
+    v = evaluate({**BASE, "QUEUE": "5"}, [Rule("QUEUE", weight=10, capacity=10)], ())
+    assert v.healthy and v.weight == approx(8 * 10 * 0.5)
+
+
+@pytest.mark.parametrize("value, ok", [(True, True), ("TRUE", True), ("true", True), (False, False),
+                                       ("yes", False), (1, False)])
+def test_require_equals_bool_as_text(value, ok):
+    v = evaluate({**BASE, "GDM": value}, (), [Require("GDM", equals="true")])
+    assert v.healthy is ok
+    if not ok:
+        assert v.reasons[0].startswith("require GDM == true: got ")
+
+
+def test_require_equals_reason_text():
+    v = evaluate({**BASE, "GDM": False}, (), [Require("GDM", equals="true")])
+    assert v.reasons == ("require GDM == true: got false",)
+
+
+@pytest.mark.parametrize("value, ok", [("B12", True), ("b12", True), ("B13", False), (3, False)])
+def test_require_equals_strings_case_insensitive(value, ok):
+    assert evaluate({**BASE, "ROOM": value}, (), [Require("ROOM", equals="B12")]).healthy is ok
+
+
+def test_require_equals_numbers_compare_as_numbers():
+    assert evaluate({**BASE, "ROOM": 3.0}, (), [Require("ROOM", equals="3")]).healthy
+    assert not evaluate({**BASE, "ROOM": 4}, (), [Require("ROOM", equals="3")]).healthy
+
+
+@pytest.mark.parametrize("value, ok, reason", [
+    (5, True, None), (2, True, None), (8, True, None),
+    (1.5, False, "require SCRATCH >= 2: got 1.5"),
+    (9, False, "require SCRATCH <= 8: got 9"),
+    ("lots", False, "require SCRATCH: got 'lots', not a number"),
+])
+def test_require_min_max(value, ok, reason):
+    v = evaluate({**BASE, "SCRATCH": value}, (), [Require("SCRATCH", min=2, max=8)])
+    assert v.healthy is ok
+    if reason:
+        assert v.reasons == (reason,)
+
+
+def test_require_missing_variable():
+    v = evaluate(BASE, (), [Require("GDM", equals="true")])
+    assert not v.healthy and v.reasons == ("require GDM: variable GDM missing from agent reply",)
+
+
+def test_all_reasons_are_reported():
+    rules = [Rule("LOADAVG", weight=1, capacity=1), Rule("MEMUSEDPCT", weight=1, capacity=90, critical=98)]
+    v = evaluate({**BASE, "MEMUSEDPCT": 99}, rules, [Require("GDM", equals="true")])
+    assert len(v.reasons) == 3 and v.size == approx(8.0)
+
+
+def test_compensates():
+    assert not compensates([Rule("A", 1, 1)])
+    assert compensates([Rule("A", 1, 1), Rule("B", 1, 1, per_session=0.5)])
