@@ -27,6 +27,8 @@ setup(
         "prometheus_client>=0.16",
     ],
     extras_require={
+        # uvloop makes the terminal service faster; lbserver uses it when installed.
+        "fast": ["uvloop>=0.17"],
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "aiosmtpd>=1.4"],
     },
     entry_points={

@@ -232,14 +232,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
                extra: dict[str, str] | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
+        # Status, headers and body in one write: one system call per reply, not two.
+        self.log_request(code, len(body))
+        reason = self.responses.get(code, ("",))[0]
+        lines = [f"HTTP/1.0 {code} {reason}", f"Server: {self.server_version}",
+                 f"Date: {self.date_time_string()}", f"Content-Type: {ctype}",
+                 f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
+        self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
 
     def _refuse(self, code: int, text: str, extra: dict[str, str] | None = None) -> None:
         self._reply(code, text.encode("utf-8"), extra=dict(extra or {}, Connection="close"))

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 from lbserver import health
 from lbserver.config import Node, ServerConfig
+from lbserver.history import History
 from lbserver.metrics import DurationHistogram
 from lbserver.netutil import listen_socket, raise_nofile_limit
 from lbserver.poller import poll_all
 from lbserver.selection import Selector, Snapshot, UnknownGroup
 from lbserver.statefile import DrainState
-from lbserver.terminal import TerminalService
+from lbserver.terminal import TerminalService, new_event_loop
 
 log = logging.getLogger("lbserver")
 
@@ -79,6 +80,7 @@ class Balancer:
         self._last_good_logged: dict[str, float] = {}
         self._cycle_mono = time.monotonic()
         self.poll_histogram = DurationHistogram()
+        self.history = History()
         self.response_counts: dict[int, int] = {}
         self.dns_update_counts: dict[tuple[str, str], int] = {}
 
@@ -124,7 +126,7 @@ class Balancer:
     # -- loop --------------------------------------------------------------
 
     def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._serve())
@@ -198,6 +200,7 @@ class Balancer:
         self.install_snapshot(now)
         self.last_cycle = CycleInfo(started, time.time() - started, len(results), failed)
         self.poll_histogram.observe(self.last_cycle.duration)
+        self.history.add(self.snapshot, now, cfg.poll.interval)
         if publish:
             self._kick_dns()
 

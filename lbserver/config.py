@@ -135,6 +135,7 @@ class Dns:
     smtp_user: str | None = None
     smtp_password_file: str | None = None
     mail_from: str | None = None
+    alert_state_file: str | None = None
     aliases: tuple[Alias, ...] = ()
     line: int = 0
 
@@ -264,9 +265,13 @@ def _check_dns_extras(r: Reader, elem: etree._Element, dns_cfg: "Dns") -> None:
         raise r.error(elem, f"<dns> attribute key-algorithm={dns_cfg.key_algorithm!r}: expected one of "
                             f"{', '.join(dnskey.ALGORITHMS)}")
     try:
-        dnskey.load_key(dns_cfg.key_file, dns_cfg.key_name, dns_cfg.key_algorithm)
+        key = dnskey.load_key(dns_cfg.key_file, dns_cfg.key_name, dns_cfg.key_algorithm)
     except dnskey.KeyFileError as exc:
         raise r.error(elem, f"<dns> key-file: {exc}") from None
+    given = elem.get("key-algorithm")
+    if given is not None and dnskey.normalize_algorithm(given) != key.algorithm:
+        raise r.error(elem, f"<dns> key-algorithm={given!r} but key {key.name!r} in {dns_cfg.key_file} uses "
+                            f"{key.algorithm}: remove key-algorithm or make them agree")
     try:
         if not DNS_LABELS.match(dns_cfg.zone):
             raise dns.exception.SyntaxError
@@ -344,6 +349,7 @@ def _load_dns(r: Reader, elem: etree._Element, groups: dict[str, Group]) -> Dns:
                              health_max_age=r.number(a, "health-max-age", 3600.0, positive=True),
                              line=a.sourceline))
     password_file = r.text(elem, "smtp-password-file")
+    state_file = r.text(elem, "alert-state-file")
     dns_cfg = Dns(
         server=r.required(elem, "server"),
         port=r.integer(elem, "port", 53, minimum=1),
@@ -360,6 +366,7 @@ def _load_dns(r: Reader, elem: etree._Element, groups: dict[str, Group]) -> Dns:
         smtp_user=r.text(elem, "smtp-user"),
         smtp_password_file=_config_relative(r, password_file) if password_file else None,
         mail_from=r.text(elem, "mail-from"),
+        alert_state_file=_config_relative(r, state_file) if state_file else None,
         aliases=tuple(aliases),
         line=elem.sourceline,
     )

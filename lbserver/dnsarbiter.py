@@ -173,8 +173,9 @@ class DnsArbiter:
 
     ``run_cycle`` blocks (DNS, HTTP and SMTP exchanges, each bounded by the
     ``<dns>`` timeout) and is meant for a worker thread; cycles never overlap.
-    ``state_file``, when given, keeps the alert state across processes (cron
-    mode) so a condition is mailed once, not on every run.
+    ``state_file`` (default: ``<dns alert-state-file>``), when set, keeps the
+    alert state across processes (cron mode) so a condition is mailed once,
+    not on every run.
     """
 
     def __init__(self, dns: Dns, nodes: Mapping[str, Node], *, state_file: str | None = None,
@@ -182,6 +183,7 @@ class DnsArbiter:
         self._lock = threading.Lock()
         self._cycle_lock = threading.Lock()
         self._resolver = resolver
+        state_file = state_file or dns.alert_state_file
         self._state_file = state_file
         self._tracker = AlertTracker.load(state_file) if state_file else AlertTracker()
         self._reports: tuple[AliasReport, ...] = ()
@@ -193,12 +195,16 @@ class DnsArbiter:
         self._mailer = Mailer(_mail_settings(dns))
 
     @staticmethod
-    def _load_key(dns: Dns) -> tuple[TsigKey | None, str | None]:
+    def _load_key(dns: Dns, previous_error: str | None = None) -> tuple[TsigKey | None, str | None]:
         try:
             key = load_key(dns.key_file, dns.key_name, dns.key_algorithm)
         except KeyFileError as exc:
-            log.error("DNS arbiter: TSIG key unusable: %s", exc)
+            # Retried every cycle: say it once, not every cycle.
+            log.log(logging.DEBUG if str(exc) == previous_error else logging.ERROR,
+                    "DNS arbiter: TSIG key unusable: %s", exc)
             return None, str(exc)
+        if previous_error:
+            log.info("DNS arbiter: TSIG key file %s is usable again", dns.key_file)
         warning = permission_warning(dns.key_file)
         if warning:
             log.warning("DNS arbiter: TSIG key file %s", warning)
@@ -211,6 +217,8 @@ class DnsArbiter:
             self._dns = dns
             self._nodes = dict(nodes)
             self._key, self._key_error = key, key_error
+            if dns.alert_state_file and dns.alert_state_file != self._state_file:
+                self._state_file = dns.alert_state_file
             pending = self._mailer.pending
             self._mailer = Mailer(_mail_settings(dns))
             self._mailer.pending = pending
@@ -232,10 +240,9 @@ class DnsArbiter:
                 mailer = self._mailer
             if key is None:
                 # The file may have been fixed since the last (re)load.
-                key, key_error = self._load_key(dns)
-                if key is not None:
-                    with self._lock:
-                        self._key, self._key_error = key, None
+                key, key_error = self._load_key(dns, key_error)
+                with self._lock:
+                    self._key, self._key_error = key, key_error
             pages: dict[str, HealthPage | str] = {}
             reports: list[AliasReport] = []
             conditions: dict[str, str] = {}

@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import urllib.parse
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from common.xmlconfig import ConfigError
 from lbserver import config as configmod
@@ -74,6 +74,41 @@ def is_loopback(peer: str) -> bool:
     return addr.is_loopback
 
 
+def _origin_is_loopback(origin: str) -> bool:
+    host = urllib.parse.urlsplit(origin).hostname or ""
+    return host == "localhost" or is_loopback(host)
+
+
+def loopback_allowed(peer: str, headers: Mapping[str, str]) -> bool:
+    """True when a request may act without a token because it comes from this host.
+
+    A browser on this host also connects from loopback, on behalf of any web
+    page it shows; it then sends ``Origin``. A request whose Origin is not a
+    loopback page (another site, or a DNS-rebound name) gets no loopback
+    trust, so no web page can drain nodes through an admin's browser.
+    """
+    if not is_loopback(peer):
+        return False
+    origin = headers.get("origin")
+    return origin is None or _origin_is_loopback(origin)
+
+
+def admin_allowed(peer: str, headers: Mapping[str, str], token: str | None) -> bool:
+    """May this request use the admin actions (POST)?
+
+    ``headers`` has lower-case names. Allowed from loopback (see
+    :func:`loopback_allowed`), or from anywhere with ``Authorization: Bearer
+    TOKEN`` matching ``token`` (compared in constant time). No token
+    configured means no remote admin.
+    """
+    if loopback_allowed(peer, headers):
+        return True
+    given = headers.get("authorization", "")
+    if not token or not given.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(given[7:].strip().encode(), token.encode())
+
+
 class ManagementService:
     """HTTP management endpoints over a :class:`~lbserver.app.Balancer`."""
 
@@ -109,7 +144,8 @@ class ManagementService:
             resp = _text(500, "internal error (see the lbserver log)")
         status, ctype, body = resp
         head = (f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
+                f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+                "X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n\r\n")
         try:
             writer.write(head.encode() + body)
             await writer.drain()
@@ -153,7 +189,8 @@ class ManagementService:
             return _text(405, "only GET and POST are served")
         if not self._authorised(headers, peer):
             log.warning("refused admin request %s from %s (not loopback, no valid token)", path, peer)
-            return _text(403, "admin actions are allowed from loopback, or with the token of token-file")
+            return _text(403, "admin actions are allowed from loopback, or with the token of token-file "
+                              "(Authorization: Bearer TOKEN; lbctl reads it from LBCTL_TOKEN)")
         segments = [s for s in path.split("/") if s]
         if segments == ["reload"]:
             return await self._reload()
@@ -162,13 +199,11 @@ class ManagementService:
         return _text(404, f"no such action: {path}")
 
     def _authorised(self, headers: dict[str, str], peer: str) -> bool:
-        if is_loopback(peer):
+        # The token file is read only when needed, so loopback admin works without one
+        # and a new token takes effect without a restart.
+        if loopback_allowed(peer, headers):
             return True
-        token = read_token(self.bal.config.token_file)
-        given = headers.get("authorization", "")
-        if not token or not given.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(given[7:].strip().encode(), token.encode())
+        return admin_allowed(peer, headers, read_token(self.bal.config.token_file))
 
     # -- GET --------------------------------------------------------------
 
@@ -185,8 +220,18 @@ class ManagementService:
 
         return 200, "text/html; charset=utf-8", render_dashboard(self.bal)
 
+    def _history(self, query: dict) -> Response:
+        since = None
+        if "since" in query:
+            try:
+                since = float(query["since"][0])
+            except ValueError:
+                return _text(400, "since must be a number (seconds since the epoch)")
+        return _json(200, self.bal.history.to_dict(since))
+
     GET_ROUTES: dict[str, Callable[["ManagementService", dict], Response]] = {
         "/status": _status,
+        "/history": _history,
         "/metrics": _metrics,
         "/": _dashboard,
     }

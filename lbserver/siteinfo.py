@@ -20,7 +20,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import shlex
 import sys
 import urllib.parse
 from dataclasses import dataclass, field
@@ -79,15 +78,47 @@ def parse_siteinfo(text: str, path: str) -> tuple[SiteInfo, list[str]]:
             continue
         name, rest = m.group(1).upper(), m.group(2)
         try:
-            lexer = shlex.shlex(rest, posix=True)
-            lexer.whitespace_split = True
-            lexer.commenters = "#"
-            value = " ".join(lexer)
+            value = shell_value(rest)
         except ValueError as exc:
             notes.append(f"{path}:{lineno}: cannot read the value of {name} ({exc}), ignored")
             continue
         info.values[name] = (value, lineno)
     return info, notes
+
+
+def shell_value(text: str) -> str:
+    """A value as the shell reads it: quotes removed, ``#`` after a blank starts a comment, blanks collapse."""
+    words: list[str] = []
+    cur: list[str] = []
+    in_word = False
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "'\"":
+            j = text.find(c, i + 1)
+            if j < 0:
+                raise ValueError(f"unclosed {c} quote")
+            cur.append(text[i + 1:j])
+            in_word = True
+            i = j + 1
+            continue
+        if c.isspace():
+            if in_word:
+                words.append("".join(cur))
+                cur, in_word = [], False
+        elif c == "#" and not in_word:
+            break
+        elif c == "\\" and i + 1 < n:
+            cur.append(text[i + 1])
+            in_word = True
+            i += 1
+        else:
+            cur.append(c)
+            in_word = True
+        i += 1
+    if in_word:
+        words.append("".join(cur))
+    return " ".join(words)
 
 
 def split_list(value: str | None) -> list[str]:
@@ -172,7 +203,9 @@ def convert(info: SiteInfo, key_file: str) -> Imported:
             notes.append(f"{info.where('DNS_KEYSTRING')}: DNS_KEYSTRING is not KEYNAME:KEY: key not imported")
 
     root = etree.Element("lbsconfig")
-    root.append(etree.Comment(f" imported from {os.path.basename(info.path)} by lbserver --import-siteinfo "))
+    source = os.path.basename(info.path).replace("--", "- -").rstrip("-")  # XML comments forbid "--"
+    root.append(etree.Comment(f" imported from {source} by the lbserver site-info importer; "
+                              "check the rules and the agents' port before use "))
     nodes_el = etree.SubElement(root, "nodes")
     rules = etree.SubElement(root, "rules")
     dns_attrs = {"server": server}

@@ -6,6 +6,7 @@ and ``lbserver --once`` all present the same facts.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from common.version import __version__
@@ -82,6 +83,7 @@ def build_status(bal: "Balancer") -> dict[str, Any]:
     return {
         "version": __version__,
         "config": cfg.path,
+        "generated_at": time.time(),
         "started_at": bal.started_at,
         "default_group": snap.default_group,
         "poll": {"interval": cfg.poll.interval, "timeout": cfg.poll.timeout,

@@ -25,7 +25,6 @@ from typing import Callable, Optional
 from lbserver.httpreq import MAX_HEAD, HttpError, Request, decode_query, find_head_end, parse_head
 from lbserver.selection import UnknownGroup
 
-
 log = logging.getLogger(__name__)
 
 Answer = Callable[[Optional[str], Optional[str]], str]

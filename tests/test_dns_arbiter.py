@@ -201,3 +201,19 @@ def test_resolve_node_uses_attributes_then_host(tmp_path, named_server):
                                        extra_node_attrs={"wms02": 'ip6="2001:DB8:0::12"'})))
     assert "127.0.0.1" in resolve_node(cfg.nodes["wms01"])
     assert resolve_node(cfg.nodes["wms02"]) == ("192.0.2.12", "2001:db8::12")
+
+
+def test_key_file_vanishing_is_reported_then_recovered(tmp_path, named_server):
+    key = tmp_path / "k.key"
+    key.write_text(named_server.key_file.read_text())
+    os.chmod(key, 0o600)
+    arb, cfg = arbiter_for(tmp_path, named_server, ALICE, key_file=key)
+    saved = key.read_text()
+    key.unlink()  # removed after the config was checked: the arbiter must cope
+    arb.reconfigure(cfg.dns, cfg.nodes)
+    [rep] = arb.run_cycle(healthy(), GROUPS)
+    assert rep.result == "error" and "cannot read key file" in rep.error
+    assert named_server.dig("wms-alice") == []
+    key.write_text(saved)
+    [rep] = arb.run_cycle(healthy(), GROUPS)
+    assert rep.result == "updated" and len(named_server.dig("wms-alice")) == 3

@@ -122,3 +122,9 @@ def test_config_bare_secret_needs_key_name(tmp_path):
         load(tmp_path, key="bare.key")
     cfg = load(tmp_path, key="bare.key", attrs='key-name="lbkey" key-algorithm="HMAC-MD5"')
     assert load_key(cfg.dns.key_file, cfg.dns.key_name, cfg.dns.key_algorithm).algorithm == "hmac-md5"
+
+
+def test_config_algorithm_must_agree_with_bind_key(keydir):
+    with pytest.raises(ConfigError, match=r":9: <dns> key-algorithm='hmac-md5' but key 'lbkey' .* uses hmac-sha256"):
+        load(keydir, attrs='key-algorithm="hmac-md5"')
+    assert load(keydir, attrs='key-algorithm="HMAC-SHA256"').dns.key_file.endswith("dns.key")

@@ -32,11 +32,11 @@ def cands(*bad: str) -> dict[str, Candidate]:
     return out
 
 
-def make(tmp_path, named, smtp, aliases=ALICE, extra="", state_file=None):
+def make(tmp_path, named, smtp, aliases=ALICE, extra=""):
     attrs = f'contact="wms-admin@example.org, oncall@example.org" smtp="127.0.0.1:{smtp.port}" ' \
             f'mail-from="lbserver@example.org" {extra}'
     cfg = config.load(str(write_config(tmp_path / "lbsconfig.xml", named, aliases, dns_attrs=attrs)))
-    return DnsArbiter(cfg.dns, cfg.nodes, state_file=state_file)
+    return DnsArbiter(cfg.dns, cfg.nodes)
 
 
 def body(msg) -> str:
@@ -155,13 +155,15 @@ def test_wrong_smtp_password_is_logged_not_fatal(tmp_path, named_server, smtp_au
 
 
 def test_cron_mode_state_file_prevents_repeats(tmp_path, named_server, smtp_server):
-    state = str(tmp_path / "alerts.json")
-    make(tmp_path, named_server, smtp_server, state_file=state).run_cycle(cands("wms02"), GROUPS)
+    state = tmp_path / "alerts.json"
+    extra = f'alert-state-file="{state}"'
+    make(tmp_path, named_server, smtp_server, extra=extra).run_cycle(cands("wms02"), GROUPS)
     smtp_server.wait_count(1)
-    # A new process (cron run) with the same state: no repeat...
-    make(tmp_path, named_server, smtp_server, state_file=state).run_cycle(cands("wms02"), GROUPS)
+    assert state.exists()
+    # A new process (the next cron run) with the same state file: no repeat...
+    make(tmp_path, named_server, smtp_server, extra=extra).run_cycle(cands("wms02"), GROUPS)
     # ...until the state changes.
-    make(tmp_path, named_server, smtp_server, state_file=state).run_cycle(cands(), GROUPS)
+    make(tmp_path, named_server, smtp_server, extra=extra).run_cycle(cands(), GROUPS)
     msgs = smtp_server.wait_count(2)
     assert len(msgs) == 2 and "node wms02 is good again" in body(msgs[1])
 

@@ -1,0 +1,188 @@
+"""Poll scale: one full poll cycle of 1000 agents, healthy and with 100 black-holed.
+
+    .venv/bin/python bench/bench_poll.py [--nodes 1000] [--blackhole 100] [--cycles 5]
+
+A real lbagent's get_state reply is captured and served by 1000 loopback
+endpoints (bench/agent_replicas.py, addresses 127.10.x.y); a real lbserver
+polls them every few seconds. Figures come from the balancer's own
+/status (last poll duration) and /proc (CPU time and RSS of the lbserver
+process). The reference, measured in the same run, is a bare asyncio client
+doing the same 1000 connect/request/read exchanges without parsing: the
+floor for any design on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import xmlrpc.client
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench.agent_replicas import address  # noqa: E402
+
+PORT = 8001
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{host}:{port} never listened")
+
+
+def capture_reply(tmp: str, env: dict) -> str:
+    """Start a real lbagent, fetch one get_state reply body, stop it; return the file."""
+    port = free_port()
+    cfg = os.path.join(tmp, "agent.xml")
+    with open(cfg, "w") as fh:
+        fh.write(f'<lbaconfig><agent listen="127.0.0.1:{port}" sample-interval="5"/></lbaconfig>')
+    agent = subprocess.Popen([sys.executable, "-m", "lbagent", "-f", "-c", cfg], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_port("127.0.0.1", port)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("POST", "/RPC2", xmlrpc.client.dumps((), "get_state"), {"Content-Type": "text/xml"})
+        body = conn.getresponse().read()
+    finally:
+        agent.terminate()
+        agent.wait()
+    path = os.path.join(tmp, "reply.xml")
+    with open(path, "wb") as fh:
+        fh.write(body)
+    return path
+
+
+async def floor_cycle(n: int, skip: int, timeout: float) -> float:
+    """The same exchanges with a bare asyncio client: seconds for one cycle."""
+    request = (b"POST /RPC2 HTTP/1.0\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n"
+               % len(xmlrpc.client.dumps((), "get_state"))) + xmlrpc.client.dumps((), "get_state").encode()
+
+    async def one(i: int) -> None:
+        r, w = await asyncio.open_connection(address(i), PORT)
+        w.write(request)
+        await r.read()
+        w.close()
+
+    sem = asyncio.Semaphore(512)
+
+    async def bounded(i: int) -> None:
+        async with sem:
+            try:
+                await asyncio.wait_for(one(i), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    start = time.perf_counter()
+    await asyncio.gather(*(bounded(i) for i in range(n)))
+    return time.perf_counter() - start
+
+
+def proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def proc_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def status(mgmt: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{mgmt}/status", timeout=10) as resp:
+        return json.load(resp)
+
+
+def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles: int,
+             interval: float, timeout: float) -> dict:
+    """Measure ``cycles`` poll cycles of a real lbserver over ``nodes`` replicas."""
+    replicas = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "agent_replicas.py"), "--reply", reply,
+                                 "--count", str(nodes), "--blackhole", str(blackhole), "--port", str(PORT)],
+                                stdout=subprocess.PIPE, text=True, env=env)
+    lb = None
+    try:
+        assert replicas.stdout.readline().strip() == "ready"
+        floor = min(asyncio.run(floor_cycle(nodes, blackhole, timeout)) for _ in range(3))
+        lb_port, mgmt = free_port(), free_port()
+        members = "\n".join(f'<node name="n{i}" address="http://{address(i)}:{PORT}"/>' for i in range(nodes))
+        cfg = os.path.join(tmp, f"lbs-{nodes}-{blackhole}.xml")
+        with open(cfg, "w") as fh:
+            fh.write(f"""<lbsconfig>
+  <lbservice listen="127.0.0.1:{lb_port}"/>
+  <mgmtservice listen="127.0.0.1:{mgmt}" state-file="{tmp}/state"/>
+  <poll interval="{interval}" timeout="{timeout}" rise="1" fall="1"/>
+  <nodes><group name="ALL" default="true">{members}</group></nodes>
+</lbsconfig>""")
+        lb = subprocess.Popen([sys.executable, "-m", "lbserver", "-f", "-c", cfg], env=env, stderr=subprocess.DEVNULL)
+        wait_port("127.0.0.1", mgmt, timeout=60)
+        durations, seen = [], None
+        cpu0 = proc_cpu(lb.pid)
+        while len(durations) < cycles:
+            last = status(mgmt)["last_poll"]
+            if last and last["started"] != seen:
+                if seen is not None:
+                    durations.append(last["duration"])
+                    failed = last["failed"]
+                seen = last["started"]
+            time.sleep(interval / 10)
+        cpu = (proc_cpu(lb.pid) - cpu0) / cycles
+        return {"nodes": nodes, "blackhole": blackhole, "median": statistics.median(durations),
+                "max": max(durations), "floor": floor, "cpu_per_cycle": cpu, "rss": proc_rss_mib(lb.pid),
+                "failed": failed}
+    finally:
+        for p in (lb, replicas):
+            if p is not None:
+                p.terminate()
+                p.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--blackhole", type=int, default=100)
+    parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=2.0)
+    args = parser.parse_args()
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    interval = args.timeout + 2
+    with tempfile.TemporaryDirectory() as tmp:
+        reply = capture_reply(tmp, env)
+        print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; reply {os.path.getsize(reply)} bytes")
+        print(f"{'case':28} {'cycle (median/max)':>20} {'floor':>7} {'ratio':>6} {'CPU/cycle':>10} {'RSS':>8}"
+              f" {'failed':>6}  target")
+        for hole in (0, args.blackhole):
+            r = run_case(tmp, env, reply, args.nodes, hole, args.cycles, interval, args.timeout)
+            target = 1.0 if hole == 0 else args.timeout + 1.0
+            verdict = "ok" if r["median"] <= target else "MISSED"
+            print(f"{r['nodes']} nodes, {hole} black-holed".ljust(28)
+                  + f" {r['median']:>9.3f}/{r['max']:.3f} s {r['floor']:>6.3f}s {r['median'] / r['floor']:>5.1f}x"
+                  + f" {r['cpu_per_cycle']:>9.3f}s {r['rss']:>6.1f}MiB {r['failed']:>6}  <= {target:.1f} s {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

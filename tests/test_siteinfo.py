@@ -1,0 +1,140 @@
+"""Importer: wmsmon_site-info.def -> lbsconfig.xml + key file."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+
+from lbserver import config
+from lbserver.dnskey import load_key
+from lbserver.siteinfo import main_import, parse_siteinfo
+
+SECRET = "bGJzZWNyZXRsYnNlY3JldGxic2VjcmV0bGJzZWNyZXQ="
+
+# As a site following the WMS arbiter's documentation would have written it.
+SITE_INFO = f"""\
+# wmsmon_site-info.def -- WMSMonitor server configuration
+LOAD_BALANCING_SITE_CONTACT = wms-support@cnaf.example.org
+
+DNS_KEYSTRING = wmsmon-arbiter:{SECRET}
+DNS_SERVER = "dns1.cnaf.example.org"
+DNS_ZONE=grid.cnaf.example.org
+
+# aliases defined in the DNS, without the zone
+ALIAS_LIST = wms-alice, wms-atlas, wms-cms-prod, wms-lhcb, wms-test
+
+WMS-ALICE_FLAG = 1
+WMS-ALICE_WMSLIST = wms001.cnaf.example.org, wms002.cnaf.example.org, wms003.cnaf.example.org
+WMS-ALICE_NUM_OUT = 1
+WMS-ALICE_SUBMISSION_TEST_ENABLE = 1
+WMS-ALICE_SUBMISSION_TEST_PATH = 'http://wmsmon.cnaf.example.org/sub-tests/alice.txt'   # refreshed hourly
+
+WMS-ATLAS_FLAG = 1
+WMS-ATLAS_WMSLIST = "wms004.cnaf.example.org wms005.cnaf.example.org"
+WMS-ATLAS_NUM_OUT = 2
+WMS-ATLAS_SUBMISSION_TEST_ENABLE = 0
+WMS-ATLAS_SUBMISSION_TEST_PATH = http::\\your-url-publishing-page-with-submission-test-result
+
+WMS-CMS-PROD_FLAG = 0
+WMS-CMS-PROD_WMSLIST = wms002.cnaf.example.org, wms006.cnaf.example.org
+WMS-CMS-PROD_NUM_OUT = 1
+
+wms-lhcb_FLAG = 1
+wms-lhcb_WMSLIST = wms007.cnaf.example.org
+
+WMS-TEST_FLAG = 1
+WMSMON_DB_PASSWORD = hidden
+"""
+
+
+def run(tmp_path, text=SITE_INFO, key_out="dns.key"):
+    p = tmp_path / "wmsmon_site-info.def"
+    p.write_text(text)
+    out, err = io.StringIO(), io.StringIO()
+    rc = main_import(str(p), str(tmp_path / key_out) if key_out else None, out=out, err=err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_parse_quotes_comments_and_case():
+    info, notes = parse_siteinfo("A = 'x y'  # c\nb=\"z # not a comment\"\nbroken line\n", "f")
+    assert info.get("A") == "x y" and info.get("B") == "z # not a comment"
+    assert notes == ["f:3: not a NAME=value line, ignored: 'broken line'"]
+
+
+def test_import_seed_example_loads(tmp_path):
+    rc, xml, err = run(tmp_path)
+    assert rc == 0, err
+    cfg_path = tmp_path / "lbsconfig.xml"
+    cfg_path.write_text(xml)
+    cfg = config.load(str(cfg_path))  # loaded only: its nodes are never contacted
+    assert cfg.dns.server == "dns1.cnaf.example.org" and cfg.dns.zone == "grid.cnaf.example.org"
+    assert cfg.dns.contact == "wms-support@cnaf.example.org"
+    assert cfg.dns.key_name == "wmsmon-arbiter" and cfg.dns.key_algorithm == "hmac-md5"
+    aliases = {a.name: a for a in cfg.dns.aliases}
+    assert set(aliases) == {"wms-alice", "wms-atlas", "wms-cms-prod", "wms-lhcb"}
+    alice = aliases["wms-alice"]
+    assert alice.enabled and alice.num_out == 1
+    assert alice.health_url == "http://wmsmon.cnaf.example.org/sub-tests/alice.txt"
+    assert cfg.groups["wms-alice"].nodes == ("wms001.cnaf.example.org", "wms002.cnaf.example.org",
+                                              "wms003.cnaf.example.org")
+    assert cfg.nodes["wms002.cnaf.example.org"].address == "http://wms002.cnaf.example.org:8001"
+    assert cfg.groups["wms-alice"].default
+    assert not aliases["wms-cms-prod"].enabled
+    assert aliases["wms-atlas"].health_url is None
+    assert aliases["wms-atlas"].num_out == 1  # NUM_OUT=2 violated 0 < NUM_OUT < 2: default applies
+    assert aliases["wms-lhcb"].best_hosts == -1  # a single WMS is published
+    assert "wms002.cnaf.example.org" in cfg.groups["wms-cms-prod"].nodes
+
+
+def test_import_reports_what_it_could_not_map(tmp_path):
+    rc, xml, err = run(tmp_path)
+    assert "WMS-ATLAS_NUM_OUT=2 violates 0 < NUM_OUT < 2" in err
+    assert "alias wms-test: WMS-TEST_WMSLIST missing or empty: alias skipped" in err
+    assert "submission test page given but not enabled" in err
+    assert "assumed hmac-md5" in err
+    assert "queue lengths (WM, JC, LB)" in err
+    assert "WMSMON_DB_PASSWORD" in err  # named as unused...
+    assert "hidden" not in err and "hidden" not in xml  # ...but its value is not repeated
+    assert SECRET not in err and SECRET not in xml
+
+
+def test_key_file_written_0600_in_bind_format(tmp_path):
+    rc, xml, err = run(tmp_path)
+    key_path = tmp_path / "dns.key"
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    assert key_path.read_text().startswith('key "wmsmon-arbiter" {')
+    k = load_key(str(key_path))
+    assert (k.name, k.algorithm) == ("wmsmon-arbiter", "hmac-md5")
+    assert f'key-file="{key_path}"' in xml
+
+
+def test_without_key_out_nothing_secret_is_written(tmp_path):
+    rc, xml, err = run(tmp_path, key_out=None)
+    assert rc == 0
+    assert "rerun with --key-out /etc/mille-xterm/dns.key" in err
+    assert 'key-file="/etc/mille-xterm/dns.key"' in xml
+    assert SECRET not in xml + err
+
+
+def test_keystring_with_algorithm_and_bad_keystring(tmp_path):
+    rc, xml, err = run(tmp_path, SITE_INFO.replace(f"wmsmon-arbiter:{SECRET}", f"hmac-sha256:lbkey:{SECRET}"))
+    assert rc == 0 and 'key-algorithm="hmac-sha256"' in xml and "assumed" not in err
+    rc, xml, err = run(tmp_path, SITE_INFO.replace(f"wmsmon-arbiter:{SECRET}", "nocolonhere"))
+    assert rc == 0 and "DNS_KEYSTRING is not KEYNAME:KEY: key not imported" in err
+
+
+def test_missing_essentials_fail(tmp_path):
+    rc, xml, err = run(tmp_path, SITE_INFO.replace("DNS_SERVER", "#DNS_SERVER"))
+    assert rc == 1 and xml == ""
+    assert "DNS_SERVER missing or empty" in err
+    rc, xml, err = run(tmp_path, "ALIAS_LIST = a\nDNS_SERVER = x\nDNS_ZONE = z\n")
+    assert rc == 1 and "no alias could be imported" in err
+    out, errs = io.StringIO(), io.StringIO()
+    assert main_import(str(tmp_path / "nope.def"), None, out=out, err=errs) == 1
+    assert "cannot read" in errs.getvalue()
+
+
+def test_server_with_port(tmp_path):
+    rc, xml, err = run(tmp_path, SITE_INFO.replace('"dns1.cnaf.example.org"', "192.0.2.53#5353"))
+    assert rc == 0 and 'server="192.0.2.53"' in xml and 'port="5353"' in xml
