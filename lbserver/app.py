@@ -214,9 +214,9 @@ class Balancer:
         from lbserver.arbiter import Candidate  # noqa: PLC0415
 
         return {
-            name: Candidate(name=name, healthy=v.up is True and v.healthy, weight=v.weight,
-                            reasons=tuple(v.reasons) if v.up else ((v.error or "not polled yet"),),
-                            drained=v.drained)
+            # A dead node has no figures: None keeps it behind nodes that still answer.
+            name: Candidate(name=name, healthy=v.healthy, weight=v.weight if v.up is True else None,
+                            reasons=v.reasons, drained=v.drained)
             for name, v in self.snapshot.nodes.items()
         }
 
@@ -241,6 +241,9 @@ class Balancer:
             log.error("DNS arbiter cycle failed: %s", exc, exc_info=exc)
         else:
             self.dns_reports = fut.result()
+            for report in self.dns_reports:
+                key = (report.alias, report.result)
+                self.dns_update_counts[key] = self.dns_update_counts.get(key, 0) + 1
 
     # -- configuration ----------------------------------------------------
 

@@ -79,6 +79,7 @@ class AliasReport:
             "previous": list(self.previous),
             "checked_at": self.checked_at,
             "last_change": self.last_change,
+            "node_addresses": {n: list(a) for n, a in self.node_addresses.items()},
         }
 
 

@@ -87,10 +87,11 @@ def run_once(path: str, out=sys.stdout) -> int:
     asyncio.run(bal.cycle_once())
     status = build_status(bal)
     out.write(format_table(status))
-    failed = False
-    for report in bal.dns_reports:
-        out.write("\n" + report.format_text())
-        failed = failed or not report.ok
+    if bal.dns_reports:
+        from lbserver.dnsarbiter import ERROR, format_reports  # noqa: PLC0415
+
+        out.write("\n" + format_reports(bal.dns_reports))
+    failed = any(r.result == ERROR for r in bal.dns_reports)
     return 2 if failed else 0
 
 

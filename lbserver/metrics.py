@@ -10,9 +10,10 @@ from __future__ import annotations
 import bisect
 from typing import TYPE_CHECKING, Iterator
 
-from common.version import __version__
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from common.version import __version__
 
 if TYPE_CHECKING:
     from lbserver.app import Balancer

@@ -30,12 +30,8 @@ def health_word(view) -> str:
 
 def why(view) -> str:
     """The reason a node is not selectable, or an empty string."""
-    if view.up is False:
-        return view.error or "agent not answering"
-    if view.up is None:
-        return view.error or "not polled yet"
     if view.drained:
-        return "drained by admin"
+        return "; ".join(("drained by admin", *view.reasons))
     return "; ".join(view.reasons)
 
 

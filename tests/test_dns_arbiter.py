@@ -12,6 +12,7 @@ from dnsfixture import NODES, named_server, write_config  # noqa: F401 (fixture)
 from lbserver import config
 from lbserver.arbiter import Candidate
 from lbserver.dnsarbiter import DnsArbiter, format_reports, resolve_node
+from lbserver.dnsupdate import RRsets, needs_update, sort_addresses
 
 GROUPS = {"WMS": tuple(NODES)}
 WEIGHTS = {"wms01": 40.0, "wms02": 30.0, "wms03": 20.0, "wms04": 10.0}
@@ -168,6 +169,7 @@ def test_server_down_then_back(tmp_path, named_server):
     assert "refused" in rep.error and f"127.0.0.1:{named_server.port}" in rep.error
     assert "wms-alice" in rep.error and "lbtest.example" in rep.error
     assert rep.published == ("192.0.2.11", "192.0.2.12", "192.0.2.13")  # last known
+    assert "  ! error: cannot read the current records" in format_reports([rep])
     named_server.start()
     [rep] = arb.run_cycle(healthy(wms01=False), GROUPS)
     assert rep.result == "updated"
@@ -217,3 +219,11 @@ def test_key_file_vanishing_is_reported_then_recovered(tmp_path, named_server):
     key.write_text(saved)
     [rep] = arb.run_cycle(healthy(), GROUPS)
     assert rep.result == "updated" and len(named_server.dig("wms-alice")) == 3
+
+
+def test_needs_update_compares_sets_and_ttl():
+    a = frozenset({"192.0.2.1", "192.0.2.2"})
+    assert not needs_update(RRsets(a, ttl=60), RRsets(frozenset(sorted(a)), ttl=60))
+    assert needs_update(RRsets(a, ttl=60), RRsets(a, ttl=120))
+    assert needs_update(RRsets(a, ttl=60), RRsets(a, frozenset({"2001:db8::1"}), ttl=60))
+    assert sort_addresses(["2001:db8::1", "192.0.2.10", "192.0.2.9"]) == ("192.0.2.9", "192.0.2.10", "2001:db8::1")
