@@ -16,3 +16,44 @@ test:
 
 clean:
 	rm -rf .venv build dist *.egg-info tests/artifacts .pytest_cache
+
+# System install (see README, "Running as a service"):
+#   make install [DESTDIR=/staging/root] [PREFIX=/usr/local] [SYSTEM_PYTHON=/usr/bin/python3]
+#   make uninstall       same variables; configuration files you edited are kept
+DESTDIR ?=
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib/mille-xterm
+SYSCONFDIR ?= /etc
+LOCALSTATEDIR ?= /var
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+MANIFEST ?= $(PREFIX)/share/mille-xterm/install-manifest
+# The interpreter the installed commands run with (their #! line).
+SYSTEM_PYTHON ?= /usr/bin/python3
+
+SYSINSTALL = $(SYSTEM_PYTHON) scripts/sysinstall --root "$(DESTDIR)" --manifest "$(MANIFEST)"
+SUBST = --subst BINDIR=$(BINDIR)
+
+.PHONY: install uninstall
+
+install:
+	$(SYSINSTALL) python --libdir "$(LIBDIR)" --bindir "$(BINDIR)"
+	$(SYSINSTALL) dir --mode 0755 "$(SYSCONFDIR)/mille-xterm"
+	$(SYSINSTALL) conffile etc/lbaconfig.xml "$(SYSCONFDIR)/mille-xterm/lbaconfig.xml"
+	$(SYSINSTALL) conffile etc/lbsconfig.xml "$(SYSCONFDIR)/mille-xterm/lbsconfig.xml"
+	$(SYSINSTALL) conffile $(SUBST) init/default/lbagent "$(SYSCONFDIR)/default/lbagent"
+	$(SYSINSTALL) conffile $(SUBST) init/default/lbserver "$(SYSCONFDIR)/default/lbserver"
+	$(SYSINSTALL) conffile --mode 0755 $(SUBST) init/lbagent "$(SYSCONFDIR)/init.d/lbagent"
+	$(SYSINSTALL) conffile --mode 0755 $(SUBST) init/lbserver "$(SYSCONFDIR)/init.d/lbserver"
+	$(SYSINSTALL) conffile init/logrotate "$(SYSCONFDIR)/logrotate.d/mille-xterm"
+	$(SYSINSTALL) file $(SUBST) init/lbagent.service "$(SYSTEMDUNITDIR)/lbagent.service"
+	$(SYSINSTALL) file $(SUBST) init/lbserver.service "$(SYSTEMDUNITDIR)/lbserver.service"
+	$(SYSINSTALL) file init/sysusers.conf "$(SYSUSERSDIR)/mille-xterm.conf"
+	$(SYSINSTALL) dir --mode 0755 "$(LOCALSTATEDIR)/lib/mille-xterm"
+ifeq ($(DESTDIR),)
+	$(SYSINSTALL) postinst --sysusers "$(SYSUSERSDIR)/mille-xterm.conf"
+endif
+
+uninstall:
+	$(SYSINSTALL) uninstall

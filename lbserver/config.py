@@ -380,6 +380,13 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
     """Load and validate lbsconfig.xml; raise ConfigError naming file and line."""
     root = parse_file(path, "lbsconfig.rng")
     r = Reader(path)
+    seen: dict[str, int] = {}
+    for child in root:
+        if child.tag in seen:
+            raise r.error(child, f"<{child.tag}> appears twice (first at line {seen[child.tag]})")
+        seen[child.tag] = child.sourceline
+    if "nodes" not in seen:
+        raise r.error(root, "missing element <nodes> (the application servers to balance)")
     nodes, groups, default = _load_nodes(r, root)
     rules, requires = _load_rules(r, root)
     kw: dict = {}

@@ -32,6 +32,7 @@ environment:
   LBCTL_URL      default for --url
   LBCTL_TOKEN    admin token, for a management service reached over the network
                  (the contents of its token-file); loopback needs none
+  NO_COLOR       set to anything: no colour even on a terminal
 
 exit status: 0 done, 1 the service refused (message on stderr), 2 unreachable
 
@@ -118,6 +119,11 @@ def _fmt(value: object) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def use_colour() -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lbctl`` command."""
     parser = argparse.ArgumentParser(prog="lbctl", description=DESCRIPTION, epilog=EPILOG,
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             doc = request(base + "/status", timeout=args.timeout)
-            text = json.dumps(doc, indent=1) + "\n" if args.json else format_status(doc, sys.stdout.isatty())
+            text = json.dumps(doc, indent=1) + "\n" if args.json else format_status(doc, use_colour())
         elif args.command == "reload":
             doc = request(base + "/reload", "POST", token, args.timeout)
             text = json.dumps(doc) + "\n" if args.json else doc["message"] + "\n"

@@ -1,0 +1,430 @@
+"""System install and service scripts, exercised for real.
+
+``make install`` runs into a temporary DESTDIR; the installed SysV init
+scripts then start, reload, query and stop the installed daemons, with every
+path (defaults file, configuration, pid file) pointing inside that root and
+the daemons on free loopback ports. The systemd units are checked with
+``systemd-analyze verify`` where it exists, and parsed for the keys they
+need in any case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, free_port, wait_for_port, wait_until
+
+BINARIES = ("lbagent", "lbserver", "lbclient", "lbctl")
+
+
+def make(*targets: str, destdir: Path) -> subprocess.CompletedProcess:
+    """Run the project's Makefile into ``destdir`` with this interpreter."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), *targets, f"DESTDIR={destdir}",
+         "PREFIX=/usr", f"SYSTEM_PYTHON={sys.executable}"],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A DESTDIR holding a fresh ``make install`` (read-only for the tests using it)."""
+    destdir = tmp_path_factory.mktemp("destdir")
+    result = make("install", destdir=destdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return destdir
+
+
+# ---------------------------------------------------------------- SysV scripts
+
+
+class SysV:
+    """Runs the installed init scripts against configs, pid files and defaults under ``tmp``."""
+
+    def __init__(self, destdir: Path, tmp: Path) -> None:
+        self.destdir = destdir
+        self.tmp = tmp
+        self.env: dict[str, str] = {}
+
+    def setup(self, name: str, config_text: str, opts: str = "") -> Path:
+        """Write ``name``'s config and /etc/default file; return the config path."""
+        upper = name.upper()
+        config = self.tmp / f"{name}.xml"
+        config.write_text(config_text)
+        defaults = self.tmp / f"default-{name}"
+        defaults.write_text(
+            f"{upper}_CONFIG={config}\n{upper}_PIDFILE={self.pidfile(name)}\n{upper}_OPTS={opts}\n"
+            f"DAEMON={self.destdir}/usr/bin/{name}\n"
+        )
+        self.env[f"{upper}_DEFAULTS"] = str(defaults)
+        return config
+
+    def pidfile(self, name: str) -> Path:
+        return self.tmp / f"{name}.pid"
+
+    def pid(self, name: str) -> int:
+        return int(self.pidfile(name).read_text().strip())
+
+    def run(self, name: str, action: str, **env: str) -> subprocess.CompletedProcess:
+        """``sh DESTDIR/etc/init.d/NAME ACTION`` with the test's defaults file."""
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env, **env}
+        return subprocess.run(["sh", str(self.destdir / "etc" / "init.d" / name), action],
+                              env=full_env, capture_output=True, text=True, timeout=60, cwd="/")
+
+    def cleanup(self) -> None:
+        """Leave no daemon behind, whatever the test did."""
+        for name in ("lbserver", "lbagent"):
+            try:
+                pid = self.pid(name)
+            except (OSError, ValueError):
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def sysv(installed, tmp_path):
+    s = SysV(installed, tmp_path)
+    yield s
+    s.cleanup()
+
+
+def agent_config(port: int, tmp: Path, extra: str = "") -> str:
+    """A loopback-only agent configuration logging to a file in ``tmp``."""
+    return f"""<?xml version="1.0"?>
+<lbaconfig>
+  <agent listen="127.0.0.1:{port}" sample-interval="1"/>
+  <log file="{tmp}/lbagent.log" level="info"/>
+  <access><allow from="127.0.0.0/8"/></access>
+  <variables>{extra}</variables>
+</lbaconfig>
+"""
+
+
+def server_config(lb_port: int, mgmt_port: int, agent_port: int, tmp: Path, groups: str = "") -> str:
+    """A loopback-only balancer configuration with the local agent as its only node."""
+    return f"""<?xml version="1.0"?>
+<lbsconfig>
+  <lbservice listen="127.0.0.1:{lb_port}" returns="$IP"/>
+  <mgmtservice listen="127.0.0.1:{mgmt_port}" state-file="{tmp}/lbserver.state"/>
+  <log file="{tmp}/lbserver.log" level="info"/>
+  <poll interval="1" timeout="1" rise="1" fall="1"/>
+  <nodes>
+    <group default="true" name="PROD"><node address="http://127.0.0.1:{agent_port}" name="local"/></group>
+    {groups}
+  </nodes>
+</lbsconfig>
+"""
+
+
+def get_state(port: int) -> dict:
+    return xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/").get_state()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_agent_start_status_reload_stop(sysv, tmp_path):
+    port = free_port()
+    config = sysv.setup("lbagent", agent_config(port, tmp_path))
+
+    started = sysv.run("lbagent", "start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "Starting" in started.stdout
+    wait_for_port("127.0.0.1", port)
+    pid = sysv.pid("lbagent")
+    assert pid_alive(pid)
+    assert "ROOM" not in get_state(port)["variables"]
+
+    status = sysv.run("lbagent", "status")
+    assert status.returncode == 0
+    assert f"running (pid {pid})" in status.stdout
+
+    again = sysv.run("lbagent", "start")
+    assert again.returncode == 0
+    assert "already running" in again.stdout
+    assert sysv.pid("lbagent") == pid
+
+    # reload applies a changed file: a new constant variable appears.
+    config.write_text(agent_config(port, tmp_path, '<variable name="ROOM" type="constant" value="7"/>'))
+    reloaded = sysv.run("lbagent", "reload")
+    assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+    wait_until(lambda: get_state(port)["variables"].get("ROOM") == 7, what="ROOM=7 after reload")
+    assert sysv.pid("lbagent") == pid
+    wait_until(lambda: "configuration reloaded" in (tmp_path / "lbagent.log").read_text(),
+               what="reload logged in the configured log file")
+
+    # A broken file is refused with FILE:LINE and the running daemon keeps serving.
+    config.write_text(agent_config(port, tmp_path).replace('sample-interval="1"', 'sample-interval="soon"'))
+    refused = sysv.run("lbagent", "force-reload")
+    assert refused.returncode == 6
+    assert f"{config}:3:" in refused.stderr
+    assert get_state(port)["variables"]["ROOM"] == 7
+
+    stopped = sysv.run("lbagent", "stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert not sysv.pidfile("lbagent").exists()
+    assert not pid_alive(pid)
+    with pytest.raises(OSError):
+        get_state(port)
+
+    status = sysv.run("lbagent", "status")
+    assert status.returncode == 3
+    assert "not running" in status.stdout
+    assert sysv.run("lbagent", "stop").returncode == 0  # stopping a stopped service is fine
+    assert sysv.run("lbagent", "reload").returncode == 7
+
+
+def test_agent_refuses_invalid_config(sysv, tmp_path):
+    port = free_port()
+    config = sysv.setup("lbagent", agent_config(port, tmp_path).replace("<access>", "<acess>", 1))
+
+    result = sysv.run("lbagent", "start")
+    assert result.returncode == 6
+    assert f"{config}:5:" in result.stderr
+    assert not sysv.pidfile("lbagent").exists()
+    assert sysv.run("lbagent", "status").returncode == 3
+
+
+def test_agent_restart_and_stale_pidfile_without_lsb_functions(sysv, tmp_path):
+    """The plain fallbacks when /lib/lsb/init-functions is missing; a crashed daemon's pid file."""
+    port = free_port()
+    sysv.setup("lbagent", agent_config(port, tmp_path))
+    plain = {"INIT_FUNCTIONS": str(tmp_path / "missing")}
+
+    # A pid file left by a crash (its process is gone): status 1, start replaces it.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    sysv.pidfile("lbagent").write_text(f"{dead.pid}\n")
+    status = sysv.run("lbagent", "status", **plain)
+    assert status.returncode == 1
+    assert "pid file" in status.stdout
+
+    started = sysv.run("lbagent", "start", **plain)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert started.stdout.strip() == "Starting mille-xterm agent: lbagent."
+    wait_for_port("127.0.0.1", port)
+    first = sysv.pid("lbagent")
+
+    restarted = sysv.run("lbagent", "restart", **plain)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    second = sysv.pid("lbagent")
+    assert second != first and not pid_alive(first)
+    wait_until(lambda: get_state(port)["hostname"], what="agent answering after restart")
+
+    assert sysv.run("lbagent", "bogus", **plain).returncode == 3
+    assert sysv.run("lbagent", "stop", **plain).returncode == 0
+    assert not sysv.pidfile("lbagent").exists()
+    assert not pid_alive(second)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_server_and_agent_services(sysv, tmp_path):
+    agent_port, lb_port, mgmt_port = free_port(), free_port(), free_port()
+    sysv.setup("lbagent", agent_config(agent_port, tmp_path))
+    config = sysv.setup("lbserver", server_config(lb_port, mgmt_port, agent_port, tmp_path))
+
+    assert sysv.run("lbagent", "start").returncode == 0
+    started = sysv.run("lbserver", "start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    wait_for_port("127.0.0.1", lb_port)
+    pid = sysv.pid("lbserver")
+    assert sysv.run("lbserver", "status").returncode == 0
+    assert "already running" in sysv.run("lbserver", "start").stdout
+
+    wait_until(lambda: http_get(f"http://127.0.0.1:{lb_port}/") == (200, "127.0.0.1\n"),
+               what="the balancer choosing the local agent")
+    assert http_get(f"http://127.0.0.1:{lb_port}/?group=LAB")[0] == 404
+
+    config.write_text(server_config(lb_port, mgmt_port, agent_port, tmp_path,
+                                    '<group name="LAB"><node address="http://127.0.0.1:'
+                                    f'{agent_port}" name="local"/></group>'))
+    assert sysv.run("lbserver", "reload").returncode == 0
+    wait_until(lambda: http_get(f"http://127.0.0.1:{lb_port}/?group=LAB") == (200, "127.0.0.1\n"),
+               what="group LAB served after reload")
+    assert sysv.pid("lbserver") == pid
+
+    stopped = sysv.run("lbserver", "stop")
+    assert stopped.returncode == 0
+    assert not sysv.pidfile("lbserver").exists()
+    assert not pid_alive(pid)
+    assert sysv.run("lbserver", "status").returncode == 3
+    assert sysv.run("lbagent", "stop").returncode == 0
+    assert not sysv.pidfile("lbagent").exists()
+
+
+def test_init_scripts_shape():
+    agent = (ROOT / "init" / "lbagent").read_text()
+    server = (ROOT / "init" / "lbserver").read_text()
+    marker = "# ---- common part"
+    # One body for both daemons: a fix in one must reach the other.
+    assert agent[agent.index(marker):] == server[server.index(marker):]
+    for name, text in (("lbagent", agent), ("lbserver", server)):
+        header = text[text.index("### BEGIN INIT INFO"):text.index("### END INIT INFO")]
+        for key in ("Provides:", "Required-Start:", "Required-Stop:", "Default-Start:",
+                    "Default-Stop:", "Short-Description:"):
+            assert f"# {key}" in header, (name, key)
+        assert f"# Provides:          {name}" in header
+        assert f"${{{name.upper()}_DEFAULTS:-/etc/default/{name}}}" in text
+        assert subprocess.run(["sh", "-n", str(ROOT / "init" / name)]).returncode == 0
+
+
+# ------------------------------------------------------------ make install
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_install_layout(installed):
+    d = installed
+    for name in BINARIES:
+        script = d / "usr" / "bin" / name
+        assert os.access(script, os.X_OK), script
+        assert script.read_text().startswith(f"#!{sys.executable}\n")
+    assert (d / "usr/lib/mille-xterm/lbagent/main.py").is_file()
+    assert (d / "usr/lib/mille-xterm/common/schemas/lbaconfig.rng").is_file()
+    assert (d / "usr/lib/mille-xterm/lbserver/static/dashboard.html").is_file()
+    assert (d / "etc/mille-xterm/lbaconfig.xml").read_bytes() == (ROOT / "etc/lbaconfig.xml").read_bytes()
+    assert (d / "etc/mille-xterm/lbsconfig.xml").read_bytes() == (ROOT / "etc/lbsconfig.xml").read_bytes()
+    for name in ("lbagent", "lbserver"):
+        init = d / "etc/init.d" / name
+        assert os.access(init, os.X_OK)
+        assert f"DAEMON=/usr/bin/{name}\n" in init.read_text()
+        assert f"{name.upper()}_CONFIG=/etc/mille-xterm/" in (d / "etc/default" / name).read_text()
+        unit = (d / "usr/lib/systemd/system" / f"{name}.service").read_text()
+        assert f"ExecStart=/usr/bin/{name} -f " in unit
+        assert "@" not in unit.replace("$MAINPID", "")
+    assert (d / "etc/logrotate.d/mille-xterm").is_file()
+    assert "mille-xterm" in (d / "usr/lib/sysusers.d/mille-xterm.conf").read_text()
+    assert (d / "var/lib/mille-xterm").is_dir()
+
+    # The installed commands run the installed copy, from anywhere, without PYTHONPATH.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for name, conf in (("lbagent", "lbaconfig.xml"), ("lbserver", "lbsconfig.xml")):
+        result = subprocess.run([str(d / "usr/bin" / name), "--check-config", "-c", str(d / "etc/mille-xterm" / conf)],
+                                capture_output=True, text=True, env=env, cwd="/", timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "configuration OK" in result.stdout
+    probe = d / "usr/bin/.probe"
+    probe.write_text((d / "usr/bin/lbagent").read_text().replace(
+        "sys.exit(main())", "import lbagent\nprint(lbagent.__file__)"))
+    try:
+        where = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True,
+                               env=env, cwd="/", timeout=60)
+    finally:
+        probe.unlink()
+    assert where.stdout.strip() == str(d / "usr/lib/mille-xterm/lbagent/__init__.py")
+
+
+def test_reinstall_keeps_edited_config_and_uninstall(tmp_path):
+    d = tmp_path / "root"
+    assert make("install", destdir=d).returncode == 0
+    etc = d / "etc/mille-xterm"
+    edited = etc / "lbaconfig.xml"
+    edited.write_text(edited.read_text().replace('sample-interval="5"', 'sample-interval="7"'))
+    admin_sum = sha(edited)
+
+    # An unedited file from an older release: updated in place.
+    manifest = d / "usr/share/mille-xterm/install-manifest"
+    old_default = b"<?xml version='1.0'?>\n<lbsconfig/>\n"
+    (etc / "lbsconfig.xml").write_bytes(old_default)
+    old_sum = hashlib.sha256(old_default).hexdigest()
+    manifest.write_text("\n".join(
+        "\t".join(line.split("\t")[:2] + [old_sum]) if "\t/etc/mille-xterm/lbsconfig.xml\t" in line else line
+        for line in manifest.read_text().splitlines()) + "\n")
+
+    again = make("install", destdir=d)
+    assert again.returncode == 0, again.stderr
+    assert sha(edited) == admin_sum
+    assert (etc / "lbaconfig.xml.dist").read_bytes() == (ROOT / "etc/lbaconfig.xml").read_bytes()
+    assert "kept /etc/mille-xterm/lbaconfig.xml: it was edited; the new default is " \
+           "/etc/mille-xterm/lbaconfig.xml.dist" in again.stdout
+    assert (etc / "lbsconfig.xml").read_bytes() == (ROOT / "etc/lbsconfig.xml").read_bytes()
+    assert "updated /etc/mille-xterm/lbsconfig.xml" in again.stdout
+    assert not (etc / "lbsconfig.xml.dist").exists()
+
+    removed = make("uninstall", destdir=d)
+    assert removed.returncode == 0, removed.stderr
+    assert "kept /etc/mille-xterm/lbaconfig.xml: it was edited" in removed.stdout
+    assert sha(edited) == admin_sum
+    assert sorted(p.name for p in etc.iterdir()) == ["lbaconfig.xml"]
+    left = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+    assert left == ["etc/mille-xterm/lbaconfig.xml"]
+
+
+# ------------------------------------------------------------ systemd units
+
+
+def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A unit file as section -> key -> values (keys may repeat, like ExecReload)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+@pytest.mark.parametrize("name", ["lbagent", "lbserver"])
+def test_systemd_unit(installed, tmp_path, name):
+    unit_path = installed / "usr/lib/systemd/system" / f"{name}.service"
+    unit = parse_unit(unit_path)
+    svc = unit["Service"]
+    assert svc["ExecStart"][0].split()[:2] == [f"/usr/bin/{name}", "-f"]
+    assert f"${{{name.upper()}_CONFIG}}" in svc["ExecStart"][0]
+    assert svc["EnvironmentFile"] == [f"-/etc/default/{name}"]
+    assert svc["ExecReload"][-1] == "/bin/kill -HUP $MAINPID"
+    assert "--check-config" in svc["ExecReload"][0]
+    assert svc["Restart"] == ["on-failure"]
+    assert "network-online.target" in unit["Unit"]["After"][0]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+    assert svc["ProtectSystem"] and svc["PrivateTmp"] == ["yes"]
+    if name == "lbserver":
+        assert svc["User"] == ["mille-xterm"]
+        assert svc["StateDirectory"] == ["mille-xterm"]
+        assert svc["ProtectSystem"] == ["strict"]
+    else:
+        # Runs as root so custom commands work; every process stays visible.
+        assert "User" not in svc
+        assert "ProtectProc" not in svc and "ProcSubset" not in svc
+
+    if shutil.which("systemd-analyze"):
+        # Point the commands at the DESTDIR install: verify checks they exist.
+        copy = tmp_path / f"{name}.service"
+        copy.write_text(unit_path.read_text().replace("/usr/bin/", f"{installed}/usr/bin/"))
+        result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(copy)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.strip() == "", result.stderr
