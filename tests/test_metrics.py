@@ -1,0 +1,165 @@
+"""GET /metrics: parsed with prometheus_client's own parser, offline and from a live lbserver."""
+
+from __future__ import annotations
+
+import http.client
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lbserver import config as configmod
+from lbserver.app import Balancer
+from lbserver.dnsarbiter import AliasReport
+from lbserver.metrics import DurationHistogram, render_metrics
+from lbserver.statefile import DrainState
+from tests.cluster import start_agent, start_balancer
+from tests.conftest import wait_until
+
+
+def parse(text: str) -> dict:
+    """{family name: family}; counters are named without ``_total`` by the parser."""
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def samples(family, name: str | None = None) -> dict:
+    """{tuple of label values: value} of the family's samples called ``name`` (default: the family's)."""
+    name = name or family.name
+    return {tuple(s.labels.values()): s.value for s in family.samples if s.name == name}
+
+
+def test_duration_histogram_is_cumulative():
+    h = DurationHistogram((0.1, 1.0))
+    for d in (0.05, 0.1, 0.5, 3.0):
+        h.observe(d)
+    # a value equal to a bound belongs to that bucket (le = "less or equal")
+    assert h.cumulative() == [("0.1", 2), ("1.0", 3), ("+Inf", 4)]
+    assert h.total == pytest.approx(3.65)
+
+
+def _offline_balancer(tmp_path: Path) -> Balancer:
+    cfg = tmp_path / "lbsconfig.xml"
+    cfg.write_text("""<?xml version="1.0"?>
+<lbsconfig>
+  <nodes>
+    <group name="PROD" default="true">
+      <node name="xapp1" address="http://127.0.0.2:8001"/>
+      <node name="xapp2" address="http://127.0.0.3:8001"/>
+    </group>
+  </nodes>
+</lbsconfig>
+""")
+    bal = Balancer()
+    bal.config = configmod.load(str(cfg))
+    bal.drain = DrainState(None)
+    bal.install_snapshot()
+    return bal
+
+
+def test_names_follow_conventions_and_dns_part_is_optional(tmp_path):
+    bal = _offline_balancer(tmp_path)
+    text = render_metrics(bal).decode()
+    fams = parse(text)
+    for name in ("lbserver_node_up", "lbserver_node_weight", "lbserver_poll_duration_seconds",
+                 "lbserver_dns_alias_published_addresses", "lbserver_build_info"):
+        assert name in fams, name
+    assert fams["lbserver_node_picks"].type == "counter"
+    assert fams["lbserver_terminal_requests"].type == "counter"
+    assert fams["lbserver_dns_updates"].type == "counter"
+    assert fams["lbserver_poll_duration_seconds"].type == "histogram"
+    # never polled: known nodes, down, no DNS samples
+    assert samples(fams["lbserver_node_up"]) == {("xapp1",): 0.0, ("xapp2",): 0.0}
+    assert samples(fams["lbserver_dns_alias_published_addresses"]) == {}
+    assert samples(fams["lbserver_dns_updates"], "lbserver_dns_updates_total") == {}
+    for fam in fams.values():
+        assert fam.name.startswith("lbserver_"), fam.name
+        if fam.type == "counter":
+            assert all(smp.name == fam.name + "_total" for smp in fam.samples), fam.name
+        else:
+            assert not fam.name.endswith("_total"), fam.name
+    bal.response_counts = {200: 1}
+    assert "\nlbserver_terminal_requests_total{code=\"200\"} 1.0\n" in render_metrics(bal).decode()
+
+    bal.dns_reports = [AliasReport(alias="wms-alice", fqdn="wms-alice.example.org.", group="PROD", enabled=True,
+                                   result="updated", published=("192.0.2.11", "192.0.2.12"),
+                                   published_nodes=("xapp1", "xapp2"), excluded={"xapp3": "down"},
+                                   fallback=False)]
+    bal.dns_update_counts = {("wms-alice", "updated"): 3, ("wms-alice", "unchanged"): 7}
+    bal.response_counts = {200: 5, 404: 1}
+    fams = parse(render_metrics(bal).decode())
+    assert samples(fams["lbserver_dns_alias_published_addresses"]) == {("wms-alice",): 2.0}
+    assert samples(fams["lbserver_dns_alias_excluded_nodes"]) == {("wms-alice",): 1.0}
+    assert samples(fams["lbserver_dns_alias_fallback"]) == {("wms-alice",): 0.0}
+    assert samples(fams["lbserver_dns_updates"], "lbserver_dns_updates_total") == {
+        ("wms-alice", "updated"): 3.0, ("wms-alice", "unchanged"): 7.0}
+    assert samples(fams["lbserver_terminal_requests"], "lbserver_terminal_requests_total") == {
+        ("200",): 5.0, ("404",): 1.0}
+
+
+def _metrics(url: str) -> dict:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return parse(resp.read().decode())
+
+
+def test_live_metrics_match_status(procs, tmp_path):
+    loads = {"xapp1": 20.0, "xapp2": 60.0}
+    agents = [start_agent(procs, tmp_path, name, f"127.0.0.{i + 2}", load) for i, (name, load) in enumerate(loads.items())]
+    members = [(a.name, a.url) for a in agents] + [("gone", "http://127.0.0.9:9")]
+    interval = 0.5
+    bal = start_balancer(procs, tmp_path, {"PROD": members},
+                         poll=f'interval="{interval}" timeout="0.4" rise="1" fall="1"')
+    status = wait_until(lambda: all((s := bal.status())["nodes"][n]["health"] == "up" for n in loads) and s,
+                        15, what="agents up")
+    fams = _metrics(bal.mgmt_url)
+
+    # health and weights agree with /status (SIMLOAD is fixed, so weights are stable between the two reads)
+    assert samples(fams["lbserver_node_up"]) == {("xapp1",): 1.0, ("xapp2",): 1.0, ("gone",): 0.0}
+    assert samples(fams["lbserver_node_selectable"])[("gone",)] == 0.0
+    weights = samples(fams["lbserver_node_weight"])
+    for name in ("xapp1", "xapp2", "gone"):
+        assert weights[(name,)] == pytest.approx(status["nodes"][name]["weight"], abs=1e-3)
+    assert weights[("xapp1",)] > weights[("xapp2",)] > 0
+    variables = samples(fams["lbserver_node_variable"])
+    assert variables[("xapp1", "SIMLOAD")] == 20.0 and variables[("xapp2", "SIMLOAD")] == 60.0
+    assert variables[("xapp1", "NBPROC")] >= 1
+    seen = samples(fams["lbserver_node_last_success_timestamp_seconds"])
+    assert set(seen) == {("xapp1",), ("xapp2",)} and abs(seen[("xapp1",)] - time.time()) < 10
+
+    # picks and requests by code grow with terminal requests
+    picks_before = sum(samples(fams["lbserver_node_picks"], "lbserver_node_picks_total").values())
+    conn = http.client.HTTPConnection("127.0.0.1", bal.port, timeout=5)
+    for _ in range(40):
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200
+    conn.request("GET", "/?group=NOPE")
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 404
+    conn.close()
+    fams = _metrics(bal.mgmt_url)
+    picks = samples(fams["lbserver_node_picks"], "lbserver_node_picks_total")
+    assert sum(picks.values()) == picks_before + 40
+    assert picks[("xapp1",)] > 0 and picks[("gone",)] == 0
+    codes = samples(fams["lbserver_terminal_requests"], "lbserver_terminal_requests_total")
+    assert codes[("200",)] >= 40 and codes[("404",)] >= 1
+
+    # one histogram observation per poll cycle: cycles so far ~ time since the first one / interval
+    hist = fams["lbserver_poll_duration_seconds"]
+    count = samples(hist, "lbserver_poll_duration_seconds_count")[()]
+    buckets = [(s.labels["le"], s.value) for s in hist.samples if s.name.endswith("_bucket")]
+    assert buckets[-1] == ("+Inf", count)
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)
+    assert samples(hist, "lbserver_poll_duration_seconds_sum")[()] > 0
+    last = samples(fams["lbserver_last_poll_timestamp_seconds"])[()]
+    start = samples(fams["lbserver_start_time_seconds"])[()]
+    expected = (last - start) / interval + 1
+    assert abs(count - expected) <= 2 + 0.1 * expected, (count, expected)
+    later = wait_until(lambda: (c := samples(_metrics(bal.mgmt_url)["lbserver_poll_duration_seconds"],
+                                             "lbserver_poll_duration_seconds_count")[()]) >= count + 2 and c,
+                       10, what="more poll cycles")
+    assert later >= count + 2
