@@ -5,9 +5,12 @@
 
 Starts, on loopback ports:
 
-* the terminal service: ``tests.terminal_harness`` (a fixed answer
-  function), or the real ``lbserver -f -c FILE`` with ``--lbserver-config``
-  (its ``<lbservice listen>`` must be a loopback address);
+* the real balancer (default): three real lbagents on 127.0.0.2-4 and a real
+  ``lbserver -f`` over them, answering terminals by weighted random with
+  per-session compensation; or ``lbserver -f -c FILE`` with
+  ``--lbserver-config`` (its ``<lbservice listen>`` must be a loopback
+  address); or, with ``--harness``, the bare terminal service
+  (``tests.terminal_harness``, a fixed answer function);
 * nginx (Debian nginx-light) as a non-daemon child with a temporary config:
   one worker, ``return 200 "host\\n";``, pid, logs and temp files in a
   temporary directory;
@@ -90,6 +93,36 @@ def lbserver_address(config: str) -> tuple[str, int]:
     return host, int(port)
 
 
+CLUSTER_AGENT = """<lbaconfig><agent listen="{ip}:{port}" sample-interval="5"/>
+<access><allow from="127.0.0.0/8"/></access></lbaconfig>"""
+CLUSTER_SERVER = """<lbsconfig>
+  <lbservice listen="127.0.0.1:{port}" returns="$IP"/>
+  <mgmtservice listen="127.0.0.1:{mgmt}" state-file="{tmp}/state"/>
+  <poll interval="5" timeout="2"/>
+  <nodes><group name="PROD" default="true">{nodes}</group></nodes>
+</lbsconfig>"""
+
+
+def start_cluster(tmp: str, env: dict, children: list) -> str:
+    """Three real agents on 127.0.0.2-4; return an lbsconfig.xml balancing them."""
+    nodes = []
+    for i in range(3):
+        ip = f"127.0.0.{i + 2}"
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            port = s.getsockname()[1]
+        cfg = Path(tmp, f"agent{i}.xml")
+        cfg.write_text(CLUSTER_AGENT.format(ip=ip, port=port))
+        agent = subprocess.Popen([sys.executable, "-m", "lbagent", "-f", "-c", str(cfg)], env=env,
+                                 stderr=subprocess.DEVNULL)
+        children.append(agent)
+        wait_for_port(port, agent, host=ip)
+        nodes.append(f'<node name="xapp{i + 1}" address="http://{ip}:{port}"/>')
+    path = Path(tmp, "lbsconfig.xml")
+    path.write_text(CLUSTER_SERVER.format(port=free_port(), mgmt=free_port(), tmp=tmp, nodes="".join(nodes)))
+    return str(path)
+
+
 def run_wrk(url: str, args: argparse.Namespace, close: bool) -> tuple[float, str]:
     """Requests/s and p99 latency text from one wrk run."""
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", url]
@@ -113,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     parser.add_argument("--mode", choices=("keep-alive", "close", "both"), default="both")
     parser.add_argument("--lbserver-config", metavar="FILE", help="benchmark the real lbserver with this config")
+    parser.add_argument("--harness", action="store_true", help="benchmark the bare terminal service instead")
     parser.add_argument("--no-uvloop", action="store_true", help="harness: asyncio's own loop even with uvloop installed")
     args = parser.parse_args(argv)
     for tool in ("nginx", "wrk"):
@@ -123,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     children: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="bench-terminal-") as tmp:
         try:
+            if not args.harness and not args.lbserver_config:
+                args.lbserver_config = start_cluster(tmp, env, children)
             if args.lbserver_config:
                 host, lb_port = lbserver_address(args.lbserver_config)
                 lb = subprocess.Popen([sys.executable, "-m", "lbserver", "-f", "-c", args.lbserver_config],

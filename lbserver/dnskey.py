@@ -22,12 +22,13 @@ import base64
 import binascii
 import os
 import re
-import stat
 import tempfile
 from dataclasses import dataclass, field
 
 import dns.name
 import dns.tsig
+
+from common.secretfile import permission_problem
 
 MAX_KEY_FILE_BYTES = 64 * 1024
 
@@ -241,14 +242,7 @@ def load_key(path: str, key_name: str | None = None, algorithm: str | None = Non
 
 def permission_warning(path: str) -> str | None:
     """A warning when a secret file can be read by group or others, else None."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return (f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
-                f"restrict it with: chmod 600 {path}")
-    return None
+    return permission_problem(path)
 
 
 def format_bind_key(name: str, algorithm: str, secret_b64: str) -> str:

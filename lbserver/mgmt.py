@@ -20,6 +20,7 @@ import socket
 import urllib.parse
 from typing import TYPE_CHECKING, Callable, Mapping
 
+from common.secretfile import SecretFileError, permission_problem, read_secret_file
 from common.xmlconfig import ConfigError
 from lbserver import config as configmod
 from lbserver.status import build_status
@@ -51,16 +52,14 @@ def read_token(path: str | None) -> str | None:
     if not path:
         return None
     try:
-        st = os.stat(path)
-        if st.st_mode & 0o077:
-            log.warning("token file %s is readable by group or others (mode %o): chmod 600 it",
-                        path, st.st_mode & 0o777)
-        with open(path, encoding="utf-8") as fh:
-            token = fh.readline().strip()
-    except OSError as exc:
-        log.error("cannot read token file %s: %s; remote admin actions are refused", path, exc.strerror)
+        token = read_secret_file(path)
+    except SecretFileError as exc:
+        log.error("cannot read token file %s (%s); remote admin actions are refused", exc.path, exc.message)
         return None
-    return token or None
+    problem = permission_problem(path)
+    if problem:
+        log.warning("token file %s", problem)
+    return token
 
 
 def is_loopback(peer: str) -> bool:

@@ -25,7 +25,7 @@ from typing import Mapping
 from lbserver.config import Require, Rule, ServerConfig
 from lbserver.fenwick import Fenwick
 from lbserver.health import NodeRecord
-from lbserver.weights import compensates, evaluate
+from lbserver.weights import Compensation, compensates, compensation, evaluate
 
 REASONS = ("weighted", "user", "overflow", "last-good")
 ALGORITHMS = ("weighted", "p2c")
@@ -215,7 +215,7 @@ class Selector:
         self._members: dict[str, list[tuple[_GroupState, int]]] = {}
         self._pending: Counter[str] = Counter()
         self._weights: dict[str, float] = {}
-        self._compensate = False
+        self._compensation: dict[str, Compensation] = {}
         self._last_good: dict[str, str] = {}
         self._counts: Counter[str] = Counter()
 
@@ -240,10 +240,12 @@ class Selector:
             for i, v in enumerate(views):
                 members.setdefault(v.name, []).append((state, i))
         weights = {n: v.weight for n, v in snapshot.nodes.items()}
+        comp = {n: compensation(snapshot.nodes[n].variables, snapshot.rules) for n in members} \
+            if compensates(snapshot.rules) else {}
         # Swap everything at once so a pick never sees half of each snapshot.
         (self._snapshot, self._groups, self._members, self._pending, self._weights,
-         self._compensate, self._last_good) = (
-            snapshot, groups, members, Counter(), weights, compensates(snapshot.rules), last_good)
+         self._compensation, self._last_good) = (
+            snapshot, groups, members, Counter(), weights, comp, last_good)
 
     def pick(self, group: str | None = None, user: str | None = None) -> Pick:
         """Choose a node of ``group`` (the default group when None) for a new terminal.
@@ -297,17 +299,16 @@ class Selector:
             self._last_good[group] = node
         if new_session:
             self._pending[node] += 1
-            if self._compensate:
-                self._recompute(node)
+            comp = self._compensation.get(node)
+            if comp is not None:
+                self._recompute(node, comp)
         return Pick(node=node, reason=reason, group=group)
 
-    def _recompute(self, node: str) -> None:
-        snap = self._snapshot
-        verdict = evaluate(snap.nodes[node].variables, snap.rules, snap.requires,
-                           extra_sessions=self._pending[node])
-        self._weights[node] = verdict.weight
-        for state, i in self._members.get(node, ()):
-            state.tree.set(i, verdict.weight)
+    def _recompute(self, node: str, comp: Compensation) -> None:
+        weight = comp.weight(self._pending[node])
+        self._weights[node] = weight
+        for state, i in self._members[node]:
+            state.tree.set(i, weight)
 
     def pending(self) -> dict[str, int]:
         """Terminals sent to each node since the snapshot in force was built."""

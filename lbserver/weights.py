@@ -152,9 +152,48 @@ def evaluate(variables: Mapping, rules: Sequence[Rule], requires: Sequence[Requi
     return Verdict(healthy=True, weight=weight, size=size)
 
 
+@dataclass(frozen=True)
+class Compensation:
+    """A healthy node's weight as a function of terminals sent since its last poll.
+
+    Precomputed once per snapshot so that the per-pick update costs a few
+    multiplications instead of a full :func:`evaluate`; ``weight(k)`` equals
+    ``evaluate(..., extra_sessions=k).weight`` for a healthy node.
+    """
+
+    size: float
+    fixed: float                                   # rules without per-session
+    terms: tuple[tuple[float, float, float], ...]  # (weight, value/capacity, per-session/capacity)
+
+    def weight(self, sessions: float) -> float:
+        """The node's weight after ``sessions`` more terminals."""
+        total = self.fixed
+        for w, base, step in self.terms:
+            free = 1.0 - base - sessions * step
+            total += w * (1.0 if free > 1.0 else free if free > 0.0 else 0.0)
+        return self.size * total
+
+
+def compensation(variables: Mapping, rules: Sequence[Rule]) -> Compensation:
+    """The :class:`Compensation` of a node whose ``variables`` passed :func:`evaluate`."""
+    size = node_size(variables)
+    if not rules:
+        return Compensation(size, 1.0, ())
+    nbproc = _nbproc(variables)
+    fixed, terms = 0.0, []
+    for rule in rules:
+        scale = rule.capacity * (nbproc if rule.per_cpu else 1.0)
+        base = (_number(variables.get(rule.name)) or 0.0) / scale
+        if rule.per_session > 0:
+            terms.append((rule.weight, base, rule.per_session / scale))
+        else:
+            fixed += rule.weight * min(1.0, max(0.0, 1.0 - base))
+    return Compensation(size, fixed, tuple(terms))
+
+
 def compensates(rules: Sequence[Rule]) -> bool:
     """True when some rule predicts load per session (so picks change weights)."""
     return any(r.per_session > 0 for r in rules)
 
 
-__all__ = ["DEFAULT_CPUFREQ_MHZ", "Verdict", "compensates", "evaluate", "node_size"]
+__all__ = ["Compensation", "DEFAULT_CPUFREQ_MHZ", "Verdict", "compensates", "compensation", "evaluate", "node_size"]

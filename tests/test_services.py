@@ -374,8 +374,8 @@ def test_reinstall_keeps_edited_config_and_uninstall(tmp_path):
     assert "kept /etc/mille-xterm/lbaconfig.xml: it was edited" in removed.stdout
     assert sha(edited) == admin_sum
     assert sorted(p.name for p in etc.iterdir()) == ["lbaconfig.xml"]
-    left = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
-    assert left == ["etc/mille-xterm/lbaconfig.xml"]
+    left = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+    assert left == ["etc", "etc/mille-xterm", "etc/mille-xterm/lbaconfig.xml"]
 
 
 # ------------------------------------------------------------ systemd units

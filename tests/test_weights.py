@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lbserver.config import Require, Rule
-from lbserver.weights import compensates, evaluate, node_size
+from lbserver.weights import compensates, compensation, evaluate, node_size
 
 BASE = {"NBPROC": 4, "CPUFREQ": 2000}   # size 8 core-GHz
 
@@ -160,3 +162,21 @@ def test_all_reasons_are_reported():
 def test_compensates():
     assert not compensates([Rule("A", 1, 1)])
     assert compensates([Rule("A", 1, 1), Rule("B", 1, 1, per_session=0.5)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    nbproc=st.integers(1, 64),
+    values=st.lists(st.floats(0, 200, allow_nan=False), min_size=3, max_size=3),
+    per_session=st.lists(st.sampled_from([0.0, 0.1, 0.5, 1.0]), min_size=3, max_size=3),
+    per_cpu=st.lists(st.booleans(), min_size=3, max_size=3),
+    sessions=st.integers(0, 500),
+)
+def test_compensation_matches_evaluate(nbproc, values, per_session, per_cpu, sessions):
+    """The precomputed per-pick weight equals a full evaluate() with the same extra sessions."""
+    names = ("LOADAVG", "MEMUSEDPCT", "NBSESSIONS")
+    rules = tuple(Rule(name=n, weight=10.0 * (i + 1), capacity=[1.0, 90.0, 40.0][i], per_cpu=per_cpu[i],
+                       per_session=per_session[i]) for i, n in enumerate(names))
+    variables = {"NBPROC": nbproc, "CPUFREQ": 2400, **dict(zip(names, values))}
+    expected = evaluate(variables, rules, (), extra_sessions=sessions).weight
+    assert compensation(variables, rules).weight(sessions) == pytest.approx(expected, rel=1e-9, abs=1e-9)
