@@ -17,7 +17,7 @@ test:
 clean:
 	rm -rf .venv build dist *.egg-info tests/artifacts .pytest_cache
 
-# System install (see README, "Running as a service"):
+# System install (see README, "Installing and running as a service"):
 #   make install [DESTDIR=/staging/root] [PREFIX=/usr/local] [SYSTEM_PYTHON=/usr/bin/python3]
 #   make uninstall       same variables; configuration files you edited are kept
 DESTDIR ?=

@@ -9,12 +9,17 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import re
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 
 from lxml import etree
 
 from common.builtins import BUILTIN_VARIABLES
+from common.secretfile import SecretFileError, permission_problem, read_secret_file
+from common.tls import TlsConfigError, server_context
 from common.xmlconfig import ConfigError, Reader, parse_file
 from lbagent.values import BadValue, Value, parse_value
 
@@ -35,6 +40,8 @@ VARIABLE_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _TYPE_ATTRIBUTES = ("command", "timeout", "pattern", "path", "value")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,54 @@ class AgentConfig:
     variables: tuple[CustomVariable, ...] = ()
     log_file: str | None = None
     log_level: str | None = None
+    secret_file: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    """The shared secret every request must carry (HTTP Basic password); None: no authentication."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    """Server-side TLS context built from tls-cert/tls-key; None: plain HTTP."""
+
+
+def _config_relative(r: Reader, path: str) -> str:
+    """A path from the config, relative ones taken from the config file's directory."""
+    if os.path.isabs(path):
+        return path
+    return os.path.join(os.path.dirname(os.path.abspath(r.path)), path)
+
+
+def _warn_permissions(r: Reader, e: etree._Element, attr: str, path: str) -> None:
+    # A warning, not an error: see common.secretfile for why.
+    problem = permission_problem(path)
+    if problem:
+        log.warning("%s:%s: <%s> %s: %s", r.path, e.sourceline, e.tag, attr, problem)
+
+
+def _load_security(r: Reader, agent: etree._Element) -> dict:
+    """secret-file, tls-cert and tls-key of <agent>: read and checked now, so --check-config sees problems."""
+    kw: dict = {}
+    secret_file = r.text(agent, "secret-file")
+    if secret_file is not None:
+        path = _config_relative(r, secret_file)
+        try:
+            kw["secret"] = read_secret_file(path)
+        except SecretFileError as exc:
+            raise r.error(agent, f"<agent> secret-file: {exc}") from None
+        _warn_permissions(r, agent, "secret-file", path)
+        kw["secret_file"] = path
+    cert, key = r.text(agent, "tls-cert"), r.text(agent, "tls-key")
+    if key is not None and cert is None:
+        raise r.error(agent, "<agent> tls-key needs tls-cert (the agent's certificate, PEM)")
+    if cert is not None:
+        cert = _config_relative(r, cert)
+        key = _config_relative(r, key) if key is not None else None
+        try:
+            kw["ssl_context"] = server_context(cert, key)
+        except TlsConfigError as exc:
+            raise r.error(agent, f"<agent> tls-cert: {exc}") from None
+        _warn_permissions(r, agent, "tls-key" if key else "tls-cert", key or cert)
+        kw["tls_cert"], kw["tls_key"] = cert, key
+    return kw
 
 
 def _load_variable(r: Reader, e: etree._Element) -> CustomVariable:
@@ -159,6 +214,7 @@ def load(path: str = DEFAULT_PATH) -> AgentConfig:
         kw["sample_interval"] = r.number(agent, "sample-interval", 5.0, minimum=0.1)
         kw["max_request_bytes"] = r.integer(agent, "max-request-bytes", 64 * 1024, minimum=1024)
         kw["request_timeout"] = r.number(agent, "request-timeout", 5.0, positive=True)
+        kw.update(_load_security(r, agent))
     logel = root.find("log")
     if logel is not None:
         kw["log_file"] = r.text(logel, "file")

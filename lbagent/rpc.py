@@ -1,20 +1,30 @@
-"""The agent's XML-RPC service: get_state(), ping() and introspection over HTTP.
+"""The agent's XML-RPC service: get_state(), ping() and introspection over HTTP(S).
 
 One worker thread per connection at a time, from a pool that grows while
 all are busy (a stuck client cannot block others), each connection bounded by ``request-timeout`` in total, requests bounded by
 ``max-request-bytes``, the allow-list checked before anything is read, and
 request bodies parsed with DTDs and entities refused. Requests only read the
 sampler's current sample; its marshalled reply is built once per sample.
+
+With ``tls-cert`` the TLS handshake runs in the connection's worker thread
+under the same deadline (never in the accept loop, where one silent client
+would stall every other). With ``secret-file`` every request must carry HTTP
+Basic authentication whose password is the shared secret (any user name),
+checked in constant time before the body is read.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import heapq
+import hmac
 import http.server
 import itertools
 import logging
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -34,6 +44,26 @@ log = logging.getLogger(__name__)
 RPC_PATHS = ("/", "/RPC2")
 DRAIN_BYTES = 1024 * 1024   # read and dropped after a refusal, so the client sees the answer
 DRAIN_SECONDS = 1.0
+AUTH_REALM = "lbagent"
+
+
+def basic_auth_ok(header: str | None, secret: str) -> bool:
+    """Whether an ``Authorization`` header is HTTP Basic with ``secret`` as password (any user).
+
+    The comparison takes the same time wherever the first difference is, so
+    the secret cannot be guessed byte by byte from response times.
+    """
+    if not header:
+        return False
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    _, sep, password = decoded.partition(b":")
+    return bool(sep) and hmac.compare_digest(password, secret.encode("utf-8"))
 
 
 def safe_loads(data: bytes) -> tuple[tuple, str | None]:
@@ -107,7 +137,9 @@ class Deadlines:
                 heapq.heappop(self._heap)
                 self._live.discard(token)
                 try:
-                    sock.shutdown(socket.SHUT_RDWR)
+                    # The plain socket call also for a TLS socket: SSLSocket.shutdown
+                    # would drop its TLS state under the worker thread using it.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
                 except OSError:
                     pass
 
@@ -180,6 +212,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         cfg = self.server.config
         self.timeout = cfg.request_timeout
+        self._tls = cfg.ssl_context
+        self._secret = cfg.secret  # one config per connection, even across a reload
+        if self._tls is not None:
+            # Wrapping does no I/O; the timeout set first is inherited, and the
+            # handshake happens in handle(), under the connection's deadline.
+            self.request.settimeout(cfg.request_timeout)
+            self.request = self._tls.wrap_socket(self.request, server_side=True,
+                                                 do_handshake_on_connect=False)
         self._deadline = self.server.deadlines.add(self.request, cfg.request_timeout)
         super().setup()
 
@@ -188,17 +228,58 @@ class Handler(http.server.BaseHTTPRequestHandler):
             super().finish()
         finally:
             self.server.deadlines.cancel(self._deadline)
+            if self._tls is not None:
+                # The server closes the plain socket it accepted, which wrapping detached.
+                try:
+                    socket.socket.shutdown(self.request, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                self.request.close()
 
     def handle(self) -> None:
         host = self.client_address[0]
         if not is_allowed(host, self.server.config.allow):
             self.server.note_denied(host)
-            self._refuse_raw(403, "Forbidden", f"access denied for {host}\n")
+            if self._tls is None:
+                self._refuse_raw(403, "Forbidden", f"access denied for {host}\n")
+            # Over TLS: hang up before the handshake, which would cost CPU for a refusal.
+            return
+        if self._tls is not None and not self._handshake(host):
             return
         try:
             super().handle()
         except OSError as exc:  # a peer that vanished or timed out mid-request
             log.debug("connection from %s ended: %s", host, exc)
+
+    def _handshake(self, host: str) -> bool:
+        try:
+            self.request.do_handshake()
+            return True
+        except ssl.SSLError as exc:
+            reason = exc.reason or str(exc)
+            self.server.note_tls_failure(host, "a plain HTTP request (the client must use https://)"
+                                         if reason == "HTTP_REQUEST" else reason)
+            if reason == "HTTP_REQUEST":
+                # A plain HTTP client (a balancer with http:// for this node): tell it
+                # in plain HTTP, outside TLS, so its error says what to change.
+                try:
+                    socket.socket.sendall(self.request, b"HTTP/1.0 400 TLS required (use https:// for this agent)"
+                                                        b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+        except OSError as exc:  # timeout or a peer that went away mid-handshake
+            log.debug("TLS handshake with %s ended: %s", host, exc)
+        self.close_connection = True
+        return False
+
+    def _authorized(self) -> bool:
+        """Whether the request carries the shared secret (always true without secret-file)."""
+        if self._secret is None or basic_auth_ok(self.headers.get("Authorization"), self._secret):
+            return True
+        self.server.note_unauthorized(self.client_address[0], "Authorization" in self.headers)
+        self._refuse(401, "authentication required\n",
+                     extra={"WWW-Authenticate": f'Basic realm="{AUTH_REALM}", charset="UTF-8"'})
+        return False
 
     def _refuse_raw(self, code: int, reason: str, text: str) -> None:
         body = text.encode("utf-8", "replace")
@@ -247,6 +328,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         """An XML-RPC call."""
+        if not self._authorized():
+            return
         path = self.path.split("?", 1)[0]
         if path not in RPC_PATHS:
             self._refuse(404, f"not found: XML-RPC is served at {' and '.join(RPC_PATHS)}\n")
@@ -280,6 +363,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._reply(200, response, ctype="text/xml")
 
     def _not_post(self) -> None:
+        if not self._authorized():
+            return
         path = self.path.split("?", 1)[0]
         if path not in RPC_PATHS:
             self._refuse(404, "not found\n")
@@ -307,6 +392,7 @@ class AgentHTTPServer(socketserver.TCPServer):
         self.deadlines = deadlines
         self.deny_log = deny_log
         self.workers = workers
+        self.auth_log = DenyLog()
 
     def note_denied(self, host: str) -> None:
         """Log a refused peer, at most once a minute per address."""
@@ -314,14 +400,28 @@ class AgentHTTPServer(socketserver.TCPServer):
             log.warning("refused query from %s: not in <access> of %s (logged at most once a minute)",
                         host, self.config.path)
 
+    def note_unauthorized(self, host: str, had_credentials: bool) -> None:
+        """Log a request without the shared secret, at most once a minute per address (never the secret)."""
+        if self.auth_log.should_log(f"auth {host}", time.monotonic()):
+            what = "a wrong secret" if had_credentials else "no credentials"
+            log.warning("refused query from %s: %s (secret-file of %s; logged at most once a minute)",
+                        host, what, self.config.path)
+
+    def note_tls_failure(self, host: str, reason: str) -> None:
+        """Log a failed TLS handshake, at most once a minute per address."""
+        if self.auth_log.should_log(f"tls {host}", time.monotonic()):
+            log.warning("TLS handshake with %s failed: %s (logged at most once a minute)", host, reason)
+
     def process_request(self, request, client_address) -> None:
         if not self.workers.submit(lambda: self._serve_connection(request, client_address)):
-            # Every worker busy: answer at once rather than queue the connection.
-            try:
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                b"Connection: close\r\n\r\n")
-            except OSError:
-                pass
+            # Every worker busy: answer at once rather than queue the connection
+            # (a TLS client just sees the connection close: no handshake here).
+            if self.config.ssl_context is None:
+                try:
+                    request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                    b"Connection: close\r\n\r\n")
+                except OSError:
+                    pass
             self.shutdown_request(request)
 
     def _serve_connection(self, request, client_address) -> None:

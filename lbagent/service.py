@@ -31,6 +31,16 @@ def format_listen(listen: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def security_summary(config: AgentConfig) -> str:
+    """How queries are protected, for the start-up log line (never the secret itself)."""
+    parts = ["over TLS" if config.ssl_context is not None else "over plain HTTP"]
+    if config.secret is not None:
+        parts.append(f"shared secret from {config.secret_file}")
+    if config.allow is not None:
+        parts.append(f"{len(config.allow)} allowed network(s)")
+    return " (" + ", ".join(parts) + ")"
+
+
 def bind_listen(listen: tuple[str, int]) -> socket.socket:
     """A listening TCP socket on ``listen``; OSError names the address on failure.
 
@@ -96,8 +106,9 @@ class AgentService:
         self._deadlines = Deadlines()
         self._dispatcher = Dispatcher(lambda: self._sampler.current)
         self._serve(self._sock, config)
-        log.info("serving XML-RPC on %s, sampling every %g s, %d custom variable(s)",
-                 format_listen(config.listen), config.sample_interval, len(config.variables))
+        log.info("serving XML-RPC on %s%s, sampling every %g s, %d custom variable(s)",
+                 format_listen(config.listen), security_summary(config), config.sample_interval,
+                 len(config.variables))
 
     def _serve(self, sock: socket.socket, config: AgentConfig) -> None:
         server = AgentHTTPServer(sock, config, self._dispatcher, self._deadlines, self._deny_log, self._workers)

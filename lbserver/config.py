@@ -7,8 +7,10 @@ raises :class:`~common.xmlconfig.ConfigError` with ``FILE:LINE: message``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -17,6 +19,8 @@ import dns.name
 from lxml import etree
 
 from common.builtins import BUILTIN_VARIABLES
+from common.secretfile import SecretFileError, permission_problem, read_secret_file
+from common.tls import TlsConfigError, client_context
 from common.xmlconfig import ConfigError, Reader, parse_file, parse_hostport
 
 DEFAULT_PATH = "/etc/mille-xterm/lbsconfig.xml"
@@ -26,6 +30,8 @@ VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DNS_LABELS = re.compile(r"^([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$")
 EMAIL = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+$")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,19 @@ class Node:
     ip: str | None = None
     ip6: str | None = None
     line: int = 0
+    secret_file: str | None = None
+    """Where the agent's shared secret came from (the node's or <poll>'s secret-file)."""
+    secret: str | None = field(default=None, repr=False)
+    """Sent as the HTTP Basic password of every poll; None: no authentication."""
+    tls_ca: str | None = None
+    """CA file the agent's certificate must chain to (https:// only); None: the system's CAs."""
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    """Client TLS context for an https:// address (shared by nodes with the same tls-ca)."""
+
+    @property
+    def tls(self) -> bool:
+        """Whether the agent is polled over TLS (an https:// address)."""
+        return self.address.lower().startswith("https:")
 
     @property
     def answer_ip(self) -> str:
@@ -100,6 +119,10 @@ class Poll:
     rise: int = 2
     fall: int = 2
     max_reply_bytes: int = 1024 * 1024
+    secret_file: str | None = None
+    """Default secret-file of every <node> that gives none."""
+    tls_ca: str | None = None
+    """Default tls-ca of every https:// <node> that gives none."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +198,63 @@ def _node_url(r: Reader, elem: etree._Element) -> tuple[str, int]:
     return parsed.hostname, port or (443 if parsed.scheme == "https" else 8001)
 
 
+class _Credentials:
+    """Reads each secret file and builds each TLS context once per load, however many nodes share it."""
+
+    def __init__(self, r: Reader) -> None:
+        self.r = r
+        self._secrets: dict[str, str] = {}
+        self._contexts: dict[str | None, ssl.SSLContext] = {}
+
+    def secret(self, elem: etree._Element, path: str) -> str:
+        """The secret in ``path`` (named by ``elem``'s secret-file); warns once on loose permissions."""
+        if path not in self._secrets:
+            try:
+                self._secrets[path] = read_secret_file(path)
+            except SecretFileError as exc:
+                raise self.r.error(elem, f"<{elem.tag}> secret-file: {exc}") from None
+            problem = permission_problem(path)
+            if problem:
+                # A warning, not an error: see common.secretfile for why.
+                log.warning("%s:%s: <%s> secret-file: %s", self.r.path, elem.sourceline, elem.tag, problem)
+        return self._secrets[path]
+
+    def context(self, elem: etree._Element, ca_file: str | None) -> ssl.SSLContext:
+        """The client TLS context verifying against ``ca_file`` (None: the system's CAs)."""
+        if ca_file not in self._contexts:
+            try:
+                self._contexts[ca_file] = client_context(ca_file)
+            except TlsConfigError as exc:
+                raise self.r.error(elem, f"<{elem.tag}> tls-ca: {exc}") from None
+        return self._contexts[ca_file]
+
+
+def _node_security(r: Reader, n: etree._Element, poll: etree._Element | None, creds: _Credentials,
+                   tls: bool) -> dict:
+    """secret-file and tls-ca of a node, falling back to <poll>'s, read and checked."""
+    kw: dict = {}
+    own_secret = r.text(n, "secret-file")
+    secret_elem = n if own_secret is not None else poll
+    secret_file = own_secret if own_secret is not None else (r.text(poll, "secret-file") if poll is not None else None)
+    if secret_file is not None:
+        kw["secret_file"] = _config_relative(r, secret_file)
+        kw["secret"] = creds.secret(secret_elem, kw["secret_file"])
+    own_ca = r.text(n, "tls-ca")
+    if own_ca is not None and not tls:
+        raise r.error(n, f"<node> tls-ca applies to https:// addresses only (address={n.get('address')!r})")
+    if tls:
+        ca_elem = n if own_ca is not None else poll
+        ca = own_ca if own_ca is not None else (r.text(poll, "tls-ca") if poll is not None else None)
+        kw["tls_ca"] = _config_relative(r, ca) if ca is not None else None
+        kw["ssl_context"] = creds.context(ca_elem if ca is not None else n, kw["tls_ca"])
+    return kw
+
+
 def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[str, Group], str]:
+    poll = root.find("poll")
+    creds = _Credentials(r)
+    if poll is not None and r.text(poll, "tls-ca") is not None:
+        creds.context(poll, _config_relative(r, r.text(poll, "tls-ca")))  # checked even if no node uses it
     nodes: dict[str, Node] = {}
     groups: dict[str, Group] = {}
     default: str | None = None
@@ -191,10 +270,13 @@ def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[
             if name in members:
                 raise r.error(n, f"duplicate node name {name!r} in group {gname!r}")
             host, port = _node_url(r, n)
-            node = Node(name=name, address=r.required(n, "address"), host=host, port=port,
-                        ip=r.text(n, "ip"), ip6=r.text(n, "ip6"), line=n.sourceline)
+            address = r.required(n, "address")
+            node = Node(name=name, address=address, host=host, port=port,
+                        ip=r.text(n, "ip"), ip6=r.text(n, "ip6"), line=n.sourceline,
+                        **_node_security(r, n, poll, creds, address.lower().startswith("https:")))
             prev = nodes.get(name)
-            if prev is not None and (prev.address, prev.ip, prev.ip6) != (node.address, node.ip, node.ip6):
+            if prev is not None and (prev.address, prev.ip, prev.ip6, prev.secret_file, prev.tls_ca) != (
+                    node.address, node.ip, node.ip6, node.secret_file, node.tls_ca):
                 raise r.error(n, f"node {name!r} is defined differently at line {prev.line}; "
                                  "a node in several groups must have the same attributes")
             nodes.setdefault(name, node)
@@ -410,7 +492,9 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
                  timeout=r.number(poll, "timeout", 2.0, positive=True),
                  rise=r.integer(poll, "rise", 2, minimum=1),
                  fall=r.integer(poll, "fall", 2, minimum=1),
-                 max_reply_bytes=r.integer(poll, "max-reply-bytes", 1024 * 1024, minimum=1024))
+                 max_reply_bytes=r.integer(poll, "max-reply-bytes", 1024 * 1024, minimum=1024),
+                 secret_file=_config_relative(r, poll.get("secret-file")) if poll.get("secret-file") else None,
+                 tls_ca=_config_relative(r, poll.get("tls-ca")) if poll.get("tls-ca") else None)
         if p.timeout >= p.interval:
             raise r.error(poll, f"<poll> timeout={p.timeout:g} must be shorter than interval={p.interval:g}")
         kw["poll"] = p

@@ -62,7 +62,8 @@ def request(url: str, method: str = "GET", token: str | None = None, timeout: fl
             ctype = resp.headers.get("Content-Type", "")
     except urllib.error.HTTPError as exc:
         text = exc.read().decode("utf-8", "replace").strip()
-        raise CtlError(f"lbctl: {method} {url}: {exc.code} {text}", 1) from None
+        # The service's own words first (they name the node, or FILE:LINE); the HTTP code for the record.
+        raise CtlError(f"lbctl: {text or exc.reason} (HTTP {exc.code} from {method} {url})", 1) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise CtlError(f"lbctl: cannot reach the management service at {url}: {reason}\n"

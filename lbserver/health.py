@@ -80,6 +80,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _finite(value: int | float) -> bool:
+    """A finite number that converts to a float: XML-RPC ints are unbounded, weights are floats."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def validate_state(reply: object) -> dict:
     """Check that an agent's ``get_state()`` reply has the documented shape.
 
@@ -97,7 +105,7 @@ def validate_state(reply: object) -> dict:
     hostname = _check_string("hostname", reply["hostname"])
     version = _check_string("agent_version", reply.get("agent_version", ""))
     sampled_at = reply["sampled_at"]
-    if not _is_number(sampled_at) or not math.isfinite(sampled_at):
+    if not _is_number(sampled_at) or not _finite(sampled_at):
         raise ValueError(f"sampled_at: expected a number, got {sampled_at!r:.80}")
 
     variables = reply["variables"]
@@ -109,10 +117,11 @@ def validate_state(reply: object) -> dict:
         _check_string("variable name", name)
         if isinstance(value, str):
             _check_string(f"variable {name}", value)
-        elif isinstance(value, float):
-            # XML-RPC cannot carry NaN/inf portably; one here means a broken agent.
-            if not math.isfinite(value):
-                raise ValueError(f"variable {name}: not a finite number ({value!r})")
+        elif isinstance(value, (float, int)) and not isinstance(value, bool):
+            # XML-RPC cannot carry NaN/inf portably, and an int beyond a float's
+            # range would break the weighing: either means a broken agent.
+            if not _finite(value):
+                raise ValueError(f"variable {name}: not a finite number ({value!r:.40})")
         elif not isinstance(value, (bool, int)):
             raise ValueError(f"variable {name}: expected int, float, bool or string, "
                              f"got {type(value).__name__}")

@@ -5,19 +5,28 @@ Each agent gets one short HTTP/1.0 POST of ``get_state``; the whole exchange
 ``max-reply-bytes``, so a dead, black-holed, slow or garbage-spewing agent
 costs at most the timeout and never delays the others. Replies are parsed with
 defusedxml's expat guards (no DTDs, no entity expansion).
+
+An ``https://`` node is polled over TLS with its configured context
+(certificate and host name verified); a node with a shared secret sends it
+as HTTP Basic authentication. The request bytes of a node are built once
+and reused by every poll.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import ssl
 import time
+import weakref
 import xmlrpc.client
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import defusedxml.xmlrpc
 
+from common.tls import client_context
 from lbserver.config import Node
 
 # Make xmlrpc.client's parser refuse DTDs and entities for every reply we parse.
@@ -40,12 +49,48 @@ class PollResult:
     elapsed: float
 
 
-def _request(node: Node) -> bytes:
+AUTH_USER = "lbserver"
+
+# Node -> its request bytes. Nodes are immutable and replaced on reload, so
+# entries of an old configuration go with it.
+_requests: "weakref.WeakKeyDictionary[Node, bytes]" = weakref.WeakKeyDictionary()
+
+
+def build_request(node: Node) -> bytes:
+    """The whole HTTP request polling ``node`` (with its Authorization header when it has a secret)."""
     host = f"[{node.host}]" if ":" in node.host else node.host
+    auth = ""
+    if node.secret is not None:
+        token = base64.b64encode(f"{AUTH_USER}:{node.secret}".encode()).decode("ascii")
+        auth = f"Authorization: Basic {token}\r\n"
     return (
-        f"POST /RPC2 HTTP/1.0\r\nHost: {host}:{node.port}\r\nUser-Agent: lbserver\r\n"
+        f"POST /RPC2 HTTP/1.0\r\nHost: {host}:{node.port}\r\nUser-Agent: lbserver\r\n{auth}"
         f"Content-Type: text/xml\r\nContent-Length: {len(_BODY)}\r\n\r\n"
     ).encode() + _BODY
+
+
+def _request(node: Node) -> bytes:
+    try:
+        return _requests[node]
+    except KeyError:
+        data = _requests[node] = build_request(node)
+        return data
+
+
+@functools.lru_cache(maxsize=1)
+def _system_context() -> ssl.SSLContext:
+    return client_context(None)
+
+
+def _tls_error(exc: ssl.SSLError) -> str:
+    """Words for a failed TLS exchange, saying what to check."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS certificate verification failed: {exc.verify_message or exc.reason} "
+                "(check tls-ca and that the certificate names the address)")
+    reason = exc.reason or str(exc)
+    if reason == "WRONG_VERSION_NUMBER":
+        return "TLS error: the agent did not answer in TLS (is tls-cert set in its lbaconfig.xml?)"
+    return f"TLS error: {reason}"
 
 
 def parse_reply(raw: bytes, max_bytes: int) -> object:
@@ -64,7 +109,8 @@ def parse_reply(raw: bytes, max_bytes: int) -> object:
     status = int(parts[1])
     if status != 200:
         reason = parts[2].decode("latin-1", "replace")[:60] if len(parts) > 2 else ""
-        raise PollError(f"agent answered HTTP {status} {reason}".rstrip())
+        hint = " (check secret-file: the agent wants its shared secret)" if status == 401 else ""
+        raise PollError(f"agent answered HTTP {status} {reason}".rstrip() + hint)
     if len(body) > max_bytes:
         raise PollError(f"reply larger than {max_bytes} bytes")
     try:
@@ -101,7 +147,14 @@ async def _exchange(node: Node, max_bytes: int, ssl_ctx: ssl.SSLContext | None) 
 
 async def fetch_state(node: Node, timeout: float, max_bytes: int,
                       ssl_ctx: ssl.SSLContext | None = None) -> object:
-    """Fetch one agent's ``get_state`` value, raising :class:`PollError` on any failure."""
+    """Fetch one agent's ``get_state`` value, raising :class:`PollError` on any failure.
+
+    ``ssl_ctx`` defaults to the node's own context (set for ``https://`` addresses).
+    """
+    if ssl_ctx is None:
+        ssl_ctx = node.ssl_context
+        if ssl_ctx is None and node.tls:  # a Node built outside the config loader
+            ssl_ctx = _system_context()
     try:
         raw = await asyncio.wait_for(_exchange(node, max_bytes, ssl_ctx), timeout)
     except asyncio.TimeoutError:
@@ -109,7 +162,7 @@ async def fetch_state(node: Node, timeout: float, max_bytes: int,
     except ConnectionRefusedError:
         raise PollError("connection refused (agent not running?)") from None
     except ssl.SSLError as exc:
-        raise PollError(f"TLS error: {exc.reason or exc}") from None
+        raise PollError(_tls_error(exc)) from None
     except OSError as exc:
         raise PollError(f"network error: {exc.strerror or exc}") from None
     if not raw:

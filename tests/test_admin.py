@@ -89,7 +89,7 @@ def test_read_token(tmp_path, caplog):
     assert read_token(str(empty)) is None
 
 
-def _balancer(tmp_path: Path, token: str | None = TOKEN) -> Balancer:
+def offline_balancer(tmp_path: Path, token: str | None = TOKEN) -> Balancer:
     """A Balancer loaded from a config, never started: nothing listens, nothing is polled."""
     token_attr = ""
     if token is not None:
@@ -121,7 +121,7 @@ def _route(bal: Balancer, method: str, path: str, peer: str, headers: dict | Non
 
 
 def test_route_refuses_remote_admin_without_the_right_token(tmp_path):
-    bal = _balancer(tmp_path)
+    bal = offline_balancer(tmp_path)
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
         status, _, body = _route(bal, "POST", "/nodes/xapp1/drain", REMOTE, headers)
         assert status == 403, headers
@@ -137,7 +137,7 @@ def test_route_refuses_remote_admin_without_the_right_token(tmp_path):
 
 
 def test_route_accepts_remote_admin_with_the_token(tmp_path):
-    bal = _balancer(tmp_path)
+    bal = offline_balancer(tmp_path)
     auth = {"authorization": f"Bearer {TOKEN}"}
     status, _, body = _route(bal, "POST", "/nodes/xapp1/drain", REMOTE, auth)
     assert status == 200, body
@@ -152,7 +152,7 @@ def test_route_accepts_remote_admin_with_the_token(tmp_path):
 
 
 def test_route_without_token_file_allows_only_loopback(tmp_path):
-    bal = _balancer(tmp_path, token=None)
+    bal = offline_balancer(tmp_path, token=None)
     assert _route(bal, "POST", "/nodes/xapp2/drain", REMOTE, {"authorization": f"Bearer {TOKEN}"})[0] == 403
     assert _route(bal, "POST", "/nodes/xapp2/drain", "127.0.0.1", {"origin": "http://evil.example"})[0] == 403
     assert _route(bal, "POST", "/nodes/xapp2/drain", "::1")[0] == 200
@@ -160,7 +160,7 @@ def test_route_without_token_file_allows_only_loopback(tmp_path):
 
 
 def test_route_bad_requests(tmp_path):
-    bal = _balancer(tmp_path)
+    bal = offline_balancer(tmp_path)
     assert _route(bal, "DELETE", "/nodes/xapp1", "127.0.0.1")[0] == 405
     assert _route(bal, "POST", "/nodes/xapp1/explode", "127.0.0.1")[0] == 404
     assert _route(bal, "GET", "/nope", "127.0.0.1")[0] == 404

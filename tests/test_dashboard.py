@@ -68,9 +68,9 @@ def test_policy_allows_exactly_the_inline_script_and_style():
 
 
 def test_render_embeds_escaped_status(tmp_path):
-    from tests.test_admin import _balancer
+    from tests.test_admin import offline_balancer
 
-    bal = _balancer(tmp_path)
+    bal = offline_balancer(tmp_path)
     bal.drain.set("xapp2", True)
     bal.install_snapshot()
     page = render_dashboard(bal).decode()
