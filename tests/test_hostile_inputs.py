@@ -98,12 +98,14 @@ SEEDS = {
 }
 
 # Values an admin (or an editor accident) might leave in an attribute.
-JUNK_VALUES = st.one_of(
-    st.sampled_from(["", " ", "-1", "0", "1e999", "nan", "inf", "-inf", "0x10", "1_000", "true", "maybe",
+JUNK_LIST = ["", " ", "-1", "0", "1e999", "nan", "inf", "-inf", "0x10", "1_000", "true", "maybe",
                      "http://[abc", "http://[::1", "http://h:99999", "http://h:-1", "ftp://x", "http://",
                      "[::1]:", "[::1", "host:port", ":8001", "0.0.0.0:0", "300.1.1.1/8", "10.0.0.0/33",
                      "(", "[a-", "*", "$IP", "$NOPE", "a@", "@b", "..", "a..b", "-", "\u00e9\u00e8", "\U0001f600",
-                     "9" * 400, "1" * 5000, "0.0.0.0:8001:1", "x" * 300]),
+                     "9" * 400, "1" * 5000, "0.0.0.0:8001:1", "x" * 300, "http://[fd00::1", "https://[x]:80",
+                     "file://[", "http://h:8001/[", "a@b@c", "1.5.", "1,5", "-0", "1e-400"]
+JUNK_VALUES = st.one_of(
+    st.sampled_from(JUNK_LIST),
     st.text(max_size=40),
     st.integers().map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
@@ -162,6 +164,19 @@ def test_truncated_at_every_position(kind, cfgdir):
             outcomes[check_load(kind, write(cfgdir, kind, data[:cut]))] += 1
     # Every cut before the closing root tag is broken XML: it must be refused, never half-loaded.
     assert outcomes["error"] >= sum(len(t) for t in SEEDS[kind]) - 20 * len(SEEDS[kind]), outcomes
+
+
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+def test_every_attribute_with_every_junk_value(kind, cfgdir):
+    """Exhaustive: each attribute of the full example replaced by each junk value, and deleted."""
+    seed = SEEDS[kind][1]
+    outcomes = {"ok": 0, "error": 0}
+    for m in ATTRIBUTE.finditer(seed):
+        for value in [None, *JUNK_LIST]:
+            text = seed[:m.start()] + seed[m.end():] if value is None else \
+                seed[:m.start(2)] + xml_escape(value) + seed[m.end(2):]
+            outcomes[check_load(kind, write(cfgdir, kind, text))] += 1
+    assert outcomes["ok"] and outcomes["error"], outcomes
 
 
 @pytest.mark.parametrize("kind", sorted(LOADERS))
