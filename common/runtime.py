@@ -248,6 +248,9 @@ def _reload(spec: DaemonSpec, path: str, old: Any, service: Service, logs: _Logg
         logs.configure(*spec.log_settings(old))
         log.error("reload refused, keeping the running configuration: %s", exc)
         return old
+    except Exception:  # a loader bug must not take a running daemon down on SIGHUP
+        log.exception("reload refused, keeping the running configuration: %s could not be read", path)
+        return old
     logs.configure(*spec.log_settings(new))
     try:
         service.reload(new)

@@ -2,14 +2,14 @@
 
 A secret file holds the secret on its first line; surrounding blanks and the
 line end are dropped. Errors name the file and what is wrong, never its
-content. Loose permissions are a warning, not an error: a file that is
-readable by a service group (mode 0640) is a legitimate setup, and a daemon
-that refused to start at boot because a package or an admin left a file
-at 0644 would turn a hardening advice into an outage.
+content. Loose permissions are a warning, not an error: a daemon that
+refused to start at boot because a package or an admin left a file at 0644
+would turn a hardening advice into an outage of the whole site.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import stat
 
@@ -49,15 +49,32 @@ def read_secret_file(path: str) -> str:
     return secret
 
 
-def permission_problem(path: str) -> str | None:
-    """A warning text when ``path`` is accessible by group or others, else None (also when it is missing)."""
+def _group_name(gid: int) -> str:
     try:
-        mode = os.stat(path).st_mode
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def permission_problem(path: str) -> str | None:
+    """A warning text when ``path`` is open to more than this daemon, else None (also when it is missing).
+
+    Any access by others is a problem. Access by the file's group is one
+    only when that group is not one of this process's groups: ``root:mille-xterm
+    0640`` read by a daemon running as group mille-xterm is the intended way
+    to share a file with an unprivileged daemon.
+    """
+    try:
+        st = os.stat(path)
     except OSError:
         return None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return (f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
-                f"restrict it with: chmod 600 {path}")
+    mode = stat.S_IMODE(st.st_mode)
+    fix = f"restrict it with: chmod 600 {path}"
+    if mode & stat.S_IRWXO:
+        return f"{path} is accessible by others (mode {mode:04o}); {fix}"
+    if mode & stat.S_IRWXG and st.st_gid != os.getegid() and st.st_gid not in os.getgroups():
+        return (f"{path} is accessible by members of group {_group_name(st.st_gid)} (mode {mode:04o}), "
+                f"not a group this daemon runs as; {fix}, or give it this daemon's group")
     return None
 
 

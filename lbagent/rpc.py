@@ -267,6 +267,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                                         b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 except OSError:
                     pass
+                else:
+                    # The TLS socket's shutdown() drops its (failed) TLS state, so this
+                    # drains the rest of the plain request from the bare connection.
+                    self._drain()
         except OSError as exc:  # timeout or a peer that went away mid-handshake
             log.debug("TLS handshake with %s ended: %s", host, exc)
         self.close_connection = True

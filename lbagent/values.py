@@ -50,8 +50,11 @@ def parse_value(text: str) -> Value:
     if _CONTROL.search(text):
         raise BadValue("value contains control characters")
     if _INT.match(text):
-        number = int(text)
-        return number if INT_MIN <= number <= INT_MAX else float(number)
+        try:
+            number = int(text)
+            return number if INT_MIN <= number <= INT_MAX else float(number)
+        except (OverflowError, ValueError):  # beyond a double, or beyond int()'s digit limit
+            raise BadValue(f"number out of range: {text[:40]!r}") from None
     if _FLOAT.match(text):
         value = float(text)
         if value != value or value in (float("inf"), float("-inf")):

@@ -188,11 +188,11 @@ class ServerConfig:
 
 def _node_url(r: Reader, elem: etree._Element) -> tuple[str, int]:
     raw = r.required(elem, "address")
-    parsed = urllib.parse.urlsplit(raw)
     try:
+        parsed = urllib.parse.urlsplit(raw)
         port = parsed.port
-    except ValueError:
-        port = -1
+    except ValueError:  # "http://[bad" raises in urlsplit itself, a bad port in .port
+        parsed, port = urllib.parse.urlsplit(""), -1
     if parsed.scheme not in ("http", "https") or not parsed.hostname or port == -1:
         raise r.error(elem, f"<node> attribute address={raw!r}: expected a URL such as http://10.0.0.1:8001")
     return parsed.hostname, port or (443 if parsed.scheme == "https" else 8001)
@@ -371,7 +371,10 @@ def _check_dns_extras(r: Reader, elem: etree._Element, dns_cfg: "Dns") -> None:
             raise r.error(ae, f"<alias> attribute name={a.name!r}: not inside zone {dns_cfg.zone!r} "
                               "(give the name relative to the zone, e.g. wms-alice)")
         if a.health_url is not None:
-            scheme = urllib.parse.urlsplit(a.health_url).scheme.lower()
+            try:
+                scheme = urllib.parse.urlsplit(a.health_url).scheme.lower()
+            except ValueError:  # "http://[bad"
+                scheme = ""
             if scheme not in healthurl.SCHEMES:
                 raise r.error(ae, f"<alias> attribute health-url={a.health_url!r}: expected an http://, "
                                   "https:// or file:// URL")
@@ -458,6 +461,23 @@ def _load_dns(r: Reader, elem: etree._Element, groups: dict[str, Group]) -> Dns:
     return dns_cfg
 
 
+def _check_token_file(r: Reader, elem: etree._Element, path: str) -> None:
+    """Warn now about a token file that is unusable or readable by others.
+
+    Only warnings: the management service reads the file at each remote admin
+    request (so a new token needs no restart), and works from loopback without it.
+    """
+    try:
+        read_secret_file(path)
+    except SecretFileError as exc:
+        log.warning("%s:%s: <mgmtservice> token-file: %s; remote admin actions will be refused",
+                    r.path, elem.sourceline, exc)
+        return
+    problem = permission_problem(path)
+    if problem:
+        log.warning("%s:%s: <mgmtservice> token-file: %s", r.path, elem.sourceline, problem)
+
+
 def load(path: str = DEFAULT_PATH) -> ServerConfig:
     """Load and validate lbsconfig.xml; raise ConfigError naming file and line."""
     root = parse_file(path, "lbsconfig.rng")
@@ -485,6 +505,8 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
     if mgmt is not None:
         kw["mgmt_listen"] = r.listen(mgmt, "listen", "127.0.0.1:8009")
         kw["token_file"] = r.text(mgmt, "token-file")
+        if kw["token_file"]:
+            _check_token_file(r, mgmt, kw["token_file"])
         kw["state_file"] = r.text(mgmt, "state-file", DEFAULT_STATE_FILE)
     poll = root.find("poll")
     if poll is not None:

@@ -241,7 +241,7 @@ def load_key(path: str, key_name: str | None = None, algorithm: str | None = Non
 
 
 def permission_warning(path: str) -> str | None:
-    """A warning when a secret file can be read by group or others, else None."""
+    """A warning when a secret file is open to others (see :func:`common.secretfile.permission_problem`), else None."""
     return permission_problem(path)
 
 

@@ -145,7 +145,10 @@ def match_nodes(page: HealthPage, nodes: Iterable[tuple[str, str]]) -> dict[str,
 
 def fetch(url: str, timeout: float, max_bytes: int = MAX_PAGE_BYTES) -> str:
     """Read a page (http, https or file URL); raise :class:`HealthFetchError` naming URL and cause."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+    except ValueError:  # "http://[bad"
+        raise HealthFetchError(f"{url}: not a valid URL") from None
     if scheme not in SCHEMES:
         raise HealthFetchError(f"{url}: unsupported URL scheme {scheme!r} (use http, https or file)")
     try:

@@ -38,6 +38,7 @@ NSUPDATE_DEFAULT_ALGORITHM = "hmac-md5"
 
 _ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*?)\s*$")
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 KNOWN_GLOBALS = {"ALIAS_LIST", "DNS_SERVER", "DNS_ZONE", "DNS_KEYSTRING", "LOAD_BALANCING_SITE_CONTACT"}
 ALIAS_SUFFIXES = ("_FLAG", "_WMSLIST", "_NUM_OUT", "_SUBMISSION_TEST_ENABLE", "_SUBMISSION_TEST_PATH")
 
@@ -81,6 +82,9 @@ def parse_siteinfo(text: str, path: str) -> tuple[SiteInfo, list[str]]:
             value = shell_value(rest)
         except ValueError as exc:
             notes.append(f"{path}:{lineno}: cannot read the value of {name} ({exc}), ignored")
+            continue
+        if _CONTROL.search(value):  # XML cannot carry them, and no real value holds one
+            notes.append(f"{path}:{lineno}: the value of {name} contains control characters, ignored")
             continue
         info.values[name] = (value, lineno)
     return info, notes
