@@ -202,7 +202,6 @@ def main() -> int:
             wait_for_port(HOST, ref_port, ref)
             ref_url = f"http://{HOST}:{ref_port}/RPC2"
 
-            n = args.threads * args.calls
             print(f"get_state latency, {args.threads} clients x {args.calls} calls, new connection per call, "
                   "then 1 client ...", flush=True)
             a_med, a_p99, a_cpu = latency(agent_url, args.threads, args.calls, agent.pid)

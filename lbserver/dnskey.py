@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 
 import dns.name
 import dns.tsig
 
+from common.atomicfile import write_atomic
 from common.secretfile import permission_problem
 
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -252,18 +251,4 @@ def format_bind_key(name: str, algorithm: str, secret_b64: str) -> str:
 
 def write_key_file(path: str, name: str, algorithm: str, secret_b64: str) -> None:
     """Write a BIND-format key file with mode 0600, atomically (never world-readable, even briefly)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".key-", dir=directory)  # mkstemp creates with mode 0600
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(format_bind_key(name, algorithm, secret_b64))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, format_bind_key(name, algorithm, secret_b64), 0o600)

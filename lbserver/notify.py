@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import smtplib
 import socket
 import ssl
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+
+from common.atomicfile import write_atomic
 
 log = logging.getLogger("lbserver.notify")
 
@@ -79,18 +79,7 @@ class AlertTracker:
 
     def save(self, path: str) -> None:
         """Write the active conditions to ``path`` (atomically)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".alerts-", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"active": self.active}, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(path, json.dumps({"active": self.active}), 0o644)
 
     @classmethod
     def load(cls, path: str) -> AlertTracker:

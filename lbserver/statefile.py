@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+
+from common.atomicfile import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,8 @@ class DrainState:
         """Write the file atomically; failures are logged, the state stays in memory."""
         if not self.path:
             return
-        directory = os.path.dirname(self.path) or "."
         try:
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".lbserver-state.", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"drained": sorted(self.nodes)}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            write_atomic(self.path, json.dumps({"drained": sorted(self.nodes)}), 0o644)
         except OSError as exc:
             log.error("cannot save state file %s (drained nodes kept in memory only): %s", self.path, exc)

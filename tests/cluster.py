@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+from collections import Counter
 import signal
 import subprocess
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lbserver import config as configmod
+from lbserver.app import Balancer as BalancerService
+from lbserver.statefile import DrainState
 from tests.conftest import Procs, free_port, python_cmd, wait_for_port, wait_until
 
 
@@ -143,3 +148,43 @@ def start_balancer(procs: Procs, tmp: Path, groups: dict[str, list[tuple[str, st
 def env_with_root() -> dict[str, str]:
     """Environment for running the project's modules as commands."""
     return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+
+
+def ask_many(port: int, n: int, query: str = "/") -> Counter:
+    """``n`` terminal requests over one keep-alive connection; count the answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    counts: Counter = Counter()
+    for _ in range(n):
+        conn.request("GET", query)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        counts[resp.read().decode().strip()] += 1
+    conn.close()
+    return counts
+
+
+def offline_balancer(tmp_path: Path, token: str | None = None) -> BalancerService:
+    """A Balancer loaded from a config, never started: nothing listens, nothing is polled."""
+    token_attr = ""
+    if token is not None:
+        tf = tmp_path / "admin.token"
+        tf.write_text(token + "\n")
+        tf.chmod(0o600)
+        token_attr = f' token-file="{tf}"'
+    cfg = tmp_path / "lbsconfig.xml"
+    cfg.write_text(f"""<?xml version="1.0"?>
+<lbsconfig>
+  <mgmtservice listen="127.0.0.1:8009" state-file="{tmp_path}/state/lbserver.state"{token_attr}/>
+  <nodes>
+    <group name="PROD" default="true">
+      <node name="xapp1" address="http://127.0.0.2:8001"/>
+      <node name="xapp2" address="http://127.0.0.3:8001"/>
+    </group>
+  </nodes>
+</lbsconfig>
+""")
+    bal = BalancerService()
+    bal.config = configmod.load(str(cfg))
+    bal.drain = DrainState.load(bal.config.state_file)
+    bal.install_snapshot()
+    return bal

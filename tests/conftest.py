@@ -94,3 +94,7 @@ def procs():
 def python_cmd(module: str, *args: str) -> list[str]:
     """Command line running ``python -m module args`` with this interpreter."""
     return [sys.executable, "-m", module, *args]
+
+
+# The DNS and mail fixtures (real BIND, real SMTP) are available to every test.
+from dnsfixture import named_server, smtp_auth_server, smtp_server  # noqa: E402,F401

@@ -12,15 +12,14 @@ import asyncio
 import json
 import logging
 import os
-from pathlib import Path
 
 import pytest
 
-from lbserver import config as configmod
 from lbserver.app import Balancer
 from lbserver.history import History
 from lbserver.mgmt import ManagementService, admin_allowed, is_loopback, loopback_allowed, read_token
 from lbserver.statefile import DrainState
+from tests.cluster import offline_balancer
 
 REMOTE = "192.0.2.1"
 TOKEN = "s3cret-token-value"
@@ -89,39 +88,12 @@ def test_read_token(tmp_path, caplog):
     assert read_token(str(empty)) is None
 
 
-def offline_balancer(tmp_path: Path, token: str | None = TOKEN) -> Balancer:
-    """A Balancer loaded from a config, never started: nothing listens, nothing is polled."""
-    token_attr = ""
-    if token is not None:
-        tf = tmp_path / "admin.token"
-        tf.write_text(token + "\n")
-        tf.chmod(0o600)
-        token_attr = f' token-file="{tf}"'
-    cfg = tmp_path / "lbsconfig.xml"
-    cfg.write_text(f"""<?xml version="1.0"?>
-<lbsconfig>
-  <mgmtservice listen="127.0.0.1:8009" state-file="{tmp_path}/state/lbserver.state"{token_attr}/>
-  <nodes>
-    <group name="PROD" default="true">
-      <node name="xapp1" address="http://127.0.0.2:8001"/>
-      <node name="xapp2" address="http://127.0.0.3:8001"/>
-    </group>
-  </nodes>
-</lbsconfig>
-""")
-    bal = Balancer()
-    bal.config = configmod.load(str(cfg))
-    bal.drain = DrainState.load(bal.config.state_file)
-    bal.install_snapshot()
-    return bal
-
-
 def _route(bal: Balancer, method: str, path: str, peer: str, headers: dict | None = None, query: dict | None = None):
     return asyncio.run(ManagementService(bal).route(method, path, query or {}, headers or {}, peer))
 
 
 def test_route_refuses_remote_admin_without_the_right_token(tmp_path):
-    bal = offline_balancer(tmp_path)
+    bal = offline_balancer(tmp_path, TOKEN)
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
         status, _, body = _route(bal, "POST", "/nodes/xapp1/drain", REMOTE, headers)
         assert status == 403, headers
@@ -137,7 +109,7 @@ def test_route_refuses_remote_admin_without_the_right_token(tmp_path):
 
 
 def test_route_accepts_remote_admin_with_the_token(tmp_path):
-    bal = offline_balancer(tmp_path)
+    bal = offline_balancer(tmp_path, TOKEN)
     auth = {"authorization": f"Bearer {TOKEN}"}
     status, _, body = _route(bal, "POST", "/nodes/xapp1/drain", REMOTE, auth)
     assert status == 200, body
@@ -160,7 +132,7 @@ def test_route_without_token_file_allows_only_loopback(tmp_path):
 
 
 def test_route_bad_requests(tmp_path):
-    bal = offline_balancer(tmp_path)
+    bal = offline_balancer(tmp_path, TOKEN)
     assert _route(bal, "DELETE", "/nodes/xapp1", "127.0.0.1")[0] == 405
     assert _route(bal, "POST", "/nodes/xapp1/explode", "127.0.0.1")[0] == 404
     assert _route(bal, "GET", "/nope", "127.0.0.1")[0] == 404

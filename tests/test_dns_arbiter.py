@@ -8,7 +8,7 @@ import dns.query
 import dns.rcode
 import dns.update
 
-from dnsfixture import NODES, named_server, write_config  # noqa: F401 (fixture)
+from dnsfixture import NODES, write_config
 from lbserver import config
 from lbserver.arbiter import Candidate
 from lbserver.dnsarbiter import DnsArbiter, format_reports, resolve_node

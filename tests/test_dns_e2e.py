@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 
-from dnsfixture import named_server, smtp_server  # noqa: F401 (fixtures)
 from tests.cluster import server_xml, start_agent, start_balancer, stop
 from tests.conftest import ROOT, free_port, python_cmd, wait_until
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
-import time
 
-from dnsfixture import named_server, smtp_server, start_smtp  # noqa: F401 (fixtures)
+from dnsfixture import start_smtp
 from faultkit import LogCapture
 from tests.cluster import start_agent, start_balancer, stop
 from tests.conftest import free_port, wait_until

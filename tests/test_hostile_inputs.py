@@ -21,7 +21,7 @@ import xmlrpc.client
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.xmlconfig import ConfigError

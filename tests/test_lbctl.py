@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import pty
 import re
 import subprocess
-from collections import Counter
 
 import pytest
 
-from tests.cluster import start_agent, start_balancer, stop
+from tests.cluster import ask_many, start_agent, start_balancer, stop
 from tests.conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
 
 
@@ -21,19 +19,6 @@ def lbctl(url: str, *args: str, env: dict | None = None, **kw) -> subprocess.Com
     kw.setdefault("capture_output", True)
     return subprocess.run(python_cmd("lbserver.ctl", "--url", url, *args), text=True, timeout=30,
                           env={"PYTHONPATH": str(ROOT), **(env or {})}, **kw)
-
-
-def ask_many(port: int, n: int) -> Counter:
-    """``n`` terminal requests over one keep-alive connection; count the answers."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    counts: Counter = Counter()
-    for _ in range(n):
-        conn.request("GET", "/")
-        resp = conn.getresponse()
-        assert resp.status == 200
-        counts[resp.read().decode().strip()] += 1
-    conn.close()
-    return counts
 
 
 @pytest.fixture

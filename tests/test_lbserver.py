@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import pytest
 
-from tests.cluster import restart_agent, start_agent, start_balancer, stop
+from tests.cluster import ask_many, restart_agent, start_agent, start_balancer, stop
 from tests.conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
 
 # Upper 0.1 % points of the chi-square distribution, by degrees of freedom.
 CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47}
-
-
-def ask_many(port: int, n: int, query: str = "/") -> Counter:
-    """``n`` terminal requests over one keep-alive connection; count the answers."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    counts: Counter = Counter()
-    for _ in range(n):
-        conn.request("GET", query)
-        resp = conn.getresponse()
-        assert resp.status == 200
-        counts[resp.read().decode().strip()] += 1
-    conn.close()
-    return counts
 
 
 @pytest.fixture

@@ -5,17 +5,13 @@ from __future__ import annotations
 import http.client
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lbserver import config as configmod
-from lbserver.app import Balancer
 from lbserver.dnsarbiter import AliasReport
 from lbserver.metrics import DurationHistogram, render_metrics
-from lbserver.statefile import DrainState
-from tests.cluster import start_agent, start_balancer
+from tests.cluster import offline_balancer, start_agent, start_balancer
 from tests.conftest import wait_until
 
 
@@ -39,27 +35,8 @@ def test_duration_histogram_is_cumulative():
     assert h.total == pytest.approx(3.65)
 
 
-def _offline_balancer(tmp_path: Path) -> Balancer:
-    cfg = tmp_path / "lbsconfig.xml"
-    cfg.write_text("""<?xml version="1.0"?>
-<lbsconfig>
-  <nodes>
-    <group name="PROD" default="true">
-      <node name="xapp1" address="http://127.0.0.2:8001"/>
-      <node name="xapp2" address="http://127.0.0.3:8001"/>
-    </group>
-  </nodes>
-</lbsconfig>
-""")
-    bal = Balancer()
-    bal.config = configmod.load(str(cfg))
-    bal.drain = DrainState(None)
-    bal.install_snapshot()
-    return bal
-
-
 def test_names_follow_conventions_and_dns_part_is_optional(tmp_path):
-    bal = _offline_balancer(tmp_path)
+    bal = offline_balancer(tmp_path)
     text = render_metrics(bal).decode()
     fams = parse(text)
     for name in ("lbserver_node_up", "lbserver_node_weight", "lbserver_poll_duration_seconds",

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import free_port
-from dnsfixture import NODES, named_server, smtp_auth_server, smtp_server, start_smtp, write_config  # noqa: F401
+from dnsfixture import NODES, start_smtp, write_config
 from lbserver import config
 from lbserver.arbiter import Candidate
 from lbserver.dnsarbiter import DnsArbiter
