@@ -37,7 +37,6 @@ from common.xmlconfig import ConfigError
 log = logging.getLogger(__name__)
 
 LOG_FORMAT_FOREGROUND = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_FORMAT_SYSLOG = "%(name)s[%(process)d]: %(levelname)s %(message)s"
 
 
 class Service(Protocol):
@@ -255,6 +254,7 @@ def _reload(spec: DaemonSpec, path: str, old: Any, service: Service, logs: _Logg
     try:
         service.reload(new)
     except Exception as exc:  # a reload must never take the daemon down
+        logs.configure(*spec.log_settings(old))
         log.exception("reload failed, keeping the running configuration: %s", exc)
         return old
     log.info("configuration reloaded from %s", path)

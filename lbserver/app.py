@@ -69,6 +69,7 @@ class Balancer:
         self.mgmt = None
         self.started_at = time.time()
         self._sockets: dict[str, socket.socket] = {}
+        self._bound: dict[str, tuple[str, int]] = {}  # what each socket really listens on
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -89,8 +90,10 @@ class Balancer:
     def bind(self, config: ServerConfig) -> list[socket.socket]:
         """Open the terminal and management sockets (before daemonising)."""
         self._sockets["terminal"] = listen_socket(*config.listen)
+        self._bound["terminal"] = config.listen
         if config.mgmt_listen:
             self._sockets["mgmt"] = listen_socket(*config.mgmt_listen)
+            self._bound["mgmt"] = config.mgmt_listen
         return list(self._sockets.values())
 
     def start(self, config: ServerConfig) -> None:
@@ -179,13 +182,16 @@ class Balancer:
 
     async def cycle(self, publish: bool = True) -> None:
         """Poll every node once, rebuild and install the snapshot, kick the DNS arbiter."""
-        cfg = self.config
+        cfg = polled = self.config
         self._cycle_mono = time.monotonic()
         started = time.time()
         results = await poll_all(cfg.nodes.values(), cfg.poll.timeout, cfg.poll.max_reply_bytes,
                                  validate=health.validate_state)
         now = time.time()
         failed = 0
+        if self.config is not polled:  # reloaded while polling: keep nodes configured as polled
+            cfg = self.config
+            results = {n: r for n, r in results.items() if cfg.nodes.get(n) == polled.nodes[n]}
         for name, res in results.items():
             rec = self.records.setdefault(name, health.NodeRecord(name=name))
             if res.state is not None:
@@ -197,18 +203,22 @@ class Balancer:
                 log.warning("node %s is down: %s", name, rec.last_error)
             elif change == "up":
                 log.info("node %s is up", name)
-        self.install_snapshot(now)
+        self.install_snapshot(now, polled=True)
         self.last_cycle = CycleInfo(started, time.time() - started, len(results), failed)
         self.poll_histogram.observe(self.last_cycle.duration)
         self.history.add(self.snapshot, now, cfg.poll.interval)
         if publish:
             self._kick_dns()
 
-    def install_snapshot(self, now: float | None = None) -> None:
-        """Build a snapshot from the current records and drained set, and swap it in."""
+    def install_snapshot(self, now: float | None = None, polled: bool = False) -> None:
+        """Build a snapshot from the current records and drained set, and swap it in.
+
+        Only a fresh poll (``polled``) clears the terminals counted since the
+        last poll; a drain or reload in the middle of a storm keeps them.
+        """
         drained = frozenset(self.drain.nodes) if self.drain else frozenset()
         self.snapshot = Snapshot.build(self.config, self.records, drained, now or time.time())
-        self.selector.install(self.snapshot)
+        self.selector.install(self.snapshot, keep_pending=not polled)
 
     def _candidates(self) -> dict:
         from lbserver.arbiter import Candidate  # noqa: PLC0415
@@ -268,16 +278,17 @@ class Balancer:
             self.install_snapshot()
 
     async def _reload(self, config: ServerConfig) -> None:
-        old = self.config
-        if config.listen != old.listen:
+        if config.listen != self._bound["terminal"]:
             await self._rebind("terminal", config.listen, self.terminal)
-        if config.mgmt_listen != old.mgmt_listen and self.mgmt is not None and config.mgmt_listen:
-            await self._rebind("mgmt", config.mgmt_listen, self.mgmt)
+        if config.mgmt_listen != self._bound.get("mgmt"):
+            await self._rebind_mgmt(config.mgmt_listen)
+        self.terminal.idle_timeout = config.idle_timeout
+        self.terminal.max_connections = config.max_connections
         self._apply_config(config)
-        self.terminal.set_answer(self.answer)
         self.poll_now()
 
     async def _rebind(self, key: str, address: tuple[str, int], service) -> None:
+        """Move ``service`` to ``address``; on failure keep the old socket (retried at the next reload)."""
         try:
             sock = listen_socket(*address)
         except OSError as exc:
@@ -286,7 +297,28 @@ class Balancer:
         await service.stop()
         self._sockets[key].close()
         self._sockets[key] = sock
+        self._bound[key] = address
         await service.start(sock)
+
+    async def _rebind_mgmt(self, address: tuple[str, int] | None) -> None:
+        from lbserver.mgmt import ManagementService  # noqa: PLC0415
+
+        if self.mgmt is not None and address is not None:
+            await self._rebind("mgmt", address, self.mgmt)
+        elif self.mgmt is not None:
+            await self.mgmt.stop()
+            self._sockets.pop("mgmt").close()
+            self._bound.pop("mgmt")
+            self.mgmt = None
+        else:
+            try:
+                self._sockets["mgmt"] = listen_socket(*address)
+            except OSError as exc:
+                log.error("management service not started: %s", exc)
+                return
+            self._bound["mgmt"] = address
+            self.mgmt = ManagementService(self)
+            await self.mgmt.start(self._sockets["mgmt"])
 
     # -- terminals --------------------------------------------------------
 

@@ -223,9 +223,6 @@ class DnsArbiter:
             pending = self._mailer.pending
             self._mailer = Mailer(_mail_settings(dns))
             self._mailer.pending = pending
-            names = {a.name for a in dns.aliases}
-            for gone in [k for k in self._last_change if k not in names]:
-                del self._last_change[gone]
 
     def reports(self) -> list[AliasReport]:
         """The reports of the last cycle (empty before the first)."""
@@ -244,6 +241,11 @@ class DnsArbiter:
                 key, key_error = self._load_key(dns, key_error)
                 with self._lock:
                     self._key, self._key_error = key, key_error
+            # Forget aliases removed by a reload; only this thread touches these two maps.
+            names = {a.name for a in dns.aliases}
+            for memo in (self._last_change, self._known):
+                for gone in [k for k in memo if k not in names]:
+                    del memo[gone]
             pages: dict[str, HealthPage | str] = {}
             reports: list[AliasReport] = []
             conditions: dict[str, str] = {}
@@ -252,7 +254,8 @@ class DnsArbiter:
                     rep = self._run_alias(dns, alias, nodes, candidates, groups, key, key_error, pages)
                 except Exception as exc:  # a bug must not stop the other aliases or the daemon
                     log.exception("DNS arbiter: alias %s failed unexpectedly", alias.name)
-                    rep = AliasReport(alias=alias.name, fqdn=alias.name, group=alias.group, enabled=True,
+                    rep = AliasReport(alias=alias.name, fqdn=f"{alias.name}.{dns.zone}", group=alias.group,
+                                      enabled=alias.enabled,
                                       result=ERROR, error=f"internal error: {type(exc).__name__}: {exc}",
                                       checked_at=time.time())
                 reports.append(rep)

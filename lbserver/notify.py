@@ -73,9 +73,9 @@ class AlertTracker:
         self.active = dict(now_active)
         return changes
 
-    def forget(self, prefix: str) -> None:
-        """Drop conditions under ``prefix`` without reporting (e.g. an alias removed from the config)."""
-        self.active = {k: v for k, v in self.active.items() if not k.startswith(prefix)}
+    def forget(self, key: str) -> None:
+        """Drop one condition without reporting it (e.g. its alias was disabled or removed)."""
+        self.active.pop(key, None)
 
     def save(self, path: str) -> None:
         """Write the active conditions to ``path`` (atomically)."""

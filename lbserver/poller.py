@@ -15,6 +15,7 @@ and reused by every poll.
 from __future__ import annotations
 
 import asyncio
+import logging
 import base64
 import functools
 import ssl
@@ -28,6 +29,8 @@ import defusedxml.xmlrpc
 
 from common.tls import client_context
 from lbserver.config import Node
+
+log = logging.getLogger(__name__)
 
 # Make xmlrpc.client's parser refuse DTDs and entities for every reply we parse.
 defusedxml.xmlrpc.monkey_patch()
@@ -182,14 +185,20 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
     async def one(node: Node) -> PollResult:
         async with sem:
             start = time.monotonic()
+            state, error = None, None
             try:
                 value = await fetch_state(node, timeout, max_bytes)
-                state = validate(value) if validate else value
-                return PollResult(node.name, state, None, time.monotonic() - start)
             except PollError as exc:
-                return PollResult(node.name, None, str(exc), time.monotonic() - start)
-            except ValueError as exc:
-                return PollResult(node.name, None, f"invalid agent reply: {exc}", time.monotonic() - start)
+                error = str(exc)
+            except Exception as exc:  # one node's surprise must not cost the others their cycle
+                log.exception("polling %s failed unexpectedly", node.name)
+                error = f"poll failed: {type(exc).__name__}: {exc}"
+            else:
+                try:
+                    state = validate(value) if validate else value
+                except ValueError as exc:
+                    error = f"invalid agent reply: {exc}"
+            return PollResult(node.name, state, error, time.monotonic() - start)
 
     results = await asyncio.gather(*(one(n) for n in nodes))
     return {r.name: r for r in results}

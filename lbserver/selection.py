@@ -224,8 +224,13 @@ class Selector:
         """The snapshot in force (None before the first install)."""
         return self._snapshot
 
-    def install(self, snapshot: Snapshot) -> None:
-        """Put a new snapshot in force; terminals sent so far are now in its figures."""
+    def install(self, snapshot: Snapshot, keep_pending: bool = False) -> None:
+        """Put a new snapshot in force.
+
+        After a poll, terminals sent so far are in its figures and the counts
+        restart; with ``keep_pending`` (a rebuild without new figures, e.g. a
+        node drained) they carry over and still weigh on their nodes.
+        """
         groups: dict[str, _GroupState] = {}
         members: dict[str, list[tuple[_GroupState, int]]] = {}
         last_good = {g: n for g, n in self._last_good.items()
@@ -242,10 +247,17 @@ class Selector:
         weights = {n: v.weight for n, v in snapshot.nodes.items()}
         comp = {n: compensation(snapshot.nodes[n].variables, snapshot.rules) for n in members} \
             if compensates(snapshot.rules) else {}
+        pending = Counter({n: c for n, c in self._pending.items() if n in members}) if keep_pending else Counter()
+        for node, count in pending.items():
+            if node in comp:
+                w = comp[node].weight(count)
+                weights[node] = w
+                for state, i in members[node]:
+                    state.tree.set(i, w)
         # Swap everything at once so a pick never sees half of each snapshot.
         (self._snapshot, self._groups, self._members, self._pending, self._weights,
          self._compensation, self._last_good) = (
-            snapshot, groups, members, Counter(), weights, comp, last_good)
+            snapshot, groups, members, pending, weights, comp, last_good)
 
     def pick(self, group: str | None = None, user: str | None = None) -> Pick:
         """Choose a node of ``group`` (the default group when None) for a new terminal.

@@ -211,10 +211,13 @@ class TerminalService:
             self._errors_suppressed += 1
 
 
+MAX_BATCH = 64  # pipelined answers written per batch
+
+
 class _Connection(asyncio.Protocol):
     """One terminal connection: frames requests, answers them in order."""
 
-    __slots__ = ("svc", "transport", "buf", "since", "skip", "closed", "draining")
+    __slots__ = ("svc", "transport", "buf", "since", "skip", "closed", "draining", "write_paused", "backlog")
 
     def __init__(self, svc: TerminalService) -> None:
         self.svc = svc
@@ -224,6 +227,8 @@ class _Connection(asyncio.Protocol):
         self.skip = 0  # body bytes still to discard
         self.closed = False
         self.draining = False  # answered an error: discard input until the client closes
+        self.write_paused = False
+        self.backlog = False  # pipelined requests left in buf, answered as the client reads
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         self.transport = transport  # type: ignore[assignment]
@@ -251,11 +256,25 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # A client that sends requests without reading answers: stop reading
         # it; the idle sweep closes it if it never catches up.
+        self.write_paused = True
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if not self.closed:
+        self.write_paused = False
+        if self.closed:
+            return
+        if self.backlog:
+            self._more()
+        else:
             self.transport.resume_reading()
+
+    def _more(self) -> None:
+        """Answer the next batch of pipelined requests left in the buffer."""
+        if self.closed or self.write_paused or not self.backlog:
+            return
+        self.backlog = False
+        self.transport.resume_reading()
+        self.data_received(b"")
 
     def eof_received(self) -> bool:
         return False  # half-closed client: answers already written, then close
@@ -300,6 +319,15 @@ class _Connection(asyncio.Protocol):
                 self._finish(out)
                 return
             self.skip = req.content_length
+            if len(out) >= MAX_BATCH and pos < end:
+                # A read can hold thousands of tiny pipelined requests: answer
+                # them in batches as the client drains its answers, so memory
+                # stays bounded by what it sent, not ten times more.
+                self.backlog = True
+                self.transport.pause_reading()
+                if not self.write_paused:
+                    svc._loop.call_soon(self._more)
+                break
         self.buf = buf[pos:] if pos < end else b""
         if out:
             self.since = svc.now

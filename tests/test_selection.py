@@ -370,3 +370,19 @@ def test_p2c_prefers_the_emptier_of_two():
     assert chi2(counts["p2c"], {"a": 1 - (5 / 13) ** 2, "b": (5 / 13) ** 2}) < CHI2_001[1]
     with pytest.raises(ValueError):
         Selector(algorithm="fastest")
+
+
+def test_rebuild_without_poll_keeps_pending_counts():
+    """A drain in the middle of a storm must not make the other nodes look empty again."""
+    snap = make({"G": ["a", "b", "c"]},
+                {"a": state(NBSESSIONS=0), "b": state(NBSESSIONS=5), "c": state(NBSESSIONS=8)}, rules=[SESSIONS])
+    sel = Selector(random.Random(3))
+    sel.install(snap)
+    for _ in range(12):
+        sel.pick("G")
+    pending, weights = sel.pending(), {n: sel.weight_now(n) for n in "abc"}
+    sel.install(snap, keep_pending=True)
+    assert sel.pending() == pending
+    assert {n: sel.weight_now(n) for n in "abc"} == weights
+    sel.install(snap)  # a poll: real figures again, counts restart
+    assert sel.pending() == {}

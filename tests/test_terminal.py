@@ -218,6 +218,21 @@ def test_pipelined_across_segments(raw):
     assert c.response()[2] == b"alice-host\n"
 
 
+def test_thousands_pipelined_in_one_write_all_answered_in_order(port):
+    """More pipelined requests than one batch: all answered, in order, as the client reads."""
+    n = 5000
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /?group=g2 HTTP/1.1\r\n\r\n" * (n - 1) + b"GET /?group=g2 HTTP/1.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 ") == n
+    assert data.count(b"\r\n\r\nz\n") == n
+
+
 def test_junk_gets_400_and_next_connection_served(raw, port):
     c = raw()
     c.send(b"\x16\x03\x01\x02\x00junk that is not http\r\n\r\n")
