@@ -1,18 +1,28 @@
 # mille-xterm load balancer
 #   make demo      set up and run the loopback demo (agents + balancer + terminals)
 #   make test      set up everything the tests need, then run them
+#   make bench     the benchmarks, one after the other (several minutes)
+#   PYTHON=python3.12 make ...   the interpreter the virtualenv (.venv) is made with
 
 PYTHON ?= python3
+BOOTSTRAP = PYTHON="$(PYTHON)" scripts/bootstrap
 
 .PHONY: demo test bench clean
 
 demo:
-	scripts/bootstrap
+	$(BOOTSTRAP)
 	.venv/bin/python -m lbserver.demo
 
 test:
-	scripts/bootstrap --test
+	$(BOOTSTRAP) --test
 	.venv/bin/python -m pytest -q
+
+bench:
+	$(BOOTSTRAP) --test
+	.venv/bin/python bench/bench_terminal.py
+	.venv/bin/python bench/bench_poll.py
+	.venv/bin/python bench/bench_agent.py --seconds 60
+	.venv/bin/python bench/bench_storm.py
 
 clean:
 	rm -rf .venv build dist *.egg-info tests/artifacts .pytest_cache
@@ -44,8 +54,8 @@ install:
 	$(SYSINSTALL) conffile etc/lbsconfig.xml "$(SYSCONFDIR)/mille-xterm/lbsconfig.xml"
 	$(SYSINSTALL) conffile $(SUBST) init/default/lbagent "$(SYSCONFDIR)/default/lbagent"
 	$(SYSINSTALL) conffile $(SUBST) init/default/lbserver "$(SYSCONFDIR)/default/lbserver"
-	$(SYSINSTALL) conffile --mode 0755 $(SUBST) init/lbagent "$(SYSCONFDIR)/init.d/lbagent"
-	$(SYSINSTALL) conffile --mode 0755 $(SUBST) init/lbserver "$(SYSCONFDIR)/init.d/lbserver"
+	$(SYSINSTALL) conffile --mode 0755 $(SUBST) init/lbagent.sysv init/common.sysv "$(SYSCONFDIR)/init.d/lbagent"
+	$(SYSINSTALL) conffile --mode 0755 $(SUBST) init/lbserver.sysv init/common.sysv "$(SYSCONFDIR)/init.d/lbserver"
 	$(SYSINSTALL) conffile init/logrotate "$(SYSCONFDIR)/logrotate.d/mille-xterm"
 	$(SYSINSTALL) file $(SUBST) init/lbagent.service "$(SYSTEMDUNITDIR)/lbagent.service"
 	$(SYSINSTALL) file $(SUBST) init/lbserver.service "$(SYSTEMDUNITDIR)/lbserver.service"

@@ -7,6 +7,7 @@ accept() and a clock.
 from __future__ import annotations
 
 import ipaddress
+import threading
 from typing import Iterable
 
 from lbagent.config import Network
@@ -41,15 +42,23 @@ def is_allowed(host: str, allow: Iterable[Network] | None) -> bool:
 
 
 class DenyLog:
-    """Decides when a refused peer is worth a log line: at most once per ``period`` per address."""
+    """Decides when a refused peer is worth a log line: at most once per ``period`` per address.
+
+    Safe to share between threads: every connection's thread may ask at once.
+    """
 
     def __init__(self, period: float = 60.0, max_entries: int = 4096) -> None:
         self.period = period
         self.max_entries = max_entries
         self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def should_log(self, host: str, now: float) -> bool:
         """True when ``host`` was not logged within the last ``period`` seconds (and records it)."""
+        with self._lock:
+            return self._should_log(host, now)
+
+    def _should_log(self, host: str, now: float) -> bool:
         last = self._last.get(host)
         if last is not None and now - last < self.period:
             return False

@@ -2,9 +2,10 @@
 
 One worker thread per connection at a time, from a pool that grows while
 all are busy (a stuck client cannot block others), each connection bounded by ``request-timeout`` in total, requests bounded by
-``max-request-bytes``, the allow-list checked before anything is read, and
-request bodies parsed with DTDs and entities refused. Requests only read the
-sampler's current sample; its marshalled reply is built once per sample.
+``max-request-bytes``, and request bodies parsed with DTDs and entities
+refused. The allow-list is checked in the accept loop, so refused peers get
+their 403 at once and never occupy a worker. Requests only read the
+sampler's current sample, whose marshalled reply is built once per sample.
 
 With ``tls-cert`` the TLS handshake runs in the connection's worker thread
 under the same deadline (never in the accept loop, where one silent client
@@ -37,6 +38,7 @@ from defusedxml.xmlrpc import DefusedExpatParser
 from common.version import __version__
 from lbagent.access import DenyLog, is_allowed
 from lbagent.config import AgentConfig
+from lbagent.sampler import Sample
 from lbagent.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -145,12 +147,12 @@ class Deadlines:
 
 
 class Dispatcher(SimpleXMLRPCDispatcher):
-    """get_state, ping and system.* over a sample source, with a per-sample reply cache."""
+    """get_state, ping and system.* over a sample source (a callable returning the current
+    :class:`~lbagent.sampler.Sample` or None)."""
 
-    def __init__(self, current_sample: Callable[[], object]) -> None:
+    def __init__(self, current_sample: Callable[[], Sample | None]) -> None:
         super().__init__(allow_none=False, encoding="utf-8", use_builtin_types=False)
         self._current = current_sample
-        self._cache: tuple[object, bytes] | None = None
         self.register_function(self.get_state, "get_state")
         self.register_function(self.ping, "ping")
         self.register_introspection_functions()
@@ -158,24 +160,17 @@ class Dispatcher(SimpleXMLRPCDispatcher):
     def get_state(self) -> dict:
         """get_state() -> struct: hostname, agent_version, sampled_at (epoch seconds),
         variables {NAME: value} and users [name], as of the latest sample."""
-        sample = self._current()
-        if sample is None:
-            raise xmlrpc.client.Fault(2, "no sample taken yet")
-        return sample.state()
+        return self._sample().state
 
     def ping(self) -> bool:
         """ping() -> true: the agent is up."""
         return True
 
-    def _state_response(self) -> bytes:
+    def _sample(self) -> Sample:
         sample = self._current()
-        cache = self._cache
-        if cache is not None and cache[0] is sample and sample is not None:
-            return cache[1]
-        body = xmlrpc.client.dumps((self.get_state(),), methodresponse=True,
-                                   encoding=self.encoding).encode(self.encoding, "xmlcharrefreplace")
-        self._cache = (sample, body)  # a race only marshals the same sample twice
-        return body
+        if sample is None:
+            raise xmlrpc.client.Fault(2, "no sample taken yet")
+        return sample
 
     def _marshaled_dispatch(self, data: bytes, dispatch_method=None, path=None) -> bytes:
         try:
@@ -183,7 +178,7 @@ class Dispatcher(SimpleXMLRPCDispatcher):
             if method is None:
                 raise xmlrpc.client.Fault(1, "not an XML-RPC method call")
             if method == "get_state" and not params:
-                return self._state_response()
+                return self._sample().response  # marshalled once per sample
             result = self._dispatch(method, params)
             response = xmlrpc.client.dumps((result,), methodresponse=True, encoding=self.encoding)
         except xmlrpc.client.Fault as fault:
@@ -210,10 +205,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.server_version
 
     def setup(self) -> None:
-        cfg = self.server.config
+        # One config for the whole connection, even across a reload.
+        cfg = self._config = self.server.config
         self.timeout = cfg.request_timeout
         self._tls = cfg.ssl_context
-        self._secret = cfg.secret  # one config per connection, even across a reload
+        self._secret = cfg.secret
+        self._answered = False
         if self._tls is not None:
             # Wrapping does no I/O; the timeout set first is inherited, and the
             # handshake happens in handle(), under the connection's deadline.
@@ -237,19 +234,36 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.request.close()
 
     def handle(self) -> None:
+        # The allow-list was checked in the accept loop (AgentHTTPServer.verify_request).
         host = self.client_address[0]
-        if not is_allowed(host, self.server.config.allow):
-            self.server.note_denied(host)
-            if self._tls is None:
-                self._refuse_raw(403, "Forbidden", f"access denied for {host}\n")
-            # Over TLS: hang up before the handshake, which would cost CPU for a refusal.
-            return
-        if self._tls is not None and not self._handshake(host):
-            return
         try:
+            if self._tls is not None and not self._handshake(host):
+                return
             super().handle()
         except OSError as exc:  # a peer that vanished or timed out mid-request
             log.debug("connection from %s ended: %s", host, exc)
+        except Exception as exc:  # an input nothing above foresaw: answer it and serve on
+            self._failed(host, exc)
+
+    def _failed(self, host: str, exc: Exception) -> None:
+        """Answer a request whose handling raised: 400 for input that could not be
+        parsed (ValueError), else 500; the peer never just sees the connection drop."""
+        self.server.note_error(host, exc)
+        self.close_connection = True
+        if self._answered:
+            return
+        try:
+            if isinstance(exc, ValueError):
+                self._refuse(400, "malformed request\n")
+            else:
+                self._refuse(500, "internal error\n")
+        except OSError:
+            pass
+
+    def send_response_only(self, code: int, message: str | None = None) -> None:
+        # The stdlib's own error answers (bad request line, headers too long) come through here.
+        self._answered = True
+        super().send_response_only(code, message)
 
     def _handshake(self, host: str) -> bool:
         try:
@@ -285,18 +299,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
                      extra={"WWW-Authenticate": f'Basic realm="{AUTH_REALM}", charset="UTF-8"'})
         return False
 
-    def _refuse_raw(self, code: int, reason: str, text: str) -> None:
-        body = text.encode("utf-8", "replace")
-        head = (f"HTTP/1.0 {code} {reason}\r\nServer: {self.server_version}\r\n"
-                f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n").encode("ascii")
-        try:
-            self.wfile.write(head + body)
-            self.wfile.flush()
-        except OSError:
-            return
-        self._drain()
-
     def _drain(self) -> None:
         """Read and drop what the client still sends (bounded), so closing does not
         reset the connection before it has read our answer."""
@@ -318,6 +320,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
                extra: dict[str, str] | None = None) -> None:
         # Status, headers and body in one write: one system call per reply, not two.
+        self._answered = True
         self.log_request(code, len(body))
         reason = self.responses.get(code, ("",))[0]
         lines = [f"HTTP/1.0 {code} {reason}", f"Server: {self.server_version}",
@@ -349,11 +352,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if raw is None:
             self._refuse(411, "Content-Length required\n")
             return
-        if not raw.strip().isdigit():
+        raw = raw.strip()
+        # isdigit() alone admits '²' and other digits int() refuses (headers arrive as latin-1).
+        if not (raw.isascii() and raw.isdigit()):
             self._refuse(400, "bad Content-Length\n")
             return
         length = int(raw)
-        limit = self.server.config.max_request_bytes
+        limit = self._config.max_request_bytes
         if length > limit:
             log.debug("request of %d bytes from %s refused (limit %d)", length, self.client_address[0], limit)
             self._refuse(413, f"request body larger than {limit} bytes\n")
@@ -382,11 +387,49 @@ class Handler(http.server.BaseHTTPRequestHandler):
         log.debug("%s %s", self.client_address[0], format % args)
 
 
+def send_now(sock: socket.socket, data: bytes) -> None:
+    """Best-effort answer from the accept loop: never blocks, never waits for the peer.
+
+    What the peer already sent is read and dropped first, so closing right
+    after does not reset the connection over unread data (which can cost the
+    peer our answer).
+    """
+    try:
+        sock.setblocking(False)
+        _discard_pending(sock)
+        sock.send(data)
+        sock.shutdown(socket.SHUT_WR)
+        _discard_pending(sock)
+    except OSError:
+        pass
+
+
+def _discard_pending(sock: socket.socket) -> None:
+    try:
+        for _ in range(16):  # bounded: the peer cannot keep the accept loop here
+            if not sock.recv(65536):
+                return
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def forbidden_response(host: str, server_version: str) -> bytes:
+    """The complete HTTP 403 answer to a peer outside the allow-list."""
+    body = f"access denied for {host}\n".encode("utf-8", "replace")
+    return (f"HTTP/1.0 403 Forbidden\r\nServer: {server_version}\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode("ascii") + body
+
+
 class AgentHTTPServer(socketserver.TCPServer):
-    """Serves connections on an already bound, listening socket, each on a pooled worker thread."""
+    """Serves connections on an already bound, listening socket, each on a pooled worker thread.
+
+    ``deny_log`` and ``event_log`` rate-limit log lines; they belong to the
+    service, so a reload onto a new address does not start them afresh.
+    """
 
     def __init__(self, sock: socket.socket, config: AgentConfig, dispatcher: Dispatcher,
-                 deadlines: Deadlines, deny_log: DenyLog, workers: WorkerPool) -> None:
+                 deadlines: Deadlines, deny_log: DenyLog, event_log: DenyLog, workers: WorkerPool) -> None:
         self.address_family = sock.family
         super().__init__(sock.getsockname(), Handler, bind_and_activate=False)
         self.socket.close()
@@ -396,7 +439,7 @@ class AgentHTTPServer(socketserver.TCPServer):
         self.deadlines = deadlines
         self.deny_log = deny_log
         self.workers = workers
-        self.auth_log = DenyLog()
+        self.event_log = event_log
 
     def note_denied(self, host: str) -> None:
         """Log a refused peer, at most once a minute per address."""
@@ -406,26 +449,40 @@ class AgentHTTPServer(socketserver.TCPServer):
 
     def note_unauthorized(self, host: str, had_credentials: bool) -> None:
         """Log a request without the shared secret, at most once a minute per address (never the secret)."""
-        if self.auth_log.should_log(f"auth {host}", time.monotonic()):
+        if self.event_log.should_log(f"auth {host}", time.monotonic()):
             what = "a wrong secret" if had_credentials else "no credentials"
             log.warning("refused query from %s: %s (secret-file of %s; logged at most once a minute)",
                         host, what, self.config.path)
 
     def note_tls_failure(self, host: str, reason: str) -> None:
         """Log a failed TLS handshake, at most once a minute per address."""
-        if self.auth_log.should_log(f"tls {host}", time.monotonic()):
+        if self.event_log.should_log(f"tls {host}", time.monotonic()):
             log.warning("TLS handshake with %s failed: %s (logged at most once a minute)", host, reason)
+
+    def note_error(self, host: str, exc: BaseException | None) -> None:
+        """Log a request that failed unexpectedly, at most once a minute per address."""
+        if self.event_log.should_log(f"error {host}", time.monotonic()):
+            log.warning("error while serving %s: %s: %s (logged at most once a minute)",
+                        host, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def verify_request(self, request, client_address) -> bool:
+        """The allow-list, checked in the accept loop so a refused peer never holds a worker."""
+        host = client_address[0]
+        if is_allowed(host, self.config.allow):
+            return True
+        self.note_denied(host)
+        if self.config.ssl_context is None:
+            send_now(request, forbidden_response(host, Handler.server_version))
+        # Over TLS: hang up before the handshake, which would cost CPU for a refusal.
+        return False  # the caller closes the connection
 
     def process_request(self, request, client_address) -> None:
         if not self.workers.submit(lambda: self._serve_connection(request, client_address)):
             # Every worker busy: answer at once rather than queue the connection
             # (a TLS client just sees the connection close: no handshake here).
             if self.config.ssl_context is None:
-                try:
-                    request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                    b"Connection: close\r\n\r\n")
-                except OSError:
-                    pass
+                send_now(request, b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                  b"Connection: close\r\n\r\n")
             self.shutdown_request(request)
 
     def _serve_connection(self, request, client_address) -> None:
@@ -438,5 +495,4 @@ class AgentHTTPServer(socketserver.TCPServer):
 
     def handle_error(self, request, client_address) -> None:
         # One bad peer must not spill tracebacks on stderr nor stop the server.
-        log.warning("error while serving %s: %s", client_address[0], sys.exc_info()[1],
-                    exc_info=log.isEnabledFor(logging.DEBUG))
+        self.note_error(client_address[0], sys.exc_info()[1])

@@ -12,9 +12,8 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Mapping
+import xmlrpc.client
+from dataclasses import dataclass
 
 from common.version import __version__
 from lbagent.config import AgentConfig
@@ -24,33 +23,30 @@ from lbagent.variables import CustomSampler
 
 log = logging.getLogger(__name__)
 
+STOP_WAIT = 2.0  # seconds stop() waits for the sampling thread once its commands are killed
+
 
 @dataclass(frozen=True)
 class Sample:
-    """One reading of every variable."""
+    """One reading of every variable, as the ``get_state()`` reply, ready to send."""
 
-    hostname: str
-    sampled_at: float
-    variables: Mapping[str, Value]
-    users: tuple[str, ...]
-    _reply: dict = field(default=None, repr=False, compare=False)
-
-    def state(self) -> dict:
-        """The ``get_state()`` reply (built once per sample; callers must not modify it)."""
-        return self._reply
+    state: dict
+    """The reply as a struct (callers must not modify it)."""
+    response: bytes
+    """The same, marshalled once as an XML-RPC methodResponse (UTF-8)."""
 
 
 def make_sample(hostname: str, sampled_at: float, variables: dict[str, Value], users: list[str]) -> Sample:
-    """Build a :class:`Sample` and its ready-made ``get_state`` reply."""
-    frozen = MappingProxyType(dict(variables))
-    reply = {
+    """Build a :class:`Sample`: the ``get_state`` reply and its marshalled response."""
+    state = {
         "hostname": hostname,
         "agent_version": __version__,
         "sampled_at": round(sampled_at, 3),
         "variables": dict(variables),
         "users": list(users),
     }
-    return Sample(hostname=hostname, sampled_at=sampled_at, variables=frozen, users=tuple(users), _reply=reply)
+    response = xmlrpc.client.dumps((state,), methodresponse=True, encoding="utf-8")
+    return Sample(state=state, response=response.encode("utf-8", "xmlcharrefreplace"))
 
 
 class Sampler:
@@ -64,7 +60,6 @@ class Sampler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.current: Sample | None = None
-        self.error: str | None = None
 
     def take(self) -> Sample:
         """Read every variable now, publish and return the new sample."""
@@ -87,12 +82,14 @@ class Sampler:
         self._wake.set()
 
     def stop(self) -> None:
-        """End the sampling thread (waits for a sample in progress, which is bounded)."""
+        """End the sampling thread promptly: running commands are killed, not waited for."""
         self._stopping = True
         self._wake.set()
+        self._custom.close()  # a sample in progress then ends at once, without those commands
         if self._thread is not None:
-            self._thread.join(timeout=30)
-        self._custom.close()
+            self._thread.join(timeout=STOP_WAIT)
+            if self._thread.is_alive():
+                log.warning("the sampling thread did not end within %g s; stopping without it", STOP_WAIT)
 
     def alive(self) -> bool:
         """Whether the sampling thread runs (False before start and after stop)."""
@@ -109,6 +106,8 @@ class Sampler:
             try:
                 self.take()
             except Exception:  # a bad reading must not end sampling; the old sample stays
+                if self._stopping:
+                    break  # failed because stop() pulled its commands away
                 log.exception("sampling failed; keeping the previous sample")
             # Start-to-start spacing, but never back-to-back when a sample overruns.
             next_at = max(started + self._config.sample_interval, time.monotonic() + 0.1)

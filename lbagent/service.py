@@ -8,6 +8,7 @@ one serving); stop() ends everything.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -70,6 +71,12 @@ def bind_listen(listen: tuple[str, int]) -> socket.socket:
     return sock
 
 
+def _close_server(server: AgentHTTPServer) -> None:
+    """Stop accepting and close the listening socket (connections being served finish)."""
+    server.shutdown()  # returns once serve_forever has ended
+    server.server_close()
+
+
 class AgentService:
     """lbagent's implementation of :class:`common.runtime.Service`."""
 
@@ -81,9 +88,12 @@ class AgentService:
         self._thread: threading.Thread | None = None
         self._deadlines: Deadlines | None = None
         self._dispatcher: Dispatcher | None = None
+        # Rate limits of log lines live as long as the service, across rebinds.
         self._deny_log = DenyLog()
+        self._event_log = DenyLog()
         self._workers = WorkerPool(max_workers=MAX_CONNECTIONS)
         self._stopping = False
+        self._lost: str | None = None  # set when neither the new nor the old address could be bound
 
     @property
     def address(self) -> tuple:
@@ -111,36 +121,76 @@ class AgentService:
                  len(config.variables))
 
     def _serve(self, sock: socket.socket, config: AgentConfig) -> None:
-        server = AgentHTTPServer(sock, config, self._dispatcher, self._deadlines, self._deny_log, self._workers)
+        server = AgentHTTPServer(sock, config, self._dispatcher, self._deadlines, self._deny_log,
+                                 self._event_log, self._workers)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL},
                                   name="lbagent-rpc", daemon=True)
         thread.start()
         self._server, self._thread = server, thread
 
     def reload(self, config: AgentConfig) -> None:
-        """Apply ``config``: variables, allow-list, limits and interval at once; rebind on a new address."""
+        """Apply ``config``: variables, allow-list, limits and interval at once; rebind on a new address.
+
+        Raises OSError when the new address cannot be listened on; the old
+        configuration then stays in force, still listening on its address.
+        """
         old = self._config
         if config.listen != old.listen:
-            sock = bind_listen(config.listen)  # fails before anything changed
-            old_server, old_thread = self._server, self._thread
-            self._serve(sock, config)
-            self._sock = sock
-            old_server.shutdown()
-            old_server.server_close()
-            old_thread.join(timeout=5)
+            self._move(old, config)
             log.info("now listening on %s (was %s)", format_listen(config.listen), format_listen(old.listen))
         else:
-            # Handlers read server.config per connection, so this takes effect for the next one.
+            # Handlers take server.config per connection, so this applies from the next one.
             self._server.config = config
         self._config = config
         self._sampler.reconfigure(config)
+
+    def _move(self, old: AgentConfig, config: AgentConfig) -> None:
+        """Serve on ``config.listen`` instead of ``old.listen``."""
+        try:
+            sock = bind_listen(config.listen)  # fails before anything changed
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or config.listen[1] != old.listen[1]:
+                raise
+            self._rebind_in_place(old, config)
+            return
+        old_server = self._server
+        self._serve(sock, config)  # the new listener first: never a moment without one
+        self._sock = sock
+        _close_server(old_server)
+
+    def _rebind_in_place(self, old: AgentConfig, config: AgentConfig) -> None:
+        """Move to an address that overlaps the old one on the same port.
+
+        Linux refuses to bind 0.0.0.0:P or [::]:P (or another spelling of the
+        old address, such as [::ffff:127.0.0.1]:P for 127.0.0.1:P) while the
+        old socket listens on port P. So the old listener closes first; if the
+        new address still cannot be bound, the old one is bound again and the
+        OSError is raised (the reload fails, the old configuration stays).
+        """
+        log.warning("%s overlaps %s, which is listening: closing it to bind the new address",
+                    format_listen(config.listen), format_listen(old.listen))
+        _close_server(self._server)
+        try:
+            sock = bind_listen(config.listen)
+        except OSError as exc:
+            log.error("%s; listening on %s again", exc, format_listen(old.listen))
+            try:
+                sock = bind_listen(old.listen)
+            except OSError as lost:
+                self._lost = f"no listening socket: {lost} (after {exc})"
+                log.critical("%s", self._lost)
+                raise
+            self._serve(sock, old)
+            self._sock = sock
+            raise
+        self._serve(sock, config)
+        self._sock = sock
 
     def stop(self) -> None:
         """Stop serving and sampling."""
         self._stopping = True
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            _close_server(self._server)
         elif self._sock is not None:
             self._sock.close()
         if self._sampler is not None:
@@ -153,6 +203,8 @@ class AgentService:
         """Why the agent cannot go on, if a thread it needs has ended."""
         if self._stopping:
             return None
+        if self._lost is not None:
+            return self._lost
         if self._thread is not None and not self._thread.is_alive():
             return "the XML-RPC server thread ended"
         if self._sampler is not None and self._thread is not None and not self._sampler.alive():

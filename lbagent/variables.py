@@ -5,7 +5,8 @@ with a problem is left out of the sample (absent), and the problem is logged
 once per change of outcome so a broken command does not flood the log.
 Command variables run concurrently, each in its own process group that is
 killed with the group when it overruns its timeout, so one hanging command
-delays a sample by at most its own timeout.
+delays a sample by at most its own timeout. On stop, running commands are
+killed at once rather than waited for.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import selectors
 import signal
 import stat
 import subprocess
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import psutil
 
@@ -45,12 +47,46 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def run_command(command: str, timeout: float) -> Value:
+class RunningCommands:
+    """The commands running now, so that stopping can kill them all at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self._closed = False
+
+    def add(self, proc: subprocess.Popen) -> None:
+        """Track ``proc``; one started after :meth:`kill_all` is killed at once."""
+        with self._lock:
+            self._procs.add(proc)
+            if self._closed:
+                _kill_group(proc)
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        """``proc`` has been reaped."""
+        with self._lock:
+            self._procs.discard(proc)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`kill_all` was called."""
+        return self._closed
+
+    def kill_all(self) -> None:
+        """Kill the process group of every running command, and of any started later."""
+        with self._lock:
+            self._closed = True
+            for proc in self._procs:
+                _kill_group(proc)
+
+
+def run_command(command: str, timeout: float, running: RunningCommands | None = None) -> Value:
     """Run ``command`` with /bin/sh -c and parse the first line of its output.
 
     The command gets its own session and process group; past ``timeout``
-    seconds the whole group is killed. Raises :class:`VariableProblem` on a
-    timeout, a non-zero exit, too much output or output that is not a value.
+    seconds the whole group is killed. ``running``, if given, tracks the
+    command while it runs. Raises :class:`VariableProblem` on a timeout, a
+    non-zero exit, too much output or output that is not a value.
     """
     env = dict(os.environ, **COMMAND_ENV_OVERRIDES)
     try:
@@ -59,6 +95,8 @@ def run_command(command: str, timeout: float) -> Value:
                                 start_new_session=True, close_fds=True, env=env)
     except OSError as exc:
         raise VariableProblem(f"cannot start /bin/sh: {exc.strerror or exc}") from None
+    if running is not None:
+        running.add(proc)
     deadline = time.monotonic() + timeout
     chunks: list[bytes] = []
     size = 0
@@ -89,10 +127,15 @@ def run_command(command: str, timeout: float) -> Value:
     finally:
         proc.stdout.close()
         if proc.returncode is None:
+            # Killed already on a timeout; on any other way out (an unexpected
+            # exception) this is what keeps the command from running on unseen.
+            _kill_group(proc)
             try:
                 proc.wait(1.0)  # reap the killed shell; SIGKILL is prompt
             except subprocess.TimeoutExpired:
                 log.warning("command %r (pid %d) did not die after SIGKILL", command, proc.pid)
+        if running is not None:
+            running.discard(proc)
     if status != 0:
         what = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
         raise VariableProblem(what)
@@ -131,14 +174,14 @@ def disk_used_pct(path: str) -> float:
         raise VariableProblem(f"cannot stat {path}: {exc.strerror or exc}") from None
 
 
-def processes_running(variables: Iterable[CustomVariable], exclude: int | None = None) -> dict[str, bool]:
+def processes_running(variables: Sequence[CustomVariable], exclude: int | None = None) -> dict[str, bool]:
     """For each process variable, whether any process's name or full command line matches.
 
     One pass over the process table serves every variable; ``exclude`` is a
     pid to ignore (the agent itself, whose command line names its config).
     """
     found = {v.name: False for v in variables}
-    pending = [v for v in variables]
+    pending = list(variables)
     if not pending:
         return found
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
@@ -161,11 +204,16 @@ class CustomSampler:
 
     def __init__(self, max_workers: int = MAX_WORKERS) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lbagent-cmd")
+        self._running = RunningCommands()
         self._problems: dict[str, str | None] = {}
 
     def close(self) -> None:
-        """Stop the command threads (waiting for running commands, each bounded)."""
-        self._pool.shutdown(wait=True)
+        """Kill running commands and stop the command threads, without waiting for them.
+
+        A sample in progress then ends promptly (its commands have no value).
+        """
+        self._running.kill_all()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _note(self, var: CustomVariable, problem: str | None) -> None:
         before = self._problems.get(var.name, "")
@@ -191,7 +239,7 @@ class CustomSampler:
                 for v in procs:
                     outcomes[v.name] = f"cannot list processes: {exc}"
         futures: dict[str, Future] = {
-            v.name: self._pool.submit(run_command, v.command, v.timeout)
+            v.name: self._pool.submit(run_command, v.command, v.timeout, self._running)
             for v in variables if v.type == "command"
         }
         for var in variables:
@@ -209,6 +257,8 @@ class CustomSampler:
                 outcomes[var.name] = str(exc)
             except Exception as exc:  # never let one variable break the sample
                 outcomes[var.name] = f"unexpected error: {exc!r}"
+        if self._running.closed:
+            return values  # stopping: commands failed because they were killed; nothing to report
         for var in variables:
             self._note(var, outcomes.get(var.name))
         self._problems = {v.name: self._problems.get(v.name) for v in variables}

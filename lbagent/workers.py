@@ -39,6 +39,11 @@ class WorkerPool:
         """Workers alive now (busy or idle)."""
         return self._total
 
+    @property
+    def idle(self) -> int:
+        """Workers waiting for a job and not yet reserved by :meth:`submit`."""
+        return self._idle
+
     def submit(self, job: Job) -> bool:
         """Run ``job`` on a worker; False (job not run) when all ``max_workers`` are busy."""
         with self._lock:

@@ -79,6 +79,7 @@ class Balancer:
         self._dns_busy = False
         self._dns_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns")
         self._last_good_logged: dict[str, float] = {}
+        self._answers: dict[str, str] = {}  # node -> what terminals receive, per config
         self._cycle_mono = time.monotonic()
         self.poll_histogram = DurationHistogram()
         self.history = History()
@@ -260,6 +261,7 @@ class Balancer:
     def _apply_config(self, config: ServerConfig) -> None:
         old = self.config
         self.config = config
+        self._answers = {name: answer_for(node, config.returns) for name, node in config.nodes.items()}
         for name in list(self.records):
             if name not in config.nodes:
                 del self.records[name]
@@ -329,12 +331,12 @@ class Balancer:
         """Choose a server for one terminal request (raises UnknownGroup)."""
         pick = self.selector.pick(group, user)
         if pick.reason == "last-good":
-            key = group or self.config.default_group
             now = time.monotonic()
-            if now - self._last_good_logged.get(key, -1e9) > LAST_GOOD_LOG_INTERVAL:
-                self._last_good_logged[key] = now
-                log.warning("no healthy node in group %s: answering the last known good node %s", key, pick.node)
-        return answer_for(self.config.nodes[pick.node], self.config.returns)
+            if now - self._last_good_logged.get(pick.group, -1e9) > LAST_GOOD_LOG_INTERVAL:
+                self._last_good_logged[pick.group] = now
+                log.warning("no healthy node in group %s: answering the last known good node %s",
+                            pick.group, pick.node)
+        return self._answers[pick.node]
 
 
 __all__ = ["Balancer", "CycleInfo", "UnknownGroup", "answer_for"]

@@ -51,13 +51,23 @@ class CtlError(Exception):
         self.status = status
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would carry the admin token along to its target."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D401 (urllib's API)
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def request(url: str, method: str = "GET", token: str | None = None, timeout: float = 10.0) -> object:
     """Call the management service; return the decoded JSON (or text) answer."""
     req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _OPENER.open(req, timeout=timeout) as resp:
             body = resp.read().decode("utf-8", "replace")
             ctype = resp.headers.get("Content-Type", "")
     except urllib.error.HTTPError as exc:

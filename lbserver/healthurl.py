@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import http.client
 import math
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -158,8 +159,21 @@ def fetch(url: str, timeout: float, max_bytes: int = MAX_PAGE_BYTES) -> str:
                 data = fh.read(max_bytes + 1)
         else:
             req = urllib.request.Request(url, headers={"User-Agent": "lbserver-dns-arbiter"})
+            # urlopen's timeout bounds each socket operation; a server dripping
+            # bytes must not hold the DNS cycle longer than ``timeout`` in all.
+            deadline = time.monotonic() + timeout
+            chunks: list[bytes] = []
+            size = 0
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                data = resp.read(max_bytes + 1)
+                while size <= max_bytes:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    chunk = resp.read1(16384)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+            data = b"".join(chunks)
     except urllib.error.HTTPError as exc:
         raise HealthFetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:

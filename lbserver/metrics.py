@@ -95,9 +95,8 @@ class _Collector:
             drained.add_metric([name], 1.0 if v.drained else 0.0)
             weight.add_metric([name], v.weight)
             picks.add_metric([name], counts.get(name, 0))
-            rec = bal.records.get(name)
-            if rec is not None and rec.last_success is not None:
-                seen.add_metric([name], rec.last_success)
+            if v.last_success is not None:
+                seen.add_metric([name], v.last_success)
             for var, value in v.variables.items():
                 if isinstance(value, (int, float)):
                     variable.add_metric([name, var], float(value))

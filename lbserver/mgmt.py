@@ -62,6 +62,44 @@ def read_token(path: str | None) -> str | None:
     return token
 
 
+class TokenFile:
+    """The admin token of ``token-file``, re-read only when the file changes.
+
+    Remote requests arrive at the network's pace; re-reading (and logging a
+    broken file) on each one would let anyone flood the log.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._token: str | None = None
+
+    def get(self, path: str | None) -> str | None:
+        """The token, or None when no usable token file is configured."""
+        try:
+            st = os.stat(path) if path else None
+            key = (path, st.st_mtime_ns, st.st_size) if st else (path,)
+        except OSError as exc:
+            key = (path, exc.errno)
+        if key != self._key:
+            self._key, self._token = key, read_token(path)
+        return self._token
+
+
+def host_allowed(peer: str, headers: Mapping[str, str]) -> bool:
+    """Refuse DNS rebinding: a request from this host must be addressed to a loopback name.
+
+    A web page in a browser on the boot server can make its own host name
+    resolve to 127.0.0.1 and then read this service; the browser still sends
+    that foreign name in ``Host``. Tools (curl, lbctl, Prometheus on the same
+    host) send the loopback address or ``localhost``.
+    """
+    host = headers.get("host")
+    if host is None or not is_loopback(peer):
+        return True
+    name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return name.lower() == "localhost" or is_loopback(name)
+
+
 def is_loopback(peer: str) -> bool:
     """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback."""
     try:
@@ -114,6 +152,7 @@ class ManagementService:
     def __init__(self, bal: "Balancer") -> None:
         self.bal = bal
         self.server: asyncio.AbstractServer | None = None
+        self._token = TokenFile()
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on an already listening socket."""
@@ -179,6 +218,8 @@ class ManagementService:
 
     async def route(self, method: str, path: str, query: dict, headers: dict[str, str], peer: str) -> Response:
         """Dispatch one request; returns (status, content type, body)."""
+        if not host_allowed(peer, headers):
+            return _text(403, "this service answers requests addressed to localhost or a loopback address")
         if method == "GET":
             handler = self.GET_ROUTES.get(path)
             if handler is None:
@@ -200,9 +241,8 @@ class ManagementService:
     def _authorised(self, headers: dict[str, str], peer: str) -> bool:
         # The token file is read only when needed, so loopback admin works without one
         # and a new token takes effect without a restart.
-        if loopback_allowed(peer, headers):
-            return True
-        return admin_allowed(peer, headers, read_token(self.bal.config.token_file))
+        return admin_allowed(peer, headers, None if loopback_allowed(peer, headers)
+                             else self._token.get(self.bal.config.token_file))
 
     # -- GET --------------------------------------------------------------
 

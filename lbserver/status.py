@@ -69,7 +69,7 @@ def build_status(bal: "Balancer") -> dict[str, Any]:
             "size": round(view.size, 3),
             "reasons": list(view.reasons),
             "error": view.error,
-            "last_success": rec.last_success if rec else None,
+            "last_success": view.last_success,
             "consecutive_failures": rec.consecutive_failed if rec else 0,
             "picks": picks.get(name, 0),
             "variables": dict(view.variables),

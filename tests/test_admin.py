@@ -17,7 +17,8 @@ import pytest
 
 from lbserver.app import Balancer
 from lbserver.history import History
-from lbserver.mgmt import ManagementService, admin_allowed, is_loopback, loopback_allowed, read_token
+from lbserver.mgmt import (ManagementService, TokenFile, admin_allowed, host_allowed, is_loopback, loopback_allowed,
+                           read_token)
 from lbserver.statefile import DrainState
 from tests.cluster import offline_balancer
 
@@ -192,3 +193,30 @@ def test_history_since_and_window():
     assert h.to_dict(since=1010.0) == {"t": [], "nodes": {}}
     h.add(_Snap(a=_View(5.0, 1)), 1010.0 + 3600.5, 10)
     assert h.to_dict()["t"] == [4610.5]
+
+
+def test_host_header_guards_against_dns_rebinding(tmp_path):
+    assert host_allowed("127.0.0.1", {"host": "127.0.0.1:8009"})
+    assert host_allowed("127.0.0.1", {"host": "localhost:8009"})
+    assert host_allowed("::1", {"host": "[::1]:8009"})
+    assert host_allowed("127.0.0.1", {})                        # HTTP/1.0 tools send none
+    assert not host_allowed("127.0.0.1", {"host": "rebound.example:8009"})
+    assert host_allowed("192.0.2.7", {"host": "boot1.example:8009"})  # remote peers are not browsers on this host
+    bal = offline_balancer(tmp_path)
+    status, _, body = _route(bal, "GET", "/status", "127.0.0.1", {"host": "rebound.example:8009"})
+    assert status == 403 and b"loopback" in body
+    status, _, _ = _route(bal, "GET", "/status", "127.0.0.1", {"host": "127.0.0.1:8009"})
+    assert status == 200
+
+
+def test_token_file_reread_only_when_it_changes(tmp_path, caplog):
+    path = tmp_path / "token"
+    cache = TokenFile()
+    assert cache.get(str(path)) is None                          # missing: refused, logged once
+    assert cache.get(str(path)) is None
+    assert caplog.text.count("cannot read token file") == 1
+    path.write_text("first\n")
+    path.chmod(0o600)
+    assert cache.get(str(path)) == "first"
+    path.write_text("second-token\n")
+    assert cache.get(str(path)) == "second-token"

@@ -1,6 +1,8 @@
 """Allow-list matching and rate-limited refusal logging (pure)."""
 
 import ipaddress
+import sys
+import threading
 
 from lbagent.access import DenyLog, is_allowed, peer_address
 
@@ -46,3 +48,28 @@ def test_deny_log_is_bounded():
     assert all(d.should_log(f"10.0.0.{i}", 0.0) for i in range(3))
     assert not d.should_log("10.0.0.99", 1.0)      # table full, nothing expired: stay quiet
     assert d.should_log("10.0.0.99", 100.0)        # old entries expired and were dropped
+
+
+
+def test_deny_log_shared_by_threads():
+    """Threads asking at once: each address is logged exactly once, and the bound holds."""
+    d = DenyLog(period=60, max_entries=256)
+    hosts = [f"10.0.{i // 256}.{i % 256}" for i in range(400)]  # more than the table holds
+    logged: list[str] = []
+    start = threading.Barrier(4)
+
+    def ask() -> None:
+        start.wait()
+        logged.extend(h for h in hosts if d.should_log(h, 1.0))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, to mix the calls
+    try:
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    finally:
+        sys.setswitchinterval(old)
+    assert sorted(logged) == sorted(hosts[:256])  # once each, none beyond the bound

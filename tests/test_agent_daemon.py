@@ -6,6 +6,7 @@ import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -143,16 +144,17 @@ def test_state_matches_the_system_and_custom_variables(procs, tmp_path):
         helper.wait()
         # From now on the sampler spends 1.5 s of every sample in the hanging
         # command; requests are answered from the cache all the same.
-        wait_until(lambda: agent.rpc(timeout=1.0).get_state()["variables"]["HELPER"] is False,
+        wait_until(lambda: agent.rpc().get_state()["variables"]["HELPER"] is False,
                    timeout=10, what="HELPER false once the process is gone")
         for _ in range(5):
-            assert agent.rpc(timeout=1.0).get_state()["variables"]["ANSWER"] == 42
+            assert agent.rpc().get_state()["variables"]["ANSWER"] == 42
     finally:
         helper.kill()
         helper.wait()
     procs.stop_all()
     log = agent.log_text()
-    assert log.count("variable HANG (command, line 7) left out: timed out") == 1, log
+    hang_line = next(n for n, line in enumerate(agent.config.read_text().splitlines(), 1) if 'name="HANG"' in line)
+    assert log.count(f"variable HANG (command, line {hang_line}) left out: timed out") == 1, log
     assert "variable GARBAGE" in log and "variable NOFILE" in log
     # Killed with its process group, the hanging command leaves nothing behind.
     wait_until(lambda: not any(hang_marker in " ".join(p.info["cmdline"] or ())
@@ -208,6 +210,10 @@ def test_bad_requests_do_not_hurt_the_agent(procs, tmp_path):
     assert info.value.errcode == 404
     assert raw_request(host, port, b"GET / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 405 ")
     assert raw_request(host, port, b"\x16\x03\x01garbage\r\n\r\n").startswith(b"HTTP/1.0 400 ")
+    # Digits int() does not take ('\xb2' is a superscript two in latin-1): answered, not hung up on.
+    for length in (b"\xb2", b"\xd9\xa3", b"1\xb9", b"-1", b"0x10"):
+        answer = raw_request(host, port, b"POST /RPC2 HTTP/1.0\r\nContent-Length: " + length + b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.0 400 ") and b"bad Content-Length" in answer, (length, answer)
 
     # Both paths serve XML-RPC.
     assert agent.rpc(path="/").ping() is True
@@ -310,6 +316,11 @@ def test_daemon_lifecycle(tmp_path):
         pid = None
         assert "lbagent stopped" in log.read_text()
     finally:
+        if pid is None and pidfile.exists():  # failed before the pid was read
+            try:
+                pid = int(pidfile.read_text().strip())
+            except ValueError:
+                pid = None
         if pid is not None and psutil.pid_exists(pid):
             os.kill(pid, signal.SIGKILL)
 
@@ -328,3 +339,105 @@ def test_port_in_use_is_reported_before_detaching(tmp_path):
     assert res.returncode == 1
     assert f"cannot listen on {host}:{port}" in res.stderr
     assert not (tmp_path / "pid").exists()
+
+
+def test_reload_onto_an_overlapping_address_on_the_same_port(procs, tmp_path):
+    """127.0.0.49:P to [::ffff:127.0.0.49]:P: Linux refuses to bind the new address while the old
+    one listens, exactly as for a move to 0.0.0.0:P or [::]:P (which tests must not listen on).
+    The agent closes the old listener first, and serves on the new one."""
+    agent = Agent(procs, tmp_path, "127.0.0.49")
+    agent.config.write_text(config_text("::ffff:127.0.0.49", agent.port, """
+      <variables><variable name="ROOM" type="constant" value="7"/></variables>"""))
+    agent.proc.send_signal(signal.SIGHUP)
+    # IPv4 clients reach the v4-mapped IPv6 socket on the same address and port.
+    wait_until(lambda: agent.rpc().get_state()["variables"].get("ROOM") == 7, timeout=10, what="ROOM after reload")
+    log = agent.log_text()
+    assert f"overlaps 127.0.0.49:{agent.port}, which is listening" in log
+    assert f"now listening on [::ffff:127.0.0.49]:{agent.port} (was 127.0.0.49:{agent.port})" in log
+    assert "reload failed" not in log
+
+
+def test_log_rate_limits_outlive_a_rebind(procs, tmp_path):
+    secret = tmp_path / "agent.secret"
+    secret.write_text("s3cret-for-the-test\n")
+    secret.chmod(0o600)
+    attrs = f'sample-interval="0.5" secret-file="{secret}"'
+    agent = Agent(procs, tmp_path, "127.0.0.54", agent_attrs=attrs)
+
+    def wrong_secret(port: int) -> None:
+        with pytest.raises(xmlrpc.client.ProtocolError) as info:
+            xmlrpc.client.ServerProxy(f"http://x:wrong@{agent.host}:{port}/RPC2").ping()
+        assert info.value.errcode == 401
+
+    wrong_secret(agent.port)
+    new_port = free_port(agent.host)
+    agent.config.write_text(config_text(agent.host, new_port, agent_attrs=attrs))
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_for_port(agent.host, new_port, proc=agent.proc)
+    wrong_secret(new_port)
+    procs.stop_all()
+    log = agent.log_text()
+    assert f"now listening on {agent.host}:{new_port}" in log
+    assert log.count("refused query from 127.0.0.1: a wrong secret") == 1, log
+
+
+def test_refused_flood_leaves_workers_for_allowed_balancers(procs, tmp_path):
+    """More refused connections than the agent has workers, all held open: allowed clients are
+    still served, because refusals are answered in the accept loop without waiting on the peer."""
+    agent = Agent(procs, tmp_path, "127.0.0.55", '<access><allow from="127.0.0.1/32"/></access>')
+    flood = []
+    try:
+        for _ in range(300):  # more than MAX_CONNECTIONS (256)
+            flood.append(socket.create_connection((agent.host, agent.port), timeout=CLIENT_TIMEOUT,
+                                                  source_address=("127.0.0.9", 0)))
+        assert agent.rpc(source="127.0.0.1").ping() is True
+        for s in flood[:: 30]:
+            s.settimeout(CLIENT_TIMEOUT)
+            answer = s.recv(4096)
+            assert answer.startswith(b"HTTP/1.0 403 ") and answer.endswith(b"access denied for 127.0.0.9\n")
+    finally:
+        for s in flood:
+            s.close()
+    procs.stop_all()
+    assert agent.log_text().count("refused query from 127.0.0.9") == 1
+
+
+def test_refused_tls_peer_is_hung_up_on_before_the_handshake(procs, tmp_path):
+    from tlsfixture import make_ca
+    leaf = make_ca(tmp_path / "pki").issue(tmp_path / "pki", "agent", ips=("127.0.0.56",))
+    agent = Agent(procs, tmp_path, "127.0.0.56", '<access><allow from="127.0.0.1/32"/></access>',
+                  agent_attrs=f'sample-interval="0.5" tls-cert="{leaf.cert}" tls-key="{leaf.key}"')
+    with socket.create_connection((agent.host, agent.port), timeout=CLIENT_TIMEOUT,
+                                  source_address=("127.0.0.9", 0)) as raw:
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "pki" / "test-ca.pem"))
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            ctx.wrap_socket(raw, server_hostname=agent.host)
+    # An allowed peer completes its handshake and is served.
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "pki" / "test-ca.pem"))
+    allowed = xmlrpc.client.ServerProxy(f"https://{agent.host}:{agent.port}/RPC2", context=ctx)
+    assert allowed.ping() is True
+    procs.stop_all()
+    assert "refused query from 127.0.0.9" in agent.log_text()
+
+
+def test_stop_does_not_wait_for_running_commands(procs, tmp_path):
+    """SIGTERM while a command with a long timeout runs: the agent kills it and exits at once."""
+    flag = tmp_path / "hang-now"
+    marker = f"53.{os.getpid()}"
+    extra = f"""
+      <variables>
+        <variable name="SLOW" type="command" timeout="60"
+                  command="if [ -e {flag} ]; then sleep {marker}; fi; echo 1"/>
+      </variables>"""
+    agent = Agent(procs, tmp_path, "127.0.0.57", extra, agent_attrs='sample-interval="0.1"')
+    assert agent.rpc().get_state()["variables"]["SLOW"] == 1
+    flag.touch()
+
+    def sleeping():
+        return [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or ())]
+    wait_until(sleeping, timeout=10, what="the slow command running")
+    agent.proc.send_signal(signal.SIGTERM)
+    # Far less than the command's 60 s timeout (and than an init script's patience).
+    assert agent.proc.wait(timeout=10) == 0
+    assert not sleeping()
+    assert "lbagent stopped" in agent.log_text()

@@ -14,7 +14,7 @@ def test_workers_are_reused():
             done = threading.Event()
             assert pool.submit(lambda: (seen.append(threading.current_thread().ident), done.set()))
             assert done.wait(5)
-            wait_until(lambda: pool._idle == 1, timeout=5, what="worker idle again")
+            wait_until(lambda: pool.idle == 1, timeout=5, what="worker idle again")
         assert len(set(seen)) == 1 and pool.size == 1
     finally:
         pool.close()
@@ -43,7 +43,7 @@ def test_failing_job_keeps_the_worker():
     pool = WorkerPool(max_workers=1, keep_idle=1)
     try:
         assert pool.submit(lambda: 1 / 0)
-        wait_until(lambda: pool._idle == 1, timeout=5, what="worker idle after failure")
+        wait_until(lambda: pool.idle == 1, timeout=5, what="worker idle after failure")
         done = threading.Event()
         assert pool.submit(done.set) and done.wait(5)
     finally:

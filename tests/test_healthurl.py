@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 import time
 
@@ -121,3 +122,33 @@ def test_fetch_http_refused():
     port = free_port()
     with pytest.raises(HealthFetchError, match=f"127.0.0.1:{port}/x: .*refused"):
         fetch(f"http://127.0.0.1:{port}/x", 2)
+
+
+def test_fetch_of_a_dripping_server_is_bounded_as_a_whole():
+    """A page that trickles in never holds the DNS cycle past the timeout."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"1")
+                except OSError:
+                    return
+                stop.wait(0.2)
+
+    threading.Thread(target=drip, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(HealthFetchError, match="no answer within 1 s"):
+            fetch(f"http://127.0.0.1:{srv.getsockname()[1]}/page", timeout=1.0)
+    finally:
+        stop.set()
+        srv.close()
+    assert time.monotonic() - started < 3  # each byte alone came well within the timeout

@@ -1,9 +1,12 @@
 """System install and service scripts, exercised for real.
 
 ``make install`` runs into a temporary DESTDIR; the installed SysV init
-scripts then start, reload, query and stop the installed daemons, with every
-path (defaults file, configuration, pid file) pointing inside that root and
-the daemons on free loopback ports. The systemd units are checked with
+scripts then start, reload, query and stop the installed daemons (also one
+that ignores SIGTERM, and as a user who may not signal them), and the
+installed logrotate script makes them reopen their logs, with every path
+(defaults file, configuration, pid file) pointing inside that root and the
+daemons on free loopback ports. An install never wipes a LIBDIR it did not
+create. The systemd units are checked with
 ``systemd-analyze verify`` where it exists, and parsed for the keys they
 need in any case.
 """
@@ -16,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 import xmlrpc.client
@@ -28,11 +32,11 @@ from conftest import ROOT, free_port, wait_for_port, wait_until
 BINARIES = ("lbagent", "lbserver", "lbclient", "lbctl")
 
 
-def make(*targets: str, destdir: Path) -> subprocess.CompletedProcess:
-    """Run the project's Makefile into ``destdir`` with this interpreter."""
+def make(*targets: str, destdir: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run the project's Makefile into ``destdir`` with this interpreter (``extra``: more VAR=value)."""
     return subprocess.run(
         ["make", "--no-print-directory", "-C", str(ROOT), *targets, f"DESTDIR={destdir}",
-         "PREFIX=/usr", f"SYSTEM_PYTHON={sys.executable}"],
+         "PREFIX=/usr", f"SYSTEM_PYTHON={sys.executable}", *extra],
         capture_output=True, text=True, timeout=120,
     )
 
@@ -135,11 +139,12 @@ def get_state(port: int) -> dict:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, its parent has yet to reap it) does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 def test_agent_start_status_reload_stop(sysv, tmp_path):
@@ -278,20 +283,119 @@ def test_server_and_agent_services(sysv, tmp_path):
     assert not sysv.pidfile("lbagent").exists()
 
 
-def test_init_scripts_shape():
-    agent = (ROOT / "init" / "lbagent").read_text()
-    server = (ROOT / "init" / "lbserver").read_text()
-    marker = "# ---- common part"
-    # One body for both daemons: a fix in one must reach the other.
-    assert agent[agent.index(marker):] == server[server.index(marker):]
-    for name, text in (("lbagent", agent), ("lbserver", server)):
+def test_init_scripts_shape(installed):
+    # One body for both daemons (a fix in one reaches the other): each installed
+    # script is its own head (LSB header, names, defaults) plus init/common.sysv.
+    common = (ROOT / "init" / "common.sysv").read_text()
+    code = "\n".join(line for line in common.splitlines() if not line.lstrip().startswith("#"))
+    assert "lbagent" not in code.lower() and "lbserver" not in code.lower()
+    for name in ("lbagent", "lbserver"):
+        head = (ROOT / "init" / f"{name}.sysv").read_text()
+        installed_script = installed / "etc/init.d" / name
+        text = installed_script.read_text()
+        assert text == (head + common).replace("@BINDIR@", "/usr/bin")
+        assert text.startswith("#!/bin/sh\n")
         header = text[text.index("### BEGIN INIT INFO"):text.index("### END INIT INFO")]
         for key in ("Provides:", "Required-Start:", "Required-Stop:", "Default-Start:",
                     "Default-Stop:", "Short-Description:"):
             assert f"# {key}" in header, (name, key)
         assert f"# Provides:          {name}" in header
         assert f"${{{name.upper()}_DEFAULTS:-/etc/default/{name}}}" in text
-        assert subprocess.run(["sh", "-n", str(ROOT / "init" / name)]).returncode == 0
+        assert "# ---- common part" not in head
+        assert subprocess.run(["sh", "-n", str(installed_script)]).returncode == 0
+
+
+def test_stop_kills_a_daemon_that_ignores_sigterm(sysv, tmp_path):
+    port = free_port()
+    sysv.setup("lbagent", agent_config(port, tmp_path))
+    assert sysv.run("lbagent", "start").returncode == 0
+    wait_for_port("127.0.0.1", port)
+    pid = sysv.pid("lbagent")
+    # A stopped process holds SIGTERM pending, as a hung daemon would: only SIGKILL ends it.
+    os.kill(pid, signal.SIGSTOP)
+
+    stopped = sysv.run("lbagent", "stop", STOP_TIMEOUT="1")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert f"pid {pid} ignored SIGTERM for 1s, killing it" in stopped.stderr
+    assert not pid_alive(pid)
+    assert not sysv.pidfile("lbagent").exists()  # a killed daemon cannot remove it itself
+    assert sysv.run("lbagent", "status").returncode == 3
+
+
+def test_stop_fails_when_the_daemon_survives(sysv, tmp_path):
+    """A caller that may not signal the daemon gets a failure, and the pid file stays."""
+    assert os.geteuid() == 0, "this test runs the init script as nobody against a root daemon"
+    # Everything the unprivileged caller reads must be reachable outside the private tmp_path.
+    shared = Path(tempfile.mkdtemp(prefix="sysv-shared."))
+    try:
+        shared.chmod(0o755)
+        port = free_port()
+        sysv.tmp = shared
+        sysv.setup("lbagent", agent_config(port, tmp_path))
+        (shared / "default-lbagent").chmod(0o644)
+        assert sysv.run("lbagent", "start").returncode == 0
+        wait_for_port("127.0.0.1", port)
+        pid = sysv.pid("lbagent")
+        script = shared / "lbagent.init"
+        shutil.copy(sysv.destdir / "etc/init.d/lbagent", script)
+        script.chmod(0o755)
+
+        as_nobody = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", str(script), "stop"],
+            env={"PATH": "/usr/bin:/bin", **sysv.env}, capture_output=True, text=True, timeout=60, cwd="/")
+        assert as_nobody.returncode == 1, as_nobody.stdout + as_nobody.stderr
+        assert "failed" in as_nobody.stdout
+        assert f"cannot signal pid {pid}" in as_nobody.stderr
+        assert pid_alive(pid) and sysv.pid("lbagent") == pid
+        assert get_state(port)["hostname"]
+
+        assert sysv.run("lbagent", "stop").returncode == 0
+        assert not pid_alive(pid)
+    finally:
+        sysv.cleanup()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def postrotate(installed: Path) -> str:
+    """The installed logrotate file's postrotate script, its init scripts taken from ``installed``."""
+    text = (installed / "etc/logrotate.d/mille-xterm").read_text()
+    body = text[text.index("postrotate") + len("postrotate"):text.index("endscript")]
+    return body.replace("/etc/init.d/", f"{installed}/etc/init.d/")
+
+
+def test_logrotate_reopens_logs_and_spares_reused_pids(sysv, tmp_path):
+    port = free_port()
+    sysv.setup("lbagent", agent_config(port, tmp_path))
+    sysv.setup("lbserver", server_config(free_port(), free_port(), port, tmp_path))
+    script = postrotate(sysv.destdir)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **sysv.env}
+
+    # lbagent crashed and its pid went to an unrelated process, even one whose
+    # command line happens to name it: it must not get the SIGHUP (which would end it).
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lbagent"])
+    try:
+        sysv.pidfile("lbagent").write_text(f"{stranger.pid}\n")
+        assert sysv.run("lbagent", "status").returncode == 1
+        rotated = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+    # The running daemon reopens its log: after the rename it writes a new file.
+    assert sysv.run("lbagent", "start").returncode == 0
+    wait_for_port("127.0.0.1", port)
+    log = tmp_path / "lbagent.log"
+    wait_until(lambda: log.exists() and "started" in log.read_text(), what="agent logging to its file")
+    log.rename(tmp_path / "lbagent.log.1")
+    rotated = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    wait_until(lambda: log.exists() and "configuration reloaded" in log.read_text(),
+               what="a new log file after rotation")
+    assert "SIGHUP: reloading" in (tmp_path / "lbagent.log.1").read_text()
+    assert get_state(port)["hostname"]
+    assert sysv.run("lbagent", "stop").returncode == 0
 
 
 # ------------------------------------------------------------ make install
@@ -359,8 +463,13 @@ def test_reinstall_keeps_edited_config_and_uninstall(tmp_path):
         "\t".join(line.split("\t")[:2] + [old_sum]) if "\t/etc/mille-xterm/lbsconfig.xml\t" in line else line
         for line in manifest.read_text().splitlines()) + "\n")
 
+    # A module dropped from the package goes on reinstall: the tree is ours.
+    stale = d / "usr/lib/mille-xterm/lbagent/dropped.py"
+    stale.write_text("")
+
     again = make("install", destdir=d)
     assert again.returncode == 0, again.stderr
+    assert not stale.exists()
     assert sha(edited) == admin_sum
     assert (etc / "lbaconfig.xml.dist").read_bytes() == (ROOT / "etc/lbaconfig.xml").read_bytes()
     assert "kept /etc/mille-xterm/lbaconfig.xml: it was edited; the new default is " \
@@ -376,6 +485,29 @@ def test_reinstall_keeps_edited_config_and_uninstall(tmp_path):
     assert sorted(p.name for p in etc.iterdir()) == ["lbaconfig.xml"]
     left = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
     assert left == ["etc", "etc/mille-xterm", "etc/mille-xterm/lbaconfig.xml"]
+
+
+def test_install_refuses_a_foreign_libdir(tmp_path):
+    """LIBDIR naming a directory we did not install (site-packages) is never wiped."""
+    d = tmp_path / "root"
+    foreign = d / "usr/lib/python3/dist-packages"
+    (foreign / "somepkg").mkdir(parents=True)
+    (foreign / "somepkg/__init__.py").write_text("# someone else's\n")
+
+    result = make("install", destdir=d, extra=("LIBDIR=/usr/lib/python3/dist-packages",))
+    assert result.returncode != 0
+    assert ("LIBDIR /usr/lib/python3/dist-packages already exists and was not installed by "
+            "mille-xterm") in result.stderr
+    assert (foreign / "somepkg/__init__.py").read_text() == "# someone else's\n"
+    assert sorted(p.name for p in foreign.iterdir()) == ["somepkg"]
+    assert not (d / "usr/bin/lbagent").exists()
+
+    # An empty directory holds nothing to lose: it is used.
+    (foreign / "somepkg/__init__.py").unlink()
+    (foreign / "somepkg").rmdir()
+    result = make("install", destdir=d, extra=("LIBDIR=/usr/lib/python3/dist-packages",))
+    assert result.returncode == 0, result.stderr
+    assert (foreign / "lbagent/main.py").is_file()
 
 
 # ------------------------------------------------------------ systemd units

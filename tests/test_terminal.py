@@ -303,7 +303,7 @@ def test_idle_timeouts(procs, raw):
     # bytes keep coming, but the request never completes: it must still time out
     for byte in b"GET /?group=g2 HTTP/1.1\r\n" + b"X" * 200:
         readable, _, _ = select.select([drip.sock], [], [], 0.05)
-        if readable or time.monotonic() - started > 3:
+        if readable or time.monotonic() - started > 6:  # the whole drip would take 11 s
             closed_while_dripping = bool(readable)
             break
         try:
@@ -315,7 +315,7 @@ def test_idle_timeouts(procs, raw):
     assert drip.closed_by_server()
     assert silent.closed_by_server()
     assert answered.closed_by_server()  # idle keep-alive connection closed too
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 8
 
 
 def test_max_connections(procs, raw):

@@ -1,0 +1,115 @@
+"""The agent's server and service in this process, on loopback: paths a real peer cannot reach.
+
+A request handler that fails unexpectedly, and a reload whose new address
+cannot be bound even after the old listener was closed, are provoked here
+with a dispatcher that raises and a bind that fails on cue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import socket
+import threading
+import xmlrpc.client
+from contextlib import contextmanager
+
+import pytest
+
+from conftest import free_port
+from lbagent import service as agent_service
+from lbagent.access import DenyLog
+from lbagent.config import AgentConfig
+from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher
+from lbagent.service import AgentService, bind_listen
+from lbagent.workers import WorkerPool
+
+
+class Exploding(Dispatcher):
+    """A dispatcher whose every call raises ``exc``, like a bug would."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(lambda: None)
+        self.exc = exc
+
+    def _marshaled_dispatch(self, data, dispatch_method=None, path=None):
+        raise self.exc
+
+
+@contextmanager
+def serving(host: str, dispatcher: Dispatcher):
+    """An AgentHTTPServer on ``host`` (a free port) in a background thread; yields the port."""
+    sock = bind_listen((host, 0))
+    port = sock.getsockname()[1]
+    config = AgentConfig(path="lbaconfig.xml", listen=(host, port))
+    deadlines, workers = Deadlines(), WorkerPool(max_workers=4)
+    server = AgentHTTPServer(sock, config, dispatcher, deadlines, DenyLog(), DenyLog(), workers)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        server.server_close()
+        workers.close()
+        deadlines.stop()
+
+
+def ask(host: str, port: int) -> bytes:
+    """POST a ping and read the whole answer."""
+    body = xmlrpc.client.dumps((), "ping").encode()
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"POST /RPC2 HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("exc, status, text", [
+    (RuntimeError("boom"), b"500", b"internal error"),
+    (ValueError("unparsable"), b"400", b"malformed request"),
+])
+def test_unexpected_error_is_answered_and_logged_once(caplog, exc, status, text):
+    host = "127.0.0.52"
+    with caplog.at_level(logging.WARNING, logger="lbagent.rpc"), serving(host, Exploding(exc)) as port:
+        for _ in range(3):
+            answer = ask(host, port)
+            assert answer.startswith(b"HTTP/1.0 " + status + b" ") and text in answer, answer
+    lines = [r.getMessage() for r in caplog.records if "error while serving" in r.getMessage()]
+    assert len(lines) == 1, lines  # rate-limited: once a minute per address
+    assert f"{type(exc).__name__}: {exc}" in lines[0]
+
+
+def test_reload_that_cannot_bind_an_overlapping_address_keeps_the_old_one(tmp_path, monkeypatch, caplog):
+    """Old 127.0.0.53:P, new [::ffff:127.0.0.53]:P: Linux refuses the new bind while the old
+    socket listens (as it does for 0.0.0.0:P or [::]:P), so the service closes the old one and
+    binds again; when that second bind fails too, the old address must listen again."""
+    host = "127.0.0.53"
+    port = free_port(host)
+    old = AgentConfig(path=str(tmp_path / "lbaconfig.xml"), listen=(host, port), sample_interval=60)
+    new = dataclasses.replace(old, listen=(f"::ffff:{host}", port))
+    attempts: list[tuple[str, int]] = []
+
+    def bind(listen):
+        attempts.append(listen)
+        if listen == new.listen and attempts.count(listen) == 2:
+            raise OSError(errno.EADDRINUSE, f"cannot listen on [{listen[0]}]:{port}: taken meanwhile")
+        return bind_listen(listen)
+
+    monkeypatch.setattr(agent_service, "bind_listen", bind)
+    service = AgentService()
+    service.start(old)
+    proxy = xmlrpc.client.ServerProxy(f"http://{host}:{port}/RPC2")
+    try:
+        with caplog.at_level(logging.INFO, logger="lbagent.service"), pytest.raises(OSError, match="taken meanwhile"):
+            service.reload(new)
+        # The first new bind failed for real (the old socket held the port), the second on cue.
+        assert attempts == [old.listen, new.listen, new.listen, old.listen]
+        assert proxy.ping() is True
+        assert service.failure() is None
+        assert f"overlaps {host}:{port}, which is listening" in caplog.text
+        assert f"listening on {host}:{port} again" in caplog.text
+    finally:
+        service.stop()
