@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import xmlrpc.client
+from dataclasses import dataclass, field
 from typing import Callable
 from xmlrpc.server import SimpleXMLRPCDispatcher
 
@@ -38,6 +39,7 @@ from defusedxml.xmlrpc import DefusedExpatParser
 from common.version import __version__
 from lbagent.access import DenyLog, is_allowed
 from lbagent.config import AgentConfig
+from lbagent.linger import LingeringCloser
 from lbagent.sampler import Sample
 from lbagent.workers import WorkerPool
 
@@ -217,14 +219,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.request.settimeout(cfg.request_timeout)
             self.request = self._tls.wrap_socket(self.request, server_side=True,
                                                  do_handshake_on_connect=False)
-        self._deadline = self.server.deadlines.add(self.request, cfg.request_timeout)
+        self._deadline = self.server.parts.deadlines.add(self.request, cfg.request_timeout)
         super().setup()
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            self.server.deadlines.cancel(self._deadline)
+            self.server.parts.deadlines.cancel(self._deadline)
             if self._tls is not None:
                 # The server closes the plain socket it accepted, which wrapping detached.
                 try:
@@ -234,7 +236,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.request.close()
 
     def handle(self) -> None:
-        # The allow-list was checked in the accept loop (AgentHTTPServer.verify_request).
+        # The allow-list was checked in the accept loop (AgentHTTPServer.process_request).
         host = self.client_address[0]
         try:
             if self._tls is not None and not self._handshake(host):
@@ -368,7 +370,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             log.debug("client %s closed before sending its request", self.client_address[0])
             self.close_connection = True
             return
-        response = self.server.dispatcher._marshaled_dispatch(data)
+        response = self.server.parts.dispatcher._marshaled_dispatch(data)
         self._reply(200, response, ctype="text/xml")
 
     def _not_post(self) -> None:
@@ -387,32 +389,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         log.debug("%s %s", self.client_address[0], format % args)
 
 
-def send_now(sock: socket.socket, data: bytes) -> None:
-    """Best-effort answer from the accept loop: never blocks, never waits for the peer.
-
-    What the peer already sent is read and dropped first, so closing right
-    after does not reset the connection over unread data (which can cost the
-    peer our answer).
-    """
-    try:
-        sock.setblocking(False)
-        _discard_pending(sock)
-        sock.send(data)
-        sock.shutdown(socket.SHUT_WR)
-        _discard_pending(sock)
-    except OSError:
-        pass
-
-
-def _discard_pending(sock: socket.socket) -> None:
-    try:
-        for _ in range(16):  # bounded: the peer cannot keep the accept loop here
-            if not sock.recv(65536):
-                return
-    except (BlockingIOError, InterruptedError):
-        pass
-
-
 def forbidden_response(host: str, server_version: str) -> bytes:
     """The complete HTTP 403 answer to a peer outside the allow-list."""
     body = f"access denied for {host}\n".encode("utf-8", "replace")
@@ -421,69 +397,86 @@ def forbidden_response(host: str, server_version: str) -> bytes:
             "Connection: close\r\n\r\n").encode("ascii") + body
 
 
+BUSY_RESPONSE = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+@dataclass
+class ServerParts:
+    """What every AgentHTTPServer of a service shares, so a rebind starts none of it afresh
+    (the rate limits of log lines included)."""
+
+    dispatcher: Dispatcher
+    deadlines: Deadlines
+    workers: WorkerPool
+    closer: LingeringCloser
+    deny_log: DenyLog = field(default_factory=DenyLog)
+    event_log: DenyLog = field(default_factory=DenyLog)
+
+
 class AgentHTTPServer(socketserver.TCPServer):
     """Serves connections on an already bound, listening socket, each on a pooled worker thread.
 
-    ``deny_log`` and ``event_log`` rate-limit log lines; they belong to the
-    service, so a reload onto a new address does not start them afresh.
+    Refusals (a peer outside the allow-list, every worker busy) are answered
+    in the accept loop without waiting on the peer, so they never hold a worker.
     """
 
-    def __init__(self, sock: socket.socket, config: AgentConfig, dispatcher: Dispatcher,
-                 deadlines: Deadlines, deny_log: DenyLog, event_log: DenyLog, workers: WorkerPool) -> None:
+    def __init__(self, sock: socket.socket, config: AgentConfig, parts: ServerParts) -> None:
         self.address_family = sock.family
         super().__init__(sock.getsockname(), Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.config = config
-        self.dispatcher = dispatcher
-        self.deadlines = deadlines
-        self.deny_log = deny_log
-        self.workers = workers
-        self.event_log = event_log
+        self.parts = parts
 
     def note_denied(self, host: str) -> None:
         """Log a refused peer, at most once a minute per address."""
-        if self.deny_log.should_log(host, time.monotonic()):
+        if self.parts.deny_log.should_log(host, time.monotonic()):
             log.warning("refused query from %s: not in <access> of %s (logged at most once a minute)",
                         host, self.config.path)
 
     def note_unauthorized(self, host: str, had_credentials: bool) -> None:
         """Log a request without the shared secret, at most once a minute per address (never the secret)."""
-        if self.event_log.should_log(f"auth {host}", time.monotonic()):
+        if self.parts.event_log.should_log(f"auth {host}", time.monotonic()):
             what = "a wrong secret" if had_credentials else "no credentials"
             log.warning("refused query from %s: %s (secret-file of %s; logged at most once a minute)",
                         host, what, self.config.path)
 
     def note_tls_failure(self, host: str, reason: str) -> None:
         """Log a failed TLS handshake, at most once a minute per address."""
-        if self.event_log.should_log(f"tls {host}", time.monotonic()):
+        if self.parts.event_log.should_log(f"tls {host}", time.monotonic()):
             log.warning("TLS handshake with %s failed: %s (logged at most once a minute)", host, reason)
 
     def note_error(self, host: str, exc: BaseException | None) -> None:
         """Log a request that failed unexpectedly, at most once a minute per address."""
-        if self.event_log.should_log(f"error {host}", time.monotonic()):
+        if self.parts.event_log.should_log(f"error {host}", time.monotonic()):
             log.warning("error while serving %s: %s: %s (logged at most once a minute)",
                         host, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
 
-    def verify_request(self, request, client_address) -> bool:
-        """The allow-list, checked in the accept loop so a refused peer never holds a worker."""
-        host = client_address[0]
-        if is_allowed(host, self.config.allow):
-            return True
-        self.note_denied(host)
-        if self.config.ssl_context is None:
-            send_now(request, forbidden_response(host, Handler.server_version))
-        # Over TLS: hang up before the handshake, which would cost CPU for a refusal.
-        return False  # the caller closes the connection
-
     def process_request(self, request, client_address) -> None:
-        if not self.workers.submit(lambda: self._serve_connection(request, client_address)):
-            # Every worker busy: answer at once rather than queue the connection
-            # (a TLS client just sees the connection close: no handshake here).
-            if self.config.ssl_context is None:
-                send_now(request, b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                  b"Connection: close\r\n\r\n")
+        host = client_address[0]
+        if not is_allowed(host, self.config.allow):
+            self.note_denied(host)
+            self._answer_at_once(request, forbidden_response(host, Handler.server_version))
+        elif not self.parts.workers.submit(lambda: self._serve_connection(request, client_address)):
+            # Every worker busy: answer at once rather than queue the connection.
+            self._answer_at_once(request, BUSY_RESPONSE)
+
+    def _answer_at_once(self, request: socket.socket, answer: bytes) -> None:
+        """Send ``answer`` without blocking and leave the close to the lingerer.
+
+        Over TLS the peer is hung up on before the handshake instead, which
+        would cost CPU for a refusal.
+        """
+        if self.config.ssl_context is not None:
             self.shutdown_request(request)
+            return
+        try:
+            request.setblocking(False)
+            request.send(answer)  # a fresh connection's send buffer takes a short answer whole
+        except OSError:
+            self.shutdown_request(request)
+            return
+        self.parts.closer.close(request)
 
     def _serve_connection(self, request, client_address) -> None:
         try:

@@ -13,11 +13,11 @@ import logging
 import socket
 import threading
 
-from lbagent.access import DenyLog
 from lbagent.config import AgentConfig
-from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher
-from lbagent.workers import WorkerPool
+from lbagent.linger import LingeringCloser
+from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher, ServerParts
 from lbagent.sampler import Sampler
+from lbagent.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,7 @@ class AgentService:
         self._sampler: Sampler | None = None
         self._server: AgentHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._deadlines: Deadlines | None = None
-        self._dispatcher: Dispatcher | None = None
-        # Rate limits of log lines live as long as the service, across rebinds.
-        self._deny_log = DenyLog()
-        self._event_log = DenyLog()
-        self._workers = WorkerPool(max_workers=MAX_CONNECTIONS)
+        self._parts: ServerParts | None = None  # shared by successive servers, across rebinds
         self._stopping = False
         self._lost: str | None = None  # set when neither the new nor the old address could be bound
 
@@ -113,16 +108,15 @@ class AgentService:
         self._config = config
         self._sampler = Sampler(config)
         self._sampler.start()
-        self._deadlines = Deadlines()
-        self._dispatcher = Dispatcher(lambda: self._sampler.current)
+        self._parts = ServerParts(dispatcher=Dispatcher(lambda: self._sampler.current), deadlines=Deadlines(),
+                                  workers=WorkerPool(max_workers=MAX_CONNECTIONS), closer=LingeringCloser())
         self._serve(self._sock, config)
         log.info("serving XML-RPC on %s%s, sampling every %g s, %d custom variable(s)",
                  format_listen(config.listen), security_summary(config), config.sample_interval,
                  len(config.variables))
 
     def _serve(self, sock: socket.socket, config: AgentConfig) -> None:
-        server = AgentHTTPServer(sock, config, self._dispatcher, self._deadlines, self._deny_log,
-                                 self._event_log, self._workers)
+        server = AgentHTTPServer(sock, config, self._parts)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL},
                                   name="lbagent-rpc", daemon=True)
         thread.start()
@@ -195,9 +189,10 @@ class AgentService:
             self._sock.close()
         if self._sampler is not None:
             self._sampler.stop()
-        self._workers.close()
-        if self._deadlines is not None:
-            self._deadlines.stop()
+        if self._parts is not None:
+            self._parts.workers.close()
+            self._parts.closer.stop()
+            self._parts.deadlines.stop()
 
     def failure(self) -> str | None:
         """Why the agent cannot go on, if a thread it needs has ended."""

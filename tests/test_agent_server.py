@@ -17,11 +17,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_until
 from lbagent import service as agent_service
-from lbagent.access import DenyLog
 from lbagent.config import AgentConfig
-from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher
+from lbagent.linger import LingeringCloser
+from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher, ServerParts
 from lbagent.service import AgentService, bind_listen
 from lbagent.workers import WorkerPool
 
@@ -43,8 +43,9 @@ def serving(host: str, dispatcher: Dispatcher):
     sock = bind_listen((host, 0))
     port = sock.getsockname()[1]
     config = AgentConfig(path="lbaconfig.xml", listen=(host, port))
-    deadlines, workers = Deadlines(), WorkerPool(max_workers=4)
-    server = AgentHTTPServer(sock, config, dispatcher, deadlines, DenyLog(), DenyLog(), workers)
+    parts = ServerParts(dispatcher=dispatcher, deadlines=Deadlines(), workers=WorkerPool(max_workers=4),
+                        closer=LingeringCloser())
+    server = AgentHTTPServer(sock, config, parts)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:
@@ -52,8 +53,9 @@ def serving(host: str, dispatcher: Dispatcher):
     finally:
         server.shutdown()
         server.server_close()
-        workers.close()
-        deadlines.stop()
+        parts.workers.close()
+        parts.closer.stop()
+        parts.deadlines.stop()
 
 
 def ask(host: str, port: int) -> bytes:
@@ -113,3 +115,29 @@ def test_reload_that_cannot_bind_an_overlapping_address_keeps_the_old_one(tmp_pa
         assert f"listening on {host}:{port} again" in caplog.text
     finally:
         service.stop()
+
+
+def test_lingering_close_lets_the_peer_finish_its_request_then_lets_go():
+    closer = LingeringCloser(seconds=0.5)
+    try:
+        with socket.create_server(("127.0.0.52", 0)) as listener, \
+                socket.create_connection(listener.getsockname(), timeout=5) as client:
+            conn, _ = listener.accept()
+            client.sendall(b"POST /RPC2 HTTP/1.0\r\nContent-Length: 5\r\n\r\n")  # unread by the server
+            conn.setblocking(False)
+            conn.send(b"HTTP/1.0 403 Forbidden\r\n\r\n")
+            closer.close(conn)  # a plain close() here resets the connection: the next send fails
+            assert client.recv(100) == b"HTTP/1.0 403 Forbidden\r\n\r\n"
+            client.sendall(b"hello")  # the rest of the request, after the answer: still accepted
+            assert client.recv(100) == b""
+
+            # After `seconds` the socket is closed for good: the peer's sends start failing.
+            def refused():
+                try:
+                    client.sendall(b"x")
+                except OSError:
+                    return True
+                return False
+            wait_until(refused, timeout=5, interval=0.1, what="lingering socket closed")
+    finally:
+        closer.stop()

@@ -3,17 +3,21 @@
 import logging
 import os
 import re
+import selectors
 import subprocess
 import sys
+import threading
 import time
+from types import SimpleNamespace
 
 import psutil
 import pytest
 
 from conftest import wait_until
+from lbagent import variables as variables_module
 from lbagent.config import CustomVariable
-from lbagent.variables import (CustomSampler, VariableProblem, disk_used_pct, processes_running,
-                               read_file_value, run_command)
+from lbagent.variables import (CustomSampler, RunningCommands, VariableProblem, disk_used_pct,
+                               processes_running, read_file_value, run_command)
 
 
 def test_command_value_types():
@@ -126,3 +130,51 @@ def test_sampler_leaves_out_failures_and_logs_once(caplog, tmp_path):
         assert any("Q has a value again" in m for m in messages)
     finally:
         sampler.close()
+
+
+def _running(marker: str) -> bool:
+    return any(marker in " ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"]))
+
+
+def test_unexpected_error_still_kills_the_command(monkeypatch):
+    """Whatever goes wrong while a command runs, it is not left running."""
+    marker = "32.%d" % os.getpid()
+
+    class Broken(selectors.DefaultSelector):
+        def select(self, timeout=None):
+            wait_until(lambda: _running(marker), timeout=5, what="the command started")
+            raise RuntimeError("selector broke")
+
+    monkeypatch.setattr(variables_module, "selectors", SimpleNamespace(DefaultSelector=Broken,
+                                                                EVENT_READ=selectors.EVENT_READ))
+    with pytest.raises(RuntimeError, match="selector broke"):
+        run_command(f"sleep {marker}; echo 1", 30)
+    wait_until(lambda: not _running(marker), timeout=5, what="the command gone")
+
+
+def test_close_kills_running_commands_at_once():
+    """Closing the sampler does not wait for commands: a sample in progress ends promptly."""
+    marker = "33.%d" % os.getpid()
+    sampler = CustomSampler()
+    result: dict = {}
+    variables = [CustomVariable(name="SLOW", type="command", command=f"sleep {marker}; echo 1", timeout=60),
+                 CustomVariable(name="ROOM", type="constant", value="B12")]
+    thread = threading.Thread(target=lambda: result.update(sampler.sample(variables)))
+    thread.start()
+    try:
+        wait_until(lambda: _running(marker), timeout=5, what="the slow command running")
+        sampler.close()
+        thread.join(10)  # far less than the command's 60 s timeout
+        assert not thread.is_alive()
+        assert result == {"ROOM": "B12"}  # the killed command has no value
+        assert not _running(marker)
+    finally:
+        sampler.close()
+        thread.join(5)
+
+
+def test_command_started_after_kill_all_is_killed_at_once():
+    running = RunningCommands()
+    running.kill_all()
+    with pytest.raises(VariableProblem, match="killed by signal 9"):
+        run_command("sleep 60; echo 1", 60, running=running)
