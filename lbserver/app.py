@@ -6,7 +6,9 @@ one immutable :class:`~lbserver.selection.Snapshot` is built and installed in
 the :class:`~lbserver.selection.Selector` (the atomic swap), then the DNS
 arbiter, if configured, runs on a worker thread from the same snapshot.
 Terminal requests and the management service only read what the last cycle
-built. Everything but the DNS work runs on the loop's thread, so no locks.
+built. Everything but the DNS work runs on the loop's thread; the runtime's
+thread reaches it only through the loop (reload, stop), so the balancer's
+own state needs no locks.
 """
 
 from __future__ import annotations

@@ -195,8 +195,11 @@ class _Handler:
         return "250 OK"
 
 
-def start_smtp(auth: dict[str, str] | None = None, port: int | None = None):
-    """Start aiosmtpd on 127.0.0.1 (``port`` or a free one); returns (SmtpServer, controller to stop)."""
+def start_smtp(auth: dict[str, str] | None = None, port: int | None = None, tls_context=None):
+    """Start aiosmtpd on 127.0.0.1 (``port`` or a free one); returns (SmtpServer, controller to stop).
+
+    With ``tls_context`` the server offers STARTTLS and refuses mail without it.
+    """
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
@@ -215,6 +218,8 @@ def start_smtp(auth: dict[str, str] | None = None, port: int | None = None):
         # PLAIN would make smtplib fall back to LOGIN and stall until its timeout.
         kw = dict(authenticator=authenticator, auth_require_tls=False, auth_required=True,
                   auth_exclude_mechanism=["LOGIN"])
+    if tls_context is not None:
+        kw.update(tls_context=tls_context, require_starttls=True)
     ctl = Controller(_Handler(srv), hostname=srv.host, port=srv.port, ready_timeout=10, **kw)
     ctl.start()
     return srv, ctl

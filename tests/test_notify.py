@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,7 @@ from lbserver import config
 from lbserver.arbiter import Candidate
 from lbserver.dnsarbiter import DnsArbiter
 from lbserver.notify import AlertTracker, Change, Mailer, MailSettings, compose
+from tlsfixture import make_ca
 
 # The test server takes AUTH without TLS on loopback; aiosmtpd warns about that.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -176,3 +178,26 @@ def test_no_contact_no_mail(tmp_path, named_server, smtp_server):
     assert rep.excluded and smtp_server.messages == []
     m = Mailer(MailSettings(contact=()))
     assert m.send([Change("k", True, "x", 0.0)]) and m.pending == []
+
+
+def test_starttls_to_a_server_that_requires_it(tmp_path, named_server, caplog, monkeypatch):
+    """Mail goes out over STARTTLS, verifying the relay's certificate; without it the relay refuses."""
+    ca = make_ca(tmp_path / "ca")
+    leaf = ca.issue(tmp_path / "ca", "relay", ips=("127.0.0.1",))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(leaf.cert, leaf.key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.cert))  # the relay's CA, as an admin would install it
+    srv, ctl = start_smtp(tls_context=server_ctx)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "tls").mkdir()
+    try:
+        plain = make(tmp_path / "plain", named_server, srv)
+        plain.run_cycle(cands("wms01"), GROUPS)
+        assert srv.messages == []
+        assert "alert mail" in caplog.text and "STARTTLS" in caplog.text
+        secure = make(tmp_path / "tls", named_server, srv, extra='smtp-starttls="true"')
+        secure.run_cycle(cands("wms01"), GROUPS)
+        mails = srv.wait_count(1)
+        assert "wms01" in body(mails[0])
+    finally:
+        ctl.stop()
