@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             node = status["nodes"][name]
             print(f"  {name:8} {ip:10} {load:>4}% {node['weight']:>7.1f} {shares.get(name, 0) * 100:>8.1f}% "
                   f"{counts[ip]:>5}")
-        print("\n(a less loaded server has a greater weight and receives more terminals)")
+        print("\n(a less loaded server has a greater weight and receives more terminals)\n")
+        ctl = subprocess.run([sys.executable, "-m", "lbserver.ctl", "--url", f"http://127.0.0.1:{mgmt_port}",
+                              "status"], env=env, capture_output=True, text=True, timeout=10)
+        print(f"$ lbctl --url http://127.0.0.1:{mgmt_port} status\n{ctl.stdout.rstrip() or ctl.stderr.strip()}")
         if args.keep_running:
             print(f"\nrunning; try: curl http://127.0.0.1:{lb_port}/   curl http://127.0.0.1:{mgmt_port}/status"
                   f"   lbctl --url http://127.0.0.1:{mgmt_port} status\nCtrl-C to stop")
