@@ -33,6 +33,9 @@ import xmlrpc.client
 
 import psutil
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.netwait import free_port, wait_for_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.61"
 TARGET_P99_MS = 2.0
@@ -70,25 +73,6 @@ AGENT_CONFIG = """<?xml version="1.0"?>
   </access>
 </lbaconfig>
 """
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with status {proc.returncode} before listening")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"{host}:{port} not listening after {timeout} s")
 
 
 def one_call(url: str) -> float:

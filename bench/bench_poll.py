@@ -19,7 +19,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,26 +29,10 @@ import xmlrpc.client
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench.agent_replicas import address  # noqa: E402
+from bench.netwait import free_port, wait_for_port  # noqa: E402
 
 PORT = 8001
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_port(host: str, port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host, port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{host}:{port} never listened")
 
 
 def capture_reply(tmp: str, env: dict) -> str:
@@ -60,7 +43,7 @@ def capture_reply(tmp: str, env: dict) -> str:
         fh.write(f'<lbaconfig><agent listen="127.0.0.1:{port}" sample-interval="5"/></lbaconfig>')
     agent = subprocess.Popen([sys.executable, "-m", "lbagent", "-f", "-c", cfg], env=env, stderr=subprocess.DEVNULL)
     try:
-        wait_port("127.0.0.1", port)
+        wait_for_port("127.0.0.1", port, agent)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         conn.request("POST", "/RPC2", xmlrpc.client.dumps((), "get_state"), {"Content-Type": "text/xml"})
         body = conn.getresponse().read()
@@ -147,7 +130,7 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
   <nodes><group name="ALL" default="true">{members}</group></nodes>
 </lbsconfig>""")
         lb = subprocess.Popen([sys.executable, "-m", "lbserver", "-f", "-c", cfg], env=env, stderr=subprocess.DEVNULL)
-        wait_port("127.0.0.1", mgmt, timeout=60)
+        wait_for_port("127.0.0.1", mgmt, lb, timeout=60)
         # Read the balancer's own poll-duration histogram around a window of
         # cycles; nothing else talks to it meanwhile, so its CPU time is the cycles'.
         time.sleep(interval)

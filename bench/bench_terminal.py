@@ -32,10 +32,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.netwait import free_port, wait_for_port  # noqa: E402
 
 NGINX_CONF = """\
 daemon off;
@@ -59,25 +60,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{host}:{port} not listening after {timeout}s")
 
 
 def lbserver_address(config: str) -> tuple[str, int]:
@@ -116,7 +98,7 @@ def start_cluster(tmp: str, env: dict, children: list) -> str:
         agent = subprocess.Popen([sys.executable, "-m", "lbagent", "-f", "-c", str(cfg)], env=env,
                                  stderr=subprocess.DEVNULL)
         children.append(agent)
-        wait_for_port(port, agent, host=ip)
+        wait_for_port(ip, port, agent)
         nodes.append(f'<node name="xapp{i + 1}" address="http://{ip}:{port}"/>')
     path = Path(tmp, "lbsconfig.xml")
     path.write_text(CLUSTER_SERVER.format(port=free_port(), mgmt=free_port(), tmp=tmp, nodes="".join(nodes)))
@@ -179,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             ng = subprocess.Popen(["nginx", "-p", tmp, "-e", f"{tmp}/error.log", "-c", str(conf)],
                                   stdout=subprocess.DEVNULL)
             children.append(ng)
-            wait_for_port(lb_port, lb, host=host)
-            wait_for_port(ng_port, ng)
+            wait_for_port(host, lb_port, lb)
+            wait_for_port("127.0.0.1", ng_port, ng)
             lb_url = f"http://[{host}]:{lb_port}/" if ":" in host else f"http://{host}:{lb_port}/"
             ng_url = f"http://127.0.0.1:{ng_port}/"
             modes = ["keep-alive", "close"] if args.mode == "both" else [args.mode]
