@@ -18,14 +18,17 @@ page (http, https or file URLs) with a timeout and a size bound.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import http.client
 import math
-import time
+import socket
+import ssl
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 MAX_PAGE_BYTES = 1024 * 1024
@@ -144,8 +147,89 @@ def match_nodes(page: HealthPage, nodes: Iterable[tuple[str, str]]) -> dict[str,
     return out
 
 
+class _Watchdog:
+    """Cuts every connection an opener made once ``timeout`` has passed.
+
+    ``urlopen``'s timeout bounds each socket operation, not the exchange: a
+    server dripping its status line, headers or body one byte at a time could
+    hold the DNS cycle for ever. Shutting the sockets down ends any read.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """An opener whose connections this watchdog can cut."""
+        watch = self
+
+        class Http(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(watch.track(http.client.HTTPConnection), req)
+
+        class Https(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(watch.track(http.client.HTTPSConnection), req,
+                                    context=ssl.create_default_context())
+
+        return urllib.request.build_opener(Http, Https)
+
+    def track(self, cls: type) -> Callable[..., http.client.HTTPConnection]:
+        """A factory of ``cls`` connections whose sockets are recorded as they connect."""
+        def make(host: str, **kw) -> http.client.HTTPConnection:
+            conn = cls(host, **kw)
+            connect = conn.connect
+
+            def recorded_connect() -> None:
+                connect()
+                # Kept here: the connection forgets its socket once the response owns it.
+                with self._lock:
+                    self._socks.append(conn.sock)
+                    if self.expired:
+                        conn.sock.shutdown(socket.SHUT_RDWR)
+
+            conn.connect = recorded_connect
+            return conn
+        return make
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> "_Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def _read_http(url: str, timeout: float, max_bytes: int) -> bytes:
+    req = urllib.request.Request(url, headers={"User-Agent": "lbserver-dns-arbiter"})
+    with _Watchdog(timeout) as watch:
+        try:
+            with watch.opener().open(req, timeout=timeout) as resp:
+                data = resp.read(max_bytes + 1)
+        except (OSError, http.client.HTTPException):
+            if watch.expired:
+                raise TimeoutError from None
+            raise
+    if watch.expired:  # cut short: what was read is not the whole page
+        raise TimeoutError
+    return data
+
+
 def fetch(url: str, timeout: float, max_bytes: int = MAX_PAGE_BYTES) -> str:
-    """Read a page (http, https or file URL); raise :class:`HealthFetchError` naming URL and cause."""
+    """Read a page (http, https or file URL) within ``timeout`` seconds in all.
+
+    Raises :class:`HealthFetchError` naming the URL and the cause.
+    """
     try:
         scheme = urllib.parse.urlsplit(url).scheme.lower()
     except ValueError:  # "http://[bad"
@@ -158,29 +242,16 @@ def fetch(url: str, timeout: float, max_bytes: int = MAX_PAGE_BYTES) -> str:
             with open(path, "rb") as fh:
                 data = fh.read(max_bytes + 1)
         else:
-            req = urllib.request.Request(url, headers={"User-Agent": "lbserver-dns-arbiter"})
-            # urlopen's timeout bounds each socket operation; a server dripping
-            # bytes must not hold the DNS cycle longer than ``timeout`` in all.
-            deadline = time.monotonic() + timeout
-            chunks: list[bytes] = []
-            size = 0
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                while size <= max_bytes:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError
-                    chunk = resp.read1(16384)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-            data = b"".join(chunks)
+            data = _read_http(url, timeout, max_bytes)
     except urllib.error.HTTPError as exc:
         raise HealthFetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except TimeoutError:
+        raise HealthFetchError(f"{url}: no complete answer within {timeout:g} s") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            raise HealthFetchError(f"{url}: no complete answer within {timeout:g} s") from None
         raise HealthFetchError(f"{url}: {getattr(reason, 'strerror', None) or reason}") from None
-    except TimeoutError:
-        raise HealthFetchError(f"{url}: no answer within {timeout:g} s") from None
     except OSError as exc:
         raise HealthFetchError(f"{url}: {exc.strerror or exc}") from None
     except http.client.HTTPException as exc:

@@ -124,8 +124,9 @@ def test_fetch_http_refused():
         fetch(f"http://127.0.0.1:{port}/x", 2)
 
 
-def test_fetch_of_a_dripping_server_is_bounded_as_a_whole():
-    """A page that trickles in never holds the DNS cycle past the timeout."""
+@pytest.mark.parametrize("drip_headers", [False, True], ids=["body", "headers"])
+def test_fetch_of_a_dripping_server_is_bounded_as_a_whole(drip_headers):
+    """A page that trickles in, headers or body, never holds the DNS cycle past the timeout."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
@@ -135,10 +136,10 @@ def test_fetch_of_a_dripping_server_is_bounded_as_a_whole():
         conn, _ = srv.accept()
         with conn:
             conn.recv(4096)
-            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+            conn.sendall(b"HTTP/1.0 200 OK\r\n" + (b"" if drip_headers else b"Content-Type: text/plain\r\n\r\n"))
             while not stop.is_set():
                 try:
-                    conn.sendall(b"1")
+                    conn.sendall(b"X" if drip_headers else b"1")
                 except OSError:
                     return
                 stop.wait(0.2)
@@ -146,7 +147,7 @@ def test_fetch_of_a_dripping_server_is_bounded_as_a_whole():
     threading.Thread(target=drip, daemon=True).start()
     started = time.monotonic()
     try:
-        with pytest.raises(HealthFetchError, match="no answer within 1 s"):
+        with pytest.raises(HealthFetchError, match="no complete answer within 1 s"):
             fetch(f"http://127.0.0.1:{srv.getsockname()[1]}/page", timeout=1.0)
     finally:
         stop.set()
