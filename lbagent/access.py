@@ -70,3 +70,34 @@ class DenyLog:
                 return False
         self._last[host] = now
         return True
+
+
+class LogBudget:
+    """A cap on log lines of one kind in total: at most ``limit`` per ``period`` seconds.
+
+    :class:`DenyLog` limits lines per address; a scan from many addresses
+    would still write one line each, from the accept loop, which must not
+    wait on a slow syslog. Windows are fixed: the first line opens one.
+    Safe to share between threads.
+    """
+
+    LOG = "log"
+    SUMMARY = "summary"  # the first line over the cap: say that more are not logged
+    SKIP = "skip"
+
+    def __init__(self, limit: int = 20, period: float = 60.0) -> None:
+        self.limit = limit
+        self.period = period
+        self._window_start = float("-inf")
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def take(self, now: float) -> str:
+        """:attr:`LOG` within the budget, :attr:`SUMMARY` once when it is spent, then :attr:`SKIP`."""
+        with self._lock:
+            if now - self._window_start >= self.period:
+                self._window_start, self._used = now, 0
+            self._used += 1
+            if self._used <= self.limit:
+                return self.LOG
+            return self.SUMMARY if self._used == self.limit + 1 else self.SKIP

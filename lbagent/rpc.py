@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import heapq
 import hmac
 import http.server
@@ -37,7 +38,7 @@ from xmlrpc.server import SimpleXMLRPCDispatcher
 from defusedxml.xmlrpc import DefusedExpatParser
 
 from common.version import __version__
-from lbagent.access import DenyLog, is_allowed
+from lbagent.access import DenyLog, LogBudget, is_allowed
 from lbagent.config import AgentConfig
 from lbagent.linger import LingeringCloser
 from lbagent.sampler import Sample
@@ -49,6 +50,11 @@ RPC_PATHS = ("/", "/RPC2")
 DRAIN_BYTES = 1024 * 1024   # read and dropped after a refusal, so the client sees the answer
 DRAIN_SECONDS = 1.0
 AUTH_REALM = "lbagent"
+DENIED_LINES_PER_MINUTE = 20  # refused-peer lines in total, whatever the number of addresses
+# accept() failing for want of descriptors or memory: the connection stays
+# queued and the socket readable, so retrying at once would spin.
+ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE = 0.1  # seconds without accepting after such a failure
 
 
 def basic_auth_ok(header: str | None, secret: str) -> bool:
@@ -117,6 +123,10 @@ class Deadlines:
         """The connection ended in time."""
         with self._cond:
             self._live.discard(token)
+
+    def alive(self) -> bool:
+        """Whether the deadline thread runs (False after :meth:`stop`)."""
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         """End the thread."""
@@ -411,6 +421,7 @@ class ServerParts:
     closer: LingeringCloser
     deny_log: DenyLog = field(default_factory=DenyLog)
     event_log: DenyLog = field(default_factory=DenyLog)
+    deny_budget: LogBudget = field(default_factory=lambda: LogBudget(DENIED_LINES_PER_MINUTE, 60.0))
 
 
 class AgentHTTPServer(socketserver.TCPServer):
@@ -429,10 +440,37 @@ class AgentHTTPServer(socketserver.TCPServer):
         self.parts = parts
 
     def note_denied(self, host: str) -> None:
-        """Log a refused peer, at most once a minute per address."""
-        if self.parts.deny_log.should_log(host, time.monotonic()):
+        """Log a refused peer, at most once a minute per address and
+        :data:`DENIED_LINES_PER_MINUTE` lines a minute in all (this runs in the accept loop)."""
+        now = time.monotonic()
+        if not self.parts.deny_log.should_log(host, now):
+            return
+        verdict = self.parts.deny_budget.take(now)
+        if verdict == LogBudget.LOG:
             log.warning("refused query from %s: not in <access> of %s (logged at most once a minute)",
                         host, self.config.path)
+        elif verdict == LogBudget.SUMMARY:
+            log.warning("more refused peers (not in <access> of %s): not logged for the rest of the minute, "
+                        "at most %d such lines a minute", self.config.path, self.parts.deny_budget.limit)
+
+    def note_accept_failure(self, exc: OSError) -> None:
+        """Log that accept() failed for want of resources, at most once a minute."""
+        if self.parts.event_log.should_log("accept", time.monotonic()):
+            host, port = self.server_address[:2]
+            log.error("cannot accept connections on port %d of %s: %s (pausing %g s between attempts; "
+                      "logged at most once a minute)", port, host, exc.strerror or exc, ACCEPT_PAUSE)
+
+    def get_request(self) -> tuple[socket.socket, tuple]:
+        try:
+            return self.socket.accept()
+        except OSError as exc:
+            if exc.errno in ACCEPT_RESOURCE_ERRORS:
+                # Out of descriptors (EMFILE): the waiting connection stays queued and
+                # the socket readable. Pause instead of spinning until some are freed
+                # (lingering closes end within a second, requests within their timeout).
+                self.note_accept_failure(exc)
+                time.sleep(ACCEPT_PAUSE)
+            raise  # socketserver drops the attempt and selects again
 
     def note_unauthorized(self, host: str, had_credentials: bool) -> None:
         """Log a request without the shared secret, at most once a minute per address (never the secret)."""

@@ -19,7 +19,9 @@ from common.version import __version__
 from lbagent.config import AgentConfig
 from lbagent.metrics import Builtins
 from lbagent.values import Value
-from lbagent.variables import CustomSampler
+from lbagent.variables import CustomSampler, Stopped
+
+__all__ = ["Sample", "Sampler", "Stopped", "make_sample"]
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,18 @@ class Sampler:
         self.current: Sample | None = None
 
     def take(self) -> Sample:
-        """Read every variable now, publish and return the new sample."""
+        """Read every variable now, publish and return the new sample.
+
+        Raises :class:`Stopped`, publishing nothing, when :meth:`stop` cut the
+        sample short: the previous, complete sample stays current for the
+        requests still being served while the agent stops.
+        """
         config = self._config
         values, users = self._builtins.read()
         values.update(self._custom.sample(config.variables))
         sample = make_sample(socket.gethostname(), time.time(), values, users)
+        if self._stopping:
+            raise Stopped
         self.current = sample
         return sample
 
@@ -105,6 +114,8 @@ class Sampler:
             started = time.monotonic()
             try:
                 self.take()
+            except Stopped:
+                break
             except Exception:  # a bad reading must not end sampling; the old sample stays
                 if self._stopping:
                     break  # failed because stop() pulled its commands away

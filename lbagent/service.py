@@ -9,12 +9,15 @@ one serving); stop() ends everything.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import threading
 
+from common.netutil import raise_nofile_limit
+from lbagent.access import peer_address
 from lbagent.config import AgentConfig
-from lbagent.linger import LingeringCloser
+from lbagent.linger import LingeringCloser, linger_capacity
 from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher, ServerParts
 from lbagent.sampler import Sampler
 from lbagent.workers import WorkerPool
@@ -42,19 +45,45 @@ def security_summary(config: AgentConfig) -> str:
     return " (" + ", ".join(parts) + ")"
 
 
+def _resolve(listen: tuple[str, int]) -> tuple:
+    """The first getaddrinfo() entry for listening on ``listen``; OSError names the address."""
+    host, port = listen
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {format_listen(listen)}: {exc.strerror}") from None
+
+
+def hosts_overlap(a: str, b: str) -> bool:
+    """Whether listening on host ``a`` and host ``b`` (numeric addresses) on one port collide.
+
+    True for the same address in two spellings (``::ffff:10.0.0.5`` and
+    ``10.0.0.5``), for ``0.0.0.0`` and any IPv4 address, and for ``::``
+    (dual-stack, as :func:`bind_listen` opens it) and any address. Distinct
+    specific addresses never collide: if one of them is taken, it is taken by
+    someone else.
+    """
+    x, y = peer_address(a), peer_address(b)
+    if x is None or y is None:
+        return False
+    if x == y:
+        return True
+    for one, other in ((x, y), (y, x)):
+        if one == ipaddress.IPv6Address("::"):
+            return True
+        if one == ipaddress.IPv4Address("0.0.0.0") and other.version == 4:
+            return True
+    return False
+
+
 def bind_listen(listen: tuple[str, int]) -> socket.socket:
     """A listening TCP socket on ``listen``; OSError names the address on failure.
 
     ``[::]`` is dual-stack where the system allows it, so IPv4 balancers
     reach an agent listening on all IPv6 addresses too.
     """
-    host, port = listen
     where = format_listen(listen)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise OSError(f"cannot listen on {where}: {exc.strerror}") from None
-    family, stype, proto, _, addr = infos[0]
+    family, stype, proto, _, addr = _resolve(listen)
     sock = socket.socket(family, stype, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -106,10 +135,16 @@ class AgentService:
         if self._sock is None:
             self.bind(config)
         self._config = config
+        # Refused peers held for a lingering close, workers and command pipes all
+        # take descriptors; at the limit accept() fails and balancers are shut out.
+        nofile = raise_nofile_limit()
         self._sampler = Sampler(config)
         self._sampler.start()
+        closer = LingeringCloser(max_sockets=linger_capacity(nofile))
+        log.debug("open files limit %s; at most %d refused connections held for a lingering close",
+                  "unlimited" if nofile < 0 else nofile, closer.max_sockets)
         self._parts = ServerParts(dispatcher=Dispatcher(lambda: self._sampler.current), deadlines=Deadlines(),
-                                  workers=WorkerPool(max_workers=MAX_CONNECTIONS), closer=LingeringCloser())
+                                  workers=WorkerPool(max_workers=MAX_CONNECTIONS), closer=closer)
         self._serve(self._sock, config)
         log.info("serving XML-RPC on %s%s, sampling every %g s, %d custom variable(s)",
                  format_listen(config.listen), security_summary(config), config.sample_interval,
@@ -143,14 +178,23 @@ class AgentService:
         try:
             sock = bind_listen(config.listen)  # fails before anything changed
         except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or config.listen[1] != old.listen[1]:
-                raise
+            if exc.errno != errno.EADDRINUSE or not self._overlaps_listener(config.listen):
+                raise  # taken by someone else: the old listener stays, untouched
             self._rebind_in_place(old, config)
             return
         old_server = self._server
         self._serve(sock, config)  # the new listener first: never a moment without one
         self._sock = sock
         _close_server(old_server)
+
+    def _overlaps_listener(self, listen: tuple[str, int]) -> bool:
+        """Whether ``listen`` collides with our own listening socket (same port, overlapping address)."""
+        ours = self._server.server_address
+        try:
+            new = _resolve(listen)[4]
+        except OSError:
+            return False
+        return new[1] == ours[1] and hosts_overlap(new[0], ours[0])
 
     def _rebind_in_place(self, old: AgentConfig, config: AgentConfig) -> None:
         """Move to an address that overlaps the old one on the same port.
@@ -204,4 +248,8 @@ class AgentService:
             return "the XML-RPC server thread ended"
         if self._sampler is not None and self._thread is not None and not self._sampler.alive():
             return "the sampling thread ended"
+        if self._parts is not None and not self._parts.closer.alive():
+            return "the lingering-close thread ended"
+        if self._parts is not None and not self._parts.deadlines.alive():
+            return "the request deadline thread ended"
         return None

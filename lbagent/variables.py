@@ -40,6 +40,14 @@ class VariableProblem(Exception):
     """Why a custom variable has no value this time (a stable, loggable reason)."""
 
 
+class Stopped(Exception):
+    """The sample was cut short because the agent is stopping: it must not be published.
+
+    Its commands were killed, so it lacks their values; a balancer served it
+    would see the node wrongly (missing variables) around a restart.
+    """
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -226,7 +234,13 @@ class CustomSampler:
         self._problems[var.name] = problem
 
     def sample(self, variables: Sequence[CustomVariable]) -> dict[str, Value]:
-        """Return the values of ``variables`` that could be read this time."""
+        """Return the values of ``variables`` that could be read this time.
+
+        Raises :class:`Stopped` once :meth:`close` has been called, even
+        mid-sample: the values are then incomplete.
+        """
+        if self._running.closed:
+            raise Stopped
         values: dict[str, Value] = {}
         outcomes: dict[str, str | None] = {}
         # The process table is scanned before commands start, so a command
@@ -238,10 +252,15 @@ class CustomSampler:
             except psutil.Error as exc:
                 for v in procs:
                     outcomes[v.name] = f"cannot list processes: {exc}"
-        futures: dict[str, Future] = {
-            v.name: self._pool.submit(run_command, v.command, v.timeout, self._running)
-            for v in variables if v.type == "command"
-        }
+        try:
+            futures: dict[str, Future] = {
+                v.name: self._pool.submit(run_command, v.command, v.timeout, self._running)
+                for v in variables if v.type == "command"
+            }
+        except RuntimeError:  # the pool was shut down by close() meanwhile
+            if self._running.closed:
+                raise Stopped from None
+            raise
         for var in variables:
             try:
                 if var.type == "constant":
@@ -258,7 +277,8 @@ class CustomSampler:
             except Exception as exc:  # never let one variable break the sample
                 outcomes[var.name] = f"unexpected error: {exc!r}"
         if self._running.closed:
-            return values  # stopping: commands failed because they were killed; nothing to report
+            # Stopping: commands failed because they were killed; nothing to report or publish.
+            raise Stopped
         for var in variables:
             self._note(var, outcomes.get(var.name))
         self._problems = {v.name: self._problems.get(v.name) for v in variables}

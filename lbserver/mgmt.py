@@ -10,6 +10,7 @@ loopback, or from elsewhere only with the token of ``token-file`` given as
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -77,7 +78,7 @@ class TokenFile:
         """The token, or None when no usable token file is configured."""
         try:
             st = os.stat(path) if path else None
-            key = (path, st.st_mtime_ns, st.st_size) if st else (path,)
+            key = (path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size) if st else (path,)
         except OSError as exc:
             key = (path, exc.errno)
         if key != self._key:
@@ -85,19 +86,32 @@ class TokenFile:
         return self._token
 
 
-def host_allowed(peer: str, headers: Mapping[str, str]) -> bool:
-    """Refuse DNS rebinding: a request from this host must be addressed to a loopback name.
+@functools.lru_cache(maxsize=1)
+def _own_names() -> frozenset[str]:
+    # Looked up once: getfqdn may ask the resolver, which must not stall the loop per request.
+    names = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(n for n in names if n)
 
-    A web page in a browser on the boot server can make its own host name
+
+def host_allowed(peer: str, headers: Mapping[str, str]) -> bool:
+    """Refuse DNS rebinding: a request from this host must be addressed to this host.
+
+    A web page in a browser on the boot server can make a name of its own
     resolve to 127.0.0.1 and then read this service; the browser still sends
-    that foreign name in ``Host``. Tools (curl, lbctl, Prometheus on the same
-    host) send the loopback address or ``localhost``.
+    that foreign name in ``Host``. Tools on this host (curl, lbctl,
+    Prometheus, a local reverse proxy) address it by an IP literal,
+    ``localhost`` or the machine's own name.
     """
     host = headers.get("host")
     if host is None or not is_loopback(peer):
         return True
-    name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-    return name.lower() == "localhost" or is_loopback(name)
+    name = (host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]).lower().rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return name in _own_names() or name.endswith(".localhost")
 
 
 def is_loopback(peer: str) -> bool:
@@ -186,9 +200,10 @@ class ManagementService:
                 "X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n\r\n")
         try:
             writer.write(head.encode() + body)
-            await writer.drain()
-        except ConnectionError:
-            pass
+            # A client that never reads must not hold the connection (nor a reload) open.
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+        except (ConnectionError, asyncio.TimeoutError):
+            writer.transport.abort()
         finally:
             writer.close()
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import resource
 import socket
+
+# Shared with the agent; re-exported so the balancer's modules import it from here.
+from common.netutil import raise_nofile_limit
+
+__all__ = ["listen_socket", "raise_nofile_limit"]
 
 
 def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
@@ -25,20 +29,3 @@ def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         raise OSError(exc.errno, f"cannot listen on {shown}: {exc.strerror}") from None
     return sock
-
-
-def raise_nofile_limit(wanted: int = 65536) -> int:
-    """Raise the soft open-files limit towards ``wanted`` (capped by the hard limit); return it.
-
-    Polling a thousand agents while holding thousands of terminal connections
-    needs more than the usual 1024 descriptors.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 
 import pytest
 
@@ -200,6 +201,8 @@ def test_host_header_guards_against_dns_rebinding(tmp_path):
     assert host_allowed("127.0.0.1", {"host": "localhost:8009"})
     assert host_allowed("::1", {"host": "[::1]:8009"})
     assert host_allowed("127.0.0.1", {})                        # HTTP/1.0 tools send none
+    assert host_allowed("127.0.0.1", {"host": f"{socket.gethostname()}:8009"})  # lbctl --url http://$(hostname):8009
+    assert host_allowed("127.0.0.1", {"host": "127.0.1.1:8009"})
     assert not host_allowed("127.0.0.1", {"host": "rebound.example:8009"})
     assert host_allowed("192.0.2.7", {"host": "boot1.example:8009"})  # remote peers are not browsers on this host
     bal = offline_balancer(tmp_path)

@@ -4,7 +4,7 @@ import ipaddress
 import sys
 import threading
 
-from lbagent.access import DenyLog, is_allowed, peer_address
+from lbagent.access import DenyLog, LogBudget, is_allowed, peer_address
 
 NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -73,3 +73,12 @@ def test_deny_log_shared_by_threads():
     finally:
         sys.setswitchinterval(old)
     assert sorted(logged) == sorted(hosts[:256])  # once each, none beyond the bound
+
+
+def test_log_budget_caps_lines_in_total_then_summarises_once():
+    budget = LogBudget(limit=3, period=60.0)
+    verdicts = [budget.take(100.0 + i) for i in range(6)]
+    assert verdicts == [LogBudget.LOG] * 3 + [LogBudget.SUMMARY, LogBudget.SKIP, LogBudget.SKIP]
+    # A new window (60 s after the first line of the previous one) has the whole budget again.
+    assert budget.take(160.0) == LogBudget.LOG
+    assert [budget.take(161.0) for _ in range(3)] == [LogBudget.LOG, LogBudget.LOG, LogBudget.SUMMARY]

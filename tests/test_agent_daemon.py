@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -56,14 +57,19 @@ def config_text(host: str, port: int, extra: str = "", agent_attrs: str = 'sampl
 class Agent:
     """One foreground agent process and what a test needs to talk to it."""
 
-    def __init__(self, procs, tmp_path, host: str, extra: str = "", agent_attrs: str = 'sample-interval="0.5"'):
+    def __init__(self, procs, tmp_path, host: str, extra: str = "", agent_attrs: str = 'sample-interval="0.5"',
+                 nofile: int | None = None):
         self.host = host
         self.port = free_port(host)
         self.config = tmp_path / "lbaconfig.xml"
         self.config.write_text(config_text(host, self.port, extra, agent_attrs))
         self.log = tmp_path / "agent.log"
+        kw = {}
+        if nofile is not None:
+            # Soft and hard: the agent cannot raise it, as under a small LimitNOFILE.
+            kw["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = procs.start(python_cmd("lbagent", "-f", "-c", str(self.config)),
-                                stderr=open(self.log, "w"), stdout=subprocess.DEVNULL)
+                                stderr=open(self.log, "w"), stdout=subprocess.DEVNULL, **kw)
         wait_for_port(host, self.port, proc=self.proc)
 
     def rpc(self, **kw) -> xmlrpc.client.ServerProxy:
@@ -443,3 +449,75 @@ def test_stop_does_not_wait_for_running_commands(procs, tmp_path):
     assert agent.proc.wait(timeout=10) == 0
     assert not sleeping()
     assert "lbagent stopped" in agent.log_text()
+
+
+def test_reload_onto_an_address_another_process_holds_keeps_the_listener(procs, tmp_path):
+    """Same port, another address that someone else listens on: no overlap with the agent's own
+    socket, so the reload fails at once and the old listener is never closed."""
+    agent = Agent(procs, tmp_path, "127.0.0.58")
+    with socket.create_server(("127.0.0.59", agent.port)):
+        agent.config.write_text(config_text("127.0.0.59", agent.port))
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload failed" in agent.log_text(), timeout=10, what="the reload refused")
+        assert agent.rpc().ping() is True
+    log = agent.log_text()
+    assert f"cannot listen on 127.0.0.59:{agent.port}" in log
+    assert "overlaps" not in log and "listening on 127.0.0.58" not in log, log
+
+
+def test_refused_peers_are_logged_a_few_lines_a_minute_in_all(procs, tmp_path):
+    """A scan from many addresses: 20 lines, then one summary line, whatever the number of peers."""
+    agent = Agent(procs, tmp_path, "127.0.0.60", '<access><allow from="127.0.0.1/32"/></access>')
+    for i in range(1, 31):
+        source = f"127.0.1.{i}"
+        answer = raw_request(agent.host, agent.port, b"GET / HTTP/1.0\r\n\r\n", source=source)
+        assert answer.startswith(b"HTTP/1.0 403 "), (source, answer)
+    assert agent.rpc(source="127.0.0.1").ping() is True
+    procs.stop_all()
+    log = agent.log_text()
+    assert log.count("refused query from 127.0.1.") == 20, log
+    assert log.count("more refused peers") == 1, log
+
+
+def test_out_of_descriptors_the_agent_pauses_accepting_then_recovers(procs, tmp_path):
+    """Idle clients until the agent has no descriptor left (a 64-file limit it cannot raise):
+    accept() fails with EMFILE while the connection stays queued. The agent logs it once and
+    pauses instead of spinning, and serves again once descriptors are free."""
+    agent = Agent(procs, tmp_path, "127.0.0.61", agent_attrs='sample-interval="60" request-timeout="30"',
+                  nofile=64)
+    idle = []
+    try:
+        for _ in range(90):  # more than 64 descriptors, fewer than that plus the listen backlog
+            idle.append(socket.create_connection((agent.host, agent.port), timeout=CLIENT_TIMEOUT))
+        wait_until(lambda: "cannot accept connections" in agent.log_text(), timeout=10, what="EMFILE logged")
+        # A busy accept loop would take a whole core while the connections stay queued.
+        cpu = psutil.Process(agent.proc.pid).cpu_percent(interval=1.0)
+        assert cpu < 50, f"accept loop spinning: {cpu}% CPU"
+    finally:
+        for s in idle:
+            s.close()
+    wait_until(lambda: agent.rpc().ping(), timeout=10, what="served again")
+    procs.stop_all()
+    log = agent.log_text()
+    assert log.count("cannot accept connections on port") == 1, log
+    assert "Too many open files" in log
+
+
+def test_refused_flood_under_a_small_descriptor_limit(procs, tmp_path):
+    """With 64 descriptors, 100 refused peers that keep their connection open: only a quarter of
+    the limit is held for lingering closes, the rest are closed at once, so the agent never runs
+    out of descriptors and an allowed balancer is served."""
+    agent = Agent(procs, tmp_path, "127.0.0.62", '<access><allow from="127.0.0.1/32"/></access>', nofile=64)
+    flood = []
+    try:
+        for _ in range(100):
+            s = socket.create_connection((agent.host, agent.port), timeout=CLIENT_TIMEOUT,
+                                         source_address=("127.0.0.9", 0))
+            flood.append(s)
+            assert s.recv(4096).startswith(b"HTTP/1.0 403 "), len(flood)
+        assert agent.rpc(source="127.0.0.1").ping() is True
+    finally:
+        for s in flood:
+            s.close()
+    procs.stop_all()
+    assert "cannot accept connections" not in agent.log_text()

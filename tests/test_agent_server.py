@@ -20,9 +20,9 @@ import pytest
 from conftest import free_port, wait_until
 from lbagent import service as agent_service
 from lbagent.config import AgentConfig
-from lbagent.linger import LingeringCloser
+from lbagent.linger import LingeringCloser, linger_capacity
 from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher, ServerParts
-from lbagent.service import AgentService, bind_listen
+from lbagent.service import AgentService, bind_listen, hosts_overlap
 from lbagent.workers import WorkerPool
 
 
@@ -141,3 +141,115 @@ def test_lingering_close_lets_the_peer_finish_its_request_then_lets_go():
             wait_until(refused, timeout=5, interval=0.1, what="lingering socket closed")
     finally:
         closer.stop()
+
+
+def test_linger_capacity_follows_the_open_files_limit():
+    assert linger_capacity(1024) == 256
+    assert linger_capacity(65536) == 1024
+    assert linger_capacity(40) == 16  # never so few that refusals cannot linger at all
+    assert linger_capacity(-1) == 1024  # unlimited
+
+
+@contextmanager
+def connected_pair(host: str = "127.0.0.52"):
+    """A client socket and the server side of its connection."""
+    with socket.create_server((host, 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=5)
+        conn, _ = listener.accept()
+        try:
+            yield client, conn
+        finally:
+            client.close()
+            conn.close()
+
+
+def test_lingering_closer_at_capacity_closes_at_once():
+    closer = LingeringCloser(seconds=30, max_sockets=1)
+    try:
+        with connected_pair() as (client1, conn1), connected_pair() as (client2, conn2):
+            closer.close(conn1)
+            assert closer.held == 1
+            closer.close(conn2)  # over capacity: closed now, not queued
+            assert conn2.fileno() == -1 and closer.held == 1
+            assert client2.recv(100) == b""
+            assert conn1.fileno() != -1  # the first still lingers
+    finally:
+        closer.stop()
+    assert closer.held == 0 and not closer.alive()
+
+
+class FailingDrain(LingeringCloser):
+    """A closer whose first drain raises, like a bug would."""
+
+    failed = False
+
+    def _drain(self, sock, state):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("drain broke")
+        return super()._drain(sock, state)
+
+
+def test_lingering_closer_logs_an_error_and_goes_on(caplog):
+    closer = FailingDrain(seconds=0.3)
+    try:
+        with caplog.at_level(logging.ERROR, logger="lbagent.linger"), \
+                connected_pair() as (client1, conn1), connected_pair() as (client2, conn2):
+            closer.close(conn1)
+            client1.sendall(b"rest of the request")  # wakes the drain, which raises
+            wait_until(lambda: closer.failed, timeout=5, what="the failing drain")
+            wait_until(lambda: closer.held == 0, timeout=5, what="the socket closed at its deadline")
+            assert closer.alive()
+            closer.close(conn2)  # and the next one lingers as usual
+            client2.sendall(b"more")
+            assert client2.recv(100) == b""
+            wait_until(lambda: closer.held == 0, timeout=5, what="the second socket closed")
+        assert "lingering close failed; going on" in caplog.text and "drain broke" in caplog.text
+    finally:
+        closer.stop()
+
+
+class Ending(LingeringCloser):
+    """A closer whose thread ends at once, as if its loop had died."""
+
+    def _turn(self, sel, held):
+        return False
+
+
+def test_closer_whose_thread_ended_closes_at_once_and_fails_the_service(tmp_path, monkeypatch):
+    closer = Ending()
+    wait_until(lambda: not closer.alive(), timeout=5, what="the closer thread ended")
+    with connected_pair() as (client, conn):
+        closer.close(conn)  # neither raises (its wake-up socket is closed) nor leaks the socket
+        assert conn.fileno() == -1 and closer.held == 0
+        assert client.recv(100) == b""
+
+    monkeypatch.setattr(agent_service, "LingeringCloser", Ending)
+    host = "127.0.0.52"
+    service = AgentService()
+    service.start(AgentConfig(path=str(tmp_path / "lbaconfig.xml"), listen=(host, free_port(host)),
+                              sample_interval=60))
+    try:
+        wait_until(service.failure, timeout=5, what="failure reported")
+        assert service.failure() == "the lingering-close thread ended"
+    finally:
+        service.stop()
+    assert service.failure() is None  # stopping on purpose is no failure
+
+
+@pytest.mark.parametrize("a, b, overlap", [
+    ("127.0.0.1", "127.0.0.1", True),
+    ("127.0.0.1", "::ffff:127.0.0.1", True),
+    ("0.0.0.0", "10.0.0.5", True),
+    ("0.0.0.0", "::ffff:10.0.0.5", True),
+    ("::", "10.0.0.5", True),
+    ("::", "::1", True),
+    ("fe80::1%eth0", "fe80::1", True),
+    ("127.0.0.1", "127.0.0.2", False),  # taken by someone else, never by us
+    ("0.0.0.0", "::1", False),
+    ("::1", "::2", False),
+    ("not-an-address", "127.0.0.1", False),
+])
+def test_hosts_overlap(a, b, overlap):
+    assert hosts_overlap(a, b) is overlap
+    assert hosts_overlap(b, a) is overlap

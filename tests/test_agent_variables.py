@@ -15,8 +15,9 @@ import pytest
 
 from conftest import wait_until
 from lbagent import variables as variables_module
-from lbagent.config import CustomVariable
-from lbagent.variables import (CustomSampler, RunningCommands, VariableProblem, disk_used_pct,
+from lbagent.config import AgentConfig, CustomVariable
+from lbagent.sampler import Sampler
+from lbagent.variables import (CustomSampler, RunningCommands, Stopped, VariableProblem, disk_used_pct,
                                processes_running, read_file_value, run_command)
 
 
@@ -153,24 +154,58 @@ def test_unexpected_error_still_kills_the_command(monkeypatch):
 
 
 def test_close_kills_running_commands_at_once():
-    """Closing the sampler does not wait for commands: a sample in progress ends promptly."""
+    """Closing the sampler does not wait for commands: a sample in progress ends promptly, and
+    with Stopped rather than values missing the killed command."""
     marker = "33.%d" % os.getpid()
     sampler = CustomSampler()
-    result: dict = {}
+    outcome: dict = {}
     variables = [CustomVariable(name="SLOW", type="command", command=f"sleep {marker}; echo 1", timeout=60),
                  CustomVariable(name="ROOM", type="constant", value="B12")]
-    thread = threading.Thread(target=lambda: result.update(sampler.sample(variables)))
+
+    def sample():
+        try:
+            outcome["values"] = sampler.sample(variables)
+        except Stopped as exc:
+            outcome["stopped"] = exc
+    thread = threading.Thread(target=sample)
     thread.start()
     try:
         wait_until(lambda: _running(marker), timeout=5, what="the slow command running")
         sampler.close()
         thread.join(10)  # far less than the command's 60 s timeout
         assert not thread.is_alive()
-        assert result == {"ROOM": "B12"}  # the killed command has no value
+        assert "stopped" in outcome and "values" not in outcome, outcome
         assert not _running(marker)
+        with pytest.raises(Stopped):  # and any later sample too
+            sampler.sample(variables[1:])
     finally:
         sampler.close()
         thread.join(5)
+
+
+def test_stopping_mid_sample_publishes_nothing(tmp_path):
+    """stop() while a sample waits on a command: the last complete sample stays current, for the
+    requests still being served while the agent stops; the partial one is never published."""
+    flag = tmp_path / "hang-now"
+    marker = "34.%d" % os.getpid()
+    slow = CustomVariable(name="SLOW", type="command", timeout=60,
+                          command=f"if [ -e {flag} ]; then sleep {marker}; fi; echo 1")
+    config = AgentConfig(path="lbaconfig.xml", listen=("127.0.0.1", 0), sample_interval=0.1, variables=(slow,))
+    sampler = Sampler(config)
+    sampler.start()
+    try:
+        flag.touch()
+        wait_until(lambda: _running(marker), timeout=5, what="the slow command running")
+        before = sampler.current
+        assert before.state["variables"]["SLOW"] == 1
+        sampler.stop()
+        assert not sampler.alive()
+        assert sampler.current is before
+        with pytest.raises(Stopped):
+            sampler.take()
+        assert sampler.current is before
+    finally:
+        sampler.stop()
 
 
 def test_command_started_after_kill_all_is_killed_at_once():
