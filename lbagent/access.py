@@ -6,29 +6,12 @@ accept() and a clock.
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 from typing import Iterable
 
+from common.netutil import peer_address
 from lbagent.config import Network
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def peer_address(host: str) -> IPAddress | None:
-    """The address of a peer as accept() reported it, or None when it is not an IP address.
-
-    An IPv4 client of a dual-stack ``[::]`` socket shows up as
-    ``::ffff:a.b.c.d``; it is treated as the IPv4 address it is, so
-    ``<allow from="10.0.0.0/8"/>`` matches it. A zone suffix (``%eth0``) is ignored.
-    """
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 def is_allowed(host: str, allow: Iterable[Network] | None) -> bool:

@@ -9,13 +9,12 @@ one serving); stop() ends everything.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import socket
 import threading
 
 from common.netutil import raise_nofile_limit
-from lbagent.access import peer_address
+from common.netutil import hosts_overlap
 from lbagent.config import AgentConfig
 from lbagent.linger import LingeringCloser, linger_capacity
 from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher, ServerParts
@@ -52,28 +51,6 @@ def _resolve(listen: tuple[str, int]) -> tuple:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as exc:
         raise OSError(f"cannot listen on {format_listen(listen)}: {exc.strerror}") from None
-
-
-def hosts_overlap(a: str, b: str) -> bool:
-    """Whether listening on host ``a`` and host ``b`` (numeric addresses) on one port collide.
-
-    True for the same address in two spellings (``::ffff:10.0.0.5`` and
-    ``10.0.0.5``), for ``0.0.0.0`` and any IPv4 address, and for ``::``
-    (dual-stack, as :func:`bind_listen` opens it) and any address. Distinct
-    specific addresses never collide: if one of them is taken, it is taken by
-    someone else.
-    """
-    x, y = peer_address(a), peer_address(b)
-    if x is None or y is None:
-        return False
-    if x == y:
-        return True
-    for one, other in ((x, y), (y, x)):
-        if one == ipaddress.IPv6Address("::"):
-            return True
-        if one == ipaddress.IPv4Address("0.0.0.0") and other.version == 4:
-            return True
-    return False
 
 
 def bind_listen(listen: tuple[str, int]) -> socket.socket:

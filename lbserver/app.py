@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import socket
 import threading
 import time
 from dataclasses import dataclass
 
+from common.netutil import hosts_overlap
 from lbserver import health
 from lbserver.config import Node, ServerConfig
 from lbserver.history import History
@@ -192,7 +194,7 @@ class Balancer:
                                  validate=health.validate_state)
         now = time.time()
         failed = 0
-        if self.config is not polled:  # reloaded while polling: keep nodes configured as polled
+        if self.config is not polled:  # reloaded while polling: keep nodes still configured as polled
             cfg = self.config
             results = {n: r for n, r in results.items() if cfg.nodes.get(n) == polled.nodes[n]}
         for name, res in results.items():
@@ -206,22 +208,23 @@ class Balancer:
                 log.warning("node %s is down: %s", name, rec.last_error)
             elif change == "up":
                 log.info("node %s is up", name)
-        self.install_snapshot(now, polled=True)
+        self.install_snapshot(now, frozenset(n for n, r in results.items() if r.state is not None))
         self.last_cycle = CycleInfo(started, time.time() - started, len(results), failed)
         self.poll_histogram.observe(self.last_cycle.duration)
         self.history.add(self.snapshot, now, cfg.poll.interval)
         if publish:
             self._kick_dns()
 
-    def install_snapshot(self, now: float | None = None, polled: bool = False) -> None:
+    def install_snapshot(self, now: float | None = None, refreshed: frozenset[str] = frozenset()) -> None:
         """Build a snapshot from the current records and drained set, and swap it in.
 
-        Only a fresh poll (``polled``) clears the terminals counted since the
-        last poll; a drain or reload in the middle of a storm keeps them.
+        Only nodes ``refreshed`` by a successful poll forget the terminals
+        counted since their last figures; a drain or reload in the middle of
+        a storm keeps every count.
         """
         drained = frozenset(self.drain.nodes) if self.drain else frozenset()
         self.snapshot = Snapshot.build(self.config, self.records, drained, now or time.time())
-        self.selector.install(self.snapshot, keep_pending=not polled)
+        self.selector.install(self.snapshot, refreshed)
 
     def _candidates(self) -> dict:
         from lbserver.arbiter import Candidate  # noqa: PLC0415
@@ -293,13 +296,29 @@ class Balancer:
 
     async def _rebind(self, key: str, address: tuple[str, int], service) -> None:
         """Move ``service`` to ``address``; on failure keep the old socket (retried at the next reload)."""
+        old = self._bound[key]
         try:
             sock = listen_socket(*address)
         except OSError as exc:
-            log.error("keeping the old %s address: %s", key, exc)
-            return
-        await service.stop()
-        self._sockets[key].close()
+            if exc.errno != errno.EADDRINUSE or address[1] != old[1] or not hosts_overlap(address[0], old[0]):
+                log.error("keeping the old %s address: %s", key, exc)
+                return
+            # The new address overlaps our own socket (127.0.0.1:8008 -> 0.0.0.0:8008): free it first.
+            log.warning("%s: %s overlaps the address in use; closing it before binding", key, exc)
+            await service.stop()
+            self._sockets[key].close()
+            try:
+                sock = listen_socket(*address)
+            except OSError as exc2:
+                log.error("keeping the old %s address: %s", key, exc2)
+                try:
+                    sock, address = listen_socket(*old), old
+                except OSError as exc3:
+                    self._failure = f"{key} service has no listening socket: {exc3}"
+                    return
+        else:
+            await service.stop()
+            self._sockets[key].close()
         self._sockets[key] = sock
         self._bound[key] = address
         await service.start(sock)

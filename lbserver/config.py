@@ -79,7 +79,7 @@ class Node:
     port: int
     ip: str | None = None
     ip6: str | None = None
-    line: int = 0
+    line: int = field(default=0, compare=False)  # where it is written, not what it is
     secret_file: str | None = None
     """Where the agent's shared secret came from (the node's or <poll>'s secret-file)."""
     secret: str | None = field(default=None, repr=False)

@@ -22,6 +22,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from common.secretfile import SecretFileError, permission_problem, read_secret_file
+from common.netutil import peer_address
 from common.xmlconfig import ConfigError
 from lbserver import config as configmod
 from lbserver.status import build_status
@@ -116,13 +117,8 @@ def host_allowed(peer: str, headers: Mapping[str, str]) -> bool:
 
 def is_loopback(peer: str) -> bool:
     """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback."""
-    try:
-        addr = ipaddress.ip_address(peer.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
+    addr = peer_address(peer)
+    return addr is not None and addr.is_loopback
 
 
 def _origin_is_loopback(origin: str) -> bool:

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Collection, Mapping
 
 from lbserver.config import Require, Rule, ServerConfig
 from lbserver.fenwick import Fenwick
@@ -224,12 +224,13 @@ class Selector:
         """The snapshot in force (None before the first install)."""
         return self._snapshot
 
-    def install(self, snapshot: Snapshot, keep_pending: bool = False) -> None:
+    def install(self, snapshot: Snapshot, refreshed: Collection[str] | None = None) -> None:
         """Put a new snapshot in force.
 
-        After a poll, terminals sent so far are in its figures and the counts
-        restart; with ``keep_pending`` (a rebuild without new figures, e.g. a
-        node drained) they carry over and still weigh on their nodes.
+        Nodes in ``refreshed`` (all when None) bring new figures, which
+        include the terminals sent so far: their counts restart. Other nodes
+        (a failed poll, or a rebuild after a drain) keep their counts, which
+        still weigh on them.
         """
         groups: dict[str, _GroupState] = {}
         members: dict[str, list[tuple[_GroupState, int]]] = {}
@@ -247,7 +248,8 @@ class Selector:
         weights = {n: v.weight for n, v in snapshot.nodes.items()}
         comp = {n: compensation(snapshot.nodes[n].variables, snapshot.rules) for n in members} \
             if compensates(snapshot.rules) else {}
-        pending = Counter({n: c for n, c in self._pending.items() if n in members}) if keep_pending else Counter()
+        pending = Counter() if refreshed is None else Counter(
+            {n: c for n, c in self._pending.items() if n in snapshot.nodes and n not in refreshed})
         for node, count in pending.items():
             if node in comp:
                 w = comp[node].weight(count)

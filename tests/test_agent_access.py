@@ -4,7 +4,8 @@ import ipaddress
 import sys
 import threading
 
-from lbagent.access import DenyLog, LogBudget, is_allowed, peer_address
+from common.netutil import peer_address
+from lbagent.access import DenyLog, LogBudget, is_allowed
 
 NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
 

@@ -22,7 +22,8 @@ from lbagent import service as agent_service
 from lbagent.config import AgentConfig
 from lbagent.linger import LingeringCloser, linger_capacity
 from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher, ServerParts
-from lbagent.service import AgentService, bind_listen, hosts_overlap
+from common.netutil import hosts_overlap
+from lbagent.service import AgentService, bind_listen
 from lbagent.workers import WorkerPool
 
 

@@ -232,3 +232,21 @@ def test_once_prints_table(procs, tmp_path):
     row = {ln.split()[0]: ln.split() for ln in lines[1:] if ln.strip()}
     assert row["xapp1"][1] == "up" and float(row["xapp1"][2]) > 0
     assert row["gone"][1] == "down" and "refused" in " ".join(row["gone"])
+
+
+def test_reload_moves_the_terminal_port_even_onto_an_overlapping_address(three):
+    agents, bal = three
+    text = bal.config.read_text()
+    # the same address spelled as IPv4-mapped IPv6: binding it while ours listens is EADDRINUSE
+    bal.config.write_text(text.replace(f'listen="127.0.0.1:{bal.port}"', f'listen="[::ffff:127.0.0.1]:{bal.port}"'))
+    bal.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: b"overlaps the address in use" in _read_available(bal.proc), 10, what="overlap handled")
+    wait_until(lambda: b"configuration reloaded" in _read_available(bal.proc), 10, what="reload done")
+    assert bal.ask() in {"xapp1", "xapp2", "xapp3"}
+    # and a plain move to another port
+    new_port = free_port()
+    bal.config.write_text(text.replace(f'listen="127.0.0.1:{bal.port}"', f'listen="127.0.0.1:{new_port}"'))
+    bal.proc.send_signal(signal.SIGHUP)
+    wait_for_port("127.0.0.1", new_port, timeout=10)
+    bal.port = new_port
+    assert bal.ask() in {"xapp1", "xapp2", "xapp3"}

@@ -381,8 +381,10 @@ def test_rebuild_without_poll_keeps_pending_counts():
     for _ in range(12):
         sel.pick("G")
     pending, weights = sel.pending(), {n: sel.weight_now(n) for n in "abc"}
-    sel.install(snap, keep_pending=True)
+    sel.install(snap, refreshed=frozenset())
     assert sel.pending() == pending
     assert {n: sel.weight_now(n) for n in "abc"} == weights
-    sel.install(snap)  # a poll: real figures again, counts restart
+    sel.install(snap, refreshed=frozenset({"a"}))  # a poll answered by a only: b and c keep theirs
+    assert "a" not in sel.pending() and sel.pending()["b"] == pending["b"]
+    sel.install(snap)  # everything polled: real figures again, counts restart
     assert sel.pending() == {}
