@@ -129,7 +129,7 @@ def parse_head(head: bytes) -> Request:
             if not last_name:
                 raise HttpError(400, "header continuation without a header")
             if last_name == b"connection":
-                connection += b" " + line.strip()
+                connection += b"," + line.strip(b" \t")  # a fold separates tokens
             elif last_name in (b"content-length", b"transfer-encoding"):
                 # framing headers folded over lines are a smuggling vector
                 raise HttpError(400, "folded framing header")
@@ -144,7 +144,7 @@ def parse_head(head: bytes) -> Request:
         if name == b"connection":
             connection += b"," + value
         elif name == b"content-length":
-            value = value.strip()
+            value = value.strip(b" \t")  # optional white space is SP and HTAB only
             if _DIGITS.fullmatch(value) is None:
                 raise HttpError(400, "invalid Content-Length")
             length = int(value)

@@ -122,6 +122,11 @@ def test_header_folding_joined():
     assert req.keep_alive is False
 
 
+def test_folded_connection_tokens_stay_apart():
+    # "foo" then "close" on a continuation line are two tokens, not "fooclose"
+    assert parse(b"GET / HTTP/1.1\r\nConnection: foo\r\n close\r\n\r\n").keep_alive is False
+
+
 def test_folded_framing_header_rejected():
     assert status_of(b"GET / HTTP/1.1\r\nContent-Length: 1\r\n 2\r\n\r\n") == 400
 
@@ -145,6 +150,8 @@ def test_content_length_duplicates_and_garbage():
     assert status_of(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n") == 400
     assert status_of(b"POST / HTTP/1.1\r\nContent-Length: 1,1\r\n\r\n") == 400
     assert status_of(b"POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n") == 400
+    assert status_of(b"POST / HTTP/1.1\r\nContent-Length: \x0b3\r\n\r\n") == 400  # only SP/HTAB are white space
+    assert parse(b"POST / HTTP/1.1\r\nContent-Length: \t3 \r\n\r\n").content_length == 3
 
 
 def test_body_over_limit_is_413():
