@@ -32,7 +32,7 @@ from .config import Alias, Dns, Node
 from .dnskey import KeyFileError, TsigKey, load_key, permission_warning
 from .dnsupdate import DnsError, RRsets, alias_name, needs_update, query_current, replace_rrsets, \
     sort_addresses, split_families
-from .healthurl import HealthFetchError, HealthPage, fetch, match_nodes, parse_page
+from .healthurl import HealthFetchError, HealthPage, fetch, format_time, match_hosts, match_nodes, parse_page
 from .notify import AlertTracker, Mailer, MailSettings, parse_contacts
 
 log = logging.getLogger("lbserver.dns")
@@ -134,7 +134,8 @@ def resolve_node(node: Node) -> tuple[str, ...]:
     literal; AAAA: the ``ip6`` attribute, else the host when it is an IPv6
     literal. When the host is a name and neither attribute is given, it is
     resolved with getaddrinfo (all its A and AAAA). Raises OSError
-    (socket.gaierror) when a name does not resolve.
+    (socket.gaierror) when a name does not resolve. A zone id
+    (``fe80::1%eth0``) is dropped: it means nothing to DNS clients.
     """
     out: list[str] = []
     for attr in (node.ip, node.ip6):
@@ -142,7 +143,7 @@ def resolve_node(node: Node) -> tuple[str, ...]:
             out.extend(_literal_or_resolve(attr))
     host = node.host.strip("[]")
     try:
-        lit = ipaddress.ip_address(host)
+        lit = _plain_ip(host)
     except ValueError:
         if not out:
             out.extend(_literal_or_resolve(host))
@@ -152,15 +153,35 @@ def resolve_node(node: Node) -> tuple[str, ...]:
     return sort_addresses(out)
 
 
+def _plain_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP literal without its zone id (``fe80::1%eth0`` -> ``fe80::1``); ValueError otherwise."""
+    return ipaddress.ip_address(text.split("%", 1)[0])
+
+
 def _literal_or_resolve(item: str) -> list[str]:
     try:
-        return [str(ipaddress.ip_address(item.strip("[]")))]
+        return [str(_plain_ip(item.strip("[]")))]
     except ValueError:
         pass
     found = []
     for info in socket.getaddrinfo(item, None, type=socket.SOCK_STREAM):
-        found.append(str(ipaddress.ip_address(info[4][0].split("%", 1)[0])))  # drop a link-local scope id
+        found.append(str(_plain_ip(info[4][0])))
     return found
+
+
+def unpublishable(addr: str) -> str | None:
+    """Why ``addr`` must not go into an alias (link-local, multicast, unspecified), or None.
+
+    Loopback is allowed: a single-host setup may publish 127.0.0.1.
+    """
+    ip = _plain_ip(addr)
+    if ip.is_link_local:
+        return "link-local, only reachable on its own network link"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_unspecified:
+        return "unspecified"
+    return None
 
 
 def _mail_settings(dns: Dns) -> MailSettings:
@@ -296,16 +317,24 @@ class DnsArbiter:
         page = pages[key]
         if isinstance(page, str):
             return {}, f"cannot read the submission test page: {page} (results ignored this cycle)"
-        problem = None
+        notes: list[str] = []
         if page.problems:
             shown = "; ".join(page.problems[:3]) + (f"; and {len(page.problems) - 3} more" if len(page.problems) > 3 else "")
-            problem = f"{alias.health_url}: unparsable lines ignored: {shown}"
+            notes.append(f"{alias.health_url}: unparsable lines ignored: {shown}")
         pairs = [(m, nodes[m].host) for m in members if m in nodes]
         excl: dict[str, str] = {}
-        for name, res in match_nodes(page, pairs).items():
+        matched = match_nodes(page, pairs)
+        for name, res in matched.items():
             if not res.ok:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(res.timestamp))
-                excl[name] = f"submission test failed (ERRORFLAG {res.flag} at {when})"
+                excl[name] = f"submission test failed (ERRORFLAG {res.flag} at {format_time(res.timestamp)})"
+        # A node whose tests stopped arriving stays in (no news is not a failure), but it is said.
+        for name, hosts in sorted(match_hosts(page.stale, pairs).items()):
+            if name not in matched:
+                age = min(page.stale[h] for h in hosts)
+                shown_age = f"{age:.0f} s" if age < 1e9 else "decades"
+                notes.append(f"no recent submission test result for node {name} (newest is {shown_age} old, "
+                             f"limit {alias.health_max_age:g} s): counted as passed")
+        problem = "; ".join(notes) or None
         return excl, problem
 
     def _run_alias(self, dns: Dns, alias: Alias, nodes: Mapping[str, Node], candidates: Mapping[str, Candidate],
@@ -336,6 +365,12 @@ class DnsArbiter:
                 continue
             if not addresses[m]:
                 extra[m] = f"{NO_ADDRESS}: {node.host!r} has no address"
+                continue
+            bad = {a: why for a in addresses[m] if (why := unpublishable(a))}
+            if bad:
+                addresses[m] = tuple(a for a in addresses[m] if a not in bad)
+                if not addresses[m]:
+                    extra[m] = f"{NO_ADDRESS}: " + "; ".join(f"{a} is {why}" for a, why in bad.items())
         if health_problem:
             log.debug("DNS arbiter: alias %s: %s", alias.name, health_problem)
 
@@ -415,5 +450,5 @@ def _cleared_text(key: str, old: str) -> str:
     if kind == "dns":
         return f"alias {alias}: DNS works again (records read and updated)"
     if kind == "health":
-        return f"alias {alias}: submission test page readable again"
+        return f"alias {alias}: submission test page problems are gone (page readable and parsable, results recent)"
     return f"resolved: {old}"

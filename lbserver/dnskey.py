@@ -23,6 +23,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 
+import dns.exception
 import dns.name
 import dns.tsig
 
@@ -41,7 +42,7 @@ ALGORITHMS: dict[str, dns.name.Name] = {
     "hmac-sha512": dns.tsig.HMAC_SHA512,
 }
 
-_KEY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*\.?$")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*\.?\Z")
 _KEY_STMT = re.compile(r'key\s+("([^"]*)"|([^\s{]+))\s*\{(.*?)\}\s*;', re.S)
 _CLAUSE = re.compile(r'\s*([A-Za-z-]+)\s+("([^"]*)"|([^;\s]+))\s*;', re.S)
 
@@ -218,9 +219,27 @@ def _parse_bare(clean: str, path: str, key_name: str | None, algorithm: str | No
     return TsigKey(name=name, algorithm=alg, secret=secret)
 
 
-def _check_name(name: str, path: str, line: int | None) -> None:
+def key_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a TSIG key name, or None when it can.
+
+    A key name is a DNS name of letters, digits, ``_``, ``-`` and dots
+    (labels of at most 63 characters, 255 in all): nothing that could end a
+    quoted string or a statement in a BIND key file.
+    """
     if not _KEY_NAME.match(name):
-        raise KeyFileError(path, line, f"key name {name!r} is not a valid DNS name")
+        return (f"key name {name[:80]!r} is not a valid DNS name (only letters, digits, '.', '-' and '_'; "
+                "it may not start with '.' or '-')")
+    try:
+        dns.name.from_text(name)
+    except dns.exception.DNSException as exc:
+        return f"key name {name[:80]!r} is not a valid DNS name ({exc})"
+    return None
+
+
+def _check_name(name: str, path: str, line: int | None) -> None:
+    problem = key_name_problem(name)
+    if problem:
+        raise KeyFileError(path, line, problem)
 
 
 def load_key(path: str, key_name: str | None = None, algorithm: str | None = None) -> TsigKey:
@@ -245,7 +264,19 @@ def permission_warning(path: str) -> str | None:
 
 
 def format_bind_key(name: str, algorithm: str, secret_b64: str) -> str:
-    """A BIND ``key`` statement (the text of a key file)."""
+    """A BIND ``key`` statement (the text of a key file).
+
+    Raises ValueError (without the secret) when a part could break the
+    statement's syntax: a bad key name, an unknown algorithm or a secret
+    that is not base64.
+    """
+    problem = key_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown TSIG algorithm {algorithm[:40]!r}")
+    if not re.fullmatch(r"[A-Za-z0-9+/=]+", secret_b64):
+        raise ValueError("the secret is not valid base64")
     return f'key "{name}" {{\n\talgorithm {algorithm};\n\tsecret "{secret_b64}";\n}};\n'
 
 

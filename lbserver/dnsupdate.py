@@ -6,8 +6,15 @@ alias; :func:`build_update` makes one TSIG-signed update message that deletes
 and re-adds both RRsets, which the server applies atomically (all or
 nothing); :func:`send_update` sends it. Every failure is raised as
 :class:`DnsError` with a short code (``timeout``, ``unreachable``,
-``REFUSED``, ``NOTAUTH``, ``BADSIG``, ``BADKEY``, ...) and a sentence an
-admin can act on. Messages never contain the key's secret.
+``REFUSED``, ``NOTAUTH``, ``BADSIG``, ``BADKEY``, ``CNAME``,
+``not-authoritative``, ``not-applied``, ...) and a sentence an admin can act
+on. Messages never contain the key's secret.
+
+Answers without the AA flag are refused: only the zone's authoritative data
+tells whether an update is needed (a cache may hold an old set). After an
+update the records are read back: a server may answer NOERROR and still
+ignore parts of an update (RFC 2136 3.4.2.2: address records beside a
+CNAME).
 """
 
 from __future__ import annotations
@@ -33,16 +40,28 @@ from .dnskey import TsigKey
 
 @dataclass(frozen=True)
 class RRsets:
-    """The A and AAAA addresses of one name, and their TTL (None when there are none)."""
+    """The A and AAAA addresses of one name, and their TTLs.
+
+    ``ttl`` is the TTL of both families (a wanted set); records read from a
+    server carry each family's own TTL in ``a_ttl`` and ``aaaa_ttl``, which
+    take precedence. A TTL is None when unknown (no records).
+    """
 
     a: frozenset[str] = frozenset()
     aaaa: frozenset[str] = frozenset()
     ttl: int | None = None
+    a_ttl: int | None = None
+    aaaa_ttl: int | None = None
 
     @property
     def addresses(self) -> tuple[str, ...]:
         """All addresses, IPv4 first, each family sorted numerically."""
         return sort_addresses(self.a | self.aaaa)
+
+    def ttl_of(self, family: str) -> int | None:
+        """The TTL of the ``"A"`` or ``"AAAA"`` RRset."""
+        own = self.a_ttl if family == "A" else self.aaaa_ttl
+        return own if own is not None else self.ttl
 
 
 def sort_addresses(addrs: Iterable[str]) -> tuple[str, ...]:
@@ -59,11 +78,24 @@ def split_families(addrs: Iterable[str]) -> tuple[frozenset[str], frozenset[str]
     return frozenset(v4), frozenset(v6)
 
 
+def differences(current: RRsets, wanted: RRsets) -> list[str]:
+    """How the server's records differ from the wanted ones, one phrase per RRset (empty: identical).
+
+    Each family is compared on its own: addresses, then (when it holds any) its TTL.
+    """
+    out: list[str] = []
+    for family, have, want in (("A", current.a, wanted.a), ("AAAA", current.aaaa, wanted.aaaa)):
+        if have != want:
+            out.append(f"{family} holds {', '.join(sort_addresses(have)) or 'nothing'} "
+                       f"instead of {', '.join(sort_addresses(want)) or 'nothing'}")
+        elif have and current.ttl_of(family) != wanted.ttl_of(family):
+            out.append(f"{family} TTL is {current.ttl_of(family)} instead of {wanted.ttl_of(family)}")
+    return out
+
+
 def needs_update(current: RRsets, wanted: RRsets) -> bool:
-    """Whether the server's records differ from the wanted ones (addresses or TTL)."""
-    if current.a != wanted.a or current.aaaa != wanted.aaaa:
-        return True
-    return bool(current.a or current.aaaa) and current.ttl != wanted.ttl
+    """Whether the server's records differ from the wanted ones (addresses or a family's TTL)."""
+    return bool(differences(current, wanted))
 
 
 class DnsError(Exception):
@@ -150,7 +182,7 @@ def query_current(server: str, port: int, zone: str, alias: str, timeout: float)
     except ValueError as exc:
         raise DnsError("name", str(exc)) from None
     found: dict[int, set[str]] = {dns.rdatatype.A: set(), dns.rdatatype.AAAA: set()}
-    ttls: list[int] = []
+    ttls: dict[int, int] = {}
     try:
         where = _server_address(server)
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
@@ -158,24 +190,31 @@ def query_current(server: str, port: int, zone: str, alias: str, timeout: float)
             q.flags &= ~dns.flags.RD  # ask the authoritative data, never a recursion
             resp = dns.query.tcp(q, where, timeout=timeout, port=port)
             rcode = resp.rcode()
-            if rcode == dns.rcode.NXDOMAIN:
-                continue
-            if rcode != dns.rcode.NOERROR:
+            if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
                 if rcode == dns.rcode.REFUSED:
                     raise DnsError("REFUSED", f"the server refused to answer for zone {zone!r}: "
                                               "is it authoritative and does it allow queries from here?")
                 raise DnsError(dns.rcode.to_text(rcode), f"query for {name} answered {dns.rcode.to_text(rcode)}")
+            if not resp.flags & dns.flags.AA:
+                raise DnsError("not-authoritative",
+                               f"{server} port {port} answered for {name} without the authoritative (AA) flag: "
+                               f"it does not serve zone {zone!r} itself (a cache or resolver?); set <dns> server "
+                               "to the zone's primary server")
+            # Before the NXDOMAIN shortcut: a CNAME to a missing in-zone name answers NXDOMAIN.
             for rrset in resp.answer:
                 if rrset.rdtype == dns.rdatatype.CNAME and rrset.name == name:
                     raise DnsError("CNAME", f"{name} is a CNAME in the zone: address records cannot be "
-                                            "added beside it; remove the CNAME")
+                                            "added beside it (the server ignores them); remove the CNAME")
+            if rcode == dns.rcode.NXDOMAIN:
+                continue
+            for rrset in resp.answer:
                 if rrset.rdtype == rdtype and rrset.name == name:
                     found[rdtype].update(str(ipaddress.ip_address(r.address)) for r in rrset)
-                    ttls.append(rrset.ttl)
+                    ttls[rdtype] = rrset.ttl
     except Exception as exc:  # classified into one clear message
         raise _classify(exc, server, port, timeout, None) from None
     return RRsets(a=frozenset(found[dns.rdatatype.A]), aaaa=frozenset(found[dns.rdatatype.AAAA]),
-                  ttl=min(ttls) if ttls else None)
+                  a_ttl=ttls.get(dns.rdatatype.A), aaaa_ttl=ttls.get(dns.rdatatype.AAAA))
 
 
 def build_update(zone: str, alias: str, wanted: RRsets, key: TsigKey) -> dns.update.UpdateMessage:
@@ -187,13 +226,12 @@ def build_update(zone: str, alias: str, wanted: RRsets, key: TsigKey) -> dns.upd
     tkey = key.dns_key()
     upd = dns.update.UpdateMessage(zone, keyring={tkey.name: tkey}, keyname=tkey.name,
                                    keyalgorithm=tkey.algorithm)
-    ttl = wanted.ttl or 60
     upd.delete(name, dns.rdatatype.A)
     for addr in sort_addresses(wanted.a):
-        upd.add(name, ttl, dns.rdatatype.A, addr)
+        upd.add(name, wanted.ttl_of("A") or 60, dns.rdatatype.A, addr)
     upd.delete(name, dns.rdatatype.AAAA)
     for addr in sort_addresses(wanted.aaaa):
-        upd.add(name, ttl, dns.rdatatype.AAAA, addr)
+        upd.add(name, wanted.ttl_of("AAAA") or 60, dns.rdatatype.AAAA, addr)
     return upd
 
 
@@ -210,5 +248,19 @@ def send_update(msg: dns.update.UpdateMessage, server: str, port: int, zone: str
 
 def replace_rrsets(server: str, port: int, zone: str, alias: str, wanted: RRsets,
                    key: TsigKey, timeout: float) -> None:
-    """Build and send the update replacing the alias's records with ``wanted``."""
+    """Replace the alias's records with ``wanted``, then read them back.
+
+    Raises :class:`DnsError` when the update fails, or when the server
+    answered NOERROR but does not hold what was sent (code ``not-applied``,
+    or the read-back's own code such as ``CNAME``).
+    """
     send_update(build_update(zone, alias, wanted, key), server, port, zone, timeout, key)
+    try:
+        now = query_current(server, port, zone, alias, timeout)
+    except DnsError as exc:
+        raise DnsError(exc.code, f"the server answered the update with NOERROR, but reading the records back "
+                                 f"failed: {exc.detail}") from None
+    diff = differences(now, wanted)
+    if diff:
+        raise DnsError("not-applied", f"the server answered the update with NOERROR but did not apply it: "
+                                      f"{'; '.join(diff)} (see the server's log)")

@@ -10,7 +10,8 @@ publish them::
 ``ERRORFLAG`` 0 means the test passed, any other number that it failed.
 Blank lines and lines starting with ``#`` are ignored; the newest result of
 each host counts; results older than the alias's ``health-max-age`` are
-ignored.
+ignored, and results dated more than :data:`MAX_CLOCK_SKEW` seconds in the
+future are problem lines (a bogus date must not win "newest" for ever).
 
 :func:`parse_page` and :func:`match_nodes` are pure; :func:`fetch` reads the
 page (http, https or file URLs) with a timeout and a size bound.
@@ -21,18 +22,22 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import http.client
+import ipaddress
 import math
 import socket
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_PAGE_BYTES = 1024 * 1024
 SCHEMES = ("http", "https", "file")
+#: How far in the future a result may be dated (clocks of the test host and ours differ a little).
+MAX_CLOCK_SKEW = 300.0
 
 
 class HealthFetchError(Exception):
@@ -52,11 +57,15 @@ class HealthResult:
 
 @dataclass(frozen=True)
 class HealthPage:
-    """A parsed page: results by lower-case host name, and what was wrong with it."""
+    """A parsed page: results by lower-case host name, and what was wrong with it.
+
+    ``stale`` maps hosts whose every result is older than the page's
+    ``max-age`` to the age in seconds of their newest one.
+    """
 
     results: Mapping[str, HealthResult]
     problems: tuple[str, ...] = ()
-    stale: tuple[str, ...] = ()
+    stale: Mapping[str, float] = field(default_factory=dict)
 
 
 def parse_timestamp(text: str) -> float:
@@ -66,10 +75,21 @@ def parse_timestamp(text: str) -> float:
     except ValueError:
         iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
         when = _dt.datetime.fromisoformat(iso)
-        return when.timestamp()  # naive -> local time, as a cron job's `date` writes it
+        try:
+            return when.timestamp()  # naive -> local time, as a cron job's `date` writes it
+        except (OverflowError, OSError):  # year 1 or 9999 in some time zones
+            raise ValueError("date out of range") from None
     if not math.isfinite(value):
         raise ValueError("not a finite number")
     return value
+
+
+def format_time(ts: float) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` local time; never raises (odd values are shown as numbers)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return f"{ts:g} (Unix time)"
 
 
 def _host_key(host: str) -> str:
@@ -100,50 +120,74 @@ def parse_page(text: str, now: float, max_age: float) -> HealthPage:
         except ValueError:
             problems.append(f"line {lineno}: bad ERRORFLAG {flag_s[:40]!r} (expected 0 for passed, a number for failed)")
             continue
+        if ts > now + MAX_CLOCK_SKEW:
+            ahead = f"{ts - now:.0f} s" if ts - now < 1e9 else "decades"
+            problems.append(f"line {lineno}: timestamp {ts_s[:40]!r} is {ahead} in the future "
+                            "(check the clock of the host writing the page), ignored")
+            continue
         key = _host_key(host)
         if now - ts > max_age:
-            stale[key] = max(stale.get(key, 0.0), now - ts)
+            stale[key] = min(stale.get(key, math.inf), now - ts)  # the newest one's age
             continue
         prev = results.get(key)
         # Newest wins; on equal timestamps the later line does (appended logs).
         if prev is None or ts >= prev.timestamp:
             results[key] = HealthResult(host=key, ok=flag == 0, timestamp=ts, flag=flag, line=lineno)
-    stale_notes = tuple(f"{h}: newest result is {age:.0f} s old (limit {max_age:g} s), ignored"
-                        for h, age in sorted(stale.items()) if h not in results)
-    return HealthPage(results=results, problems=tuple(problems), stale=stale_notes)
+    return HealthPage(results=results, problems=tuple(problems),
+                      stale={h: age for h, age in sorted(stale.items()) if h not in results})
 
 
-def _first_label(name: str) -> str:
-    return name.split(".", 1)[0]
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
-def match_nodes(page: HealthPage, nodes: Iterable[tuple[str, str]]) -> dict[str, HealthResult]:
-    """Map node names to their result.
+def _short_match(page_host: str, node_key: str) -> bool:
+    """A short name (one label) matches a full name whose first label it is; never IP literals."""
+    if not page_host or not node_key or _is_ip(page_host) or _is_ip(node_key):
+        return False
+    if "." not in page_host:
+        return node_key.split(".", 1)[0] == page_host
+    return "." not in node_key and page_host.split(".", 1)[0] == node_key
+
+
+def match_hosts(hosts: Iterable[str], nodes: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Map node names to the page host names (lower case, as in ``results``) that name them.
 
     ``nodes`` gives ``(node name, address host)`` pairs. A page HOSTNAME
     matches a node whose name or address host equals it (case-insensitive,
-    trailing dot ignored); failing that, whose name's or host's first label
-    equals the HOSTNAME's first label, when exactly one node does (so
-    ``wms01.example.org`` matches node ``wms01``, and ``wms01`` matches
-    ``http://wms01.example.org:8001``).
+    trailing dot ignored). Failing that, a short name matches a full one
+    whose first label it is, when exactly one node matches so: HOSTNAME
+    ``wms01.example.org`` matches node name ``wms01``, and HOSTNAME ``wms01``
+    matches a node whose name or address host is ``wms01.example.org``. Two
+    full names never match on their first label alone (``wms01.a.org`` is
+    not ``wms01.b.org``), and IP addresses only ever match exactly. A node
+    with an exact match takes no short-name match.
     """
     node_list = [(name, {_host_key(name), _host_key(host)}) for name, host in nodes]
-    out: dict[str, HealthResult] = {}
-    exact_taken: set[str] = set()
-    for key, res in page.results.items():
-        for name, keys in node_list:
-            if key in keys:
-                out[name] = res
-                exact_taken.add(name)
-    for key, res in page.results.items():
-        if any(key in keys for _, keys in node_list):
+    exact: dict[str, list[str]] = {}
+    short: dict[str, list[str]] = {}
+    for key in (_host_key(h) for h in hosts):
+        hits = [name for name, keys in node_list if key in keys]
+        for name in hits:
+            exact.setdefault(name, []).append(key)
+        if hits:
             continue
-        label = _first_label(key)
-        hits = [name for name, keys in node_list if label in {_first_label(k) for k in keys}]
-        if len(hits) == 1 and hits[0] not in exact_taken:
-            prev = out.get(hits[0])
-            if prev is None or res.timestamp >= prev.timestamp:
-                out[hits[0]] = res
+        hits = [name for name, keys in node_list if any(_short_match(key, k) for k in keys)]
+        if len(hits) == 1:
+            short.setdefault(hits[0], []).append(key)
+    return {**{n: ks for n, ks in short.items() if n not in exact}, **exact}
+
+
+def match_nodes(page: HealthPage, nodes: Iterable[tuple[str, str]]) -> dict[str, HealthResult]:
+    """Map node names to their newest result, matching hosts as :func:`match_hosts` does."""
+    out: dict[str, HealthResult] = {}
+    for name, keys in match_hosts(page.results, nodes).items():
+        # Newest wins; on equal timestamps the later line does, as within one host.
+        out[name] = max((page.results[k] for k in keys), key=lambda r: (r.timestamp, r.line))
     return out
 
 

@@ -9,10 +9,11 @@ alias with its flag, NUM_OUT and submission test page. The TSIG key of
 never to stdout. Everything that cannot be carried over is said on stderr.
 
 The file's syntax is the shell-like one of site-info.def files:
-``NAME = value`` or ``NAME=value``, values optionally quoted, ``#``
-comments; per-alias variables are the alias name in upper case followed by
-``_FLAG``, ``_WMSLIST``, ``_NUM_OUT``, ``_SUBMISSION_TEST_ENABLE`` and
-``_SUBMISSION_TEST_PATH``.
+``NAME = value`` or ``NAME=value``, values optionally quoted (a quoted value
+may span lines; inside double quotes a backslash escapes ``"``, ``\\``,
+``$`` and a backquote), ``#`` comments; per-alias variables are the alias
+name in upper case followed by ``_FLAG``, ``_WMSLIST``, ``_NUM_OUT``,
+``_SUBMISSION_TEST_ENABLE`` and ``_SUBMISSION_TEST_PATH``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from lxml import etree
 
 from common.xmlconfig import parse_hostport
 
-from .dnskey import decode_secret, normalize_algorithm, write_key_file
+from .config import EMAIL
+from .dnskey import decode_secret, key_name_problem, normalize_algorithm, write_key_file
 
 DEFAULT_KEY_FILE = "/etc/mille-xterm/dns.key"
 AGENT_PORT = 8001
@@ -45,6 +47,10 @@ ALIAS_SUFFIXES = ("_FLAG", "_WMSLIST", "_NUM_OUT", "_SUBMISSION_TEST_ENABLE", "_
 
 class SiteInfoError(Exception):
     """The file cannot be turned into a configuration at all."""
+
+
+class UnclosedQuote(ValueError):
+    """A value whose quote is not closed on its line (it may be on a later one)."""
 
 
 @dataclass
@@ -66,10 +72,19 @@ class SiteInfo:
 
 
 def parse_siteinfo(text: str, path: str) -> tuple[SiteInfo, list[str]]:
-    """Parse the file's text; returns the variables and notes on lines that could not be read."""
+    """Parse the file's text; returns the variables and notes on lines that could not be read.
+
+    A value whose quote is still open at the end of its line continues on the
+    next lines, as in the shell; a quote never closed is reported and only
+    its own line is skipped.
+    """
     info = SiteInfo(path)
     notes: list[str] = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        lineno, raw = i + 1, lines[i]
+        i += 1
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -77,12 +92,25 @@ def parse_siteinfo(text: str, path: str) -> tuple[SiteInfo, list[str]]:
         if not m:
             notes.append(f"{path}:{lineno}: not a NAME=value line, ignored: {stripped[:60]!r}")
             continue
-        name, rest = m.group(1).upper(), m.group(2)
-        try:
-            value = shell_value(rest)
-        except ValueError as exc:
-            notes.append(f"{path}:{lineno}: cannot read the value of {name} ({exc}), ignored")
+        name, rest = m.group(1).upper(), raw[m.start(2):]
+        value = None
+        end = i
+        while value is None:
+            try:
+                value = shell_value(rest)
+            except UnclosedQuote as exc:
+                if end >= len(lines):
+                    notes.append(f"{path}:{lineno}: cannot read the value of {name} ({exc} by the end of the "
+                                 "file), ignored")
+                    break
+                rest += "\n" + lines[end]
+                end += 1
+            except ValueError as exc:
+                notes.append(f"{path}:{lineno}: cannot read the value of {name} ({exc}), ignored")
+                break
+        if value is None:
             continue
+        i = end
         if _CONTROL.search(value):  # XML cannot carry them, and no real value holds one
             notes.append(f"{path}:{lineno}: the value of {name} contains control characters, ignored")
             continue
@@ -91,20 +119,44 @@ def parse_siteinfo(text: str, path: str) -> tuple[SiteInfo, list[str]]:
 
 
 def shell_value(text: str) -> str:
-    """A value as the shell reads it: quotes removed, ``#`` after a blank starts a comment, blanks collapse."""
+    """A value as the shell reads it: quotes removed, ``#`` after a blank starts a comment, blanks collapse.
+
+    Inside double quotes a backslash escapes ``$``, a backquote, ``"``, ``\\``
+    and a newline (which it removes), and is kept before anything else; inside
+    single quotes it is an ordinary character. Raises :class:`UnclosedQuote`
+    when a quote is not closed.
+    """
     words: list[str] = []
     cur: list[str] = []
     in_word = False
     i, n = 0, len(text)
     while i < n:
         c = text[i]
-        if c in "'\"":
+        if c == "'":
             j = text.find(c, i + 1)
             if j < 0:
-                raise ValueError(f"unclosed {c} quote")
+                raise UnclosedQuote("unclosed ' quote")
             cur.append(text[i + 1:j])
             in_word = True
             i = j + 1
+            continue
+        if c == '"':
+            i += 1
+            while True:
+                if i >= n:
+                    raise UnclosedQuote('unclosed " quote')
+                d = text[i]
+                if d == '"':
+                    break
+                if d == "\\" and i + 1 < n and text[i + 1] in '$`"\\\n':
+                    if text[i + 1] != "\n":
+                        cur.append(text[i + 1])
+                    i += 2
+                    continue
+                cur.append(d)
+                i += 1
+            in_word = True
+            i += 1
             continue
         if c.isspace():
             if in_word:
@@ -192,7 +244,11 @@ def convert(info: SiteInfo, key_file: str) -> Imported:
                 parts = []
             else:
                 alg, parts = alg_p, parts[1:]
-        if len(parts) == 2 and parts[0] and parts[1]:
+        name_problem = key_name_problem(parts[0]) if len(parts) == 2 and parts[0] else None
+        if name_problem:
+            notes.append(f"{info.where('DNS_KEYSTRING')}: DNS_KEYSTRING: {name_problem}: key not imported "
+                         "(write the key file yourself, with the name the DNS server knows)")
+        elif len(parts) == 2 and parts[0] and parts[1]:
             try:
                 decode_secret(parts[1])
             except ValueError as exc:
@@ -220,12 +276,19 @@ def convert(info: SiteInfo, key_file: str) -> Imported:
         dns_attrs.update({"key-name": key[0], "key-algorithm": key[1]})
     dns_attrs["key-file"] = key_file
     contact = info.get("LOAD_BALANCING_SITE_CONTACT")
-    if contact and re.match(r"^[^@\s,;]+@[^@\s,;]+$", contact.strip()):
-        dns_attrs["contact"] = contact.strip()
-        dns_attrs["smtp"] = "localhost:25"
-    elif contact:
-        notes.append(f"{info.where('LOAD_BALANCING_SITE_CONTACT')}: LOAD_BALANCING_SITE_CONTACT={contact!r} is "
-                     "not an e-mail address: no contact set, alerts only go to the log")
+    if contact:
+        # As <dns contact> reads it: addresses separated by commas (or semicolons).
+        given = [c.strip() for c in re.split(r"[,;]", contact) if c.strip()]
+        good = [c for c in given if EMAIL.match(c)]
+        for bad in (c for c in given if not EMAIL.match(c)):
+            notes.append(f"{info.where('LOAD_BALANCING_SITE_CONTACT')}: LOAD_BALANCING_SITE_CONTACT: {bad!r} is "
+                         "not an e-mail address: left out")
+        if good:
+            dns_attrs["contact"] = ", ".join(good)
+            dns_attrs["smtp"] = "localhost:25"
+        else:
+            notes.append(f"{info.where('LOAD_BALANCING_SITE_CONTACT')}: LOAD_BALANCING_SITE_CONTACT={contact!r} "
+                         "holds no e-mail address: no contact set, alerts only go to the log")
     else:
         notes.append(f"{info.path}: LOAD_BALANCING_SITE_CONTACT missing: no contact set, alerts only go to the log")
     dns_el = etree.Element("dns", dns_attrs)
@@ -274,16 +337,16 @@ def convert(info: SiteInfo, key_file: str) -> Imported:
                 notes.append(f"{info.where(up + '_FLAG')}: {up}_FLAG={flag!r}: not 0 or 1, taken as enabled")
         num_out = info.get(up + "_NUM_OUT")
         if num_out is not None:
-            try:
-                n = int(num_out)
-            except ValueError:
+            if not re.fullmatch(r"[0-9]+", num_out.strip()):  # int() would take "1_0", "+1" or "١"
                 notes.append(f"{info.where(up + '_NUM_OUT')}: {up}_NUM_OUT={num_out!r} is not a number: left out "
                              "(the default leaves 1 out)")
             else:
+                digits = num_out.strip().lstrip("0") or "0"
+                n = int(digits) if len(digits) <= 9 else 10**9  # int() refuses over 4300 digits
                 if 0 < n < len(hosts):
                     attrs["num-out"] = str(n)
                 else:
-                    notes.append(f"{info.where(up + '_NUM_OUT')}: {up}_NUM_OUT={n} violates 0 < NUM_OUT < {len(hosts)} "
+                    notes.append(f"{info.where(up + '_NUM_OUT')}: {up}_NUM_OUT={digits[:12]} violates 0 < NUM_OUT < {len(hosts)} "
                                  f"(the number of WMS of alias {alias}): left out, the default applies "
                                  f"({'leave 1 out' if len(hosts) > 1 else 'publish the only WMS'})")
         enable = info.get(up + "_SUBMISSION_TEST_ENABLE")
@@ -343,8 +406,8 @@ def main_import(path: str, key_out: str | None, out: TextIO = sys.stdout, err: T
         if key_out:
             try:
                 write_key_file(key_file, *result.key)
-            except OSError as exc:
-                print(f"error: cannot write key file {key_file}: {exc.strerror or exc}", file=err)
+            except (OSError, ValueError) as exc:
+                print(f"error: cannot write key file {key_file}: {getattr(exc, 'strerror', None) or exc}", file=err)
                 return 1
             notes.append(f"TSIG key {result.key[0]!r} ({result.key[1]}) written to {key_file} (mode 0600)")
         else:

@@ -48,6 +48,8 @@ def test_bare_secret_and_keystring_forms():
     ("", "the file is empty"),
     ("line1\nline2\n", "f:2: unexpected second line"),
     ("k:%%%notbase64", "f:1: the secret is not valid base64"),
+    (f"a..b:{SECRET}", r"f:1: key name 'a..b' is not a valid DNS name \(A DNS label is empty"),
+    (f"{'x' * 64}:{SECRET}", "is not a valid DNS name .*63 octets"),
 ])
 def test_errors_are_located_and_never_show_the_secret(text, match):
     with pytest.raises(KeyFileError, match=match) as info:

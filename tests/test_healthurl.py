@@ -10,7 +10,8 @@ import time
 import pytest
 
 from conftest import free_port
-from lbserver.healthurl import HealthFetchError, fetch, match_nodes, parse_page, parse_timestamp
+from lbserver.healthurl import HealthFetchError, fetch, format_time, match_hosts, match_nodes, parse_page, \
+    parse_timestamp
 
 NOW = 1_700_000_000.0
 
@@ -38,7 +39,32 @@ def test_parse_reports_bad_lines_with_numbers():
 def test_parse_ignores_stale_results():
     page = parse_page(f"{NOW - 7200:.0f} 1 old.example.org\n{NOW - 10:.0f} 0 new\n", NOW, 3600)
     assert "old.example.org" not in page.results
-    assert page.stale and "old.example.org" in page.stale[0]
+    assert page.stale == {"old.example.org": 7200}
+
+
+def test_stale_age_is_the_newest_results():
+    page = parse_page(f"{NOW - 9000:.0f} 1 old\n{NOW - 7200:.0f} 0 old\n", NOW, 3600)
+    assert page.stale == {"old": 7200}
+
+
+@pytest.mark.parametrize("ts", ["1e30", "1e17", "9999999999", f"{NOW + 301:.0f}", "9999-12-31T23:59:59"])
+def test_future_timestamps_are_problem_lines(ts):
+    # Such a line would otherwise win "newest" for ever, or break the formatting of its time.
+    page = parse_page(f"{ts} 1 wms1\n{NOW - 5:.0f} 0 wms2\n", NOW, 3600)
+    assert set(page.results) == {"wms2"}
+    assert len(page.problems) == 1 and page.problems[0].startswith("line 1: ")
+    assert "in the future" in page.problems[0]
+
+
+def test_small_clock_skew_is_allowed():
+    page = parse_page(f"{NOW + 299:.0f} 1 wms1\n", NOW, 3600)
+    assert not page.results["wms1"].ok and page.problems == ()
+
+
+@pytest.mark.parametrize("ts", [1e30, -1e30, 1e17, float("nan"), 1_700_000_000])
+def test_format_time_never_raises(ts):
+    text = format_time(ts)
+    assert text and (text.startswith("2023-11-1") or "Unix time" in text)
 
 
 def test_iso_timestamps():
@@ -62,6 +88,31 @@ def test_match_by_name_host_and_first_label():
 def test_match_ambiguous_first_label_is_not_guessed():
     page = parse_page(f"{NOW:.0f} 1 wms01\n", NOW, 3600)
     assert match_nodes(page, [("x", "wms01.a.org"), ("y", "wms01.b.org")]) == {}
+
+
+def test_ip_literals_never_match_by_first_label():
+    # "10.0.0.9" has first label "10", like node address 10.0.0.1: not the same host.
+    page = parse_page(f"{NOW:.0f} 1 10.0.0.9\n{NOW:.0f} 1 fd00::9\n", NOW, 3600)
+    assert match_nodes(page, [("xapp1", "10.0.0.1"), ("xapp2", "xapp2.example.org")]) == {}
+    assert match_nodes(page, [("10", "fd00::1")]) == {}
+
+
+def test_two_full_names_never_match_by_first_label():
+    page = parse_page(f"{NOW:.0f} 1 wms01.b.org\n", NOW, 3600)
+    assert match_nodes(page, [("x", "wms01.a.org")]) == {}
+    assert match_nodes(page, [("wms01", "10.0.0.1")])["wms01"].flag == 1  # short node name: matches
+
+
+def test_match_hosts_prefers_exact_and_reports_every_name():
+    nodes = [("wms01", "wms01.a.org"), ("wms02", "10.0.0.2")]
+    assert match_hosts(["WMS01.a.org.", "wms01", "10.0.0.2", "wms02.c.org"], nodes) == {
+        "wms01": ["wms01.a.org", "wms01"], "wms02": ["10.0.0.2"]}  # exact beats short names
+    assert match_hosts(["wms01.c.org"], nodes) == {"wms01": ["wms01.c.org"]}
+
+
+def test_newest_of_several_matching_names_wins():
+    page = parse_page(f"{NOW - 9:.0f} 1 wms01\n{NOW - 5:.0f} 0 wms01.a.org\n{NOW - 7:.0f} 1 wms01.a.org.\n", NOW, 3600)
+    assert match_nodes(page, [("wms01", "wms01.a.org")])["wms01"].ok
 
 
 def test_exact_match_beats_first_label():

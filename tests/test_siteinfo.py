@@ -6,8 +6,10 @@ import io
 import os
 import stat
 
+import pytest
+
 from lbserver import config
-from lbserver.dnskey import load_key
+from lbserver.dnskey import format_bind_key, load_key
 from lbserver.siteinfo import main_import, parse_siteinfo
 
 SECRET = "bGJzZWNyZXRsYnNlY3JldGxic2VjcmV0bGJzZWNyZXQ="
@@ -138,3 +140,59 @@ def test_missing_essentials_fail(tmp_path):
 def test_server_with_port(tmp_path):
     rc, xml, err = run(tmp_path, SITE_INFO.replace('"dns1.cnaf.example.org"', "192.0.2.53#5353"))
     assert rc == 0 and 'server="192.0.2.53"' in xml and 'port="5353"' in xml
+
+
+def test_key_name_that_could_break_the_key_file_is_refused(tmp_path):
+    for bad in ('lb"key', 'x";} key "evil', "a..b", "-x"):
+        rc, xml, err = run(tmp_path, SITE_INFO.replace(f"DNS_KEYSTRING = wmsmon-arbiter:{SECRET}",
+                                                       f"DNS_KEYSTRING = '{bad}:{SECRET}'"))
+        assert rc == 0, err
+        assert "is not a valid DNS name" in err and "key not imported" in err
+        assert not (tmp_path / "dns.key").exists()
+        assert "key-name" not in xml and SECRET not in err
+
+
+def test_format_bind_key_refuses_what_would_break_the_statement():
+    assert format_bind_key("lbkey", "hmac-sha256", SECRET).startswith('key "lbkey" {')
+    for args in (('lb"key', "hmac-sha256", SECRET), ("lbkey\n", "hmac-sha256", SECRET),
+                 ("lbkey", "hmac-sha256; secret", SECRET), ("lbkey", "hmac-sha256", 'x"; };')):
+        with pytest.raises(ValueError) as exc:
+            format_bind_key(*args)
+        assert SECRET not in str(exc.value)
+
+
+def test_several_contacts_are_kept(tmp_path):
+    rc, xml, err = run(tmp_path, SITE_INFO.replace("wms-support@cnaf.example.org",
+                                                   "a@x.org, b@y.org; not-mail"))
+    assert rc == 0
+    assert 'contact="a@x.org, b@y.org"' in xml
+    assert "'not-mail' is not an e-mail address: left out" in err
+    cfg_path = tmp_path / "lbsconfig.xml"
+    cfg_path.write_text(xml)
+    assert config.load(str(cfg_path)).dns.contact == "a@x.org, b@y.org"
+    rc, xml, err = run(tmp_path, SITE_INFO.replace("wms-support@cnaf.example.org", "nobody, here"))
+    assert "contact=" not in xml and "holds no e-mail address" in err
+
+
+def test_quoted_values_as_the_shell_reads_them():
+    text = ('X_WMSLIST="h1.example.org\n'
+            '   h2.example.org"   # two lines\n'
+            'B="a\\"b \\\\ \\$c \\d"\n'
+            "C='x\\\"y'\n"
+            'D="never closed\n'
+            "E=after\n")
+    info, notes = parse_siteinfo(text, "f")
+    assert info.get("X_WMSLIST").split() == ["h1.example.org", "h2.example.org"]
+    assert info.where("X_WMSLIST") == "f:1"
+    assert info.get("B") == 'a"b \\ $c \\d'
+    assert info.get("C") == 'x\\"y'
+    assert info.get("D") is None and info.get("E") == "after"  # an unclosed quote swallows nothing
+    assert notes == ['f:5: cannot read the value of D (unclosed " quote by the end of the file), ignored']
+
+
+def test_num_out_must_be_plain_digits(tmp_path):
+    for bad in ("1_0", "+1", "\u0661", "-1"):
+        rc, xml, err = run(tmp_path, SITE_INFO.replace("WMS-ALICE_NUM_OUT = 1", f"WMS-ALICE_NUM_OUT = {bad}"))
+        assert rc == 0 and f"WMS-ALICE_NUM_OUT={bad!r} is not a number" in err
+    rc, xml, err = run(tmp_path, SITE_INFO.replace("WMS-ALICE_NUM_OUT = 1", "WMS-ALICE_NUM_OUT = 02"))
+    assert 'num-out="2"' in xml
