@@ -200,10 +200,10 @@ class Balancer:
         for name, res in results.items():
             rec = self.records.setdefault(name, health.NodeRecord(name=name))
             if res.state is not None:
-                change = health.record_success(rec, res.state, now, cfg.poll.rise, cfg.poll.fall)
+                change = health.record_success(rec, res.state, now, cfg.poll.rise)
             else:
                 failed += 1
-                change = health.record_failure(rec, res.error, now, cfg.poll.rise, cfg.poll.fall)
+                change = health.record_failure(rec, res.error, now, cfg.poll.fall)
             if change == "down":
                 log.warning("node %s is down: %s", name, rec.last_error)
             elif change == "up":

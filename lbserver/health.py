@@ -34,7 +34,7 @@ class NodeRecord:
     last_change: float | None = None    # epoch seconds of the last up/down transition
 
 
-def record_success(rec: NodeRecord, state: dict, now: float, rise: int, fall: int) -> str | None:
+def record_success(rec: NodeRecord, state: dict, now: float, rise: int) -> str | None:
     """Record a successful poll with its validated ``state``.
 
     Returns ``"up"`` when the node just came up, else None.
@@ -51,7 +51,7 @@ def record_success(rec: NodeRecord, state: dict, now: float, rise: int, fall: in
     return None
 
 
-def record_failure(rec: NodeRecord, error: str, now: float, rise: int, fall: int) -> str | None:
+def record_failure(rec: NodeRecord, error: str, now: float, fall: int) -> str | None:
     """Record a failed poll (``error`` says why, for logs and the status page).
 
     ``last_state`` is kept so the status page can still show the last known

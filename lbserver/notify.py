@@ -163,7 +163,6 @@ class Mailer:
         self.settings = settings
         self.pending: list[Change] = []
         self._failing = False
-        self.sent = 0
 
     def send(self, changes: Sequence[Change], summary: str = "") -> bool:
         """Send ``changes`` plus any left from failed attempts in one mail; never raises.
@@ -192,7 +191,6 @@ class Mailer:
         if self._failing:
             log.info("alert mail sent again through %s:%d", self.settings.smtp_host, self.settings.smtp_port)
         self._failing = False
-        self.sent += 1
         log.info("alert mail sent to %s (%d change%s)", ", ".join(self.settings.contact), len(self.pending),
                  "" if len(self.pending) == 1 else "s")
         self.pending.clear()

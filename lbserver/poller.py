@@ -20,7 +20,6 @@ import base64
 import functools
 import ssl
 import time
-import weakref
 import xmlrpc.client
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -54,11 +53,6 @@ class PollResult:
 
 AUTH_USER = "lbserver"
 
-# Node -> its request bytes. Nodes are immutable and replaced on reload, so
-# entries of an old configuration go with it.
-_requests: "weakref.WeakKeyDictionary[Node, bytes]" = weakref.WeakKeyDictionary()
-
-
 def build_request(node: Node) -> bytes:
     """The whole HTTP request polling ``node`` (with its Authorization header when it has a secret)."""
     host = f"[{node.host}]" if ":" in node.host else node.host
@@ -70,14 +64,6 @@ def build_request(node: Node) -> bytes:
         f"POST /RPC2 HTTP/1.0\r\nHost: {host}:{node.port}\r\nUser-Agent: lbserver\r\n{auth}"
         f"Content-Type: text/xml\r\nContent-Length: {len(_BODY)}\r\n\r\n"
     ).encode() + _BODY
-
-
-def _request(node: Node) -> bytes:
-    try:
-        return _requests[node]
-    except KeyError:
-        data = _requests[node] = build_request(node)
-        return data
 
 
 @functools.lru_cache(maxsize=1)
@@ -130,7 +116,7 @@ def parse_reply(raw: bytes, max_bytes: int) -> object:
 async def _exchange(node: Node, max_bytes: int, ssl_ctx: ssl.SSLContext | None) -> bytes:
     reader, writer = await asyncio.open_connection(node.host, node.port, ssl=ssl_ctx)
     try:
-        writer.write(_request(node))
+        writer.write(build_request(node))
         await writer.drain()
         limit = max_bytes + 16384  # room for the HTTP header
         chunks: list[bytes] = []

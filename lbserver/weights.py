@@ -119,7 +119,7 @@ def evaluate(variables: Mapping, rules: Sequence[Rule], requires: Sequence[Requi
 
     ``extra_sessions`` is the number of terminals sent to the node since the
     poll that produced ``variables``; each adds ``rule.per_session`` to the
-    rule's variable. Cheap enough to call on every pick.
+    rule's variable (picks use :class:`Compensation`, its precomputed form).
     """
     size = node_size(variables)
     reasons: list[str] = []

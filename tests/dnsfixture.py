@@ -70,23 +70,27 @@ class NamedServer:
             f"@ IN NS ns.{ZONE}.\n"
             "ns IN A 127.0.0.1\n"
         )
+        self.write_conf(
+            "  recursion no;\n  notify no;\n",
+            f'zone "{ZONE}" {{ type primary; file "{self.dir}/{ZONE}.db"; '
+            f'allow-update {{ key "{KEY_NAME}"; }}; }};\n',
+            f'key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{self.secret_b64}"; }};\n')
+
+    def write_conf(self, options: str, zones: str, head: str = "") -> None:
+        """named.conf: loopback-only listening in this directory, plus ``options`` lines and ``zones``."""
         (self.dir / "named.conf").write_text(
-            f'key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{self.secret_b64}"; }};\n'
-            "options {\n"
+            head
+            + "options {\n"
             f'  directory "{self.dir}";\n'
             f'  pid-file "{self.dir}/named.pid";\n'
             f'  session-keyfile "{self.dir}/session.key";\n'
             f'  managed-keys-directory "{self.dir}";\n'
             f"  listen-on port {self.port} {{ 127.0.0.1; }};\n"
             "  listen-on-v6 { none; };\n"
-            "  recursion no;\n"
             "  dnssec-validation no;\n"
-            "  notify no;\n"
-            "};\n"
-            "controls { };\n"
-            f'zone "{ZONE}" {{ type primary; file "{self.dir}/{ZONE}.db"; '
-            f'allow-update {{ key "{KEY_NAME}"; }}; }};\n'
-        )
+            + options
+            + "};\ncontrols { };\n"
+            + zones)
 
     def start(self) -> None:
         """Start named and return once it answers the zone's SOA over TCP."""

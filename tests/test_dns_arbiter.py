@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import dns.query
 import dns.rcode
@@ -119,7 +120,6 @@ def test_a_and_aaaa_replaced_together(tmp_path, named_server):
 
 
 def test_failed_submission_test_excludes_its_node(tmp_path, named_server):
-    import time
     page = tmp_path / "submission.txt"
     now = int(time.time())
     page.write_text(f"{now - 100} 0 wms01.example.org\n{now - 50} 1 wms02.example.org\n{now - 99999} 1 wms03\n")

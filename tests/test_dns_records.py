@@ -108,20 +108,8 @@ class CachingServer(NamedServer):
 
     def __init__(self, workdir, primary: NamedServer) -> None:
         super().__init__(workdir)
-        (self.dir / "named.conf").write_text(
-            "options {\n"
-            f'  directory "{self.dir}";\n'
-            f'  pid-file "{self.dir}/named.pid";\n'
-            f'  session-keyfile "{self.dir}/session.key";\n'
-            f'  managed-keys-directory "{self.dir}";\n'
-            f"  listen-on port {self.port} {{ 127.0.0.1; }};\n"
-            "  listen-on-v6 { none; };\n"
-            "  recursion yes;\n"
-            "  allow-query-cache { 127.0.0.1; };\n"
-            "  allow-recursion { 127.0.0.1; };\n"
-            "  dnssec-validation no;\n"
-            "};\n"
-            "controls { };\n"
+        self.write_conf(
+            "  recursion yes;\n  allow-query-cache { 127.0.0.1; };\n  allow-recursion { 127.0.0.1; };\n",
             f'zone "{primary.zone}" {{ type forward; forward only; '
             f"forwarders {{ 127.0.0.1 port {primary.port}; }}; }};\n")
 

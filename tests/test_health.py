@@ -16,9 +16,9 @@ def run(rec: NodeRecord, seq: str, rise: int = 2, fall: int = 3) -> list[str | N
     out = []
     for i, c in enumerate(seq):
         if c == "o":
-            out.append(record_success(rec, STATE, float(i), rise, fall))
+            out.append(record_success(rec, STATE, float(i), rise))
         else:
-            out.append(record_failure(rec, f"timeout {i}", float(i), rise, fall))
+            out.append(record_failure(rec, f"timeout {i}", float(i), fall))
     return out
 
 

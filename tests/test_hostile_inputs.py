@@ -426,6 +426,16 @@ def _check_reply(reply) -> None:
     assert verdict.healthy or verdict.reasons
 
 
+def _check_raw_reply(raw: bytes) -> None:
+    """A whole HTTP reply: a clear PollError, or a value the validator handles."""
+    try:
+        value = parse_reply(raw, 1 << 20)
+    except PollError as exc:
+        assert str(exc)
+        return
+    _check_reply(value)
+
+
 @SETTINGS
 @given(reply=replies())
 def test_agent_reply_validator(reply):
@@ -444,23 +454,13 @@ def test_agent_reply_over_the_wire(reply):
                 b"<member><name>sampled_at</name><value><int>" + str(10**400).encode() + b"</int></value></member>"
                 b"</struct></value></param></params></methodResponse>")
     raw = b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n" + body
-    try:
-        value = parse_reply(raw, 1 << 20)
-    except PollError as exc:
-        assert str(exc)
-        return
-    _check_reply(value)
+    _check_raw_reply(raw)
 
 
 @SETTINGS
 @given(raw=st.binary(max_size=400))
 def test_agent_raw_http_reply(raw):
-    try:
-        value = parse_reply(raw, 1 << 20)
-    except PollError as exc:
-        assert str(exc)
-        return
-    _check_reply(value)
+    _check_raw_reply(raw)
 
 
 # -- submission-test pages -----------------------------------------------------

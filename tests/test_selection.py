@@ -46,9 +46,9 @@ def make(groups: dict[str, list[str]], states: dict[str, dict | None], rules=(),
     for n, s in states.items():
         rec = NodeRecord(n)
         if s is None:
-            record_failure(rec, "connection refused", 0.0, 2, 2)
+            record_failure(rec, "connection refused", 0.0, 2)
         else:
-            record_success(rec, s, 0.0, 2, 2)
+            record_success(rec, s, 0.0, 2)
         records[n] = rec
     return Snapshot.build(cfg, records, drained=frozenset(drained), now=123.0)
 
@@ -288,13 +288,13 @@ def test_user_on_down_server_is_not_sent_there():
     cfg_nodes = {n: Node(name=n, address="http://127.0.0.1:8001", host="127.0.0.1", port=8001) for n in "ab"}
     cfg = ServerConfig(path="t.xml", nodes=cfg_nodes, groups={"G": Group("G", ("a", "b"), True)}, default_group="G")
     ra, rb = NodeRecord("a"), NodeRecord("b")
-    record_success(ra, state(), 0.0, 2, 2)
-    record_success(rb, state(users=["alice"]), 0.0, 2, 2)
+    record_success(ra, state(), 0.0, 2)
+    record_success(rb, state(users=["alice"]), 0.0, 2)
     sel = Selector(random.Random(1))
     sel.install(snap)
     assert sel.pick(user="alice").node == "b"
     for t in (1.0, 2.0):
-        record_failure(rb, "timed out", t, 2, 2)
+        record_failure(rb, "timed out", t, 2)
     down = Snapshot.build(cfg, {"a": ra, "b": rb}, now=3.0)
     assert down.nodes["b"].users == {"alice"} and not down.nodes["b"].selectable   # kept for the status page
     sel.install(down)
