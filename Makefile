@@ -11,7 +11,7 @@ BOOTSTRAP = PYTHON="$(PYTHON)" scripts/bootstrap
 
 demo:
 	$(BOOTSTRAP)
-	.venv/bin/python -m lbserver.demo
+	.venv/bin/python -m lbserver.tools.demo
 
 test:
 	$(BOOTSTRAP) --test
@@ -27,7 +27,7 @@ bench:
 clean:
 	rm -rf .venv build dist *.egg-info tests/artifacts .pytest_cache
 
-# System install (see README, "Installing and running as a service"):
+# System install (see docs/install.md):
 #   make install [DESTDIR=/staging/root] [PREFIX=/usr/local] [SYSTEM_PYTHON=/usr/bin/python3]
 #   make uninstall       same variables; configuration files you edited are kept
 DESTDIR ?=

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).resolve().parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "common" / "version.py").read_text()).group(1)
@@ -16,8 +16,8 @@ setup(
     long_description_content_type="text/markdown",
     license="GPL-2.0-or-later",
     python_requires=">=3.10",
-    packages=["common", "lbagent", "lbserver"],
-    package_data={"common": ["schemas/*.rng"], "lbserver": ["static/*"]},
+    packages=find_packages(include=["common", "lbagent", "lbserver", "lbserver.*", "lbclient"]),
+    package_data={"common": ["schemas/*.rng"], "lbserver.mgmt": ["static/*"]},
     install_requires=[
         "lxml>=4.9",
         "psutil>=5.9",
@@ -29,14 +29,14 @@ setup(
     extras_require={
         # uvloop makes the terminal service faster; lbserver uses it when installed.
         "fast": ["uvloop>=0.17"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "aiosmtpd>=1.4"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "aiosmtpd>=1.4", "import-linter>=2.1"],
     },
     entry_points={
         "console_scripts": [
             "lbagent = lbagent.main:main",
-            "lbserver = lbserver.main:main",
-            "lbclient = lbserver.lbclient:main",
-            "lbctl = lbserver.ctl:main",
+            "lbserver = lbserver.cli:main",
+            "lbclient = lbclient.client:main",
+            "lbctl = lbserver.mgmt.ctl:main",
         ],
     },
     classifiers=[

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lbserver.simulate import ALGORITHMS, SHIPPED, load_scenario, print_table, run_scenario  # noqa: E402
+from lbserver.tools.simulate import ALGORITHMS, SHIPPED, load_scenario, print_table, run_scenario  # noqa: E402
 
 
 def main() -> int:

@@ -9,12 +9,22 @@ thread's loop in :func:`run`):
    terminal (port in use, bad address);
 4. daemonise with python-daemon unless ``-f`` (the sockets are preserved);
 5. take the pidfile lock, start the service's threads;
-6. loop on signals: SIGHUP reloads (a bad new config is logged and the old
-   one stays) and reopens the log file, SIGTERM/SIGINT stop cleanly and
-   remove the pidfile.
+6. loop on signals, one job each (as gunicorn and nginx do):
+
+   * SIGHUP reloads the configuration: a bad new file is logged and the
+     old configuration stays; a changed ``<log file>`` or level is applied
+     with it (a new path opens the new file), but the current log file is
+     not reopened;
+   * SIGUSR1 reopens the log file, for logrotate, and reads no
+     configuration at all (so a rotation never applies a half-edited
+     file); with nothing to reopen (stderr, syslog) it does nothing;
+   * SIGTERM/SIGINT stop cleanly and remove the pidfile.
 
 Signals only write their number to a pipe (``signal.set_wakeup_fd``); the
-loop reads the pipe, so no work ever runs inside a signal handler.
+loop reads the pipe, so no work ever runs inside a signal handler. The
+handlers are in place before the pidfile is written, so a script that finds
+the pidfile may signal the daemon at once (SIGHUP and SIGUSR1 would
+otherwise end it).
 """
 
 from __future__ import annotations
@@ -108,7 +118,7 @@ def check_config(spec: DaemonSpec, path: str) -> int:
 
 
 class _Logging:
-    """Owns the root handler so SIGHUP can reopen or switch it."""
+    """Owns the root handler: SIGHUP may switch it, SIGUSR1 reopens its file."""
 
     def __init__(self, prog: str, foreground: bool, verbose: bool) -> None:
         self.prog = prog
@@ -118,19 +128,17 @@ class _Logging:
         self.target: str | None = None
 
     def configure(self, log_file: str | None, level: str | None) -> None:
+        """Log to ``log_file`` (syslog when None) at ``level``.
+
+        The same destination keeps its open handler: only SIGUSR1 reopens a
+        file. A new destination that cannot be opened raises OSError and
+        leaves the current handler and level untouched.
+        """
         root = logging.getLogger()
         lvl = logging.DEBUG if self.verbose else getattr(logging, (level or "info").upper(), logging.INFO)
-        root.setLevel(lvl)
         target = "stderr" if self.foreground else (log_file or "syslog")
         if self.handler is not None and target == self.target:
-            if isinstance(self.handler, logging.FileHandler):
-                # Reopen so logrotate's move-and-HUP works.
-                self.handler.acquire()
-                try:
-                    self.handler.close()
-                    self.handler.stream = self.handler._open()
-                finally:
-                    self.handler.release()
+            root.setLevel(lvl)
             return
         if target == "stderr":
             handler: logging.Handler = logging.StreamHandler(sys.stderr)
@@ -144,12 +152,37 @@ class _Logging:
         else:
             handler = logging.FileHandler(target)
             handler.setFormatter(logging.Formatter(LOG_FORMAT_FOREGROUND))
+        root.setLevel(lvl)
         if self.handler is not None:
             root.removeHandler(self.handler)
             self.handler.close()
         root.addHandler(handler)
         self.handler = handler
         self.target = target
+
+    def reopen(self) -> None:
+        """SIGUSR1: reopen the log file under its path (logrotate moved the old one away).
+
+        Reads no configuration. When the path cannot be opened (directory
+        gone, no permission) the daemon keeps writing to the file it has.
+        """
+        handler = self.handler
+        if not isinstance(handler, logging.FileHandler):
+            log.debug("SIGUSR1: logging to %s, no log file to reopen", self.target)
+            return
+        try:
+            stream = handler._open()
+        except OSError as exc:
+            log.error("SIGUSR1: cannot reopen the log file, still writing to the old one: %s", exc)
+            return
+        handler.acquire()
+        try:
+            old, handler.stream = handler.stream, stream
+            if old is not None:
+                old.close()
+        finally:
+            handler.release()
+        log.info("SIGUSR1: log file %s reopened", self.target)
 
 
 def _daemonise(sockets: list[socket.socket]) -> None:
@@ -196,18 +229,21 @@ def run(spec: DaemonSpec, args: argparse.Namespace) -> int:
     logs = _Logging(spec.prog, args.foreground, args.verbose)
     logs.configure(*spec.log_settings(config))
 
+    rfd, wfd = os.pipe()
+    os.set_blocking(wfd, False)
+    signal.set_wakeup_fd(wfd)
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)  # the wakeup fd carries the number
+
     try:
         if pidfile:
             pidfile.acquire()
     except PidFileError as exc:
         log.error("%s", exc)
+        signal.set_wakeup_fd(-1)
+        os.close(rfd)
+        os.close(wfd)
         return 1
-
-    rfd, wfd = os.pipe()
-    os.set_blocking(wfd, False)
-    signal.set_wakeup_fd(wfd)
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)  # the wakeup fd carries the number
 
     status = 0
     try:
@@ -226,6 +262,9 @@ def run(spec: DaemonSpec, args: argparse.Namespace) -> int:
             if any(s in (signal.SIGTERM, signal.SIGINT) for s in signums):
                 log.info("%s stopping on signal", spec.prog)
                 break
+            # One job per signal: a rotation (USR1) never reads the configuration.
+            if signal.SIGUSR1 in signums:
+                logs.reopen()
             if signal.SIGHUP in signums:
                 config = _reload(spec, args.config, config, service, logs)
     finally:
@@ -240,22 +279,33 @@ def run(spec: DaemonSpec, args: argparse.Namespace) -> int:
 
 
 def _reload(spec: DaemonSpec, path: str, old: Any, service: Service, logs: _Logging) -> Any:
+    """SIGHUP: load ``path`` and apply it (log settings included); return the config now in force."""
     log.info("SIGHUP: reloading %s", path)
     try:
         new = spec.load_config(path)
     except ConfigError as exc:
-        logs.configure(*spec.log_settings(old))
         log.error("reload refused, keeping the running configuration: %s", exc)
         return old
     except Exception:  # a loader bug must not take a running daemon down on SIGHUP
         log.exception("reload refused, keeping the running configuration: %s could not be read", path)
         return old
-    logs.configure(*spec.log_settings(new))
+    try:
+        logs.configure(*spec.log_settings(new))
+    except OSError as exc:
+        log.error("reload refused, keeping the running configuration: cannot open the new log: %s", exc)
+        return old
     try:
         service.reload(new)
     except Exception as exc:  # a reload must never take the daemon down
-        logs.configure(*spec.log_settings(old))
+        _restore_logging(spec, old, logs)
         log.exception("reload failed, keeping the running configuration: %s", exc)
         return old
     log.info("configuration reloaded from %s", path)
     return new
+
+
+def _restore_logging(spec: DaemonSpec, config: Any, logs: _Logging) -> None:
+    try:
+        logs.configure(*spec.log_settings(config))
+    except OSError as exc:
+        log.error("cannot return to the previous log destination, keeping the new one: %s", exc)

@@ -3,7 +3,9 @@
 :func:`load` parses and validates a file (structure by the RELAX NG schema
 ``lbaconfig.rng``, values and per-type attributes here) and returns an
 :class:`AgentConfig`, or raises :class:`~common.xmlconfig.ConfigError` with
-``FILE:LINE: message``.
+``FILE:LINE: message``. Every attribute, with its default and bounds, is
+declared once in :mod:`lbagent.settings`: the loader reads through those
+declarations and the dataclasses take their defaults from them.
 """
 
 from __future__ import annotations
@@ -19,25 +21,15 @@ from lxml import etree
 
 from common.builtins import BUILTIN_VARIABLES
 from common.secretfile import SecretFileError, permission_problem, read_secret_file
+from common.settings import LOG_LEVELS, read
 from common.tls import TlsConfigError, server_context
 from common.xmlconfig import ConfigError, Reader, parse_file
+from lbagent.settings import AGENT, ALLOW, DEFAULT_PATH, LOG, VARIABLE, VARIABLE_TYPES
 from lbagent.values import BadValue, Value, parse_value
 
-DEFAULT_PATH = "/etc/mille-xterm/lbaconfig.xml"
-DEFAULT_LISTEN = "0.0.0.0:8001"
-DEFAULT_COMMAND_TIMEOUT = 2.0
 VARIABLE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-# Which attributes each variable type needs, and which it may also take.
-VARIABLE_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "command": (("command",), ("timeout",)),
-    "process": (("pattern",), ()),
-    "disk": (("path",), ()),
-    "file": (("path",), ()),
-    "constant": (("value",), ()),
-}
-_TYPE_ATTRIBUTES = ("command", "timeout", "pattern", "path", "value")
+# The attributes of <variable> that only some types take, in the order they are checked.
+_TYPE_ATTRIBUTES = tuple(s.attribute for s in VARIABLE if s.attribute not in ("name", "type"))
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -56,11 +48,11 @@ class CustomVariable:
     name: str
     type: str
     line: int = 0
-    command: str | None = None
-    timeout: float = DEFAULT_COMMAND_TIMEOUT
-    pattern: re.Pattern[str] | None = None
-    path: str | None = None
-    value: Value | None = None
+    command: str | None = VARIABLE.command.default
+    timeout: float = VARIABLE.timeout.default
+    pattern: re.Pattern[str] | None = VARIABLE.pattern.default
+    path: str | None = VARIABLE.path.default
+    value: Value | None = VARIABLE.value.default
 
 
 @dataclass(frozen=True)
@@ -68,20 +60,20 @@ class AgentConfig:
     """The whole of lbaconfig.xml."""
 
     path: str
-    listen: tuple[str, int] = ("0.0.0.0", 8001)
-    sample_interval: float = 5.0
-    max_request_bytes: int = 64 * 1024
-    request_timeout: float = 5.0
+    listen: tuple[str, int] = AGENT.listen.default
+    sample_interval: float = AGENT.sample_interval.default
+    max_request_bytes: int = AGENT.max_request_bytes.default
+    request_timeout: float = AGENT.request_timeout.default
     allow: tuple[Network, ...] | None = None
     """Networks that may query; None when there is no <access> (everyone may)."""
     variables: tuple[CustomVariable, ...] = ()
-    log_file: str | None = None
-    log_level: str | None = None
-    secret_file: str | None = None
+    log_file: str | None = LOG.file.default
+    log_level: str | None = LOG.level.default
+    secret_file: str | None = AGENT.secret_file.default
     secret: str | None = field(default=None, repr=False)
     """The shared secret every request must carry (HTTP Basic password); None: no authentication."""
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_cert: str | None = AGENT.tls_cert.default
+    tls_key: str | None = AGENT.tls_key.default
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
     """Server-side TLS context built from tls-cert/tls-key; None: plain HTTP."""
 
@@ -103,7 +95,7 @@ def _warn_permissions(r: Reader, e: etree._Element, attr: str, path: str) -> Non
 def _load_security(r: Reader, agent: etree._Element) -> dict:
     """secret-file, tls-cert and tls-key of <agent>: read and checked now, so --check-config sees problems."""
     kw: dict = {}
-    secret_file = r.text(agent, "secret-file")
+    secret_file = read(r, agent, AGENT.secret_file)
     if secret_file is not None:
         path = _config_relative(r, secret_file)
         try:
@@ -112,7 +104,7 @@ def _load_security(r: Reader, agent: etree._Element) -> dict:
             raise r.error(agent, f"<agent> secret-file: {exc}") from None
         _warn_permissions(r, agent, "secret-file", path)
         kw["secret_file"] = path
-    cert, key = r.text(agent, "tls-cert"), r.text(agent, "tls-key")
+    cert, key = read(r, agent, AGENT.tls_cert), read(r, agent, AGENT.tls_key)
     if key is not None and cert is None:
         raise r.error(agent, "<agent> tls-key needs tls-cert (the agent's certificate, PEM)")
     if cert is not None:
@@ -128,16 +120,16 @@ def _load_security(r: Reader, agent: etree._Element) -> dict:
 
 
 def _load_variable(r: Reader, e: etree._Element) -> CustomVariable:
-    name = r.required(e, "name")
+    name = read(r, e, VARIABLE.name)
     if not VARIABLE_NAME.match(name):
         raise r.error(e, f"<variable> attribute name={name!r}: use upper-case letters, digits and '_', "
                          "starting with a letter (e.g. NBX11SESS)")
     if name in BUILTIN_VARIABLES:
         raise r.error(e, f"variable name {name!r} is a built-in variable; choose another name")
-    vtype = r.required(e, "type")
-    if vtype not in VARIABLE_TYPES:
+    vtype = read(r, e, VARIABLE.type, check=False)
+    if vtype not in VARIABLE.type.choices:
         raise r.error(e, f"<variable name={name!r}> has unknown type {vtype!r} "
-                         f"(expected {', '.join(VARIABLE_TYPES)})")
+                         f"(expected {', '.join(VARIABLE.type.choices)})")
     needed, optional = VARIABLE_TYPES[vtype]
     for attr in _TYPE_ATTRIBUTES:
         if e.get(attr) is not None and attr not in needed + optional:
@@ -147,19 +139,19 @@ def _load_variable(r: Reader, e: etree._Element) -> CustomVariable:
             raise r.error(e, f"<variable name={name!r} type={vtype!r}> is missing attribute {attr}")
     kw: dict = {}
     if vtype == "command":
-        kw["command"] = e.get("command")
-        kw["timeout"] = r.number(e, "timeout", DEFAULT_COMMAND_TIMEOUT, positive=True)
+        kw["command"] = read(r, e, VARIABLE.command)
+        kw["timeout"] = read(r, e, VARIABLE.timeout)
     elif vtype == "process":
-        raw = e.get("pattern")
+        raw = read(r, e, VARIABLE.pattern)
         try:
             kw["pattern"] = re.compile(raw)
         except re.error as exc:
             raise r.error(e, f"<variable name={name!r}> attribute pattern={raw!r}: "
                              f"not a valid regular expression: {exc}") from None
     elif vtype in ("disk", "file"):
-        kw["path"] = r.required(e, "path")
+        kw["path"] = r.required(e, VARIABLE.path.attribute)  # needed by these types, so read as required
     else:
-        raw = e.get("value")
+        raw = read(r, e, VARIABLE.value)
         try:
             kw["value"] = parse_value(raw)
         except BadValue as exc:
@@ -186,7 +178,7 @@ def _load_access(r: Reader, root: etree._Element) -> tuple[Network, ...] | None:
     elem = root.find("access")
     if elem is None:
         return None
-    nets = tuple(r.network(a, "from") for a in elem.iter("allow"))
+    nets = tuple(read(r, a, ALLOW.from_) for a in elem.iter("allow"))
     if not nets:
         raise r.error(elem, "<access> has no <allow>: nobody could query the agent "
                             "(remove <access> to let every address query)")
@@ -210,18 +202,15 @@ def load(path: str = DEFAULT_PATH) -> AgentConfig:
     kw: dict = {}
     agent = root.find("agent")
     if agent is not None:
-        kw["listen"] = r.listen(agent, "listen", DEFAULT_LISTEN)
-        kw["sample_interval"] = r.number(agent, "sample-interval", 5.0, minimum=0.1)
-        kw["max_request_bytes"] = r.integer(agent, "max-request-bytes", 64 * 1024, minimum=1024)
-        kw["request_timeout"] = r.number(agent, "request-timeout", 5.0, positive=True)
+        kw["listen"] = read(r, agent, AGENT.listen)
+        kw["sample_interval"] = read(r, agent, AGENT.sample_interval)
+        kw["max_request_bytes"] = read(r, agent, AGENT.max_request_bytes)
+        kw["request_timeout"] = read(r, agent, AGENT.request_timeout)
         kw.update(_load_security(r, agent))
     logel = root.find("log")
     if logel is not None:
-        kw["log_file"] = r.text(logel, "file")
-        level = r.text(logel, "level")
-        if level is not None and level.lower() not in LOG_LEVELS:
-            raise r.error(logel, f"<log> attribute level={level!r}: expected one of {', '.join(LOG_LEVELS)}")
-        kw["log_level"] = level.lower() if level else None
+        kw["log_file"] = read(r, logel, LOG.file)
+        kw["log_level"] = read(r, logel, LOG.level)
     return AgentConfig(path=path, allow=_load_access(r, root), variables=_load_variables(r, root), **kw)
 
 
@@ -230,4 +219,5 @@ def log_settings(config: AgentConfig) -> tuple[str | None, str | None]:
     return config.log_file, config.log_level
 
 
-__all__ = ["AgentConfig", "ConfigError", "CustomVariable", "VARIABLE_TYPES", "load", "log_settings"]
+__all__ = ["AgentConfig", "ConfigError", "CustomVariable", "DEFAULT_PATH", "LOG_LEVELS", "VARIABLE_TYPES", "load",
+           "log_settings"]

@@ -47,7 +47,10 @@ XML-RPC methods (at / and /RPC2):
 
 signals:
   SIGHUP       reload the configuration; a broken file is logged with
-               FILE:LINE and the running configuration stays in force
+               FILE:LINE and the running configuration stays in force;
+               a changed <log> is applied
+  SIGUSR1      reopen the log file (for logrotate); the configuration
+               is not read
   SIGTERM/INT  stop cleanly and remove the pid file
 
 examples:

@@ -8,13 +8,12 @@ one serving); stop() ends everything.
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 import threading
 
 from common.netutil import raise_nofile_limit
-from common.netutil import hosts_overlap
+from common.sockets import bind_after_close, format_listen, listen_socket, open_replacement
 from lbagent.config import AgentConfig
 from lbagent.linger import LingeringCloser, linger_capacity
 from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher, ServerParts
@@ -28,12 +27,6 @@ POLL_INTERVAL = 0.5  # how soon serve_forever notices shutdown()
 MAX_CONNECTIONS = 256  # served at once; more get 503 at once
 
 
-def format_listen(listen: tuple[str, int]) -> str:
-    """``host:port``, with IPv6 hosts in brackets."""
-    host, port = listen
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def security_summary(config: AgentConfig) -> str:
     """How queries are protected, for the start-up log line (never the secret itself)."""
     parts = ["over TLS" if config.ssl_context is not None else "over plain HTTP"]
@@ -42,39 +35,6 @@ def security_summary(config: AgentConfig) -> str:
     if config.allow is not None:
         parts.append(f"{len(config.allow)} allowed network(s)")
     return " (" + ", ".join(parts) + ")"
-
-
-def _resolve(listen: tuple[str, int]) -> tuple:
-    """The first getaddrinfo() entry for listening on ``listen``; OSError names the address."""
-    host, port = listen
-    try:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        raise OSError(f"cannot listen on {format_listen(listen)}: {exc.strerror}") from None
-
-
-def bind_listen(listen: tuple[str, int]) -> socket.socket:
-    """A listening TCP socket on ``listen``; OSError names the address on failure.
-
-    ``[::]`` is dual-stack where the system allows it, so IPv4 balancers
-    reach an agent listening on all IPv6 addresses too.
-    """
-    where = format_listen(listen)
-    family, stype, proto, _, addr = _resolve(listen)
-    sock = socket.socket(family, stype, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and addr[0] == "::":
-            try:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            except OSError:
-                pass
-        sock.bind(addr)
-        sock.listen(LISTEN_BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from None
-    return sock
 
 
 def _close_server(server: AgentHTTPServer) -> None:
@@ -103,7 +63,7 @@ class AgentService:
 
     def bind(self, config: AgentConfig) -> list[socket.socket]:
         """Open the listening socket for ``config.listen``."""
-        self._sock = bind_listen(config.listen)
+        self._sock = listen_socket(config.listen, LISTEN_BACKLOG)
         self._config = config
         return [self._sock]
 
@@ -151,55 +111,31 @@ class AgentService:
         self._sampler.reconfigure(config)
 
     def _move(self, old: AgentConfig, config: AgentConfig) -> None:
-        """Serve on ``config.listen`` instead of ``old.listen``."""
-        try:
-            sock = bind_listen(config.listen)  # fails before anything changed
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or not self._overlaps_listener(config.listen):
-                raise  # taken by someone else: the old listener stays, untouched
-            self._rebind_in_place(old, config)
-            return
-        old_server = self._server
-        self._serve(sock, config)  # the new listener first: never a moment without one
-        self._sock = sock
-        _close_server(old_server)
+        """Serve on ``config.listen`` instead of ``old.listen``.
 
-    def _overlaps_listener(self, listen: tuple[str, int]) -> bool:
-        """Whether ``listen`` collides with our own listening socket (same port, overlapping address)."""
-        ours = self._server.server_address
-        try:
-            new = _resolve(listen)[4]
-        except OSError:
-            return False
-        return new[1] == ours[1] and hosts_overlap(new[0], ours[0])
-
-    def _rebind_in_place(self, old: AgentConfig, config: AgentConfig) -> None:
-        """Move to an address that overlaps the old one on the same port.
-
-        Linux refuses to bind 0.0.0.0:P or [::]:P (or another spelling of the
-        old address, such as [::ffff:127.0.0.1]:P for 127.0.0.1:P) while the
-        old socket listens on port P. So the old listener closes first; if the
-        new address still cannot be bound, the old one is bound again and the
-        OSError is raised (the reload fails, the old configuration stays).
+        The new listener starts before the old one closes, so there is never a
+        moment without one, except on an overlapping address (see
+        :mod:`common.sockets`), where a failure binds the old address again
+        and raises (the reload fails, the old configuration stays).
         """
-        log.warning("%s overlaps %s, which is listening: closing it to bind the new address",
-                    format_listen(config.listen), format_listen(old.listen))
+        sock = open_replacement(config.listen, old.listen, LISTEN_BACKLOG)  # raises before anything changed
+        if sock is not None:
+            old_server = self._server
+            self._serve(sock, config)
+            self._sock = sock
+            _close_server(old_server)
+            return
         _close_server(self._server)
         try:
-            sock = bind_listen(config.listen)
-        except OSError as exc:
-            log.error("%s; listening on %s again", exc, format_listen(old.listen))
-            try:
-                sock = bind_listen(old.listen)
-            except OSError as lost:
-                self._lost = f"no listening socket: {lost} (after {exc})"
-                log.critical("%s", self._lost)
-                raise
-            self._serve(sock, old)
-            self._sock = sock
+            sock, error = bind_after_close(config.listen, old.listen, LISTEN_BACKLOG)
+        except OSError as lost:
+            self._lost = str(lost)
+            log.critical("%s", self._lost)
             raise
-        self._serve(sock, config)
+        self._serve(sock, old if error else config)
         self._sock = sock
+        if error:
+            raise error
 
     def stop(self) -> None:
         """Stop serving and sampling."""

@@ -2,6 +2,6 @@
 
 import sys
 
-from lbserver.main import main
+from lbserver.cli import main
 
 sys.exit(main())

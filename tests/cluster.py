@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lbserver import config as configmod
-from lbserver.app import Balancer as BalancerService
-from lbserver.statefile import DrainState
+from lbserver.core.balancer import Balancer as BalancerService
 from tests.conftest import Procs, free_port, python_cmd, wait_for_port, wait_until
 
 
@@ -183,8 +182,4 @@ def offline_balancer(tmp_path: Path, token: str | None = None) -> BalancerServic
   </nodes>
 </lbsconfig>
 """)
-    bal = BalancerService()
-    bal.config = configmod.load(str(cfg))
-    bal.drain = DrainState.load(bal.config.state_file)
-    bal.install_snapshot()
-    return bal
+    return BalancerService(configmod.load(str(cfg)))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lbserver.terminal import TerminalService, UnknownGroup, new_event_loop  # noqa: E402
+from lbserver.terminal.service import TerminalService, UnknownGroup, new_event_loop  # noqa: E402
 
 
 def make_answer(hosts: list[str], groups: dict[str, list[str]], alice: str):

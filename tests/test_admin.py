@@ -16,11 +16,12 @@ import socket
 
 import pytest
 
-from lbserver.app import Balancer
-from lbserver.history import History
-from lbserver.mgmt import (ManagementService, TokenFile, admin_allowed, host_allowed, is_loopback, loopback_allowed,
-                           read_token)
-from lbserver.statefile import DrainState
+from lbserver.core.balancer import Balancer
+from lbserver.core.history import History
+from lbserver.mgmt.api import Api
+from lbserver.mgmt.auth import TokenFile, admin_allowed, host_allowed, is_loopback, loopback_allowed, read_token
+from lbserver.mgmt.http import ManagementService
+from lbserver.core.drainstate import DrainState
 from tests.cluster import offline_balancer
 
 REMOTE = "192.0.2.1"
@@ -74,11 +75,11 @@ def test_read_token(tmp_path, caplog):
     path = tmp_path / "token"
     path.write_text(f"{TOKEN}\nignored second line\n")
     path.chmod(0o600)
-    with caplog.at_level(logging.WARNING, logger="lbserver.mgmt"):
+    with caplog.at_level(logging.WARNING, logger="lbserver.mgmt.http"):
         assert read_token(str(path)) == TOKEN
     assert not caplog.records
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="lbserver.mgmt"):
+    with caplog.at_level(logging.WARNING, logger="lbserver.mgmt.http"):
         assert read_token(str(path)) == TOKEN
     assert "chmod 600" in caplog.text and TOKEN not in caplog.text
     caplog.clear()
@@ -91,7 +92,7 @@ def test_read_token(tmp_path, caplog):
 
 
 def _route(bal: Balancer, method: str, path: str, peer: str, headers: dict | None = None, query: dict | None = None):
-    return asyncio.run(ManagementService(bal).route(method, path, query or {}, headers or {}, peer))
+    return asyncio.run(ManagementService(Api(bal, bal)).route(method, path, query or {}, headers or {}, peer))
 
 
 def test_route_refuses_remote_admin_without_the_right_token(tmp_path):
@@ -102,7 +103,7 @@ def test_route_refuses_remote_admin_without_the_right_token(tmp_path):
         assert b"loopback" in body and TOKEN.encode() not in body
     # /reload is refused before anything is done (it would signal this process)
     assert _route(bal, "POST", "/reload", REMOTE)[0] == 403
-    assert bal.drain.nodes == set()
+    assert not any(v.drained for v in bal.snapshot.nodes.values())
     assert not bal.snapshot.nodes["xapp1"].drained
     # reads stay open to whoever reaches the port
     status, ctype, body = _route(bal, "GET", "/status", REMOTE)
@@ -130,7 +131,7 @@ def test_route_without_token_file_allows_only_loopback(tmp_path):
     assert _route(bal, "POST", "/nodes/xapp2/drain", REMOTE, {"authorization": f"Bearer {TOKEN}"})[0] == 403
     assert _route(bal, "POST", "/nodes/xapp2/drain", "127.0.0.1", {"origin": "http://evil.example"})[0] == 403
     assert _route(bal, "POST", "/nodes/xapp2/drain", "::1")[0] == 200
-    assert bal.drain.nodes == {"xapp2"}
+    assert {n for n, v in bal.snapshot.nodes.items() if v.drained} == {"xapp2"}
 
 
 def test_route_bad_requests(tmp_path):

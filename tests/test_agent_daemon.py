@@ -58,7 +58,7 @@ class Agent:
     """One foreground agent process and what a test needs to talk to it."""
 
     def __init__(self, procs, tmp_path, host: str, extra: str = "", agent_attrs: str = 'sample-interval="0.5"',
-                 nofile: int | None = None):
+                 nofile: int | None = None, args: tuple[str, ...] = ()):
         self.host = host
         self.port = free_port(host)
         self.config = tmp_path / "lbaconfig.xml"
@@ -68,7 +68,7 @@ class Agent:
         if nofile is not None:
             # Soft and hard: the agent cannot raise it, as under a small LimitNOFILE.
             kw["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-        self.proc = procs.start(python_cmd("lbagent", "-f", "-c", str(self.config)),
+        self.proc = procs.start(python_cmd("lbagent", "-f", "-c", str(self.config), *args),
                                 stderr=open(self.log, "w"), stdout=subprocess.DEVNULL, **kw)
         wait_for_port(host, self.port, proc=self.proc)
 
@@ -329,6 +329,136 @@ def test_daemon_lifecycle(tmp_path):
                 pid = None
         if pid is not None and psutil.pid_exists(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_sigusr1_reopens_the_log_file_and_sighup_reloads(tmp_path):
+    """Daemonised with a <log file>: SIGUSR1 reopens the file after logrotate's rename and never
+    reads the configuration (neither a finished edit nor a half-written file); SIGHUP reloads,
+    leaves the open log file alone, and moves to a new <log file> path."""
+    host = "127.0.0.64"
+    port = free_port(host)
+    pidfile = tmp_path / "lbagent.pid"
+    log = tmp_path / "agent.log"
+    cfg = tmp_path / "lbaconfig.xml"
+
+    def config(room: int, log_file=log) -> str:
+        return config_text(host, port, f'<log file="{log_file}" level="info"/>'
+                           f'<variables><variable name="ROOM" type="constant" value="{room}"/></variables>')
+
+    def room() -> int:
+        return proxy(host, port).get_state()["variables"]["ROOM"]
+
+    def room_after_a_new_sample() -> int:
+        """ROOM from a sample taken after this call (a reload shows in the next sample)."""
+        before = proxy(host, port).get_state()["sampled_at"]
+        state = wait_until(lambda: (s := proxy(host, port).get_state())["sampled_at"] > before and s,
+                           timeout=10, what="a new sample")
+        return state["variables"]["ROOM"]
+
+    def rotate(to: str) -> None:
+        """What logrotate does: rename the file, then SIGUSR1; return once a new file is written."""
+        log.rename(tmp_path / to)
+        os.kill(pid, signal.SIGUSR1)
+        wait_until(lambda: log.exists() and f"SIGUSR1: log file {log} reopened" in log.read_text(),
+                   timeout=10, what=f"a new {log.name} after the rename to {to}")
+
+    cfg.write_text(config(1))
+    env = dict(os.environ, PYTHONPATH=str(os.path.dirname(os.path.dirname(__file__))))
+    started = subprocess.run(python_cmd("lbagent", "-c", str(cfg), "-p", str(pidfile)),
+                             capture_output=True, text=True, timeout=30, env=env)
+    assert started.returncode == 0, started.stderr
+    pid = None
+    try:
+        pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), what="pid file"))
+        wait_for_port(host, port)
+        wait_until(lambda: "started" in log.read_text(), what="agent logging to its file")
+        assert room() == 1
+
+        # A finished edit waits in the file: the rotation does not apply it.
+        cfg.write_text(config(2))
+        rotate("agent.log.1")
+        assert "started" in (tmp_path / "agent.log.1").read_text()
+        assert "started" not in log.read_text()
+        assert room_after_a_new_sample() == 1
+
+        # A half-written file: the rotation does not even read it.
+        whole = config(3)
+        cfg.write_text(whole[:len(whole) // 2])
+        rotate("agent.log.2")
+        assert room_after_a_new_sample() == 1
+        assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        for name in ("agent.log.1", "agent.log.2", "agent.log"):
+            text = (tmp_path / name).read_text()
+            assert "reload" not in text and "ERROR" not in text, (name, text)
+
+        # SIGHUP does read it: the broken file is refused, the running configuration stays.
+        os.kill(pid, signal.SIGHUP)
+        wait_until(lambda: "reload refused" in log.read_text(), timeout=10, what="reload refusal logged")
+        assert f"{cfg}:" in log.read_text()
+        assert room() == 1
+
+        # SIGHUP reloads a good file and does not reopen the log: the renamed file gets the lines.
+        log.rename(tmp_path / "agent.log.3")
+        cfg.write_text(config(4))
+        os.kill(pid, signal.SIGHUP)
+        wait_until(lambda: room() == 4, timeout=10, what="ROOM=4 after SIGHUP")
+        wait_until(lambda: "configuration reloaded" in (tmp_path / "agent.log.3").read_text(),
+                   timeout=10, what="reload logged in the open file")
+        assert not log.exists()
+
+        # A new <log file> path is part of the configuration: SIGHUP switches to it.
+        other = tmp_path / "other.log"
+        cfg.write_text(config(5, other))
+        os.kill(pid, signal.SIGHUP)
+        wait_until(lambda: other.exists() and "configuration reloaded" in other.read_text(),
+                   timeout=10, what="reload logged in the new log file")
+        wait_until(lambda: room() == 5, timeout=10, what="ROOM=5 after SIGHUP")
+        assert "SIGHUP: reloading" in (tmp_path / "agent.log.3").read_text()
+
+        # A new log file that cannot be opened: the whole reload is refused.
+        cfg.write_text(config(6, tmp_path / "no-such-dir" / "agent.log"))
+        os.kill(pid, signal.SIGHUP)
+        wait_until(lambda: "reload refused, keeping the running configuration: cannot open the new log"
+                   in other.read_text(), timeout=10, what="reload refused for the log file")
+        assert room_after_a_new_sample() == 5
+
+        # A log path that cannot be reopened: the daemon keeps writing to the file it has.
+        other.rename(tmp_path / "other.log.1")
+        other.mkdir()
+        os.kill(pid, signal.SIGUSR1)
+        wait_until(lambda: "cannot reopen the log file, still writing to the old one"
+                   in (tmp_path / "other.log.1").read_text(), timeout=10, what="reopen failure logged")
+        other.rmdir()
+        other = tmp_path / "other.log.1"
+
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not pidfile.exists(), timeout=10, what="pid file removed")
+        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                   timeout=10, what="daemon gone")
+        pid = None
+        assert "lbagent stopped" in other.read_text()
+        assert not log.exists()
+    finally:
+        if pid is None and pidfile.exists():
+            try:
+                pid = int(pidfile.read_text().strip())
+            except ValueError:
+                pid = None
+        if pid is not None and psutil.pid_exists(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_sigusr1_in_the_foreground_is_harmless(procs, tmp_path):
+    """-f logs to stderr: SIGUSR1 finds no file to reopen, reads no configuration, ends nothing."""
+    agent = Agent(procs, tmp_path, "127.0.0.65", args=("-v",))
+    agent.config.write_text("<?xml version=\"1.0\"?>\n<lbaconfig>\n  <agent listen=")  # half-written
+    agent.proc.send_signal(signal.SIGUSR1)
+    wait_until(lambda: "SIGUSR1: logging to stderr, no log file to reopen" in agent.log_text(),
+               timeout=10, what="SIGUSR1 handled")
+    assert agent.proc.poll() is None
+    assert agent.rpc().ping() is True
+    log = agent.log_text()
+    assert "reload" not in log and "ERROR" not in log, log
 
 
 def test_port_in_use_is_reported_before_detaching(tmp_path):

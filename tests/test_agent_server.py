@@ -23,7 +23,9 @@ from lbagent.config import AgentConfig
 from lbagent.linger import LingeringCloser, linger_capacity
 from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher, ServerParts
 from common.netutil import hosts_overlap
-from lbagent.service import AgentService, bind_listen
+import common.sockets
+from common.sockets import listen_socket
+from lbagent.service import AgentService
 from lbagent.workers import WorkerPool
 
 
@@ -41,7 +43,7 @@ class Exploding(Dispatcher):
 @contextmanager
 def serving(host: str, dispatcher: Dispatcher):
     """An AgentHTTPServer on ``host`` (a free port) in a background thread; yields the port."""
-    sock = bind_listen((host, 0))
+    sock = listen_socket((host, 0))
     port = sock.getsockname()[1]
     config = AgentConfig(path="lbaconfig.xml", listen=(host, port))
     parts = ServerParts(dispatcher=dispatcher, deadlines=Deadlines(), workers=WorkerPool(max_workers=4),
@@ -95,18 +97,19 @@ def test_reload_that_cannot_bind_an_overlapping_address_keeps_the_old_one(tmp_pa
     new = dataclasses.replace(old, listen=(f"::ffff:{host}", port))
     attempts: list[tuple[str, int]] = []
 
-    def bind(listen):
+    def bind(listen, backlog=1024):
         attempts.append(listen)
         if listen == new.listen and attempts.count(listen) == 2:
             raise OSError(errno.EADDRINUSE, f"cannot listen on [{listen[0]}]:{port}: taken meanwhile")
-        return bind_listen(listen)
+        return listen_socket(listen, backlog)
 
-    monkeypatch.setattr(agent_service, "bind_listen", bind)
+    monkeypatch.setattr(agent_service, "listen_socket", bind)
+    monkeypatch.setattr(common.sockets, "listen_socket", bind)
     service = AgentService()
     service.start(old)
     proxy = xmlrpc.client.ServerProxy(f"http://{host}:{port}/RPC2")
     try:
-        with caplog.at_level(logging.INFO, logger="lbagent.service"), pytest.raises(OSError, match="taken meanwhile"):
+        with caplog.at_level(logging.INFO), pytest.raises(OSError, match="taken meanwhile"):
             service.reload(new)
         # The first new bind failed for real (the old socket held the port), the second on cue.
         assert attempts == [old.listen, new.listen, new.listen, old.listen]

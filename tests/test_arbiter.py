@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lbserver.arbiter import NO_ADDRESS, Candidate, decide, publish_count
+from lbserver.dns.decide import NO_ADDRESS, Candidate, decide, publish_count
 
 MEMBERS = ("wms01", "wms02", "wms03", "wms04")
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import lxml.html
 
-from lbserver.dashboard import TEMPLATE, content_security_policy, embed_json, render_dashboard
+from lbserver.mgmt.api import Api
+from lbserver.mgmt.dashboard import TEMPLATE, content_security_policy, embed_json
 from tests.cluster import start_agent, start_balancer
 from tests.conftest import ARTIFACTS, wait_until
 
@@ -77,9 +78,8 @@ def test_render_embeds_escaped_status(tmp_path):
     from tests.test_admin import offline_balancer
 
     bal = offline_balancer(tmp_path)
-    bal.drain.set("xapp2", True)
-    bal.install_snapshot()
-    page = render_dashboard(bal).decode()
+    bal.set_drained("xapp2", True)
+    page = Api(bal, bal).dashboard().decode()
     assert page.startswith("<!DOCTYPE html>")
     tree = lxml.html.fromstring(page)
     data = json.loads(tree.get_element_by_id("initial-data").text)

@@ -9,7 +9,7 @@ from tests.conftest import ROOT, python_cmd
 
 
 def test_demo_sends_terminals_to_the_least_loaded_servers():
-    res = subprocess.run(python_cmd("lbserver.demo", "-n", "200"), capture_output=True, text=True, timeout=120,
+    res = subprocess.run(python_cmd("lbserver.tools.demo", "-n", "200"), capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr
     sent = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\s+(xapp\d)\s+127\.0\.0\.\d.*?(\d+)$", res.stdout, re.M)}

@@ -11,9 +11,9 @@ import dns.update
 
 from dnsfixture import NODES, write_config
 from lbserver import config
-from lbserver.arbiter import Candidate
-from lbserver.dnsarbiter import DnsArbiter, format_reports, resolve_node
-from lbserver.dnsupdate import RRsets, needs_update, sort_addresses
+from lbserver.dns.decide import Candidate
+from lbserver.dns.arbiter import DnsArbiter, format_reports, resolve_node
+from lbserver.dns.update import RRsets, needs_update, sort_addresses
 
 GROUPS = {"WMS": tuple(NODES)}
 WEIGHTS = {"wms01": 40.0, "wms02": 30.0, "wms03": 20.0, "wms04": 10.0}
@@ -178,7 +178,7 @@ def test_server_down_then_back(tmp_path, named_server):
 
 def test_cname_at_alias_is_reported(tmp_path, named_server):
     arb, cfg = arbiter_for(tmp_path, named_server, ALICE)
-    from lbserver.dnskey import load_key
+    from lbserver.config.tsigkey import load_key
     k = load_key(str(named_server.key_file)).dns_key()
     upd = dns.update.UpdateMessage(named_server.zone, keyring={k.name: k}, keyname=k.name)
     upd.add("wms-alice", 300, "CNAME", "ns.lbtest.example.")

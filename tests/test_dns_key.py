@@ -8,7 +8,7 @@ import pytest
 
 from common.xmlconfig import ConfigError
 from lbserver import config
-from lbserver.dnskey import KeyFileError, load_key, parse_key_text, permission_warning, write_key_file
+from lbserver.config.tsigkey import KeyFileError, load_key, parse_key_text, permission_warning, write_key_file
 
 SECRET = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"  # base64 of b"secret" * 4 + ...
 

@@ -13,10 +13,10 @@ import pytest
 
 from dnsfixture import NODES, NamedServer, write_config
 from lbserver import config
-from lbserver.arbiter import NO_ADDRESS, Candidate
-from lbserver.dnsarbiter import DnsArbiter, resolve_node, unpublishable
-from lbserver.dnskey import load_key
-from lbserver.dnsupdate import DnsError, RRsets, differences, needs_update, query_current, replace_rrsets
+from lbserver.dns.decide import NO_ADDRESS, Candidate
+from lbserver.dns.arbiter import DnsArbiter, resolve_node, unpublishable
+from lbserver.config.tsigkey import load_key
+from lbserver.dns.update import DnsError, RRsets, differences, needs_update, query_current, replace_rrsets
 
 GROUPS = {"WMS": tuple(NODES)}
 ALICE = '    <alias name="wms-alice" group="WMS" num-out="1"/>'

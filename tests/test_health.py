@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lbserver.health import MAX_STRING, MAX_USERS, MAX_VARIABLES, NodeRecord, record_failure, record_success, \
+from lbserver.core.health import MAX_STRING, MAX_USERS, MAX_VARIABLES, NodeRecord, record_failure, record_success, \
     validate_state
 
 STATE = {"hostname": "xapp1", "agent_version": "1.0", "sampled_at": 1700000000.5,

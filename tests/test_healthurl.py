@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import free_port
-from lbserver.healthurl import HealthFetchError, fetch, format_time, match_hosts, match_nodes, parse_page, \
+from lbserver.dns.healthurl import HealthFetchError, fetch, format_time, match_hosts, match_nodes, parse_page, \
     parse_timestamp
 
 NOW = 1_700_000_000.0

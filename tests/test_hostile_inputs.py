@@ -28,11 +28,13 @@ from common.xmlconfig import ConfigError
 from conftest import ROOT
 from lbagent import config as agent_config
 from lbserver import config as server_config
-from lbserver import healthurl, httpreq, siteinfo
-from lbserver.health import validate_state
-from lbserver.poller import PollError, parse_reply
-from lbserver.terminal import TerminalService, _Connection
-from lbserver.weights import evaluate
+from lbserver.dns import healthurl
+from lbserver.terminal import request as httpreq
+from lbserver.tools import siteinfo
+from lbserver.core.health import validate_state
+from lbserver.core.poller import PollError, parse_reply
+from lbserver.terminal.service import TerminalService, _Connection
+from lbserver.core.weights import evaluate
 
 # HOSTILE_EXAMPLES=5000 runs a deeper search; the default keeps the suite fast.
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "200"))
@@ -361,7 +363,7 @@ def test_connection_framing(stream, cuts):
 
     def answer(group, user):
         if group == "NOPE":
-            from lbserver.selection import UnknownGroup
+            from lbserver.core.selection import UnknownGroup
             raise UnknownGroup(group)
         return "xapp1"
 

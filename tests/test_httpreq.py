@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lbserver.httpreq import MAX_BODY, MAX_HEAD, HttpError, decode_query, find_head_end, parse_head
+from lbserver.terminal.request import MAX_BODY, MAX_HEAD, HttpError, decode_query, find_head_end, parse_head
 
 
 def parse(raw: bytes):

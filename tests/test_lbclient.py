@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from lbserver import lbclient
-from lbserver.lbclient import ServerError, build_request, parse_response, parse_server, valid_host
+from lbclient import client as lbclient
+from lbclient.client import ServerError, build_request, parse_response, parse_server, valid_host
 from tests.conftest import ROOT, Procs, free_port, python_cmd, wait_for_port
 
-CLIENT = ROOT / "lbserver" / "lbclient.py"
+CLIENT = ROOT / "lbclient" / "client.py"
 GET_HOSTS = ROOT / "etc" / "ldm" / "get_hosts"
 
 
@@ -98,17 +98,42 @@ def test_servers_from_env_and_default():
     assert lbclient.servers_from(["b:1"], {"LBSERVER": "ignored"}) == [("b", 1)]
 
 
-def test_standard_library_only():
-    """The client must run when copied alone into a thin-client image."""
-    tree = ast.parse(CLIENT.read_text())
+def imported_modules(path: Path) -> set[str]:
+    """Top-level names of the modules ``path`` imports ("." for a relative import)."""
     modules = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             modules.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            modules.add((node.module or "").split(".")[0])
+            modules.add("." if node.level else (node.module or "").split(".")[0])
+    return modules
+
+
+def test_standard_library_only():
+    """The client must run when copied alone into a thin-client image."""
+    modules = imported_modules(CLIENT)
     assert modules <= set(sys.stdlib_module_names), modules - set(sys.stdlib_module_names)
-    assert not any(isinstance(n, ast.NamedExpr) for n in ast.walk(tree))  # old Python 3 syntax
+    tree = ast.parse(CLIENT.read_text())
+    # old Python 3 syntax: no := (3.8), no f-strings or variable annotations (3.6)
+    assert not any(isinstance(n, (ast.NamedExpr, ast.JoinedStr, ast.AnnAssign)) for n in ast.walk(tree))
+
+
+def test_package_imports_nothing_of_the_project():
+    """lbclient/ is its own top-level package: standard library, and itself, only."""
+    files = sorted((ROOT / "lbclient").glob("*.py"))
+    assert {f.name for f in files} >= {"__init__.py", "__main__.py", "client.py"}
+    allowed = set(sys.stdlib_module_names) | {"lbclient"}
+    for path in files:
+        modules = imported_modules(path)
+        assert not modules & {"lbserver", "lbagent", "common"}, (path.name, modules)
+        assert modules <= allowed, (path.name, modules - allowed)
+
+
+def test_version_follows_the_project():
+    """client.py cannot import common.version; its own VERSION must match it."""
+    from common.version import __version__
+
+    assert lbclient.VERSION == __version__
 
 
 # -- real processes --------------------------------------------------------------
@@ -129,7 +154,7 @@ def harness():
 
 @pytest.fixture(scope="module")
 def copied_client(tmp_path_factory):
-    """lbclient.py copied alone into an empty directory, as in a thin-client image."""
+    """lbclient/client.py copied alone into an empty directory as ``lbclient``, as in a thin-client image."""
     path = tmp_path_factory.mktemp("image") / "lbclient"
     shutil.copy(CLIENT, path)
     return path
@@ -255,6 +280,34 @@ def test_client_help_and_usage_errors(copied_client):
     bad = run_client(copied_client, "-s", "host:notaport")
     assert bad.returncode == 2 and "invalid port" in bad.stderr
     assert run_client(copied_client, "-t", "0").returncode == 2
+
+
+def test_python_m_lbclient(harness, tmp_path):
+    """``python3 -m lbclient``, the package installed (here: on PYTHONPATH), from any directory."""
+    env = {k: v for k, v in os.environ.items() if k != "LBSERVER"}
+    env["PYTHONPATH"] = str(ROOT)
+    help_text = subprocess.run([sys.executable, "-m", "lbclient", "--help"], capture_output=True, text=True,
+                               timeout=15, env=env, cwd=tmp_path)
+    assert help_text.returncode == 0, help_text.stderr
+    assert help_text.stdout.startswith("usage: lbclient ") and "exit status" in help_text.stdout
+    asked = subprocess.run([sys.executable, "-m", "lbclient", "-s", f"127.0.0.1:{harness}", "-g", "g2"],
+                           capture_output=True, text=True, timeout=15, env=env, cwd=tmp_path)
+    assert (asked.returncode, asked.stdout, asked.stderr) == (0, "z\n", "")
+
+
+def test_client_py_copied_alone_runs_as_a_script(harness, tmp_path):
+    """``python3 client.py`` next to nothing else: -S leaves out site-packages (where the project
+    may be installed), so only the standard library and the file's own directory are importable."""
+    image = tmp_path / "image"
+    image.mkdir()
+    shutil.copy(CLIENT, image / "client.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("LBSERVER", "PYTHONPATH")}
+    for args, out in ((["--help"], "usage: lbclient "), (["-s", f"127.0.0.1:{harness}", "-g", "g2"], "z\n")):
+        result = subprocess.run([sys.executable, "-S", "client.py", *args], capture_output=True, text=True,
+                                timeout=15, env=env, cwd=image)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(out)
+    assert sorted(p.name for p in image.iterdir()) == ["client.py"]  # nothing else needed or written
 
 
 # -- etc/ldm/get_hosts ---------------------------------------------------------

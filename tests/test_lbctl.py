@@ -15,9 +15,9 @@ from tests.conftest import ROOT, free_port, python_cmd, wait_for_port, wait_unti
 
 
 def lbctl(url: str, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    """Run ``python -m lbserver.ctl --url URL args``."""
+    """Run ``python -m lbserver.mgmt.ctl --url URL args``."""
     kw.setdefault("capture_output", True)
-    return subprocess.run(python_cmd("lbserver.ctl", "--url", url, *args), text=True, timeout=30,
+    return subprocess.run(python_cmd("lbserver.mgmt.ctl", "--url", url, *args), text=True, timeout=30,
                           env={"PYTHONPATH": str(ROOT), **(env or {})}, **kw)
 
 
@@ -53,7 +53,7 @@ def test_status_table_json_and_colour(three):
     for env, coloured in (({}, True), ({"NO_COLOR": "1"}, False)):
         master, slave = pty.openpty()
         try:
-            proc = subprocess.Popen(python_cmd("lbserver.ctl", "--url", bal.mgmt_url, "status"), stdout=slave,
+            proc = subprocess.Popen(python_cmd("lbserver.mgmt.ctl", "--url", bal.mgmt_url, "status"), stdout=slave,
                                     stderr=subprocess.PIPE, env={"PYTHONPATH": str(ROOT), **env})
             os.close(slave)
             out = b""

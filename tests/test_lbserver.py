@@ -56,7 +56,7 @@ def test_curl_lbclient_groups_and_bad_requests(three):
     out = subprocess.run(["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
                           bal.url + "/?group=NOPE"], capture_output=True, text=True).stdout
     assert out == "404"
-    client = subprocess.run(python_cmd("lbserver.lbclient", "-s", f"127.0.0.1:{free_port()}",
+    client = subprocess.run(python_cmd("lbclient", "-s", f"127.0.0.1:{free_port()}",
                                        "-s", f"127.0.0.1:{bal.port}", "-g", "B"),
                             capture_output=True, text=True, timeout=20, env={"PYTHONPATH": str(ROOT)})
     assert client.returncode == 0, client.stderr
@@ -243,7 +243,7 @@ def test_reload_moves_the_terminal_port_even_onto_an_overlapping_address(three):
     # the same address spelled as IPv4-mapped IPv6: binding it while ours listens is EADDRINUSE
     bal.config.write_text(text.replace(f'listen="127.0.0.1:{bal.port}"', f'listen="[::ffff:127.0.0.1]:{bal.port}"'))
     bal.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: b"overlaps the address in use" in _read_available(bal.proc), 10, what="overlap handled")
+    wait_until(lambda: b"which is listening: closing it" in _read_available(bal.proc), 10, what="overlap handled")
     wait_until(lambda: b"configuration reloaded" in _read_available(bal.proc), 10, what="reload done")
     assert bal.ask() in {"xapp1", "xapp2", "xapp3"}
     # and a plain move to another port

@@ -9,8 +9,11 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lbserver.dnsarbiter import AliasReport
-from lbserver.metrics import DurationHistogram, render_metrics
+from lbserver.dns.arbiter import AliasReport
+from lbserver.dns.service import DnsService
+from lbserver.core.counters import DurationHistogram
+from lbserver.mgmt.aliases import NoAliases
+from lbserver.mgmt.metrics import render_metrics
 from tests.cluster import offline_balancer, start_agent, start_balancer
 from tests.conftest import wait_until
 
@@ -37,7 +40,7 @@ def test_duration_histogram_is_cumulative():
 
 def test_names_follow_conventions_and_dns_part_is_optional(tmp_path):
     bal = offline_balancer(tmp_path)
-    text = render_metrics(bal).decode()
+    text = render_metrics(bal, NoAliases()).decode()
     fams = parse(text)
     for name in ("lbserver_node_up", "lbserver_node_weight", "lbserver_poll_duration_seconds",
                  "lbserver_dns_alias_published_addresses", "lbserver_build_info"):
@@ -56,16 +59,18 @@ def test_names_follow_conventions_and_dns_part_is_optional(tmp_path):
             assert all(smp.name == fam.name + "_total" for smp in fam.samples), fam.name
         else:
             assert not fam.name.endswith("_total"), fam.name
-    bal.response_counts = {200: 1}
-    assert "\nlbserver_terminal_requests_total{code=\"200\"} 1.0\n" in render_metrics(bal).decode()
+    bal.count_response(200)
+    assert "\nlbserver_terminal_requests_total{code=\"200\"} 1.0\n" in render_metrics(bal, NoAliases()).decode()
 
-    bal.dns_reports = [AliasReport(alias="wms-alice", fqdn="wms-alice.example.org.", group="PROD", enabled=True,
+    dns = DnsService(bal)
+    dns.reports = [AliasReport(alias="wms-alice", fqdn="wms-alice.example.org.", group="PROD", enabled=True,
                                    result="updated", published=("192.0.2.11", "192.0.2.12"),
                                    published_nodes=("xapp1", "xapp2"), excluded={"xapp3": "down"},
                                    fallback=False)]
-    bal.dns_update_counts = {("wms-alice", "updated"): 3, ("wms-alice", "unchanged"): 7}
-    bal.response_counts = {200: 5, 404: 1}
-    fams = parse(render_metrics(bal).decode())
+    dns.update_counts = {("wms-alice", "updated"): 3, ("wms-alice", "unchanged"): 7}
+    for code in (200, 200, 200, 200, 404):
+        bal.count_response(code)
+    fams = parse(render_metrics(bal, dns).decode())
     assert samples(fams["lbserver_dns_alias_published_addresses"]) == {("wms-alice",): 2.0}
     assert samples(fams["lbserver_dns_alias_excluded_nodes"]) == {("wms-alice",): 1.0}
     assert samples(fams["lbserver_dns_alias_fallback"]) == {("wms-alice",): 0.0}

@@ -12,9 +12,9 @@ import pytest
 from conftest import free_port
 from dnsfixture import NODES, start_smtp, write_config
 from lbserver import config
-from lbserver.arbiter import Candidate
-from lbserver.dnsarbiter import DnsArbiter
-from lbserver.notify import AlertTracker, Change, Mailer, MailSettings, compose
+from lbserver.dns.decide import Candidate
+from lbserver.dns.arbiter import DnsArbiter
+from lbserver.dns.notify import AlertTracker, Change, Mailer, MailSettings, compose
 from tlsfixture import make_ca
 
 # The test server takes AUTH without TLS on loopback; aiosmtpd warns about that.
@@ -118,7 +118,7 @@ def test_fallback_and_dns_failure_mails(tmp_path, named_server, smtp_server):
 def test_smtp_down_is_not_fatal_and_mail_follows_later(tmp_path, named_server, caplog):
     port = free_port()
     arb = make(tmp_path, named_server, SimpleNamespace(port=port))  # nothing listens there yet
-    with caplog.at_level(logging.WARNING, logger="lbserver.notify"):
+    with caplog.at_level(logging.WARNING, logger="lbserver.dns.notify"):
         arb.run_cycle(cands("wms04"), GROUPS)
     assert any("cannot send alert mail" in r.getMessage() and f"127.0.0.1:{port}" in r.getMessage()
                for r in caplog.records)
@@ -148,7 +148,7 @@ def test_wrong_smtp_password_is_logged_not_fatal(tmp_path, named_server, smtp_au
     pw = tmp_path / "smtp.pw"
     pw.write_text("wrong\n")
     arb = make(tmp_path, named_server, smtp_auth_server, extra=f'smtp-user="lb" smtp-password-file="{pw}"')
-    with caplog.at_level(logging.WARNING, logger="lbserver.notify"):
+    with caplog.at_level(logging.WARNING, logger="lbserver.dns.notify"):
         [rep] = arb.run_cycle(cands("wms01"), GROUPS)
     assert rep.result == "updated"
     assert any("535" in r.getMessage() for r in caplog.records)

@@ -27,7 +27,7 @@ from conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
 from lbagent import config as agentconfig
 from lbagent.rpc import basic_auth_ok
 from lbserver import config as serverconfig
-from lbserver.poller import build_request, parse_reply, PollError
+from lbserver.core.poller import build_request, parse_reply, PollError
 from tests.cluster import Balancer
 
 AGENT_SECRET = "agent-Secret-7f3a9c"
@@ -162,7 +162,7 @@ def server_xml_text(tmp_path: Path, poll_attrs: str, nodes: str) -> Path:
 def test_balancer_secret_defaults_and_overrides(tmp_path, caplog):
     secret_file(tmp_path / "all.secret", AGENT_SECRET)
     secret_file(tmp_path / "one.secret", "another-secret", mode=0o604)
-    with caplog.at_level(logging.WARNING, logger="lbserver.config"):
+    with caplog.at_level(logging.WARNING, logger="lbserver.config.loader"):
         cfg = serverconfig.load(str(server_xml_text(
             tmp_path, 'secret-file="all.secret"',
             '<node name="a" address="http://10.0.0.1:8001"/>\n'
@@ -361,7 +361,7 @@ def test_secrets_never_appear_in_logs_status_or_errors(procs, tmp_path):
     shown = [json.dumps(bal.status())]
     with urllib.request.urlopen(bal.mgmt_url + "/metrics", timeout=5) as resp:
         shown.append(resp.read().decode())
-    ctl = subprocess.run(python_cmd("lbserver.ctl", "--url", bal.mgmt_url, "status"), capture_output=True,
+    ctl = subprocess.run(python_cmd("lbserver.mgmt.ctl", "--url", bal.mgmt_url, "status"), capture_output=True,
                          text=True, timeout=30, env={"PYTHONPATH": str(ROOT)})
     shown += [ctl.stdout, ctl.stderr]
     # An admin action (reads the token file) and a reload (reads every secret file again).
@@ -387,8 +387,8 @@ def _status_of(call) -> int:
 
 
 def test_tsig_and_token_errors_do_not_show_the_secret(tmp_path, caplog):
-    from lbserver.dnskey import KeyFileError, load_key
-    from lbserver.mgmt import read_token
+    from lbserver.config.tsigkey import KeyFileError, load_key
+    from lbserver.mgmt.auth import read_token
     key = tmp_path / "dns.key"
     for text in (f'key "lbkey" {{ algorithm hmac-sha999; secret "{TSIG_SECRET}"; }};',
                  f'key "lbkey" {{ algorithm hmac-sha256; secret "{TSIG_SECRET}!"; }};',

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbserver.config import Group, Node, Require, Rule, ServerConfig
-from lbserver.fenwick import Fenwick
-from lbserver.health import NodeRecord, record_failure, record_success
-from lbserver.selection import EmptyGroup, Selector, Snapshot, UnknownGroup
+from lbserver.core.fenwick import Fenwick
+from lbserver.core.health import NodeRecord, record_failure, record_success
+from lbserver.core.selection import EmptyGroup, Selector, Snapshot, UnknownGroup
 
 # Chi-square critical values at p = 0.001 by degrees of freedom (standard tables).
 CHI2_001 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}

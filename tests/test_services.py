@@ -365,13 +365,13 @@ def postrotate(installed: Path) -> str:
 
 def test_logrotate_reopens_logs_and_spares_reused_pids(sysv, tmp_path):
     port = free_port()
-    sysv.setup("lbagent", agent_config(port, tmp_path))
+    config = sysv.setup("lbagent", agent_config(port, tmp_path))
     sysv.setup("lbserver", server_config(free_port(), free_port(), port, tmp_path))
     script = postrotate(sysv.destdir)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **sysv.env}
 
     # lbagent crashed and its pid went to an unrelated process, even one whose
-    # command line happens to name it: it must not get the SIGHUP (which would end it).
+    # command line happens to name it: it must not get the SIGUSR1 (which would end it).
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lbagent"])
     try:
         sysv.pidfile("lbagent").write_text(f"{stranger.pid}\n")
@@ -386,16 +386,57 @@ def test_logrotate_reopens_logs_and_spares_reused_pids(sysv, tmp_path):
     # The running daemon reopens its log: after the rename it writes a new file.
     assert sysv.run("lbagent", "start").returncode == 0
     wait_for_port("127.0.0.1", port)
+    pid = sysv.pid("lbagent")
     log = tmp_path / "lbagent.log"
     wait_until(lambda: log.exists() and "started" in log.read_text(), what="agent logging to its file")
+    # An edit in progress when logrotate runs: the rotation must not apply it
+    # (nor check it: rotate is no reload).
+    config.write_text(agent_config(port, tmp_path, '<variable name="ROOM" type="constant" value="7"/>')[:-60])
     log.rename(tmp_path / "lbagent.log.1")
     rotated = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert rotated.returncode == 0, rotated.stdout + rotated.stderr
-    wait_until(lambda: log.exists() and "configuration reloaded" in log.read_text(),
+    wait_until(lambda: log.exists() and "log file" in log.read_text() and "reopened" in log.read_text(),
                what="a new log file after rotation")
-    assert "SIGHUP: reloading" in (tmp_path / "lbagent.log.1").read_text()
-    assert get_state(port)["hostname"]
+    for text in (log.read_text(), (tmp_path / "lbagent.log.1").read_text()):
+        assert "reload" not in text and "ERROR" not in text, text
+    assert sysv.pid("lbagent") == pid and pid_alive(pid)
+    assert "ROOM" not in get_state(port)["variables"]
+    assert sysv.run("lbagent", "reload").returncode == 6  # the file was broken indeed
+
+    # The finished edit is applied by reload (SIGHUP), which does not reopen the log.
+    config.write_text(agent_config(port, tmp_path, '<variable name="ROOM" type="constant" value="7"/>'))
+    assert sysv.run("lbagent", "reload").returncode == 0
+    wait_until(lambda: get_state(port)["variables"].get("ROOM") == 7, what="ROOM=7 after reload")
+    wait_until(lambda: "configuration reloaded" in log.read_text(), what="reload logged")
     assert sysv.run("lbagent", "stop").returncode == 0
+
+
+def test_rotate_sends_sighup_to_a_daemon_that_does_not_catch_sigusr1(sysv, tmp_path):
+    """A daemon started before SIGUSR1 reopened the log (its pid file locked, SIGUSR1 left to the
+    default action, which ends a process) gets the SIGHUP that reopened its log then."""
+    sysv.setup("lbagent", agent_config(free_port(), tmp_path))
+    got = tmp_path / "signals"
+    older = subprocess.Popen([sys.executable, "-c", """if True:
+        import fcntl, os, signal, sys, time
+        pidfile, got = sys.argv[1], sys.argv[2]
+        fd = os.open(pidfile, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        os.write(fd, b"%d\\n" % os.getpid())
+        signal.signal(signal.SIGHUP, lambda *_: open(got, "a").write("HUP\\n"))
+        open(got, "a").write("ready\\n")
+        while True:
+            time.sleep(1)
+        """, str(sysv.pidfile("lbagent")), str(got), "lbagent"])
+    try:
+        wait_until(lambda: got.exists() and "ready" in got.read_text(), what="the older daemon ready")
+        assert sysv.run("lbagent", "status").returncode == 0
+        rotated = sysv.run("lbagent", "rotate")
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        wait_until(lambda: "HUP" in got.read_text(), what="SIGHUP received")
+        assert older.poll() is None
+    finally:
+        older.kill()
+        older.wait()
 
 
 # ------------------------------------------------------------ make install
@@ -413,7 +454,8 @@ def test_install_layout(installed):
         assert script.read_text().startswith(f"#!{sys.executable}\n")
     assert (d / "usr/lib/mille-xterm/lbagent/main.py").is_file()
     assert (d / "usr/lib/mille-xterm/common/schemas/lbaconfig.rng").is_file()
-    assert (d / "usr/lib/mille-xterm/lbserver/static/dashboard.html").is_file()
+    assert (d / "usr/lib/mille-xterm/lbserver/mgmt/static/dashboard.html").is_file()
+    assert (d / "usr/lib/mille-xterm/lbclient/client.py").is_file()
     assert (d / "etc/mille-xterm/lbaconfig.xml").read_bytes() == (ROOT / "etc/lbaconfig.xml").read_bytes()
     assert (d / "etc/mille-xterm/lbsconfig.xml").read_bytes() == (ROOT / "etc/lbsconfig.xml").read_bytes()
     for name in ("lbagent", "lbserver"):
@@ -435,6 +477,9 @@ def test_install_layout(installed):
                                 capture_output=True, text=True, env=env, cwd="/", timeout=60)
         assert result.returncode == 0, result.stderr
         assert "configuration OK" in result.stdout
+    result = subprocess.run([str(d / "usr/bin/lbclient"), "--help"], capture_output=True, text=True,
+                            env=env, cwd="/", timeout=60)
+    assert result.returncode == 0 and "usage: lbclient" in result.stdout, result.stderr
     probe = d / "usr/bin/.probe"
     probe.write_text((d / "usr/bin/lbagent").read_text().replace(
         "sys.exit(main())", "import lbagent\nprint(lbagent.__file__)"))

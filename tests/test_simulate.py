@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.xmlconfig import ConfigError
-from lbserver.simulate import ALGORITHMS, load_scenario, main_simulate, parse_scenario, run_scenario
+from lbserver.tools.simulate import ALGORITHMS, load_scenario, main_simulate, parse_scenario, run_scenario
 
 REFERENCE = Path(__file__).resolve().parent.parent / "bench" / "storm.scenario"
 

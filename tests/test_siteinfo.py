@@ -9,8 +9,8 @@ import stat
 import pytest
 
 from lbserver import config
-from lbserver.dnskey import format_bind_key, load_key
-from lbserver.siteinfo import main_import, parse_siteinfo
+from lbserver.config.tsigkey import format_bind_key, load_key
+from lbserver.tools.siteinfo import main_import, parse_siteinfo
 
 SECRET = "bGJzZWNyZXRsYnNlY3JldGxic2VjcmV0bGJzZWNyZXQ="
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lbserver.terminal import TerminalService, UnknownGroup
+from lbserver.terminal.service import TerminalService, UnknownGroup
 from tests.conftest import Procs, free_port, python_cmd, wait_for_port, wait_until
 
 IO_TIMEOUT = 5.0
@@ -284,7 +284,7 @@ def test_chunked_and_huge_bodies_refused(raw):
 
 
 def test_lbclient_against_harness(port):
-    out = subprocess.run(python_cmd("lbserver.lbclient", "-s", f"127.0.0.1:{port}", "-g", "g2"),
+    out = subprocess.run(python_cmd("lbclient", "-s", f"127.0.0.1:{port}", "-g", "g2"),
                          capture_output=True, text=True, timeout=10)
     assert (out.returncode, out.stdout) == (0, "z\n")
 

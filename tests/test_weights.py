@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbserver.config import Require, Rule
-from lbserver.weights import compensates, compensation, evaluate, node_size
+from lbserver.core.weights import compensates, compensation, evaluate, node_size
 
 BASE = {"NBPROC": 4, "CPUFREQ": 2000}   # size 8 core-GHz
 

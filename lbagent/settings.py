@@ -1,0 +1,100 @@
+"""lbaconfig.xml's settings: every attribute declared once.
+
+Each element's attributes are declared here with their kind, default, bounds
+and meaning (see :mod:`common.settings`). :mod:`lbagent.config` reads them
+through :func:`common.settings.read` and takes its dataclass defaults from
+them, and docs/settings.md is generated from :data:`CONFIG_FILE`. The
+structure of the file is the RELAX NG schema's (``common/schemas/lbaconfig.rng``).
+"""
+
+from __future__ import annotations
+
+from common.settings import LOG_LEVELS, ConfigFile, Element, Setting
+
+DEFAULT_PATH = "/etc/mille-xterm/lbaconfig.xml"
+
+VARIABLE_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "command": (("command",), ("timeout",)),
+    "process": (("pattern",), ()),
+    "disk": (("path",), ()),
+    "file": (("path",), ()),
+    "constant": (("value",), ()),
+}
+"""Per <variable type>: the attributes it needs, and those it may also take."""
+
+AGENT = Element(
+    "agent", "How the agent serves the balancers.",
+    Setting("listen", "listen", ("0.0.0.0", 8001),
+            "Address and port to serve on. Use [::]:8001 for IPv6, which also accepts IPv4 where the system "
+            "allows dual-stack sockets."),
+    Setting("sample-interval", "number", 5.0, "Seconds between two readings of the variables.", minimum=0.1),
+    Setting("max-request-bytes", "integer", 64 * 1024,
+            "Larger requests are refused with HTTP 413 before their body is read.", minimum=1024),
+    Setting("request-timeout", "number", 5.0,
+            "Seconds a client may take over its whole connection; after that the agent hangs up.", positive=True),
+    Setting("secret-file", "path", None,
+            "File holding the shared secret every request must carry as its HTTP Basic password. A relative "
+            "path is taken from the directory of lbaconfig.xml."),
+    Setting("tls-cert", "path", None,
+            "Certificate (PEM) to serve over TLS with; the balancer then uses an https address. It may hold "
+            "the private key too. A relative path is taken from the directory of lbaconfig.xml."),
+    Setting("tls-key", "path", None,
+            "Private key (PEM) of tls-cert, when it is in a file of its own. A relative path is taken from the "
+            "directory of lbaconfig.xml."),
+)
+
+LOG = Element(
+    "log", "Where the agent logs when it runs as a daemon. SIGUSR1 reopens the log file (logrotate sends it); SIGHUP applies a changed <log>.",
+    Setting("file", "path", None, "Log file.", default_doc="syslog"),
+    Setting("level", "keyword", None, "Least severe messages logged, in upper or lower case.",
+            choices=LOG_LEVELS, default_doc="info"),
+)
+
+ACCESS = Element(
+    "access",
+    "Which peers may query the agent. Other peers get HTTP 403 at once (over TLS the connection is closed "
+    "before the handshake), and refusals are logged at a bounded rate. IPv4 clients of an IPv6 socket are "
+    "matched as IPv4. Without this element every address may query; with it but without any allow, the "
+    "configuration is refused.")
+
+ALLOW = Element(
+    "allow", "One address or network that may query.",
+    Setting("from", "network", doc="An address, or a network in CIDR notation such as 10.0.0.0/24.",
+            required=True),
+    parent="access",
+)
+
+VARIABLES = Element("variables", "Variables defined here, reported beside the built-in ones.")
+
+VARIABLE = Element(
+    "variable",
+    "A variable defined by the administrator. Each type takes attributes of its own: "
+    + "; ".join(f"{vtype} takes {' and '.join(needed + optional)}"
+                for vtype, (needed, optional) in VARIABLE_TYPES.items())
+    + ".",
+    Setting("name", "text",
+            doc="The variable's name: upper-case letters, digits and underscores, starting with a letter, and "
+                "not the name of a built-in variable.", required=True),
+    Setting("type", "text", doc="How the value is obtained.", choices=tuple(VARIABLE_TYPES), required=True),
+    Setting("command", "text", None,
+            "Type command: a shell command; the value is the first line it prints. It runs in a process group "
+            "of its own, killed past the timeout, and a non-zero exit status means no value."),
+    Setting("timeout", "number", 2.0, "Type command: seconds the command may run.", positive=True),
+    Setting("pattern", "regex", None,
+            "Type process: the value is true while a process's name or command line matches this regular "
+            "expression, in Python syntax."),
+    Setting("path", "path", None,
+            "Type disk: the value is the percentage of used space of the file system holding this path. "
+            "Type file: the value is the first line of this regular file."),
+    Setting("value", "text", None, "Type constant: the value itself."),
+    parent="variables",
+)
+
+CONFIG_FILE = ConfigFile(
+    name="lbaconfig.xml", program="lbagent", path=DEFAULT_PATH,
+    doc="The agent's configuration. Every element is optional; top-level elements may come in any order, each "
+        "at most once.",
+    elements=(AGENT, LOG, ACCESS, ALLOW, VARIABLES, VARIABLE),
+)
+
+__all__ = ["ACCESS", "AGENT", "ALLOW", "CONFIG_FILE", "DEFAULT_PATH", "LOG", "VARIABLE", "VARIABLES", "VARIABLE_TYPES"]

@@ -1,0 +1,380 @@
+"""lbsconfig.xml: reading and checking a file into a :class:`ServerConfig`.
+
+:func:`load` parses and validates a file (structure by the RELAX NG schema,
+values and cross-references here) and returns a :class:`ServerConfig`, or
+raises :class:`~common.xmlconfig.ConfigError` with ``FILE:LINE: message``.
+Attributes are read through their declarations in
+:mod:`lbserver.config.settings`; the checks here are those no single
+declaration states: names, URLs and e-mail addresses, references between
+elements, and secret, certificate and key files read now so that
+``--check-config`` sees their problems.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import ssl
+import urllib.parse
+
+import dns.exception
+import dns.name
+from lxml import etree
+
+from common.builtins import BUILTIN_VARIABLES
+from common.secretfile import SecretFileError, permission_problem, read_secret_file
+from common.settings import read
+from common.tls import TlsConfigError, client_context
+from common.xmlconfig import ConfigError, Reader, parse_file
+from lbserver.config import tsigkey
+from lbserver.config.model import DEFAULT_RULES, Alias, Dns, Group, Node, Poll, Require, Rule, ServerConfig
+from lbserver.config.settings import (AGENT_PORTS, ALIAS, DEFAULT_PATH, DEFAULT_STATE_FILE, DNS, GROUP,
+                                      HEALTH_URL_SCHEMES, LBSERVICE, LOG, MGMTSERVICE, NODE, POLL, REQUIRE, VARIABLE)
+
+VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DNS_LABELS = re.compile(r"^([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$")
+EMAIL = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+$")
+
+log = logging.getLogger(__name__)
+
+
+def _node_url(r: Reader, elem: etree._Element) -> tuple[str, int]:
+    raw = read(r, elem, NODE.address)
+    try:
+        parsed = urllib.parse.urlsplit(raw)
+        port = parsed.port
+    except ValueError:  # "http://[bad" raises in urlsplit itself, a bad port in .port
+        parsed, port = urllib.parse.urlsplit(""), -1
+    if parsed.scheme not in AGENT_PORTS or not parsed.hostname or port == -1:
+        raise r.error(elem, f"<node> attribute address={raw!r}: expected a URL such as http://10.0.0.1:8001")
+    return parsed.hostname, port or AGENT_PORTS[parsed.scheme]
+
+
+class _Credentials:
+    """Reads each secret file and builds each TLS context once per load, however many nodes share it."""
+
+    def __init__(self, r: Reader) -> None:
+        self.r = r
+        self._secrets: dict[str, str] = {}
+        self._contexts: dict[str | None, ssl.SSLContext] = {}
+
+    def secret(self, elem: etree._Element, path: str) -> str:
+        """The secret in ``path`` (named by ``elem``'s secret-file); warns once on loose permissions."""
+        if path not in self._secrets:
+            try:
+                self._secrets[path] = read_secret_file(path)
+            except SecretFileError as exc:
+                raise self.r.error(elem, f"<{elem.tag}> secret-file: {exc}") from None
+            problem = permission_problem(path)
+            if problem:
+                # A warning, not an error: see common.secretfile for why.
+                log.warning("%s:%s: <%s> secret-file: %s", self.r.path, elem.sourceline, elem.tag, problem)
+        return self._secrets[path]
+
+    def context(self, elem: etree._Element, ca_file: str | None) -> ssl.SSLContext:
+        """The client TLS context verifying against ``ca_file`` (None: the system's CAs)."""
+        if ca_file not in self._contexts:
+            try:
+                self._contexts[ca_file] = client_context(ca_file)
+            except TlsConfigError as exc:
+                raise self.r.error(elem, f"<{elem.tag}> tls-ca: {exc}") from None
+        return self._contexts[ca_file]
+
+
+def _node_security(r: Reader, n: etree._Element, poll: etree._Element | None, creds: _Credentials,
+                   tls: bool) -> dict:
+    """secret-file and tls-ca of a node, falling back to <poll>'s, read and checked."""
+    kw: dict = {}
+    own_secret = read(r, n, NODE.secret_file)
+    secret_elem = n if own_secret is not None else poll
+    poll_secret = read(r, poll, POLL.secret_file) if poll is not None else None
+    secret_file = own_secret if own_secret is not None else poll_secret
+    if secret_file is not None:
+        kw["secret_file"] = _config_relative(r, secret_file)
+        kw["secret"] = creds.secret(secret_elem, kw["secret_file"])
+    own_ca = read(r, n, NODE.tls_ca)
+    if own_ca is not None and not tls:
+        raise r.error(n, f"<node> tls-ca applies to https:// addresses only (address={n.get('address')!r})")
+    if tls:
+        ca_elem = n if own_ca is not None else poll
+        ca = own_ca if own_ca is not None else (read(r, poll, POLL.tls_ca) if poll is not None else None)
+        kw["tls_ca"] = _config_relative(r, ca) if ca is not None else None
+        kw["ssl_context"] = creds.context(ca_elem if ca is not None else n, kw["tls_ca"])
+    return kw
+
+
+def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[str, Group], str]:
+    poll = root.find("poll")
+    creds = _Credentials(r)
+    if poll is not None and read(r, poll, POLL.tls_ca) is not None:
+        creds.context(poll, _config_relative(r, read(r, poll, POLL.tls_ca)))  # checked even if no node uses it
+    nodes: dict[str, Node] = {}
+    groups: dict[str, Group] = {}
+    default: str | None = None
+    for g in root.find("nodes").iter("group"):
+        gname = read(r, g, GROUP.name)
+        if gname in groups:
+            raise r.error(g, f"duplicate group name {gname!r} (first at line {groups[gname].line})")
+        members: list[str] = []
+        for n in g.iter("node"):
+            name = read(r, n, NODE.name)
+            if not NODE_NAME.match(name):
+                raise r.error(n, f"<node> attribute name={name!r}: use letters, digits, '.', '_' and '-'")
+            if name in members:
+                raise r.error(n, f"duplicate node name {name!r} in group {gname!r}")
+            host, port = _node_url(r, n)
+            address = read(r, n, NODE.address)
+            node = Node(name=name, address=address, host=host, port=port,
+                        ip=read(r, n, NODE.ip), ip6=read(r, n, NODE.ip6), line=n.sourceline,
+                        **_node_security(r, n, poll, creds, address.lower().startswith("https:")))
+            prev = nodes.get(name)
+            if prev is not None and (prev.address, prev.ip, prev.ip6, prev.secret_file, prev.tls_ca) != (
+                    node.address, node.ip, node.ip6, node.secret_file, node.tls_ca):
+                raise r.error(n, f"node {name!r} is defined differently at line {prev.line}; "
+                                 "a node in several groups must have the same attributes")
+            nodes.setdefault(name, node)
+            members.append(name)
+        if not members:
+            raise r.error(g, f"group {gname!r} has no <node>")
+        is_default = read(r, g, GROUP.default)
+        if is_default:
+            if default is not None:
+                raise r.error(g, f"two default groups: {default!r} and {gname!r}")
+            default = gname
+        groups[gname] = Group(name=gname, nodes=tuple(members), default=is_default, line=g.sourceline)
+    if default is None:
+        default = next(iter(groups))
+    return nodes, groups, default
+
+
+def _load_rules(r: Reader, root: etree._Element) -> tuple[tuple[Rule, ...], tuple[Require, ...]]:
+    rules: list[Rule] = []
+    requires: list[Require] = []
+    elem = root.find("rules")
+    if elem is None:
+        return DEFAULT_RULES, ()
+    seen: dict[str, int] = {}
+    for e in elem:
+        name = read(r, e, (VARIABLE if e.tag == "variable" else REQUIRE).name)
+        if not VARIABLE_NAME.match(name):
+            raise r.error(e, f"<{e.tag}> attribute name={name!r}: not a variable name")
+        if e.tag == "variable":
+            if name in seen:
+                raise r.error(e, f"duplicate rule for variable {name!r} (first at line {seen[name]})")
+            seen[name] = e.sourceline
+            if not read(r, e, VARIABLE.custom) and name not in BUILTIN_VARIABLES:
+                raise r.error(e, f"unknown built-in variable {name!r}; built-ins are {', '.join(BUILTIN_VARIABLES)}"
+                                 " (for a variable defined in the agents' lbaconfig.xml add custom=\"true\")")
+            rules.append(Rule(
+                name=name,
+                weight=read(r, e, VARIABLE.weight),
+                capacity=read(r, e, VARIABLE.capacity),
+                critical=read(r, e, VARIABLE.critical),
+                per_cpu=read(r, e, VARIABLE.per_cpu),
+                per_session=read(r, e, VARIABLE.per_session),
+                line=e.sourceline,
+            ))
+        else:
+            req = Require(name=name, equals=read(r, e, REQUIRE.equals), min=read(r, e, REQUIRE.min),
+                          max=read(r, e, REQUIRE.max), line=e.sourceline)
+            if req.equals is None and req.min is None and req.max is None:
+                raise r.error(e, "<require> needs equals, min or max")
+            if req.min is not None and req.max is not None and req.min > req.max:
+                raise r.error(e, "<require> min is greater than max")
+            requires.append(req)
+    return tuple(rules), tuple(requires)
+
+
+def _config_relative(r: Reader, path: str) -> str:
+    """A path from the config, relative ones taken from the config file's directory."""
+    if os.path.isabs(path):
+        return path
+    return os.path.join(os.path.dirname(os.path.abspath(r.path)), path)
+
+
+def _check_dns_extras(r: Reader, elem: etree._Element, dns_cfg: "Dns") -> None:
+    """Checks of <dns> beyond the structure: key file, algorithm, names, mail settings."""
+    if tsigkey.normalize_algorithm(dns_cfg.key_algorithm) is None:
+        raise r.error(elem, f"<dns> attribute key-algorithm={dns_cfg.key_algorithm!r}: expected one of "
+                            f"{', '.join(tsigkey.ALGORITHMS)}")
+    try:
+        key = tsigkey.load_key(dns_cfg.key_file, dns_cfg.key_name, dns_cfg.key_algorithm)
+    except tsigkey.KeyFileError as exc:
+        raise r.error(elem, f"<dns> key-file: {exc}") from None
+    given = elem.get("key-algorithm")
+    if given is not None and tsigkey.normalize_algorithm(given) != key.algorithm:
+        raise r.error(elem, f"<dns> key-algorithm={given!r} but key {key.name!r} in {dns_cfg.key_file} uses "
+                            f"{key.algorithm}: remove key-algorithm or make them agree")
+    try:
+        if not DNS_LABELS.match(dns_cfg.zone):
+            raise dns.exception.SyntaxError
+        origin = dns.name.from_text(dns_cfg.zone)
+    except dns.exception.DNSException:
+        raise r.error(elem, f"<dns> attribute zone={dns_cfg.zone!r}: not a valid DNS name") from None
+    for a, ae in zip(dns_cfg.aliases, elem.iter("alias")):
+        try:
+            if not DNS_LABELS.match(a.name):
+                raise dns.exception.SyntaxError
+            name = dns.name.from_text(a.name, origin=origin)
+        except dns.exception.DNSException:
+            raise r.error(ae, f"<alias> attribute name={a.name!r}: not a valid DNS name") from None
+        if not name.is_subdomain(origin):
+            raise r.error(ae, f"<alias> attribute name={a.name!r}: not inside zone {dns_cfg.zone!r} "
+                              "(give the name relative to the zone, e.g. wms-alice)")
+        if a.health_url is not None:
+            try:
+                scheme = urllib.parse.urlsplit(a.health_url).scheme.lower()
+            except ValueError:  # "http://[bad"
+                scheme = ""
+            if scheme not in HEALTH_URL_SCHEMES:
+                raise r.error(ae, f"<alias> attribute health-url={a.health_url!r}: expected an http://, "
+                                  "https:// or file:// URL")
+    for contact in (dns_cfg.contact or "").replace(";", ",").split(","):
+        if contact.strip() and not EMAIL.match(contact.strip()):
+            raise r.error(elem, f"<dns> attribute contact={dns_cfg.contact!r}: expected e-mail addresses "
+                                "separated by commas")
+    if dns_cfg.mail_from is not None and not EMAIL.match(dns_cfg.mail_from.strip()):
+        raise r.error(elem, f"<dns> attribute mail-from={dns_cfg.mail_from!r}: expected an e-mail address")
+    if dns_cfg.smtp_user and not dns_cfg.smtp_password_file:
+        raise r.error(elem, "<dns> smtp-user needs smtp-password-file (a file holding the SMTP password)")
+    if dns_cfg.smtp_password_file and not dns_cfg.smtp_user:
+        raise r.error(elem, "<dns> smtp-password-file needs smtp-user (the SMTP login name)")
+    if dns_cfg.smtp_password_file:
+        try:
+            with open(dns_cfg.smtp_password_file, "rb"):
+                pass
+        except OSError as exc:
+            raise r.error(elem, f"<dns> smtp-password-file={dns_cfg.smtp_password_file!r}: cannot read: "
+                                f"{exc.strerror or exc}") from None
+
+
+def _load_dns(r: Reader, elem: etree._Element, groups: dict[str, Group]) -> Dns:
+    zone = read(r, elem, DNS.zone).rstrip(".")
+    smtp_host, smtp_port = read(r, elem, DNS.smtp)
+    ttl = read(r, elem, DNS.ttl, check=False)
+    if ttl < DNS.ttl.minimum:
+        raise r.error(elem, f"<dns> attribute ttl={ttl}: must be at least {DNS.ttl.minimum} seconds "
+                            "(resolvers and caches misbehave with shorter TTLs)")
+    aliases: list[Alias] = []
+    for a in elem.iter("alias"):
+        name = read(r, a, ALIAS.name)
+        gname = read(r, a, ALIAS.group)
+        if gname not in groups:
+            raise r.error(a, f"<alias name={name!r}> names unknown group {gname!r}")
+        if any(x.name == name for x in aliases):
+            raise r.error(a, f"duplicate alias {name!r}")
+        size = len(groups[gname].nodes)
+        num_out = read(r, a, ALIAS.num_out)
+        best = read(r, a, ALIAS.best_hosts)
+        if num_out is not None and best is not None:
+            raise r.error(a, f"<alias name={name!r}>: give num-out or best-hosts, not both")
+        if num_out is not None and not 0 < num_out < size:
+            raise r.error(a, f"<alias name={name!r}> num-out={num_out}: must satisfy 0 < num-out < {size} "
+                             f"(the number of nodes in group {gname!r})")
+        if best is not None and not (best == -1 or best >= 1):
+            raise r.error(a, f"<alias name={name!r}> best-hosts={best}: must be -1 (all healthy) or at least 1")
+        if num_out is None and best is None:
+            # The original arbiter leaves one server out; a one-node group publishes it.
+            num_out, best = (1, None) if size > 1 else (None, -1)
+        aliases.append(Alias(name=name, group=gname, enabled=read(r, a, ALIAS.enabled), num_out=num_out,
+                             best_hosts=best, health_url=read(r, a, ALIAS.health_url),
+                             health_max_age=read(r, a, ALIAS.health_max_age),
+                             line=a.sourceline))
+    password_file = read(r, elem, DNS.smtp_password_file)
+    state_file = read(r, elem, DNS.alert_state_file)
+    dns_cfg = Dns(
+        server=read(r, elem, DNS.server),
+        port=read(r, elem, DNS.port),
+        zone=zone,
+        key_file=_config_relative(r, read(r, elem, DNS.key_file)),
+        ttl=ttl,
+        timeout=read(r, elem, DNS.timeout),
+        key_name=read(r, elem, DNS.key_name),
+        key_algorithm=read(r, elem, DNS.key_algorithm),
+        contact=read(r, elem, DNS.contact),
+        smtp_host=smtp_host,
+        smtp_port=smtp_port,
+        smtp_starttls=read(r, elem, DNS.smtp_starttls),
+        smtp_user=read(r, elem, DNS.smtp_user),
+        smtp_password_file=_config_relative(r, password_file) if password_file else None,
+        mail_from=read(r, elem, DNS.mail_from),
+        alert_state_file=_config_relative(r, state_file) if state_file else None,
+        aliases=tuple(aliases),
+        line=elem.sourceline,
+    )
+    _check_dns_extras(r, elem, dns_cfg)
+    return dns_cfg
+
+
+def _check_token_file(r: Reader, elem: etree._Element, path: str) -> None:
+    """Warn now about a token file that is unusable or readable by others.
+
+    Only warnings: the management service reads the file at each remote admin
+    request (so a new token needs no restart), and works from loopback without it.
+    """
+    try:
+        read_secret_file(path)
+    except SecretFileError as exc:
+        log.warning("%s:%s: <mgmtservice> token-file: %s; remote admin actions will be refused",
+                    r.path, elem.sourceline, exc)
+        return
+    problem = permission_problem(path)
+    if problem:
+        log.warning("%s:%s: <mgmtservice> token-file: %s", r.path, elem.sourceline, problem)
+
+
+def load(path: str = DEFAULT_PATH) -> ServerConfig:
+    """Load and validate lbsconfig.xml; raise ConfigError naming file and line."""
+    root = parse_file(path, "lbsconfig.rng")
+    r = Reader(path)
+    seen: dict[str, int] = {}
+    for child in root:
+        if child.tag in seen:
+            raise r.error(child, f"<{child.tag}> appears twice (first at line {seen[child.tag]})")
+        seen[child.tag] = child.sourceline
+    if "nodes" not in seen:
+        raise r.error(root, "missing element <nodes> (the application servers to balance)")
+    nodes, groups, default = _load_nodes(r, root)
+    rules, requires = _load_rules(r, root)
+    kw: dict = {}
+    svc = root.find("lbservice")
+    if svc is not None:
+        kw["listen"] = read(r, svc, LBSERVICE.listen)
+        kw["returns"] = read(r, svc, LBSERVICE.returns)
+        kw["idle_timeout"] = read(r, svc, LBSERVICE.idle_timeout)
+        kw["max_connections"] = read(r, svc, LBSERVICE.max_connections)
+    mgmt = root.find("mgmtservice")
+    if mgmt is not None:
+        kw["mgmt_listen"] = read(r, mgmt, MGMTSERVICE.listen)
+        kw["token_file"] = read(r, mgmt, MGMTSERVICE.token_file)
+        if kw["token_file"]:
+            _check_token_file(r, mgmt, kw["token_file"])
+        kw["state_file"] = read(r, mgmt, MGMTSERVICE.state_file)
+    poll = root.find("poll")
+    if poll is not None:
+        secret_file, tls_ca = read(r, poll, POLL.secret_file), read(r, poll, POLL.tls_ca)
+        p = Poll(interval=read(r, poll, POLL.interval),
+                 timeout=read(r, poll, POLL.timeout),
+                 rise=read(r, poll, POLL.rise),
+                 fall=read(r, poll, POLL.fall),
+                 max_reply_bytes=read(r, poll, POLL.max_reply_bytes),
+                 secret_file=_config_relative(r, secret_file) if secret_file else None,
+                 tls_ca=_config_relative(r, tls_ca) if tls_ca else None)
+        if p.timeout >= p.interval:
+            raise r.error(poll, f"<poll> timeout={p.timeout:g} must be shorter than interval={p.interval:g}")
+        kw["poll"] = p
+    logel = root.find("log")
+    if logel is not None:
+        kw["log_file"] = read(r, logel, LOG.file)
+        kw["log_level"] = read(r, logel, LOG.level)
+    dns = root.find("dns")
+    if dns is not None:
+        kw["dns"] = _load_dns(r, dns, groups)
+    return ServerConfig(path=path, nodes=nodes, groups=groups, default_group=default,
+                        rules=rules, requires=requires, **kw)
+
+
+__all__ = ["Alias", "ConfigError", "DEFAULT_PATH", "DEFAULT_RULES", "DEFAULT_STATE_FILE", "Dns", "EMAIL", "Group",
+           "HEALTH_URL_SCHEMES", "Node", "Poll", "Require", "Rule", "ServerConfig", "load"]

@@ -1,0 +1,168 @@
+"""lbsconfig.xml's content as frozen dataclasses: what the rest of lbserver reads.
+
+:func:`lbserver.config.load` builds a :class:`ServerConfig` from a file; the
+other dataclasses are its parts. Field defaults come from the declarations of
+:mod:`lbserver.config.settings`, so a field and the attribute it is read from
+never disagree. :data:`DEFAULT_RULES` are the rules used without <rules>.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+
+from lbserver.config.settings import ALIAS, DNS, GROUP, LBSERVICE, LOG, MGMTSERVICE, NODE, POLL, REQUIRE, VARIABLE
+
+@dataclass(frozen=True)
+class Rule:
+    """``<variable>``: one variable's contribution to a node's weight."""
+
+    name: str
+    weight: float
+    capacity: float
+    critical: float | None = VARIABLE.critical.default
+    per_cpu: bool = VARIABLE.per_cpu.default
+    per_session: float = VARIABLE.per_session.default
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Require:
+    """``<require>``: a condition a node must meet to be healthy."""
+
+    name: str
+    equals: str | None = REQUIRE.equals.default
+    min: float | None = REQUIRE.min.default
+    max: float | None = REQUIRE.max.default
+    line: int = 0
+
+
+# Rules used where no <rules> are given to the storm simulator (and a sane
+# starting point for lbsconfig.xml): load per core, memory with a critical
+# ceiling, and sessions per core, where each new terminal is known to add
+# exactly one session and is assumed to add 0.1 to the load average.
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule(name="LOADAVG", weight=50.0, capacity=1.0, per_cpu=True, per_session=0.1),
+    Rule(name="MEMUSEDPCT", weight=30.0, capacity=90.0, critical=98.0),
+    Rule(name="NBSESSIONS", weight=20.0, capacity=10.0, per_cpu=True, per_session=1.0),
+)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One application server (its agent's URL)."""
+
+    name: str
+    address: str
+    host: str
+    port: int
+    ip: str | None = NODE.ip.default
+    ip6: str | None = NODE.ip6.default
+    line: int = field(default=0, compare=False)  # where it is written, not what it is
+    secret_file: str | None = NODE.secret_file.default
+    """Where the agent's shared secret came from (the node's or <poll>'s secret-file)."""
+    secret: str | None = field(default=None, repr=False)
+    """Sent as the HTTP Basic password of every poll; None: no authentication."""
+    tls_ca: str | None = NODE.tls_ca.default
+    """CA file the agent's certificate must chain to (https:// only); None: the system's CAs."""
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    """Client TLS context for an https:// address (shared by nodes with the same tls-ca)."""
+
+    @property
+    def tls(self) -> bool:
+        """Whether the agent is polled over TLS (an https:// address)."""
+        return self.address.lower().startswith("https:")
+
+    @property
+    def answer_ip(self) -> str:
+        """What ``$IP`` returns: the ``ip`` attribute, else the address's host."""
+        return self.ip or self.host
+
+
+@dataclass(frozen=True)
+class Group:
+    """A named set of nodes (by name, in file order)."""
+
+    name: str
+    nodes: tuple[str, ...]
+    default: bool = GROUP.default.default
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Poll:
+    """``<poll>``: how agents are polled and how health flips."""
+
+    interval: float = POLL.interval.default
+    timeout: float = POLL.timeout.default
+    rise: int = POLL.rise.default
+    fall: int = POLL.fall.default
+    max_reply_bytes: int = POLL.max_reply_bytes.default
+    secret_file: str | None = POLL.secret_file.default
+    """Default secret-file of every <node> that gives none."""
+    tls_ca: str | None = POLL.tls_ca.default
+    """Default tls-ca of every https:// <node> that gives none."""
+
+
+@dataclass(frozen=True)
+class Alias:
+    """``<alias>``: a DNS name published from a group's best nodes."""
+
+    name: str
+    group: str
+    enabled: bool = ALIAS.enabled.default
+    num_out: int | None = ALIAS.num_out.default
+    best_hosts: int | None = ALIAS.best_hosts.default
+    health_url: str | None = ALIAS.health_url.default
+    health_max_age: float = ALIAS.health_max_age.default
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Dns:
+    """``<dns>``: where and how aliases are published, and who is told."""
+
+    server: str
+    port: int
+    zone: str
+    key_file: str
+    ttl: int = DNS.ttl.default
+    timeout: float = DNS.timeout.default
+    key_name: str | None = DNS.key_name.default
+    key_algorithm: str = DNS.key_algorithm.default
+    contact: str | None = DNS.contact.default
+    smtp_host: str = DNS.smtp.default[0]
+    smtp_port: int = DNS.smtp.default[1]
+    smtp_starttls: bool = DNS.smtp_starttls.default
+    smtp_user: str | None = DNS.smtp_user.default
+    smtp_password_file: str | None = DNS.smtp_password_file.default
+    mail_from: str | None = DNS.mail_from.default
+    alert_state_file: str | None = DNS.alert_state_file.default
+    aliases: tuple[Alias, ...] = ()
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The whole of lbsconfig.xml."""
+
+    path: str
+    nodes: dict[str, Node]
+    groups: dict[str, Group]
+    default_group: str
+    listen: tuple[str, int] = LBSERVICE.listen.default
+    returns: str = LBSERVICE.returns.default
+    idle_timeout: float = LBSERVICE.idle_timeout.default
+    max_connections: int = LBSERVICE.max_connections.default
+    mgmt_listen: tuple[str, int] | None = MGMTSERVICE.listen.default
+    token_file: str | None = MGMTSERVICE.token_file.default
+    state_file: str = MGMTSERVICE.state_file.default
+    poll: Poll = field(default_factory=Poll)
+    rules: tuple[Rule, ...] = ()
+    requires: tuple[Require, ...] = ()
+    dns: Dns | None = None
+    log_file: str | None = LOG.file.default
+    log_level: str | None = LOG.level.default
+
+
+__all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "Node", "Poll", "Require", "Rule", "ServerConfig"]

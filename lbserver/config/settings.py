@@ -1,0 +1,211 @@
+"""lbsconfig.xml's settings: every attribute declared once.
+
+Each element's attributes are declared here with their kind, default, bounds
+and meaning (see :mod:`common.settings`). The loader
+(:mod:`lbserver.config.loader`) reads them through
+:func:`common.settings.read`, the dataclasses of :mod:`lbserver.config.model`
+take their field defaults from them, and docs/settings.md is generated from
+:data:`CONFIG_FILE`. The structure of the file is the RELAX NG schema's
+(``common/schemas/lbsconfig.rng``).
+"""
+
+from __future__ import annotations
+
+from common.settings import LOG_LEVELS, ConfigFile, Element, Setting
+from lbserver.config import tsigkey
+
+DEFAULT_PATH = "/etc/mille-xterm/lbsconfig.xml"
+DEFAULT_STATE_FILE = "/var/lib/mille-xterm/lbserver.state"
+RETURNS = ("$IP", "$NAME", "$ADDRESS")
+"""What <lbservice returns> may name."""
+AGENT_PORTS = {"http": 8001, "https": 443}
+"""The port of a <node address> that gives none, by scheme."""
+HEALTH_URL_SCHEMES = ("http", "https", "file")
+"""The URL schemes an <alias health-url> may use."""
+
+LBSERVICE = Element(
+    "lbservice", "The terminal port, where terminals ask which server to use.",
+    Setting("listen", "listen", ("0.0.0.0", 8008),
+            "Address and port of the terminal port. Use [::]:8008 for IPv6, which also accepts IPv4 where "
+            "the system allows dual-stack sockets."),
+    Setting("returns", "text", "$IP",
+            "What a terminal receives: $IP is the node's ip attribute, else the host of its address; "
+            "$NAME is the node's name; $ADDRESS is the host of its address, ignoring ip.",
+            choices=RETURNS),
+    Setting("idle-timeout", "number", 10.0,
+            "Seconds a terminal connection may stay silent before it is closed.", positive=True),
+    Setting("max-connections", "integer", 4096,
+            "Terminal connections held at once; connections beyond this are closed at once.", minimum=1),
+)
+
+MGMTSERVICE = Element(
+    "mgmtservice", "The management service: status page, metrics, dashboard and admin actions.",
+    Setting("listen", "listen", ("127.0.0.1", 8009), "Address and port of the management service."),
+    Setting("token-file", "path", None,
+            "File holding the token that allows admin actions from other hosts. Without it, admin actions "
+            "are accepted from loopback only."),
+    Setting("state-file", "path", DEFAULT_STATE_FILE,
+            "Where the drained nodes are kept across restarts."),
+)
+
+POLL = Element(
+    "poll", "How the agents are polled, and how many polls in a row change a node's health.",
+    Setting("interval", "number", 10.0, "Seconds between two poll cycles.", positive=True),
+    Setting("timeout", "number", 2.0,
+            "Seconds one agent may take to connect, read the request and answer. It must be shorter than "
+            "interval.", positive=True),
+    Setting("rise", "integer", 2, "Good polls in a row that bring a node back.", minimum=1),
+    Setting("fall", "integer", 2, "Failed polls in a row that take a node out.", minimum=1),
+    Setting("max-reply-bytes", "integer", 1024 * 1024, "Agent replies larger than this are refused.",
+            minimum=1024),
+    Setting("secret-file", "path", None,
+            "File holding the shared secret sent to every agent as the HTTP Basic password, for nodes that "
+            "give none of their own. A relative path is taken from the directory of lbsconfig.xml."),
+    Setting("tls-ca", "path", None,
+            "CA file that verifies the agents reached with an https address, for nodes that give none of "
+            "their own. A relative path is taken from the directory of lbsconfig.xml.",
+            default_doc="the system's CAs"),
+)
+
+LOG = Element(
+    "log", "Where the balancer logs when it runs as a daemon. SIGUSR1 reopens the log file (logrotate sends it); SIGHUP applies a changed <log>.",
+    Setting("file", "path", None, "Log file.", default_doc="syslog"),
+    Setting("level", "text", None,
+            "Least severe messages logged: " + ", ".join(LOG_LEVELS[:-1]) + " or " + LOG_LEVELS[-1] + ".",
+            default_doc="info"),
+)
+
+NODES = Element("nodes", "The application servers to balance, in groups. This element is required.")
+
+GROUP = Element(
+    "group", "A named set of nodes. Terminals that name no group are sent to the default group.",
+    Setting("name", "text", doc="The group's name, as terminals give it.", required=True),
+    Setting("default", "boolean", False,
+            "Whether this is the default group. At most one group may be; without one, the first group is.",
+            default_doc="false (the first group is the default)"),
+    parent="nodes",
+)
+
+NODE = Element(
+    "node",
+    "One application server, known by its agent. A node in several groups is written in each, with the same "
+    "attributes, and polled once.",
+    Setting("name", "text", doc="The node's name: letters, digits, dots, underscores and hyphens.",
+            required=True),
+    Setting("address", "url",
+            doc="URL of the node's agent, such as http://10.0.0.1:8001. The port defaults to "
+                + " and ".join(f"{port} for {scheme}" for scheme, port in AGENT_PORTS.items()) + ".",
+            required=True),
+    Setting("ip", "text", None,
+            "IPv4 address given to terminals and published in DNS, when it differs from the agent's address.",
+            default_doc="the host of address"),
+    Setting("ip6", "text", None, "IPv6 address published in DNS."),
+    Setting("secret-file", "path", None,
+            "File holding this agent's shared secret. A relative path is taken from the directory of "
+            "lbsconfig.xml.", default_doc="the one of <poll>"),
+    Setting("tls-ca", "path", None,
+            "CA file that verifies this agent; https addresses only. A relative path is taken from the "
+            "directory of lbsconfig.xml.", default_doc="the one of <poll>"),
+    parent="group",
+)
+
+RULES = Element(
+    "rules",
+    "The weight formula and the health conditions. Without this element, default rules on the load average, "
+    "memory use and login sessions apply.")
+
+VARIABLE = Element(
+    "variable", "One variable's contribution to a node's weight.",
+    Setting("name", "text",
+            doc="A built-in variable, or a variable defined in the agents' lbaconfig.xml when custom is true.",
+            required=True),
+    Setting("weight", "number", doc="The most this variable adds to a node's weight.", positive=True,
+            required=True),
+    Setting("capacity", "number", doc="The value at which the variable adds nothing.", positive=True,
+            required=True),
+    Setting("critical", "number", None, "At or above this value the node is excluded."),
+    Setting("per-cpu", "boolean", False, "Whether the value is divided by NBPROC first."),
+    Setting("per-session", "number", 0.0,
+            "Expected rise of the value for each terminal sent to the node, until the next poll.", minimum=0),
+    Setting("custom", "boolean", False,
+            "Whether name is a variable defined in the agents' lbaconfig.xml rather than a built-in."),
+    parent="rules",
+)
+
+REQUIRE = Element(
+    "require", "A condition a node must meet to be healthy. It needs equals, min or max.",
+    Setting("name", "text", doc="The variable tested.", required=True),
+    Setting("equals", "text", None, "The node is excluded unless the variable has this value."),
+    Setting("min", "number", None, "The node is excluded while the variable is below this value."),
+    Setting("max", "number", None, "The node is excluded while the variable is above this value."),
+    parent="rules",
+)
+
+DNS = Element(
+    "dns",
+    "DNS aliases published from each group's best nodes, and who is told of changes. The DNS server is "
+    "sent signed dynamic updates.",
+    Setting("server", "text", doc="The DNS server that is primary for the zone and accepts updates.",
+            required=True),
+    Setting("port", "integer", 53, "The DNS server's port. Queries and updates both go there, over TCP.",
+            minimum=1, maximum=65535),
+    Setting("zone", "text", doc="The zone holding the aliases.", required=True),
+    Setting("ttl", "integer", 60,
+            "Seconds resolvers may keep the published records. Keep it short: it bounds how long a resolver "
+            "keeps sending users to a server that just left an alias.", minimum=60),
+    Setting("timeout", "number", 5.0, "Seconds allowed for each DNS, HTTP and SMTP exchange.", positive=True),
+    Setting("key-name", "text", None,
+            "The TSIG key's name; needed when the key file holds a bare secret or several keys."),
+    Setting("key-algorithm", "keyword", "hmac-sha256",
+            "The TSIG algorithm, one of " + ", ".join(tsigkey.ALGORITHMS) + ". A BIND key file names its own "
+            "algorithm; if both are given they must agree."),
+    Setting("key-file", "path",
+            doc="The TSIG key file. A relative path is taken from the directory of lbsconfig.xml.",
+            required=True),
+    Setting("contact", "text", None,
+            "E-mail addresses, separated by commas, alerted when aliases change. Without it alerts only go "
+            "to the log."),
+    Setting("smtp", "hostport", ("localhost", 25), "The mail relay; the port defaults to 25."),
+    Setting("smtp-starttls", "boolean", False,
+            "Whether to switch to TLS with STARTTLS. The relay's certificate and name are verified against "
+            "the system's CAs."),
+    Setting("smtp-user", "text", None, "SMTP login name; needs smtp-password-file."),
+    Setting("smtp-password-file", "path", None,
+            "File whose first line is the SMTP password; needs smtp-user. A relative path is taken from the "
+            "directory of lbsconfig.xml."),
+    Setting("mail-from", "email", None, "Sender address of the alerts.",
+            default_doc="lbserver@HOST, HOST being this host's name"),
+    Setting("alert-state-file", "path", None,
+            "Where the alert state is kept between runs. Set it when lbserver runs from cron, so that each "
+            "run does not mail the same problems again. A relative path is taken from the directory of "
+            "lbsconfig.xml."),
+)
+
+ALIAS = Element(
+    "alias", "One DNS name, published with the addresses of a group's best nodes.",
+    Setting("name", "text", doc="The alias, relative to the zone.", required=True),
+    Setting("group", "text", doc="The group whose nodes may be published.", required=True),
+    Setting("enabled", "boolean", True, "Whether the alias is updated; false leaves it alone."),
+    Setting("num-out", "integer", None,
+            "How many of the good nodes to leave out, the worst ones. It must be above 0 and below the "
+            "number of nodes in the group.", default_doc="1, or 0 for a one-node group"),
+    Setting("best-hosts", "integer", None,
+            "Instead of num-out: publish the N best good nodes, or all good nodes with -1."),
+    Setting("health-url", "url", None,
+            "Page of submission test results, read with " + ", ".join(s + "://" for s in HEALTH_URL_SCHEMES[:-1])
+            + " or " + HEALTH_URL_SCHEMES[-1] + "://. A node whose latest test failed leaves the alias."),
+    Setting("health-max-age", "number", 3600.0, "Seconds after which test results are ignored.",
+            positive=True),
+    parent="dns",
+)
+
+CONFIG_FILE = ConfigFile(
+    name="lbsconfig.xml", program="lbserver", path=DEFAULT_PATH,
+    doc="The balancer's configuration. Every element but <nodes> is optional, and each appears at most once "
+        "at the top level.",
+    elements=(LBSERVICE, MGMTSERVICE, POLL, LOG, NODES, GROUP, NODE, RULES, VARIABLE, REQUIRE, DNS, ALIAS),
+)
+
+__all__ = ["AGENT_PORTS", "ALIAS", "CONFIG_FILE", "DEFAULT_PATH", "DEFAULT_STATE_FILE", "DNS", "GROUP",
+           "HEALTH_URL_SCHEMES", "LBSERVICE", "LOG", "MGMTSERVICE", "NODE", "NODES", "POLL", "REQUIRE", "RETURNS",
+           "RULES", "VARIABLE"]

@@ -1,0 +1,214 @@
+"""The balancer core: poll every agent, weigh the nodes, install a snapshot, pick for terminals.
+
+Data flows one way: every ``poll interval`` all agents are polled at once
+(:mod:`lbserver.core.poller`), each node's record is updated
+(:mod:`lbserver.core.health`), one immutable
+:class:`~lbserver.core.selection.Snapshot` is built and installed in the
+:class:`~lbserver.core.selection.Selector` (the atomic swap), then the
+observers registered with :meth:`Balancer.after_cycle` run (the DNS
+arbiter). Terminal requests and the management service only read what the
+last cycle built.
+
+Threading: everything here runs on the daemon's asyncio loop thread, so the
+balancer's own state needs no locks; other threads reach it only through the
+loop. The class implements :class:`~lbserver.core.view.BalancerView` and the
+drain half of :class:`~lbserver.core.view.AdminActions`; outer layers use
+those protocols, never this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Mapping
+
+from lbserver.config import Node, ServerConfig
+from lbserver.core import health
+from lbserver.core.counters import CycleInfo, DurationHistogram
+from lbserver.core.drainstate import DrainState
+from lbserver.core.history import History
+from lbserver.core.poller import poll_all
+from lbserver.core.selection import Selector, Snapshot
+from lbserver.core.view import UnknownNode
+
+log = logging.getLogger("lbserver")
+
+LAST_GOOD_LOG_INTERVAL = 60.0
+
+
+def answer_for(node: Node, returns: str) -> str:
+    """What the terminal service sends for ``node`` (the ``returns`` setting)."""
+    if returns == "$NAME":
+        return node.name
+    if returns == "$ADDRESS":
+        return node.host
+    return node.answer_ip
+
+
+class Balancer:
+    """Polls, weighs and picks for one configuration at a time."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+        self._records: dict[str, health.NodeRecord] = {}
+        self._selector = Selector()
+        self._snapshot: Snapshot | None = None
+        self._drain: DrainState | None = None
+        self._last_cycle: CycleInfo | None = None
+        self._answers: dict[str, str] = {}  # node -> what terminals receive, per config
+        self._last_good_logged: dict[str, float] = {}
+        self._response_counts: dict[int, int] = {}
+        self._observers: list[Callable[[], None]] = []
+        self._cycle_mono = time.monotonic()
+        self._wake: asyncio.Event | None = None
+        self.started_at = time.time()
+        self.poll_histogram = DurationHistogram()
+        self.history = History()
+        self.apply_config(config)
+
+    # -- the view (lbserver.core.view.BalancerView) ---------------------
+
+    @property
+    def config(self) -> ServerConfig:
+        """The configuration in force."""
+        return self._config
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The snapshot in force."""
+        return self._snapshot
+
+    @property
+    def last_cycle(self) -> CycleInfo | None:
+        """The last completed poll cycle."""
+        return self._last_cycle
+
+    def pick_counts(self) -> Mapping[str, int]:
+        """Terminals sent to each node since start."""
+        return self._selector.pick_counts()
+
+    def consecutive_failures(self, node: str) -> int:
+        """Polls of ``node`` failed in a row."""
+        rec = self._records.get(node)
+        return rec.consecutive_failed if rec else 0
+
+    def response_counts(self) -> Mapping[int, int]:
+        """Terminal requests answered, by HTTP status."""
+        return dict(self._response_counts)
+
+    # -- admin ------------------------------------------------------------
+
+    def set_drained(self, node: str, drained: bool) -> bool:
+        """Drain or enable ``node`` (persisted in the state file); True when it changed."""
+        if node not in self._config.nodes:
+            raise UnknownNode(node)
+        changed = self._drain.set(node, drained)
+        if changed:
+            self.install_snapshot()
+            log.info("node %s %s by admin", node, "drained" if drained else "enabled")
+        return changed
+
+    # -- configuration ----------------------------------------------------
+
+    def apply_config(self, config: ServerConfig) -> None:
+        """Put ``config`` in force: nodes no longer configured are forgotten, the snapshot rebuilt."""
+        old = self._config if self._snapshot is not None else None
+        self._config = config
+        self._answers = {name: answer_for(node, config.returns) for name, node in config.nodes.items()}
+        for name in list(self._records):
+            if name not in config.nodes:
+                del self._records[name]
+        if self._drain is None or (old and old.state_file != config.state_file):
+            self._drain = DrainState.load(config.state_file)
+        self.install_snapshot()
+
+    # -- polling ----------------------------------------------------------
+
+    def after_cycle(self, observer: Callable[[], None]) -> None:
+        """Call ``observer`` (on the loop thread) after every poll cycle."""
+        self._observers.append(observer)
+
+    async def poll_forever(self) -> None:
+        """Poll every ``poll interval`` (sooner after :meth:`poll_now`) until cancelled."""
+        self._wake = asyncio.Event()
+        while True:
+            elapsed = time.monotonic() - self._cycle_mono
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self._config.poll.interval - elapsed))
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.cycle()
+            except Exception:  # one bad cycle must not end polling
+                log.exception("poll cycle failed")
+
+    def poll_now(self) -> None:
+        """Ask :meth:`poll_forever` for an immediate cycle (reload)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def cycle(self) -> None:
+        """Poll every node once, rebuild and install the snapshot, then tell the observers."""
+        cfg = polled = self._config
+        self._cycle_mono = time.monotonic()
+        started = time.time()
+        results = await poll_all(cfg.nodes.values(), cfg.poll.timeout, cfg.poll.max_reply_bytes,
+                                 validate=health.validate_state)
+        now = time.time()
+        failed = 0
+        if self._config is not polled:  # reloaded while polling: keep nodes still configured as polled
+            cfg = self._config
+            results = {n: r for n, r in results.items() if cfg.nodes.get(n) == polled.nodes[n]}
+        for name, res in results.items():
+            rec = self._records.setdefault(name, health.NodeRecord(name=name))
+            if res.state is not None:
+                change = health.record_success(rec, res.state, now, cfg.poll.rise)
+            else:
+                failed += 1
+                change = health.record_failure(rec, res.error, now, cfg.poll.fall)
+            if change == "down":
+                log.warning("node %s is down: %s", name, rec.last_error)
+            elif change == "up":
+                log.info("node %s is up", name)
+        self.install_snapshot(now, frozenset(n for n, r in results.items() if r.state is not None))
+        self._last_cycle = CycleInfo(started, time.time() - started, len(results), failed)
+        self.poll_histogram.observe(self._last_cycle.duration)
+        self.history.add(self._snapshot, now, cfg.poll.interval)
+        for observer in self._observers:
+            try:
+                observer()
+            except Exception:  # an observer's bug must not stop polling
+                log.exception("after-cycle observer failed")
+
+    def install_snapshot(self, now: float | None = None, refreshed: frozenset[str] = frozenset()) -> None:
+        """Build a snapshot from the current records and drained set, and swap it in.
+
+        Only nodes ``refreshed`` by a successful poll forget the terminals
+        counted since their last figures; a drain or reload in the middle of
+        a storm keeps every count.
+        """
+        self._snapshot = Snapshot.build(self._config, self._records, frozenset(self._drain.nodes),
+                                        now or time.time())
+        self._selector.install(self._snapshot, refreshed)
+
+    # -- terminals --------------------------------------------------------
+
+    def count_response(self, code: int) -> None:
+        """Count one terminal answer with HTTP status ``code``."""
+        self._response_counts[code] = self._response_counts.get(code, 0) + 1
+
+    def answer(self, group: str | None, user: str | None) -> str:
+        """Choose a server for one terminal request (raises UnknownGroup)."""
+        pick = self._selector.pick(group, user)
+        if pick.reason == "last-good":
+            now = time.monotonic()
+            if now - self._last_good_logged.get(pick.group, -1e9) > LAST_GOOD_LOG_INTERVAL:
+                self._last_good_logged[pick.group] = now
+                log.warning("no healthy node in group %s: answering the last known good node %s",
+                            pick.group, pick.node)
+        return self._answers[pick.node]
+
+
+__all__ = ["Balancer", "answer_for"]

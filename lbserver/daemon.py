@@ -1,0 +1,211 @@
+"""The composition root: plugs the terminal, DNS and management services into the balancer core.
+
+:class:`Daemon` is what :func:`common.runtime.run` drives (bind, start,
+reload, stop, failure). It owns the listening sockets and one thread running
+the asyncio loop on which the core, the terminal service and the management
+service all live; the runtime's own thread reaches them only through that
+loop (reload, stop). The DNS arbiter's network work runs on its own worker
+thread (:mod:`lbserver.dns.service`).
+
+It is the only module that knows every part: the core never imports the
+services, and the services see the core only through
+:mod:`lbserver.core.view`. The admin actions that are more than a drain
+(reload signals this process, as SIGHUP does) live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+
+from common.netutil import raise_nofile_limit
+from common.sockets import bind_after_close, listen_socket, open_replacement
+from lbserver import config as configmod
+from lbserver.config import ServerConfig
+from lbserver.core.balancer import Balancer
+from lbserver.core.view import ReloadRefused
+from lbserver.dns.service import DnsService
+from lbserver.mgmt.api import Api
+from lbserver.mgmt.http import ManagementService
+from lbserver.terminal.service import TerminalService, new_event_loop
+
+log = logging.getLogger("lbserver")
+
+TERMINAL, MGMT = "terminal", "mgmt"
+
+
+class Daemon:
+    """The lbserver service (see :class:`common.runtime.Service`)."""
+
+    def __init__(self) -> None:
+        self.core: Balancer | None = None
+        self.dns: DnsService | None = None
+        self.terminal: TerminalService | None = None
+        self.mgmt: ManagementService | None = None
+        self._sockets: dict[str, socket.socket] = {}
+        self._bound: dict[str, tuple[str, int]] = {}  # what each socket really listens on
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._failure: str | None = None
+
+    # -- runtime interface ------------------------------------------------
+
+    def bind(self, config: ServerConfig) -> list[socket.socket]:
+        """Open the terminal and management sockets (before daemonising)."""
+        self._listen(TERMINAL, config.listen)
+        if config.mgmt_listen:
+            self._listen(MGMT, config.mgmt_listen)
+        return list(self._sockets.values())
+
+    def start(self, config: ServerConfig) -> None:
+        """Start the loop thread; return once the first poll is done and terminals are served."""
+        raise_nofile_limit()
+        self.core = Balancer(config)
+        self.dns = DnsService(self.core)
+        self.dns.configure(config)
+        self.core.after_cycle(self.dns.kick)
+        self._thread = threading.Thread(target=self._run, name="balancer", daemon=True)
+        self._thread.start()
+        self._ready.wait(config.poll.timeout + 30)
+
+    def reload(self, config: ServerConfig) -> None:
+        """Apply a validated new config on the loop; wait until it is in force."""
+        fut = asyncio.run_coroutine_threadsafe(self._reload(config), self._loop)
+        fut.result(timeout=30)
+
+    def stop(self) -> None:
+        """Stop serving, close sockets, join the loop thread."""
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join(timeout=15)
+        if self.dns is not None:
+            self.dns.close()
+        for sock in self._sockets.values():
+            sock.close()
+
+    def failure(self) -> str | None:
+        """Why the loop thread died, if it did."""
+        if self._failure:
+            return self._failure
+        if self._thread is not None and self._ready.is_set() and not self._thread.is_alive():
+            return "balancer loop thread exited"
+        return None
+
+    # -- admin actions (lbserver.core.view.AdminActions) ------------------
+
+    def set_drained(self, node: str, drained: bool) -> bool:
+        """Drain or enable ``node`` in the core."""
+        return self.core.set_drained(node, drained)
+
+    async def request_reload(self) -> str:
+        """Check the configuration file, then reload it the way SIGHUP does; returns its path."""
+        path = self.core.config.path
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, configmod.load, path)
+        except configmod.ConfigError as exc:
+            raise ReloadRefused(str(exc)) from None
+        # The runtime's signal loop is the one place that reloads.
+        os.kill(os.getpid(), signal.SIGHUP)
+        return path
+
+    # -- loop --------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._loop = new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        except Exception as exc:  # surfaced by failure(); the runtime exits
+            log.exception("balancer loop failed")
+            self._failure = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._ready.set()
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        core = self.core
+        self._stopping = asyncio.Event()
+        await core.cycle()
+        self.terminal = TerminalService(core.answer, idle_timeout=core.config.idle_timeout,
+                                        max_connections=core.config.max_connections,
+                                        on_response=core.count_response)
+        await self.terminal.start(self._sockets[TERMINAL])
+        if MGMT in self._sockets:
+            await self._start_mgmt()
+        self._ready.set()
+        poller = asyncio.ensure_future(core.poll_forever())
+        await self._stopping.wait()
+        poller.cancel()
+        await asyncio.gather(poller, return_exceptions=True)
+        await self.terminal.stop()
+        if self.mgmt is not None:
+            await self.mgmt.stop()
+
+    async def _start_mgmt(self) -> None:
+        self.mgmt = ManagementService(Api(self.core, self, self.dns))
+        await self.mgmt.start(self._sockets[MGMT])
+
+    # -- configuration ----------------------------------------------------
+
+    async def _reload(self, config: ServerConfig) -> None:
+        if config.listen != self._bound[TERMINAL]:
+            await self._rebind(TERMINAL, config.listen, self.terminal)
+        if config.mgmt_listen != self._bound.get(MGMT):
+            await self._move_mgmt(config.mgmt_listen)
+        self.terminal.idle_timeout = config.idle_timeout
+        self.terminal.max_connections = config.max_connections
+        self.core.apply_config(config)
+        self.dns.configure(config)
+        self.core.poll_now()
+
+    def _listen(self, key: str, address: tuple[str, int]) -> None:
+        sock = listen_socket(address)
+        sock.setblocking(False)
+        self._sockets[key], self._bound[key] = sock, address
+
+    async def _rebind(self, key: str, address: tuple[str, int], service) -> None:
+        """Move ``service`` to ``address``; on failure keep the old address (retried at the next reload)."""
+        old = self._bound[key]
+        try:
+            sock = open_replacement(address, old)
+        except OSError as exc:
+            log.error("keeping the old %s address: %s", key, exc)
+            return
+        await service.stop()
+        self._sockets[key].close()
+        if sock is None:  # overlapping our own socket: bound once the old one is closed
+            try:
+                sock, error = bind_after_close(address, old)
+            except OSError as lost:
+                self._failure = f"{key} service has no listening socket: {lost}"
+                return
+            if error is not None:
+                address = old
+        sock.setblocking(False)
+        self._sockets[key], self._bound[key] = sock, address
+        await service.start(sock)
+
+    async def _move_mgmt(self, address: tuple[str, int] | None) -> None:
+        if self.mgmt is not None and address is not None:
+            await self._rebind(MGMT, address, self.mgmt)
+        elif self.mgmt is not None:
+            await self.mgmt.stop()
+            self._sockets.pop(MGMT).close()
+            self._bound.pop(MGMT)
+            self.mgmt = None
+        else:
+            try:
+                self._listen(MGMT, address)
+            except OSError as exc:
+                log.error("management service not started: %s", exc)
+                return
+            await self._start_mgmt()
+
+
+__all__ = ["Daemon"]

@@ -1,0 +1,103 @@
+"""Runs the DNS arbiter after each poll cycle, off the loop, and keeps what it reported.
+
+The composition root registers :meth:`DnsService.kick` as an after-cycle
+observer of the core. A cycle's DNS work (health pages, queries, signed
+updates, mail) blocks on the network, so it runs on one worker thread; a
+kick while the previous cycle is still running is skipped rather than
+queued, so a slow DNS server never builds a backlog. The reports and counts
+are replaced on the loop thread when a cycle ends, and read there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Mapping
+
+from lbserver.config import ServerConfig
+from lbserver.core.view import BalancerView
+from lbserver.dns.arbiter import DnsArbiter
+from lbserver.dns.decide import Candidate
+
+log = logging.getLogger("lbserver.dns")
+
+
+def candidates(view: BalancerView) -> dict[str, Candidate]:
+    """The arbiter's view of every node of the current snapshot."""
+    return {
+        # A dead node has no figures: None keeps it behind nodes that still answer.
+        name: Candidate(name=name, healthy=v.healthy, weight=v.weight if v.up is True else None,
+                        reasons=v.reasons, drained=v.drained)
+        for name, v in view.snapshot.nodes.items()
+    }
+
+
+class DnsService:
+    """The DNS arbiter of one balancer (idle while the config has no ``<dns>``)."""
+
+    def __init__(self, view: BalancerView) -> None:
+        self._view = view
+        self._arbiter: DnsArbiter | None = None
+        self._busy = False
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns")
+        self.reports: list = []
+        """The last cycle's :class:`~lbserver.dns.arbiter.AliasReport` per alias."""
+        self.update_counts: dict[tuple[str, str], int] = {}
+        """Alias evaluations so far, by (alias, result)."""
+
+    def configure(self, config: ServerConfig) -> None:
+        """Follow ``config``'s ``<dns>`` element (none: stop publishing)."""
+        if config.dns is None:
+            self._arbiter = None
+        elif self._arbiter is None:
+            self._arbiter = DnsArbiter(config.dns, config.nodes)
+        else:
+            self._arbiter.reconfigure(config.dns, config.nodes)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether aliases are configured."""
+        return self._arbiter is not None
+
+    def kick(self) -> None:
+        """Start one arbiter cycle on the worker thread from the current snapshot (skipped while one runs)."""
+        if self._arbiter is None or self._busy:
+            return
+        self._busy = True
+        view = self._view
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, self._arbiter.run_cycle, candidates(view),
+                                                         view.snapshot.groups)
+        fut.add_done_callback(self._done)
+
+    def run_once(self) -> list:
+        """One arbiter cycle, in this thread (``--once``); returns the reports."""
+        if self._arbiter is not None:
+            self._record(self._arbiter.run_cycle(candidates(self._view), self._view.snapshot.groups))
+        return self.reports
+
+    def _done(self, fut: asyncio.Future) -> None:
+        self._busy = False
+        exc = fut.exception()
+        if exc is not None:
+            log.error("DNS arbiter cycle failed: %s", exc, exc_info=exc)
+        else:
+            self._record(fut.result())
+
+    def _record(self, reports: list) -> None:
+        self.reports = reports
+        for report in reports:
+            key = (report.alias, report.result)
+            self.update_counts[key] = self.update_counts.get(key, 0) + 1
+
+    def alias_status(self) -> list[dict]:
+        """The last reports as JSON-ready dicts (the management service's view of the aliases)."""
+        return [r.to_dict() for r in self.reports]
+
+    def alias_counts(self) -> Mapping[tuple[str, str], int]:
+        """Alias evaluations so far, by (alias, result)."""
+        return dict(self.update_counts)
+
+    def close(self) -> None:
+        """Stop the worker thread (a cycle in progress is abandoned)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

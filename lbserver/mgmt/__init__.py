@@ -1,0 +1,1 @@
+"""The management service: status, history, metrics, dashboard, admin actions, and lbctl."""

@@ -1,0 +1,97 @@
+"""The management API as data: each action returns a document or raises a named :class:`ApiError`.
+
+Nothing here knows HTTP: :mod:`lbserver.mgmt.http` parses requests,
+authorises them and maps the error codes to statuses. The actions read the
+core through :class:`~lbserver.core.view.BalancerView` and act through
+:class:`~lbserver.core.view.AdminActions`; the DNS aliases come from an
+:class:`AliasSource` (the DNS service, or nothing). Everything runs on the
+daemon's loop thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lbserver.core.view import AdminActions, BalancerView, ReloadRefused, UnknownNode
+from lbserver.mgmt.aliases import AliasSource, NoAliases
+from lbserver.mgmt.dashboard import render_dashboard
+from lbserver.mgmt.metrics import render_metrics
+from lbserver.mgmt.status import build_status
+
+# Error codes (the ``error`` member of an error document), each with its HTTP status.
+BAD_REQUEST = "bad-request"
+NOT_FOUND = "not-found"
+UNKNOWN_NODE = "unknown-node"
+RELOAD_REFUSED = "reload-refused"
+FORBIDDEN = "forbidden"
+METHOD_NOT_ALLOWED = "method-not-allowed"
+TOO_LARGE = "too-large"
+INTERNAL = "internal"
+
+HTTP_STATUS = {BAD_REQUEST: 400, NOT_FOUND: 404, UNKNOWN_NODE: 404, RELOAD_REFUSED: 400, FORBIDDEN: 403,
+               METHOD_NOT_ALLOWED: 405, TOO_LARGE: 413, INTERNAL: 500}
+
+
+class ApiError(Exception):
+    """A refusal with a code from this module and a message for the admin."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Api:
+    """The actions of the management service (one per route of :mod:`lbserver.mgmt.routes`)."""
+
+    def __init__(self, view: BalancerView, admin: AdminActions, aliases: AliasSource | None = None) -> None:
+        self.view = view
+        self.admin = admin
+        self.aliases = aliases or NoAliases()
+
+    def status(self) -> dict[str, Any]:
+        """The /status document (schema in the manual's API chapter)."""
+        return build_status(self.view, self.aliases.alias_status())
+
+    def history(self, since: str | None = None) -> dict[str, Any]:
+        """Recent weights per node; ``since`` (seconds since the epoch) keeps only newer points."""
+        when = None
+        if since is not None:
+            try:
+                when = float(since)
+            except ValueError:
+                raise ApiError(BAD_REQUEST, "since must be a number (seconds since the epoch)") from None
+        return self.view.history.to_dict(when)
+
+    def metrics(self) -> bytes:
+        """The Prometheus text exposition."""
+        return render_metrics(self.view, self.aliases)
+
+    def dashboard(self) -> bytes:
+        """The HTML dashboard with the current status and history embedded."""
+        return render_dashboard(self.status(), self.view.history.to_dict())
+
+    def drain(self, node: str) -> dict[str, Any]:
+        """Send no new terminals to ``node`` and take it out of DNS aliases."""
+        return self._set_drained(node, True)
+
+    def enable(self, node: str) -> dict[str, Any]:
+        """Undo :meth:`drain`."""
+        return self._set_drained(node, False)
+
+    def _set_drained(self, node: str, drained: bool) -> dict[str, Any]:
+        try:
+            changed = self.admin.set_drained(node, drained)
+        except UnknownNode as exc:
+            raise ApiError(UNKNOWN_NODE, str(exc)) from None
+        word = "drained" if drained else "enabled"
+        return {"node": node, "drained": drained,
+                "message": f"node {node} {word}" + ("" if changed else " (no change)")}
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file; refused, with FILE:LINE, when it does not load."""
+        try:
+            path = await self.admin.request_reload()
+        except ReloadRefused as exc:
+            raise ApiError(RELOAD_REFUSED, f"reload refused, configuration kept: {exc}") from None
+        return {"message": f"reloading {path}"}

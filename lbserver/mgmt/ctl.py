@@ -1,0 +1,153 @@
+"""``lbctl``: the admin client of lbserver's management service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from lbserver.mgmt import routes
+from lbserver.mgmt.status import node_table
+
+DEFAULT_URL = "http://127.0.0.1:8009"
+
+DESCRIPTION = """\
+lbctl talks to the management service of a running lbserver (the
+<mgmtservice> element of lbsconfig.xml, 127.0.0.1:8009 by default).
+
+commands:
+  status         the nodes of every group: health, weight, share of terminals,
+                 load, memory, sessions, and why a node is excluded; then the
+                 DNS aliases with their published addresses
+  drain NODE     send no new terminals to NODE and take it out of DNS aliases;
+                 sessions already on it are untouched; survives restarts
+  enable NODE    undo drain
+  reload         re-read lbsconfig.xml (refused, with FILE:LINE, if invalid)
+"""
+
+EPILOG = """\
+environment:
+  LBCTL_URL      default for --url
+  LBCTL_TOKEN    admin token, for a management service reached over the network
+                 (the contents of its token-file); loopback needs none
+  NO_COLOR       set to anything: no colour even on a terminal
+
+exit status: 0 done, 1 the service refused (message on stderr), 2 unreachable
+
+examples:
+  lbctl status
+  lbctl drain xapp2 && lbctl status
+  lbctl --json status | jq '.nodes | keys'
+"""
+
+
+class CtlError(Exception):
+    """A failure to report to the admin, with its exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would carry the admin token along to its target."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D401 (urllib's API)
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def request(url: str, method: str = "GET", token: str | None = None, timeout: float = 10.0) -> object:
+    """Call the management service; return the decoded JSON (or text) answer."""
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with _OPENER.open(req, timeout=timeout) as resp:
+            body = resp.read().decode("utf-8", "replace")
+            ctype = resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode("utf-8", "replace").strip()
+        # The service's own words first (they name the node, or FILE:LINE); the HTTP code for the record.
+        raise CtlError(f"lbctl: {text or exc.reason} (HTTP {exc.code} from {method} {url})", 1) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CtlError(f"lbctl: cannot reach the management service at {url}: {reason}\n"
+                       "  (is lbserver running? is --url right? see <mgmtservice> in lbsconfig.xml)", 2) from None
+    return json.loads(body) if ctype.startswith("application/json") else body
+
+
+COLOURS = {"up": "32", "unhealthy": "33", "drained": "36", "down": "31", "unknown": "90"}
+
+
+def format_status(status: dict, colour: bool) -> str:
+    """A readable report of a /status document."""
+
+    def paint(word: str) -> str:
+        return f"\033[{COLOURS.get(word, '0')}m{word}\033[0m" if colour else word
+
+    out: list[str] = []
+    last = status.get("last_poll") or {}
+    if last:
+        age = time.time() - last["started"]
+        out.append(f"last poll {age:.0f} s ago, took {last['duration']:.3f} s, "
+                   f"{last['polled'] - last['failed']}/{last['polled']} agents answered")
+    for gname, group in status["groups"].items():
+        out.append("")
+        out.append(f"group {gname}{' (default)' if group['default'] else ''}")
+        out.extend("  " + line for line in node_table(status, group["nodes"], group["shares"], paint))
+    for alias in status.get("aliases", []):
+        out.append("")
+        out.append(f"alias {alias.get('fqdn') or alias.get('alias')}: " + ", ".join(alias.get("published", [])))
+        for node, reason in (alias.get("excluded") or {}).items():
+            out.append(f"  excluded {node}: {reason}")
+        if alias.get("result"):
+            out.append(f"  last update: {alias['result']}")
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
+def use_colour() -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lbctl`` command."""
+    parser = argparse.ArgumentParser(prog="lbctl", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=os.environ.get("LBCTL_URL", DEFAULT_URL),
+                        help=f"management service URL (default {DEFAULT_URL})")
+    parser.add_argument("--json", action="store_true", help="print the service's JSON answer as is")
+    parser.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    parser.add_argument("command", choices=("status", "drain", "enable", "reload"))
+    parser.add_argument("node", nargs="?", help="node name, for drain and enable")
+    args = parser.parse_args(argv)
+    if args.command in ("drain", "enable") and not args.node:
+        parser.error(f"{args.command} needs a NODE")
+    base = args.url
+    token = os.environ.get("LBCTL_TOKEN")
+    try:
+        if args.command == "status":
+            doc = request(routes.url(base, "status"), timeout=args.timeout)
+            text = json.dumps(doc, indent=1) + "\n" if args.json else format_status(doc, use_colour())
+        elif args.command == "reload":
+            doc = request(routes.url(base, "reload"), "POST", token, args.timeout)
+            text = json.dumps(doc) + "\n" if args.json else doc["message"] + "\n"
+        else:
+            doc = request(routes.url(base, args.command, node=args.node), "POST", token, args.timeout)
+            text = json.dumps(doc) + "\n" if args.json else doc["message"] + "\n"
+    except CtlError as exc:
+        print(exc, file=sys.stderr)
+        return exc.status
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

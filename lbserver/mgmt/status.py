@@ -1,0 +1,136 @@
+"""The balancer's state as plain data: the /status JSON, and the node table lbctl and ``--once`` print.
+
+Pure functions over a :class:`~lbserver.core.view.BalancerView`; the
+management service, lbctl and ``lbserver --once`` all present the same
+facts. The table formatter works on the /status document alone (standard
+library only), so lbctl can import it without the daemon's dependencies.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+from common.version import __version__
+
+if TYPE_CHECKING:
+    from lbserver.core.view import BalancerView
+
+KEY_VARIABLES = ("NBPROC", "LOADAVG", "MEMUSEDPCT", "NBSESSIONS")
+
+
+def health_word(view) -> str:
+    """One word for a node's state: up, down, unhealthy, drained or unknown."""
+    if view.up is None:
+        return "unknown"
+    if not view.up:
+        return "down"
+    if view.drained:
+        return "drained"
+    return "up" if view.healthy else "unhealthy"
+
+
+def why(view) -> str:
+    """The reason a node is not selectable, or an empty string."""
+    if view.drained:
+        return "; ".join(("drained by admin", *view.reasons))
+    return "; ".join(view.reasons)
+
+
+def build_status(bal: "BalancerView", aliases: list[dict] | None = None) -> dict[str, Any]:
+    """The /status document (schema in the manual's API chapter); ``aliases`` are the DNS reports."""
+    cfg = bal.config
+    snap = bal.snapshot
+    picks = bal.pick_counts()
+    groups: dict[str, Any] = {}
+    node_groups: dict[str, list[str]] = {}
+    for gname, members in snap.groups.items():
+        ranked = snap.ranked(gname)
+        total = sum(v.weight for v in ranked)
+        groups[gname] = {
+            "default": gname == snap.default_group,
+            "nodes": list(members),
+            "selectable": [v.name for v in ranked],
+            "shares": {v.name: round(v.weight / total, 4) if total > 0 else 0.0 for v in ranked},
+        }
+        for n in members:
+            node_groups.setdefault(n, []).append(gname)
+    nodes: dict[str, Any] = {}
+    for name, view in snap.nodes.items():
+        node = cfg.nodes[name]
+        nodes[name] = {
+            "address": node.address,
+            "groups": node_groups.get(name, []),
+            "health": health_word(view),
+            "why": why(view),
+            "up": view.up,
+            "healthy": view.healthy,
+            "drained": view.drained,
+            "weight": round(view.weight, 3),
+            "size": round(view.size, 3),
+            "reasons": list(view.reasons),
+            "error": view.error,
+            "last_success": view.last_success,
+            "consecutive_failures": bal.consecutive_failures(name),
+            "picks": picks.get(name, 0),
+            "variables": dict(view.variables),
+            "users": sorted(view.users),
+        }
+    cycle = bal.last_cycle
+    return {
+        "version": __version__,
+        "config": cfg.path,
+        "generated_at": time.time(),
+        "started_at": bal.started_at,
+        "default_group": snap.default_group,
+        "poll": {"interval": cfg.poll.interval, "timeout": cfg.poll.timeout,
+                 "rise": cfg.poll.rise, "fall": cfg.poll.fall},
+        "last_poll": None if cycle is None else {
+            "started": cycle.started, "duration": round(cycle.duration, 4),
+            "polled": cycle.polled, "failed": cycle.failed},
+        "errors": {n: v["error"] for n, v in nodes.items() if v["error"]},
+        "groups": groups,
+        "nodes": nodes,
+        "aliases": list(aliases or ()),
+    }
+
+
+COLUMNS = ("NODE", "HEALTH", "WEIGHT", "SHARE", "LOAD", "MEM%", "SESS", "PICKS", "WHY")
+
+
+def node_table(status: dict[str, Any], names: Iterable[str], shares: Mapping[str, float] | None = None,
+               paint: Callable[[str], str] | None = None) -> list[str]:
+    """The nodes ``names`` of a /status document as aligned text lines, a header first.
+
+    ``shares`` (a group's) fills the SHARE column; ``paint`` may colour the
+    health word (its width is measured before painting).
+    """
+    rows = [COLUMNS]
+    for name in names:
+        n = status["nodes"][name]
+        v = n["variables"]
+        share = (shares or {}).get(name)
+        rows.append((name, n["health"], f"{n['weight']:.1f}", "-" if share is None else f"{share * 100:.0f}%",
+                     _fmt(v.get("LOADAVG")), _fmt(v.get("MEMUSEDPCT")), _fmt(v.get("NBSESSIONS")),
+                     str(n["picks"]), n["why"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = []
+    for i, r in enumerate(rows):
+        cells = [c.ljust(w) for c, w in zip(r, widths)]
+        if i and paint is not None:
+            cells[1] = paint(r[1]) + " " * (widths[1] - len(r[1]))
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def format_table(status: dict[str, Any]) -> str:
+    """Every node of a /status document as one text table (``lbserver --once``)."""
+    return "\n".join(node_table(status, status["nodes"])) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)

@@ -1,0 +1,1 @@
+"""The terminal service: the HTTP hot path that answers each thin client with a server."""

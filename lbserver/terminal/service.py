@@ -1,0 +1,370 @@
+"""The terminal-facing HTTP service: ``GET /?group=G&user=U`` answers one host name.
+
+Built on an asyncio :class:`asyncio.Protocol` rather than streams because it
+is the hot path of a login storm: each request is framed with one
+``bytes.find``, parsed by :mod:`lbserver.terminal.request`, answered by a synchronous
+callback and written with one ``transport.write`` of a cached, pre-encoded
+response. Nothing is logged per request.
+
+Idle connections (including those that never send anything, or drip bytes
+slowly) are closed by one periodic sweep over all connections rather than
+one timer each: a connection's clock starts when it opens or when its last
+request was answered, and bytes of an unfinished request do not restart it,
+so a request must be complete within ``idle_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from email.utils import formatdate
+from typing import Callable, Optional
+
+from lbserver.terminal.request import MAX_HEAD, HttpError, Request, decode_query, find_head_end, parse_head
+from lbserver.core.selection import UnknownGroup
+
+log = logging.getLogger(__name__)
+
+Answer = Callable[[Optional[str], Optional[str]], str]
+
+SERVER_NAME = b"lbserver"
+ERROR_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about a failing answer callback."""
+
+_REASONS = {
+    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 411: b"Length Required", 413: b"Content Too Large",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    501: b"Not Implemented", 503: b"Service Unavailable", 505: b"HTTP Version Not Supported",
+}
+# Indexed by _variant(): how the response tells the client about the connection.
+_CONN_HEADERS = (b"Connection: close\r\n", b"", b"Connection: keep-alive\r\n")
+_CLOSE, _KEEP11, _KEEP10 = 0, 1, 2
+
+
+def _variant(req: Request) -> int:
+    if not req.keep_alive:
+        return _CLOSE
+    return _KEEP11 if req.minor else _KEEP10
+
+
+class TerminalService:
+    """Answers terminals over HTTP/1.x with the host chosen by ``answer``.
+
+    ``answer(group, user)`` returns the host to send (without newline) and
+    raises :class:`UnknownGroup` for a 404; any other exception becomes a 503
+    (logged at most once a minute). ``on_response(status)`` is called for
+    every response sent, for metrics.
+    """
+
+    def __init__(self, answer: Answer, *, idle_timeout: float = 10.0, max_connections: int = 4096,
+                 on_response: Callable[[int], None] | None = None) -> None:
+        if idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._answer = answer
+        self.idle_timeout = float(idle_timeout)
+        self.max_connections = int(max_connections)
+        self.on_response = on_response
+        self.conns: set[_Connection] = set()
+        self.now = 0.0
+        """Loop time of the last sweep: a coarse clock, so requests never read the time."""
+        self._server: asyncio.base_events.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._date = b""
+        self._date_sec = -1
+        # one cache per (variant, HEAD?): host -> full response bytes
+        self._cache: list[dict[str, bytes]] = [{} for _ in range(6)]
+        self._errors_suppressed = 0
+        self._last_error_log = -1e18
+        self.refused = 0
+        """Connections closed on arrival because of ``max_connections``."""
+
+    # -- public API --------------------------------------------------------
+
+    async def start(self, sock: socket.socket) -> None:
+        """Serve on ``sock``, an already bound and listening TCP socket (IPv4 or IPv6)."""
+        if self._server is not None:
+            raise RuntimeError("terminal service already started")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.now = loop.time()
+        self._refresh_date()
+        # create_server() calls listen() again: keep the queue deep enough for a storm
+        backlog = max(128, min(self.max_connections, 4096))
+        self._server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=backlog)
+        self._sweeper = loop.call_at(self.now + self._sweep_interval(), self._sweep)
+
+    async def stop(self) -> None:
+        """Stop accepting, close every connection; the service may be started again."""
+        server, self._server = self._server, None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if server is None:
+            return
+        server.close()
+        for conn in list(self.conns):
+            conn.close(abort=True)
+        self.conns.clear()
+        await server.wait_closed()
+
+    def set_answer(self, answer: Answer) -> None:
+        """Use ``answer`` for requests from now on (config reload)."""
+        self._answer = answer
+
+    def connection_count(self) -> int:
+        """Open terminal connections right now."""
+        return len(self.conns)
+
+    # -- internals ---------------------------------------------------------
+
+    def _sweep_interval(self) -> float:
+        return max(0.02, min(1.0, self.idle_timeout / 10))
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than idle_timeout; refresh the clocks."""
+        loop = self._loop
+        assert loop is not None
+        now = self.now = loop.time()
+        self._refresh_date()
+        # ``since`` comes from this coarse clock, so it may be up to one interval
+        # early: allow for it, so that nobody is closed before idle_timeout.
+        limit = now - self.idle_timeout - self._sweep_interval()
+        stale = [c for c in self.conns if c.since < limit]
+        for conn in stale:
+            conn.close(abort=True)
+        self._sweeper = loop.call_at(now + self._sweep_interval(), self._sweep)
+
+    def _refresh_date(self) -> None:
+        sec = int(time.time())
+        if sec != self._date_sec:
+            self._date_sec = sec
+            self._date = b"Date: " + formatdate(sec, usegmt=True).encode() + b"\r\n"
+            for cache in self._cache:
+                cache.clear()  # cached responses carry the Date header
+
+    def _build(self, status: int, body: bytes, variant: int, head: bool, extra: bytes = b"") -> bytes:
+        return b"".join((
+            b"HTTP/1.1 %d %s\r\nServer: %s\r\n" % (status, _REASONS[status], SERVER_NAME),
+            self._date,
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+            b"Cache-Control: no-store\r\n" % len(body),
+            extra, _CONN_HEADERS[variant], b"\r\n",
+            b"" if head else body,
+        ))
+
+    def _simple(self, status: int, text: str, req: Request | None, extra: bytes = b"") -> bytes:
+        """A short text response; ``req`` None means the connection will be closed."""
+        if self.on_response is not None:
+            self.on_response(status)
+        variant = _variant(req) if req is not None else _CLOSE
+        head = req is not None and req.method == b"HEAD"
+        return self._build(status, text.encode() + b"\n", variant, head, extra)
+
+    def respond(self, req: Request) -> tuple[bytes, bool]:
+        """The response bytes for one request, and whether the connection stays open."""
+        if req.path != b"/":
+            return self._simple(404, "not found", req), req.keep_alive
+        method = req.method
+        head = method == b"HEAD"
+        if method != b"GET" and not head:
+            return self._simple(405, "method not allowed", req, b"Allow: GET, HEAD\r\n"), req.keep_alive
+        if req.query:
+            try:
+                group, user = decode_query(req.query)
+            except HttpError as exc:  # the request itself was framed fine: keep the connection
+                return self._simple(exc.status, exc.reason, req), req.keep_alive
+        else:
+            group = user = None
+        try:
+            host = self._answer(group, user)
+        except UnknownGroup:
+            return self._simple(404, "unknown group", req), req.keep_alive
+        except Exception:  # any failure of the selection: answer 503, keep serving
+            self._answer_failed()
+            return self._simple(503, "no server available", req), req.keep_alive
+        variant = _variant(req)
+        cache = self._cache[variant + 3 if head else variant]
+        resp = cache.get(host)
+        if resp is None:
+            if len(cache) > 1024:  # answers are node names, so this only trips on odd callbacks
+                cache.clear()
+            resp = cache[host] = self._build(200, host.encode() + b"\n", variant, head)
+        if self.on_response is not None:
+            self.on_response(200)
+        return resp, req.keep_alive
+
+    def _answer_failed(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - self._last_error_log >= ERROR_LOG_INTERVAL:
+            more = f" ({self._errors_suppressed} more since the last report)" if self._errors_suppressed else ""
+            log.exception("choosing a server for a terminal failed; answering 503%s", more)
+            self._last_error_log = now
+            self._errors_suppressed = 0
+        else:
+            self._errors_suppressed += 1
+
+
+MAX_BATCH = 64  # pipelined answers written per batch
+
+
+class _Connection(asyncio.Protocol):
+    """One terminal connection: frames requests, answers them in order."""
+
+    __slots__ = ("svc", "transport", "buf", "since", "skip", "closed", "draining", "write_paused", "backlog")
+
+    def __init__(self, svc: TerminalService) -> None:
+        self.svc = svc
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.since = svc.now
+        self.skip = 0  # body bytes still to discard
+        self.closed = False
+        self.draining = False  # answered an error: discard input until the client closes
+        self.write_paused = False
+        self.backlog = False  # pipelined requests left in buf, answered as the client reads
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        self.transport = transport  # type: ignore[assignment]
+        svc = self.svc
+        if len(svc.conns) >= svc.max_connections:
+            svc.refused += 1
+            self.closed = True
+            transport.abort()
+            return
+        svc.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.svc.conns.discard(self)
+
+    def close(self, abort: bool = False) -> None:
+        if not self.closed:
+            self.closed = True
+            self.svc.conns.discard(self)
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def pause_writing(self) -> None:
+        # A client that sends requests without reading answers: stop reading
+        # it; the idle sweep closes it if it never catches up.
+        self.write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.closed:
+            return
+        if self.backlog:
+            self._more()
+        else:
+            self.transport.resume_reading()
+
+    def _more(self) -> None:
+        """Answer the next batch of pipelined requests left in the buffer."""
+        if self.closed or self.write_paused or not self.backlog:
+            return
+        self.backlog = False
+        self.transport.resume_reading()
+        self.data_received(b"")
+
+    def eof_received(self) -> bool:
+        return False  # half-closed client: answers already written, then close
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.draining:
+            return
+        buf = self.buf + data if self.buf else data
+        pos = 0
+        end = len(buf)
+        out = []
+        svc = self.svc
+        while True:
+            if self.skip:
+                avail = end - pos
+                if avail <= self.skip:
+                    self.skip -= avail
+                    pos = end
+                    break
+                pos += self.skip
+                self.skip = 0
+            if pos == end:
+                break
+            start, stop = find_head_end(buf, pos)
+            if stop < 0:
+                pos = start
+                if end - pos > MAX_HEAD:
+                    out.append(svc._simple(431, "request head too large", None))
+                    self._fail(out)
+                    return
+                break
+            try:
+                req = parse_head(buf[start:stop])
+            except HttpError as exc:
+                out.append(svc._simple(exc.status, exc.reason, None))
+                self._fail(out)
+                return
+            pos = stop
+            resp, keep = svc.respond(req)
+            out.append(resp)
+            if not keep:
+                self._finish(out)
+                return
+            self.skip = req.content_length
+            if len(out) >= MAX_BATCH and pos < end:
+                # A read can hold thousands of tiny pipelined requests: answer
+                # them in batches as the client drains its answers, so memory
+                # stays bounded by what it sent, not ten times more.
+                self.backlog = True
+                self.transport.pause_reading()
+                if not self.write_paused:
+                    svc._loop.call_soon(self._more)
+                break
+        self.buf = buf[pos:] if pos < end else b""
+        if out:
+            self.since = svc.now
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _finish(self, out: list[bytes]) -> None:
+        """Write the last answers and close (after they are flushed)."""
+        self.transport.write(b"".join(out))
+        self.buf = b""
+        self.close()
+
+    def _fail(self, out: list[bytes]) -> None:
+        """Answer an error and close without losing the answer.
+
+        Closing a socket with unread input makes the kernel send a reset,
+        which can destroy the error response before the client reads it; so
+        shut down our side only, and discard input until the client closes
+        (or the idle sweep does).
+        """
+        transport = self.transport
+        transport.write(b"".join(out))
+        self.buf = b""
+        if transport.can_write_eof():
+            self.draining = True
+            self.since = self.svc.now
+            transport.write_eof()
+        else:
+            self.close()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop, from uvloop when it is installed (faster), else asyncio's."""
+    try:
+        import uvloop  # noqa: PLC0415 (optional dependency)
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+__all__ = ["TerminalService", "UnknownGroup", "new_event_loop"]

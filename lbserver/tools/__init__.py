@@ -1,0 +1,1 @@
+"""Tools run from the command line: the storm simulator, the site-info importer, the demo."""

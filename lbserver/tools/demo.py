@@ -1,0 +1,151 @@
+"""A self-contained demonstration on loopback: three agents, one balancer, terminals.
+
+``python -m lbserver.tools.demo`` starts three real lbagents on 127.0.0.2-4 (each
+reporting a different simulated load through a custom variable), a real
+lbserver polling them, then plays terminals asking where to log in and shows
+where they were sent next to the weights the balancer computed. Everything
+runs in a temporary directory and stops at the end (or on Ctrl-C with
+``--keep-running``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+SERVERS = (("xapp1", "127.0.0.2", 15), ("xapp2", "127.0.0.3", 45), ("xapp3", "127.0.0.4", 75))
+
+AGENT_XML = """<?xml version="1.0"?>
+<lbaconfig>
+  <agent listen="{ip}:{port}" sample-interval="1"/>
+  <access><allow from="127.0.0.0/8"/></access>
+  <variables>
+    <!-- stands in for real load, so the three servers differ on one machine -->
+    <variable name="SIMLOAD" type="constant" value="{load}"/>
+  </variables>
+</lbaconfig>
+"""
+
+SERVER_XML = """<?xml version="1.0"?>
+<lbsconfig>
+  <lbservice listen="127.0.0.1:{lb_port}" returns="$IP"/>
+  <mgmtservice listen="127.0.0.1:{mgmt_port}" state-file="{tmp}/lbserver.state"/>
+  <poll interval="2" timeout="1" rise="1" fall="1"/>
+  <nodes>
+    <group default="true" name="DEMO">
+{nodes}
+    </group>
+  </nodes>
+  <rules>
+    <variable name="SIMLOAD" custom="true" weight="100" capacity="100"/>
+  </rules>
+</lbsconfig>
+"""
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: {proc.args[2]} exited early with status {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"demo: nothing listening on {host}:{port} after {timeout:.0f} s")
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m lbserver.tools.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", "--terminals", type=int, default=300, help="terminal requests to play (default 300)")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="leave agents and balancer running until Ctrl-C, to try lbclient, curl and lbctl")
+    args = parser.parse_args(argv)
+
+    tmp = tempfile.mkdtemp(prefix="lbdemo-")
+    # The directory holding the lbserver package, so the children import this very tree.
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    procs: list[subprocess.Popen] = []
+    try:
+        nodes = []
+        for name, ip, load in SERVERS:
+            port = _free_port(ip)
+            path = os.path.join(tmp, f"{name}.xml")
+            with open(path, "w") as fh:
+                fh.write(AGENT_XML.format(ip=ip, port=port, load=load))
+            procs.append(subprocess.Popen([sys.executable, "-m", "lbagent", "-f", "-c", path], env=env,
+                                          stderr=subprocess.DEVNULL))
+            _wait_port(ip, port, procs[-1])
+            nodes.append(f'      <node name="{name}" address="http://{ip}:{port}"/>')
+            print(f"agent  {name:6} on {ip}:{port}  simulated load {load}%")
+        lb_port, mgmt_port = _free_port("127.0.0.1"), _free_port("127.0.0.1")
+        cfg = os.path.join(tmp, "lbsconfig.xml")
+        with open(cfg, "w") as fh:
+            fh.write(SERVER_XML.format(lb_port=lb_port, mgmt_port=mgmt_port, tmp=tmp, nodes="\n".join(nodes)))
+        procs.append(subprocess.Popen([sys.executable, "-m", "lbserver", "-f", "-c", cfg], env=env,
+                                      stderr=subprocess.DEVNULL))
+        _wait_port("127.0.0.1", lb_port, procs[-1])
+        print(f"lbserver on 127.0.0.1:{lb_port} (terminals), 127.0.0.1:{mgmt_port} (status)\n")
+
+        status = json.loads(_get(f"http://127.0.0.1:{mgmt_port}/status"))
+        first = subprocess.run([sys.executable, "-m", "lbclient", "-s", f"127.0.0.1:{lb_port}"],
+                               env=env, capture_output=True, text=True, timeout=10)
+        print(f"$ lbclient -s 127.0.0.1:{lb_port}\n{first.stdout.strip() or first.stderr.strip()}\n")
+
+        counts: collections.Counter[str] = collections.Counter()
+        for _ in range(args.terminals):
+            counts[_get(f"http://127.0.0.1:{lb_port}/").strip()] += 1
+        shares = status["groups"]["DEMO"]["shares"]
+        print(f"{args.terminals} terminals asked for a server:")
+        print(f"  {'server':8} {'address':10} {'load':>5} {'weight':>7} {'expected':>9} {'sent':>5}")
+        for name, ip, load in SERVERS:
+            node = status["nodes"][name]
+            print(f"  {name:8} {ip:10} {load:>4}% {node['weight']:>7.1f} {shares.get(name, 0) * 100:>8.1f}% "
+                  f"{counts[ip]:>5}")
+        print("\n(a less loaded server has a greater weight and receives more terminals)\n")
+        ctl = subprocess.run([sys.executable, "-m", "lbserver.mgmt.ctl", "--url", f"http://127.0.0.1:{mgmt_port}",
+                              "status"], env=env, capture_output=True, text=True, timeout=10)
+        print(f"$ lbctl --url http://127.0.0.1:{mgmt_port} status\n{ctl.stdout.rstrip() or ctl.stderr.strip()}")
+        if args.keep_running:
+            print(f"\nrunning; try: curl http://127.0.0.1:{lb_port}/   curl http://127.0.0.1:{mgmt_port}/status"
+                  f"   lbctl --url http://127.0.0.1:{mgmt_port} status\nCtrl-C to stop")
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
