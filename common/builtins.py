@@ -16,4 +16,6 @@ BUILTIN_VARIABLES: tuple[str, ...] = (
     "NBUSERS",      # distinct users with a login session
     "NBSESSIONS",   # login sessions
     "UPTIME",       # seconds since boot
+    "DRAINED",      # true while the agent's drain-file or nologin-file exists (drain at the source)
+    "DRAIN_REASON", # that file's first line; "" when not drained
 )

@@ -47,6 +47,7 @@ KINDS: dict[str, str] = {
     "keyword": "text, any case",
     "path": "file path",
     "url": "URL",
+    "expression": "number or expression",
     "regex": "regular expression",
     "email": "e-mail address",
     "number": "number",
@@ -56,7 +57,7 @@ KINDS: dict[str, str] = {
     "hostport": "HOST[:PORT]",
     "network": "address or network",
 }
-_TEXT_KINDS = ("text", "path", "url", "regex", "email")
+_TEXT_KINDS = ("text", "path", "url", "regex", "email", "expression")
 
 
 @dataclass(frozen=True)

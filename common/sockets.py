@@ -27,11 +27,11 @@ def format_listen(listen: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _resolve(listen: Address) -> tuple:
+def _resolve(listen: Address, kind: int = socket.SOCK_STREAM) -> tuple:
     """The first getaddrinfo() entry for listening on ``listen``; OSError names the address."""
     host, port = listen
     try:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        return socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as exc:
         raise OSError(f"cannot listen on {format_listen(listen)}: {exc.strerror}") from None
 
@@ -56,6 +56,24 @@ def listen_socket(listen: Address, backlog: int = 1024) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {format_listen(listen)}: {exc.strerror or exc}") from None
+    return sock
+
+
+def datagram_socket(listen: Address) -> socket.socket:
+    """A bound, non-blocking UDP socket on ``listen``; OSError names the address."""
+    family, _, proto, _, addr = _resolve(listen, socket.SOCK_DGRAM)
+    sock = socket.socket(family, socket.SOCK_DGRAM, proto)
+    try:
+        if family == socket.AF_INET6 and addr[0] == "::":
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except OSError:
+                pass
+        sock.bind(addr)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {format_listen(listen)} (UDP): {exc.strerror or exc}") from None
     return sock
 
 

@@ -193,8 +193,10 @@ class Reader:
         raise self.error(elem, f"<{elem.tag}> attribute {attr}={raw!r}: expected true or false")
 
     def listen(self, elem: etree._Element, attr: str, default: str) -> tuple[str, int]:
-        """A ``HOST:PORT`` or ``[V6]:PORT`` listen address."""
+        """A ``HOST:PORT`` or ``[V6]:PORT`` listen address; ``*:PORT`` (the ltsp-cluster form) is every IPv4 address."""
         raw = elem.get(attr, default)
+        if raw.strip().startswith("*:"):
+            raw = "0.0.0.0" + raw.strip()[1:]
         return self._convert(elem, attr, raw, parse_hostport, "HOST:PORT (e.g. 0.0.0.0:8001 or [::]:8001)")
 
     def network(self, elem: etree._Element, attr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -42,7 +42,7 @@ class CustomVariable:
 
     Only the fields of its ``type`` are set: ``command``/``timeout`` for
     command, ``pattern`` (compiled) for process, ``path`` for disk and file,
-    ``value`` (already parsed) for constant.
+    ``path``/``timeout`` for count, ``value`` (already parsed) for constant.
     """
 
     name: str
@@ -76,6 +76,10 @@ class AgentConfig:
     tls_key: str | None = AGENT.tls_key.default
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
     """Server-side TLS context built from tls-cert/tls-key; None: plain HTTP."""
+    drain_file: str | None = AGENT.drain_file.default
+    """Drain at the source: DRAINED while this file exists; None: not checked."""
+    nologin_file: str | None = AGENT.nologin_file.default
+    """Likewise for the system's nologin file; None: not checked."""
 
 
 def _config_relative(r: Reader, path: str) -> str:
@@ -148,8 +152,10 @@ def _load_variable(r: Reader, e: etree._Element) -> CustomVariable:
         except re.error as exc:
             raise r.error(e, f"<variable name={name!r}> attribute pattern={raw!r}: "
                              f"not a valid regular expression: {exc}") from None
-    elif vtype in ("disk", "file"):
+    elif vtype in ("disk", "file", "count"):
         kw["path"] = r.required(e, VARIABLE.path.attribute)  # needed by these types, so read as required
+        if vtype == "count":
+            kw["timeout"] = read(r, e, VARIABLE.timeout)
     else:
         raw = read(r, e, VARIABLE.value)
         try:
@@ -207,6 +213,9 @@ def load(path: str = DEFAULT_PATH) -> AgentConfig:
         kw["max_request_bytes"] = read(r, agent, AGENT.max_request_bytes)
         kw["request_timeout"] = read(r, agent, AGENT.request_timeout)
         kw.update(_load_security(r, agent))
+        for setting in (AGENT.drain_file, AGENT.nologin_file):
+            value = read(r, agent, setting).strip()
+            kw[setting.name] = _config_relative(r, value) if value else None
     logel = root.find("log")
     if logel is not None:
         kw["log_file"] = read(r, logel, LOG.file)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from common.version import __version__
 from lbagent.config import AgentConfig
+from lbagent.drain import DrainWatch
 from lbagent.metrics import Builtins
 from lbagent.values import Value
 from lbagent.variables import CustomSampler, Stopped
@@ -57,6 +58,7 @@ class Sampler:
     def __init__(self, config: AgentConfig) -> None:
         self._config = config
         self._builtins = Builtins()
+        self._drain = DrainWatch()
         self._custom = CustomSampler()
         self._wake = threading.Event()
         self._stopping = False
@@ -72,6 +74,7 @@ class Sampler:
         """
         config = self._config
         values, users = self._builtins.read()
+        values.update(self._drain.read(config.drain_file, config.nologin_file))
         values.update(self._custom.sample(config.variables))
         sample = make_sample(socket.gethostname(), time.time(), values, users)
         if self._stopping:

@@ -18,6 +18,7 @@ VARIABLE_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "process": (("pattern",), ()),
     "disk": (("path",), ()),
     "file": (("path",), ()),
+    "count": (("path",), ("timeout",)),
     "constant": (("value",), ()),
 }
 """Per <variable type>: the attributes it needs, and those it may also take."""
@@ -41,6 +42,17 @@ AGENT = Element(
     Setting("tls-key", "path", None,
             "Private key (PEM) of tls-cert, when it is in a file of its own. A relative path is taken from the "
             "directory of lbaconfig.xml."),
+    Setting("drain-file", "path", "/var/lib/mille-xterm/lbagent.drain",
+            "Drain at the source: while this file exists the agent reports DRAINED as true and DRAIN_REASON as "
+            "the file's first line (drained when it is empty), and every balancer polling it sends no new "
+            "terminals here. lbagent --drain writes it, lbagent --enable removes it; it is looked at on every "
+            "sample, without a reload. An empty value turns this check off. A relative path is taken from the "
+            "directory of lbaconfig.xml."),
+    Setting("nologin-file", "path", "/etc/nologin",
+            "Like drain-file, for the file that makes the system refuse logins: while it exists the agent "
+            "reports DRAINED as true and DRAIN_REASON as its first line (nologin when it is empty). The "
+            "drain-file's reason wins when both exist. An empty value turns this check off. A relative path is "
+            "taken from the directory of lbaconfig.xml."),
 )
 
 LOG = Element(
@@ -79,13 +91,19 @@ VARIABLE = Element(
     Setting("command", "text", None,
             "Type command: a shell command; the value is the first line it prints. It runs in a process group "
             "of its own, killed past the timeout, and a non-zero exit status means no value."),
-    Setting("timeout", "number", 2.0, "Type command: seconds the command may run.", positive=True),
+    Setting("timeout", "number", 2.0,
+            "Type command: seconds the command may run. Type count: seconds the counting may take; past it "
+            "the variable has no value.", positive=True),
     Setting("pattern", "regex", None,
             "Type process: the value is true while a process's name or command line matches this regular "
             "expression, in Python syntax."),
     Setting("path", "path", None,
             "Type disk: the value is the percentage of used space of the file system holding this path. "
-            "Type file: the value is the first line of this regular file."),
+            "Type file: the value is the first line of this regular file. Type count: the value is the "
+            "number of directory entries this glob pattern matches, as the shell expands it (hidden names only "
+            "when the pattern starts with a dot; never descending into subdirectories); a directory without a "
+            "pattern counts every entry in it. Counting stops at 1000000, and a directory that is not there "
+            "means no value."),
     Setting("value", "text", None, "Type constant: the value itself."),
     parent="variables",
 )

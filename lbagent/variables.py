@@ -6,13 +6,18 @@ once per change of outcome so a broken command does not flood the log.
 Command variables run concurrently, each in its own process group that is
 killed with the group when it overruns its timeout, so one hanging command
 delays a sample by at most its own timeout. On stop, running commands are
-killed at once rather than waited for.
+killed at once rather than waited for. Count variables (the length of a
+queue kept as files in a directory) are counted side by side with the
+commands, each bounded by its timeout and by :data:`MAX_COUNT`.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import logging
 import os
+import re
 import selectors
 import signal
 import stat
@@ -20,6 +25,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Sequence
 
 import psutil
@@ -182,6 +188,77 @@ def disk_used_pct(path: str) -> float:
         raise VariableProblem(f"cannot stat {path}: {exc.strerror or exc}") from None
 
 
+MAX_COUNT = 1_000_000   # a count variable stops here: the queue is at least this long
+_DEADLINE_EVERY = 4096   # entries between two looks at the clock
+_GLOB_MAGIC = re.compile(r"[*?[]")
+COUNT_MARGIN = 5.0       # seconds a sample waits for a count beyond its timeout (a busy pool, a slow start)
+
+
+def _name_matcher(pattern: str):
+    """A test of one directory entry's name against a glob component, hidden names as the shell treats them."""
+    hidden_ok = pattern.startswith(".")
+    if pattern in ("*", "**"):
+        return lambda name: name[0] != "."
+    regex = re.compile(fnmatch.translate(pattern))
+    if hidden_ok:
+        return regex.match
+    return lambda name: name[0] != "." and regex.match(name) is not None
+
+
+def _directories(dirpart: str) -> list[str]:
+    """The directories a count reads: ``dirpart`` itself, or those it matches when it holds a glob."""
+    if not _GLOB_MAGIC.search(dirpart):
+        return [dirpart]
+    return sorted(d for d in glob.iglob(dirpart) if os.path.isdir(d))
+
+
+def count_entries(path: str, timeout: float, cap: int = MAX_COUNT) -> int:
+    """The number of directory entries ``path`` names, as the shell would expand it (at most ``cap``).
+
+    When the last component of ``path`` holds a glob character (``*``, ``?``
+    or ``[``), the value is the number of entries of the directory part that
+    match it; otherwise ``path`` must be a directory, and every entry in it
+    counts (like ``DIR/*``). Names starting with ``.`` count only when the
+    pattern starts with ``.``. Entries are counted, never opened or descended
+    into (``**`` is a plain ``*``); the directory part may hold glob
+    characters too, and every directory it matches is counted. Counting
+    stops at ``cap`` and raises :class:`VariableProblem` past ``timeout``
+    seconds, when no directory is there, or when ``path`` without a glob is
+    not a directory.
+    """
+    deadline = time.monotonic() + timeout
+    path = path.rstrip("/") or "/"
+    dirpart, last = os.path.split(path)
+    if _GLOB_MAGIC.search(last):
+        match = _name_matcher(last)
+        dirs = _directories(dirpart or ".")
+    else:
+        match = _name_matcher("*")
+        dirs = _directories(path)
+        if len(dirs) == 1 and os.path.exists(dirs[0]) and not os.path.isdir(dirs[0]):
+            raise VariableProblem(f"{path} is not a directory: give a directory, or a glob pattern such as "
+                                  "DIR/*.job")
+    if not dirs:
+        raise VariableProblem(f"no directory matches {dirpart if _GLOB_MAGIC.search(last) else path}")
+    count = 0
+    seen = 0
+    for d in dirs:
+        try:
+            with os.scandir(d) as entries:
+                for entry in entries:
+                    seen += 1
+                    if seen % _DEADLINE_EVERY == 0 and time.monotonic() > deadline:
+                        raise VariableProblem(f"still counting after {timeout:g} s ({count} so far in {d}); "
+                                              "raise the timeout")
+                    if match(entry.name):
+                        count += 1
+                        if count >= cap:
+                            return cap
+        except OSError as exc:
+            raise VariableProblem(f"cannot list {d}: {exc.strerror or exc}") from None
+    return count
+
+
 def processes_running(variables: Sequence[CustomVariable], exclude: int | None = None) -> dict[str, bool]:
     """For each process variable, whether any process's name or full command line matches.
 
@@ -214,6 +291,8 @@ class CustomSampler:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lbagent-cmd")
         self._running = RunningCommands()
         self._problems: dict[str, str | None] = {}
+        # Counts submitted and not finished: one stuck on a hung file system is not started again.
+        self._counting: dict[str, Future] = {}
 
     def close(self) -> None:
         """Kill running commands and stop the command threads, without waiting for them.
@@ -257,6 +336,16 @@ class CustomSampler:
                 v.name: self._pool.submit(run_command, v.command, v.timeout, self._running)
                 for v in variables if v.type == "command"
             }
+            stuck: set[str] = set()
+            for v in variables:
+                if v.type != "count":
+                    continue
+                previous = self._counting.get(v.name)
+                if previous is not None and not previous.done():
+                    stuck.add(v.name)
+                    futures[v.name] = previous
+                else:
+                    futures[v.name] = self._counting[v.name] = self._pool.submit(count_entries, v.path, v.timeout)
         except RuntimeError:  # the pool was shut down by close() meanwhile
             if self._running.closed:
                 raise Stopped from None
@@ -272,8 +361,18 @@ class CustomSampler:
                 elif var.type == "command":
                     # run_command is bounded by its timeout; the margin covers reaping.
                     values[var.name] = futures[var.name].result(timeout=var.timeout + 5.0)
+                elif var.type == "count":
+                    if var.name in stuck:
+                        raise VariableProblem("the previous count has not finished (a file system not answering?)")
+                    # count_entries watches its own timeout between entries; the margin covers a slow
+                    # start (a busy pool). Only a system call that never returns outlasts it.
+                    values[var.name] = futures[var.name].result(timeout=var.timeout + COUNT_MARGIN)
             except VariableProblem as exc:
                 outcomes[var.name] = str(exc)
+            except FutureTimeout:
+                waited = var.timeout + (COUNT_MARGIN if var.type == "count" else 5.0)
+                outcomes[var.name] = f"no answer after {waited:g} s" + (
+                    " (a file system not answering?)" if var.type == "count" else "")
             except Exception as exc:  # never let one variable break the sample
                 outcomes[var.name] = f"unexpected error: {exc!r}"
         if self._running.closed:
@@ -282,4 +381,5 @@ class CustomSampler:
         for var in variables:
             self._note(var, outcomes.get(var.name))
         self._problems = {v.name: self._problems.get(v.name) for v in variables}
+        self._counting = {name: f for name, f in self._counting.items() if not f.done()}
         return values

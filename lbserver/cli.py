@@ -45,7 +45,8 @@ terminal protocol (port of <lbservice>, default 8008):
   GET /?user=NAME      the server NAME already has a session on, if any
 
 files:
-  /etc/mille-xterm/lbsconfig.xml   configuration
+  /etc/mille-xterm/lbsconfig.xml   configuration (/etc/ltsp/lbsconfig.xml, the
+                                   ltsp-cluster balancer's, when only that exists)
   /run/lbserver.pid                pid file when daemonised
   /var/lib/mille-xterm/lbserver.state   drained nodes (kept across restarts)
 
@@ -63,7 +64,7 @@ def _spec() -> runtime.DaemonSpec:
         prog="lbserver",
         description=DESCRIPTION,
         epilog=EPILOG,
-        default_config=configmod.DEFAULT_PATH,
+        default_config=configmod.default_path(),
         default_pidfile="/run/lbserver.pid",
         load_config=configmod.load,
         make_service=Daemon,
@@ -87,7 +88,7 @@ def run_once(path: str, out=sys.stdout) -> int:
         print(f"lbserver: {exc}", file=sys.stderr)
         return 1
     core = Balancer(cfg)
-    dns = DnsService(core)
+    dns = DnsService(core, once=True)  # the lease outlives the run: kept, not released
     dns.configure(cfg)
     asyncio.run(core.cycle())
     reports = dns.run_once()
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.simulate:
         from lbserver.tools.simulate import main_simulate  # noqa: PLC0415
 
-        cfg_path = args.config if args.config != configmod.DEFAULT_PATH or _exists(args.config) else None
+        cfg_path = args.config if args.config != configmod.default_path() or _exists(args.config) else None
         return main_simulate(cfg_path, args.simulate, args.seed)
     if args.once:
         return run_once(args.config)

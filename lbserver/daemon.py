@@ -23,19 +23,20 @@ import socket
 import threading
 
 from common.netutil import raise_nofile_limit
-from common.sockets import bind_after_close, listen_socket, open_replacement
+from common.sockets import bind_after_close, datagram_socket, listen_socket, open_replacement
 from lbserver import config as configmod
-from lbserver.config import ServerConfig
+from lbserver.config import Peers, ServerConfig
 from lbserver.core.balancer import Balancer
 from lbserver.core.view import ReloadRefused
 from lbserver.dns.service import DnsService
 from lbserver.mgmt.api import Api
 from lbserver.mgmt.http import ManagementService
+from lbserver.peers.service import PeerService
 from lbserver.terminal.service import TerminalService, new_event_loop
 
 log = logging.getLogger("lbserver")
 
-TERMINAL, MGMT = "terminal", "mgmt"
+TERMINAL, MGMT, PEERS = "terminal", "mgmt", "peers"
 
 
 class Daemon:
@@ -46,6 +47,7 @@ class Daemon:
         self.dns: DnsService | None = None
         self.terminal: TerminalService | None = None
         self.mgmt: ManagementService | None = None
+        self.peers: PeerService | None = None
         self._sockets: dict[str, socket.socket] = {}
         self._bound: dict[str, tuple[str, int]] = {}  # what each socket really listens on
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -61,6 +63,8 @@ class Daemon:
         self._listen(TERMINAL, config.listen)
         if config.mgmt_listen:
             self._listen(MGMT, config.mgmt_listen)
+        if config.peers is not None:
+            self._sockets[PEERS], self._bound[PEERS] = datagram_socket(config.peers.listen), config.peers.listen
         return list(self._sockets.values())
 
     def start(self, config: ServerConfig) -> None:
@@ -100,8 +104,11 @@ class Daemon:
     # -- admin actions (lbserver.core.view.AdminActions) ------------------
 
     def set_drained(self, node: str, drained: bool) -> bool:
-        """Drain or enable ``node`` in the core."""
-        return self.core.set_drained(node, drained)
+        """Drain or enable ``node`` in the core, and tell the peers at once."""
+        changed = self.core.set_drained(node, drained)
+        if changed and self.peers is not None:
+            self.peers.send_drains()
+        return changed
 
     async def request_reload(self) -> str:
         """Check the configuration file, then reload it the way SIGHUP does; returns its path."""
@@ -136,6 +143,8 @@ class Daemon:
                                         max_connections=core.config.max_connections,
                                         on_response=core.count_response)
         await self.terminal.start(self._sockets[TERMINAL])
+        if PEERS in self._sockets:
+            await self._start_peers(core.config.peers)
         if MGMT in self._sockets:
             await self._start_mgmt()
         self._ready.set()
@@ -146,10 +155,21 @@ class Daemon:
         await self.terminal.stop()
         if self.mgmt is not None:
             await self.mgmt.stop()
+        if self.peers is not None:
+            await self.peers.stop()
 
     async def _start_mgmt(self) -> None:
-        self.mgmt = ManagementService(Api(self.core, self, self.dns))
+        self.mgmt = ManagementService(Api(self.core, self, self.dns, self))
         await self.mgmt.start(self._sockets[MGMT])
+
+    async def _start_peers(self, config: Peers) -> None:
+        self.peers = PeerService(self.core, config)
+        self.core.on_pick(self.peers.note_pick)
+        await self.peers.start(self._sockets[PEERS])
+
+    def peers_status(self) -> dict | None:
+        """The peer exchange's state for the management service (None without <peers>)."""
+        return self.peers.peers_status() if self.peers is not None else None
 
     # -- configuration ----------------------------------------------------
 
@@ -160,6 +180,7 @@ class Daemon:
             await self._move_mgmt(config.mgmt_listen)
         self.terminal.idle_timeout = config.idle_timeout
         self.terminal.max_connections = config.max_connections
+        await self._move_peers(config.peers)
         self.core.apply_config(config)
         self.dns.configure(config)
         self.core.poll_now()
@@ -206,6 +227,33 @@ class Daemon:
                 log.error("management service not started: %s", exc)
                 return
             await self._start_mgmt()
+
+    async def _move_peers(self, config: Peers | None) -> None:
+        """Follow a reloaded <peers>: start, stop, or move to a new UDP address (keeping the old on failure)."""
+        if self.peers is not None and (config is None or config.listen != self._bound[PEERS]):
+            try:
+                sock = datagram_socket(config.listen) if config is not None else None
+            except OSError as exc:
+                log.error("keeping the old peers address: %s", exc)
+                self.peers.configure(config)
+                return
+            await self.peers.stop()
+            self._sockets.pop(PEERS).close()
+            self._bound.pop(PEERS)
+            self.core.on_pick(None)
+            self.peers = None
+            if sock is not None:
+                self._sockets[PEERS], self._bound[PEERS] = sock, config.listen
+                await self._start_peers(config)
+        elif self.peers is not None:
+            self.peers.configure(config)
+        elif config is not None:
+            try:
+                self._sockets[PEERS], self._bound[PEERS] = datagram_socket(config.listen), config.listen
+            except OSError as exc:
+                log.error("peer exchange not started: %s", exc)
+                return
+            await self._start_peers(config)
 
 
 __all__ = ["Daemon"]

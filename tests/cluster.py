@@ -36,12 +36,23 @@ class Agent:
         """Change the SIMLOAD the agent reports (picked up at its next sample)."""
         self.load_file.write_text(f"{value}\n")
 
+    @property
+    def drain_file(self) -> Path:
+        """The agent's drain-file (beside its load file; absent at start)."""
+        return self.load_file.with_suffix(".drain")
+
+    @property
+    def nologin_file(self) -> Path:
+        """The agent's nologin-file (beside its load file, never the system's /etc/nologin)."""
+        return self.load_file.with_suffix(".nologin")
+
 
 def agent_xml(ip: str, port: int, load_file: Path, extra: str = "") -> str:
-    """An agent config: loopback listen, 0.2 s samples, SIMLOAD from ``load_file``."""
+    """An agent config: loopback listen, 0.2 s samples, SIMLOAD from ``load_file``, drain files beside it."""
+    drain, nologin = load_file.with_suffix(".drain"), load_file.with_suffix(".nologin")
     return f"""<?xml version="1.0"?>
 <lbaconfig>
-  <agent listen="{ip}:{port}" sample-interval="0.2"/>
+  <agent listen="{ip}:{port}" sample-interval="0.2" drain-file="{drain}" nologin-file="{nologin}"/>
   <access><allow from="127.0.0.0/8"/></access>
   <variables>
     <variable name="SIMLOAD" type="file" path="{load_file}"/>
@@ -142,6 +153,13 @@ def start_balancer(procs: Procs, tmp: Path, groups: dict[str, list[tuple[str, st
     wait_for_port("127.0.0.1", bal.port, timeout=20, proc=bal.proc)
     wait_for_port("127.0.0.1", bal.mgmt_port, timeout=20, proc=bal.proc)
     return bal
+
+
+def lbctl(url: str, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run ``python -m lbserver.mgmt.ctl --url URL args``."""
+    kw.setdefault("capture_output", True)
+    return subprocess.run(python_cmd("lbserver.mgmt.ctl", "--url", url, *args), text=True, timeout=30,
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), **(env or {})}, **kw)
 
 
 def env_with_root() -> dict[str, str]:

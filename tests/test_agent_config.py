@@ -173,7 +173,44 @@ BROKEN = [
      <lbaconfig>
        <agent listen="0.0.0.0:8001">
      </lbaconfig>""", 3, "not well-formed"),
+    ("""\
+     <lbaconfig>
+       <variables>
+         <variable name="Q" type="count"/>
+       </variables>
+     </lbaconfig>""", 3, "<variable name='Q' type='count'> is missing attribute path"),
+    ("""\
+     <lbaconfig>
+       <variables>
+         <variable name="Q" type="count" path="/var/q/*" pattern="x"/>
+       </variables>
+     </lbaconfig>""", 3, "attribute pattern does not apply to type count"),
+    ("""\
+     <lbaconfig>
+       <variables>
+         <variable name="Q" type="count" path="/var/q/*" timeout="-1"/>
+       </variables>
+     </lbaconfig>""", 3, "timeout='-1': must be greater than 0"),
+    ("""\
+     <lbaconfig>
+       <variables>
+         <variable name="D" type="disk" path="/" timeout="5"/>
+       </variables>
+     </lbaconfig>""", 3, "attribute timeout does not apply to type disk"),
 ]
+
+
+def test_count_variable(tmp_path):
+    cfg = config.load(write(tmp_path, """\
+        <lbaconfig>
+          <variables>
+            <variable name="WMQUEUE" type="count" path="/var/glite/workload_manager/jobdir/new/*"/>
+            <variable name="JCQUEUE" type="count" path="/var/glite/jobcontrol/jobdir/new" timeout="7.5"/>
+          </variables>
+        </lbaconfig>"""))
+    wm, jc = cfg.variables
+    assert (wm.type, wm.path, wm.timeout) == ("count", "/var/glite/workload_manager/jobdir/new/*", 2.0)
+    assert (jc.path, jc.timeout) == ("/var/glite/jobcontrol/jobdir/new", 7.5)
 
 
 @pytest.mark.parametrize("body,line,fragment", BROKEN)

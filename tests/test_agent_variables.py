@@ -17,8 +17,8 @@ from conftest import wait_until
 from lbagent import variables as variables_module
 from lbagent.config import AgentConfig, CustomVariable
 from lbagent.sampler import Sampler
-from lbagent.variables import (CustomSampler, RunningCommands, Stopped, VariableProblem, disk_used_pct,
-                               processes_running, read_file_value, run_command)
+from lbagent.variables import (MAX_COUNT, CustomSampler, RunningCommands, Stopped, VariableProblem, count_entries,
+                               disk_used_pct, processes_running, read_file_value, run_command)
 
 
 def test_command_value_types():
@@ -213,3 +213,116 @@ def test_command_started_after_kill_all_is_killed_at_once():
     running.kill_all()
     with pytest.raises(VariableProblem, match="killed by signal 9"):
         run_command("sleep 60; echo 1", 60, running=running)
+
+
+# --- count: the length of a queue kept as files in a directory ----------------------------------------------
+
+def _fill(directory, names):
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (directory / name).write_text("job\n")
+
+
+def test_count_matches_like_the_shell(tmp_path):
+    new = tmp_path / "jobdir" / "new"
+    _fill(new, ["job1", "job2", "job3.lock", ".hidden", "x"])
+    (new / "sub").mkdir()
+    _fill(new / "sub", ["deep1", "deep2"])  # never descended into
+    os.symlink(new / "job1", new / "link")
+    assert count_entries(str(new / "*"), 2) == 6            # job1 job2 job3.lock x sub link; not .hidden
+    assert count_entries(str(new / "job*"), 2) == 3
+    assert count_entries(str(new / "job[0-9]"), 2) == 2
+    assert count_entries(str(new / "job?"), 2) == 2
+    assert count_entries(str(new / ".*"), 2) == 1             # hidden names only when the pattern says so
+    assert count_entries(str(new / "**"), 2) == 6             # ** is a plain *: no recursion
+    assert count_entries(str(new / "JOB*"), 2) == 0           # case matters, as in the shell
+    assert count_entries(str(new / "nothing-*"), 2) == 0      # the directory is there: an empty queue
+    # A directory without a pattern: every entry in it (not the hidden ones), like DIR/*.
+    assert count_entries(str(new), 2) == 6
+    assert count_entries(str(new) + "/", 2) == 6
+    # A glob in the directory part: every directory it matches is counted.
+    _fill(tmp_path / "other" / "new", ["a", "b"])
+    assert count_entries(str(tmp_path / "*" / "new" / "*"), 2) == 8
+    assert count_entries(str(tmp_path / "*" / "new"), 2) == 8
+
+
+def test_count_of_a_missing_directory_has_no_value(tmp_path):
+    with pytest.raises(VariableProblem, match="cannot list .*absent: No such file or directory"):
+        count_entries(str(tmp_path / "absent" / "*"), 2)
+    with pytest.raises(VariableProblem, match="cannot list .*absent: No such file or directory"):
+        count_entries(str(tmp_path / "absent"), 2)
+    with pytest.raises(VariableProblem, match="no directory matches"):
+        count_entries(str(tmp_path / "absent*" / "new" / "*"), 2)
+    (tmp_path / "plain").write_text("1\n")
+    with pytest.raises(VariableProblem, match="plain is not a directory"):
+        count_entries(str(tmp_path / "plain"), 2)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    try:
+        if not os.access(locked, os.R_OK):  # root reads it anyway
+            with pytest.raises(VariableProblem, match="cannot list .*locked: Permission denied"):
+                count_entries(str(locked / "*"), 2)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_count_is_bounded(tmp_path, monkeypatch):
+    _fill(tmp_path, [f"job{i}" for i in range(50)])
+    assert count_entries(str(tmp_path / "*"), 2, cap=20) == 20  # stops counting at the cap
+    assert MAX_COUNT == 1_000_000
+    from lbagent import settings
+    assert "1000000" in settings.VARIABLE.path.doc  # the documented cap is the real one
+    monkeypatch.setattr(variables_module, "_DEADLINE_EVERY", 1)
+    with pytest.raises(VariableProblem, match="still counting after 0 s .*raise the timeout"):
+        count_entries(str(tmp_path / "*"), 0)
+
+
+def test_sampler_counts_and_logs_a_missing_directory_once(caplog, tmp_path):
+    queue = tmp_path / "workload_manager" / "jobdir" / "new"
+    variables = [CustomVariable(name="WMQUEUE", type="count", path=str(queue / "*"), timeout=2),
+                 CustomVariable(name="ROOM", type="constant", value="B12")]
+    sampler = CustomSampler()
+    try:
+        with caplog.at_level(logging.INFO, logger="lbagent.variables"):
+            assert sampler.sample(variables) == {"ROOM": "B12"}  # absent, not 0: the path is wrong
+            assert sampler.sample(variables) == {"ROOM": "B12"}
+            _fill(queue, ["a", "b", "c"])
+            assert sampler.sample(variables)["WMQUEUE"] == 3
+            (queue / "a").unlink()
+            assert sampler.sample(variables)["WMQUEUE"] == 2
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("WMQUEUE (count" in m and "No such file or directory" in m for m in messages) == 1
+        assert sum("WMQUEUE has a value again" in m for m in messages) == 1
+    finally:
+        sampler.close()
+
+
+def test_a_count_that_hangs_is_not_started_again(monkeypatch, caplog):
+    """A listing stuck in the kernel (a dead NFS server) holds one thread, not one more per sample."""
+    release = threading.Event()
+    calls: list[str] = []
+
+    def hanging(path, timeout):
+        calls.append(path)
+        release.wait(30)
+        return 7
+    monkeypatch.setattr(variables_module, "count_entries", hanging)
+    monkeypatch.setattr(variables_module, "COUNT_MARGIN", 0.1)
+    variables = [CustomVariable(name="Q", type="count", path="/nfs/queue/*", timeout=0.1)]
+    sampler = CustomSampler()
+    try:
+        with caplog.at_level(logging.INFO, logger="lbagent.variables"):
+            start = time.monotonic()
+            assert sampler.sample(variables) == {}
+            assert time.monotonic() - start < 5
+            assert sampler.sample(variables) == {}
+            assert sampler.sample(variables) == {}
+            assert calls == ["/nfs/queue/*"]
+            release.set()
+            wait_until(lambda: sampler.sample(variables) == {"Q": 7}, timeout=5, what="a value again")
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("no answer after 0.2 s" in m for m in messages)
+        assert any("previous count has not finished" in m for m in messages)
+    finally:
+        release.set()
+        sampler.close()

@@ -8,8 +8,9 @@ from tests.cluster import server_xml, start_agent, start_balancer, stop
 from tests.conftest import ROOT, free_port, python_cmd, wait_until
 
 
-def dns_element(named, smtp, alias_attrs: str = 'num-out="1"') -> str:
-    return (f'<dns server="127.0.0.1" port="{named.port}" zone="{named.zone}" ttl="60" timeout="3" '
+def dns_element(named, smtp, alias_attrs: str = 'num-out="1"', lease: str = 'lease-time="60"') -> str:
+    # A lease longer than each test: its renewals (zone changes of their own) never blur "nothing was sent".
+    return (f'<dns server="127.0.0.1" port="{named.port}" zone="{named.zone}" ttl="60" timeout="3" {lease} '
             f'key-file="{named.key_file}" contact="admin@lbtest.example" smtp="127.0.0.1:{smtp.port}">'
             f'<alias name="wms" group="PROD" {alias_attrs}/></dns>')
 

@@ -14,6 +14,7 @@ from lbserver.dns.service import DnsService
 from lbserver.core.counters import DurationHistogram
 from lbserver.mgmt.aliases import NoAliases
 from lbserver.mgmt.metrics import render_metrics
+from lbserver.mgmt.peers import NoPeers
 from tests.cluster import offline_balancer, start_agent, start_balancer
 from tests.conftest import wait_until
 
@@ -40,7 +41,7 @@ def test_duration_histogram_is_cumulative():
 
 def test_names_follow_conventions_and_dns_part_is_optional(tmp_path):
     bal = offline_balancer(tmp_path)
-    text = render_metrics(bal, NoAliases()).decode()
+    text = render_metrics(bal, NoAliases(), NoPeers()).decode()
     fams = parse(text)
     for name in ("lbserver_node_up", "lbserver_node_weight", "lbserver_poll_duration_seconds",
                  "lbserver_dns_alias_published_addresses", "lbserver_build_info"):
@@ -60,7 +61,7 @@ def test_names_follow_conventions_and_dns_part_is_optional(tmp_path):
         else:
             assert not fam.name.endswith("_total"), fam.name
     bal.count_response(200)
-    assert "\nlbserver_terminal_requests_total{code=\"200\"} 1.0\n" in render_metrics(bal, NoAliases()).decode()
+    assert "\nlbserver_terminal_requests_total{code=\"200\"} 1.0\n" in render_metrics(bal, NoAliases(), NoPeers()).decode()
 
     dns = DnsService(bal)
     dns.reports = [AliasReport(alias="wms-alice", fqdn="wms-alice.example.org.", group="PROD", enabled=True,
@@ -70,7 +71,7 @@ def test_names_follow_conventions_and_dns_part_is_optional(tmp_path):
     dns.update_counts = {("wms-alice", "updated"): 3, ("wms-alice", "unchanged"): 7}
     for code in (200, 200, 200, 200, 404):
         bal.count_response(code)
-    fams = parse(render_metrics(bal, dns).decode())
+    fams = parse(render_metrics(bal, dns, NoPeers()).decode())
     assert samples(fams["lbserver_dns_alias_published_addresses"]) == {("wms-alice",): 2.0}
     assert samples(fams["lbserver_dns_alias_excluded_nodes"]) == {("wms-alice",): 1.0}
     assert samples(fams["lbserver_dns_alias_fallback"]) == {("wms-alice",): 0.0}

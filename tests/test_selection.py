@@ -278,9 +278,10 @@ def test_user_goes_back_to_own_server():
         p = sel.pick("G", user="alice")
         assert (p.node, p.reason) == ("b", "user")
     assert sel.pending() == {}                 # an existing session: no new load predicted
-    assert sel.pick("G", user="carol").reason == "weighted"     # carol's server is drained
+    assert (sel.pick("G", user="carol").node, sel.pick("G", user="carol").reason) == ("c", "user")  # drained: hers still
     assert sel.pick("H", user="alice").node == "a"             # alice's server is not in H
     assert sel.pick("G", user="nobody").reason == "weighted"
+    assert "c" not in {sel.pick("G").node for _ in range(50)}   # no new session goes to the drained one
 
 
 def test_user_on_down_server_is_not_sent_there():

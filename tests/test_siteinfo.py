@@ -87,6 +87,27 @@ def test_import_seed_example_loads(tmp_path):
     assert aliases["wms-atlas"].num_out == 1  # NUM_OUT=2 violated 0 < NUM_OUT < 2: default applies
     assert aliases["wms-lhcb"].best_hosts == -1  # a single WMS is published
     assert "wms002.cnaf.example.org" in cfg.groups["wms-cms-prod"].nodes
+    # The WMS metric on the WMS agent profile's variables: queues weighed, daemons required.
+    assert [r.name for r in cfg.rules] == ["LOADAVG", "MEMUSEDPCT", "SANDBOXDISK", "WMQUEUE", "JCQUEUE",
+                                           "ICEQUEUE", "LBQUEUE"]
+    assert {r.name: r.equals for r in cfg.requires} == {n: "true" for n in (
+        "WMPROXY", "WM", "JC", "LM", "ICE", "LBLOGD", "LBINTERLOGD")}
+
+
+def test_import_names_the_agent_profile_the_nodes_need(tmp_path):
+    from lxml import etree
+
+    from lbserver.tools.siteinfo import WMS_RULES
+    rc, xml, err = run(tmp_path)
+    root = etree.fromstring(xml.encode())
+    comments = [c.text for c in root.iterchildren(etree.Comment)]
+    assert "etc/examples/lbaconfig-wms.xml" in comments[1] and "examples directory of the package" in comments[1]
+    assert root.index(root.xpath("comment()")[1]) == 1  # at the top, before <nodes>
+    rules = [(e.tag, dict(e.attrib)) for e in root.find("rules") if isinstance(e.tag, str)]
+    assert rules == [(tag, dict(attrs)) for tag, attrs in WMS_RULES]
+    assert 'custom="true"' not in xml
+    [line] = [n for n in err.splitlines() if "agent profile" in n]
+    assert "WMQUEUE" in line and "WMPROXY" in line and "/etc/mille-xterm/lbaconfig.xml" in line
 
 
 def test_import_reports_what_it_could_not_map(tmp_path):
@@ -95,7 +116,8 @@ def test_import_reports_what_it_could_not_map(tmp_path):
     assert "alias wms-test: WMS-TEST_WMSLIST missing or empty: alias skipped" in err
     assert "submission test page given but not enabled" in err
     assert "assumed hmac-md5" in err
-    assert "queue lengths (WM, JC, LB)" in err
+    assert "every WMS node needs the WMS agent profile etc/examples/lbaconfig-wms.xml" in err
+    assert "examples directory of the package" in err
     assert "WMSMON_DB_PASSWORD" in err  # named as unused...
     assert "hidden" not in err and "hidden" not in xml  # ...but its value is not repeated
     assert SECRET not in err and SECRET not in xml

@@ -26,16 +26,19 @@ from common.builtins import BUILTIN_VARIABLES
 from common.secretfile import SecretFileError, permission_problem, read_secret_file
 from common.settings import read
 from common.tls import TlsConfigError, client_context
-from common.xmlconfig import ConfigError, Reader, parse_file
+from common.xmlconfig import ConfigError, Reader, parse_file, parse_hostport
 from lbserver.config import tsigkey
-from lbserver.config.model import DEFAULT_RULES, Alias, Dns, Group, Node, Poll, Require, Rule, ServerConfig
+from lbserver.config.expr import Expr, ExprError, parse
+from lbserver.config.model import DEFAULT_RULES, Alias, Dns, Group, Node, Peer, Peers, Poll, Require, Rule, ServerConfig
 from lbserver.config.settings import (AGENT_PORTS, ALIAS, DEFAULT_PATH, DEFAULT_STATE_FILE, DNS, GROUP,
-                                      HEALTH_URL_SCHEMES, LBSERVICE, LOG, MGMTSERVICE, NODE, POLL, REQUIRE, VARIABLE)
+                                      HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE, LEGACY_PATH, LOG, MGMTSERVICE, NODE,
+                                      PEER, PEERS, POLL, REQUIRE, RULE, VARIABLE)
 
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DNS_LABELS = re.compile(r"^([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$")
 EMAIL = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+$")
+LEASE_HOLDER = re.compile(r"^[A-Za-z0-9._:\[\]@/-]{1,100}$")
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +63,17 @@ class _Credentials:
         self._secrets: dict[str, str] = {}
         self._contexts: dict[str | None, ssl.SSLContext] = {}
 
-    def secret(self, elem: etree._Element, path: str) -> str:
-        """The secret in ``path`` (named by ``elem``'s secret-file); warns once on loose permissions."""
+    def secret(self, elem: etree._Element, path: str, attr: str = "secret-file") -> str:
+        """The secret in ``path`` (named by ``elem``'s ``attr``); warns once on loose permissions."""
         if path not in self._secrets:
             try:
                 self._secrets[path] = read_secret_file(path)
             except SecretFileError as exc:
-                raise self.r.error(elem, f"<{elem.tag}> secret-file: {exc}") from None
+                raise self.r.error(elem, f"<{elem.tag}> {attr}: {exc}") from None
             problem = permission_problem(path)
             if problem:
                 # A warning, not an error: see common.secretfile for why.
-                log.warning("%s:%s: <%s> secret-file: %s", self.r.path, elem.sourceline, elem.tag, problem)
+                log.warning("%s:%s: <%s> %s: %s", self.r.path, elem.sourceline, elem.tag, attr, problem)
         return self._secrets[path]
 
     def context(self, elem: etree._Element, ca_file: str | None) -> ssl.SSLContext:
@@ -118,6 +121,16 @@ def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[
         if gname in groups:
             raise r.error(g, f"duplicate group name {gname!r} (first at line {groups[gname].line})")
         members: list[str] = []
+        source = read(r, g, GROUP.from_)
+        if source is not None:
+            groups[gname] = _remote_group(r, g, gname, source, creds)
+            if g.find("node") is not None:
+                raise r.error(g.find("node"), f"group {gname!r} takes its nodes from {source}: it has no <node>")
+            if groups[gname].default:
+                if default is not None:
+                    raise r.error(g, f"two default groups: {default!r} and {gname!r}")
+                default = gname
+            continue
         for n in g.iter("node"):
             name = read(r, n, NODE.name)
             if not NODE_NAME.match(name):
@@ -149,6 +162,44 @@ def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[
     return nodes, groups, default
 
 
+def _remote_group(r: Reader, g: etree._Element, gname: str, source: str, creds: "_Credentials") -> Group:
+    """A <group from=...>: its URL checked, its token read now (a bad token file fails the load)."""
+    try:
+        parsed = urllib.parse.urlsplit(source)
+        parsed.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme != "http" or not parsed.hostname or parsed.query or parsed.fragment:
+        raise r.error(g, f"<group> attribute from={source!r}: expected the URL of another lbserver's management "
+                         "service, such as http://site-lbserver:8009")
+    token_file = read(r, g, GROUP.token_file)
+    token = None
+    if token_file is not None:
+        token_file = _config_relative(r, token_file)
+        token = creds.secret(g, token_file, "token-file")
+    return Group(name=gname, nodes=(), default=read(r, g, GROUP.default), line=g.sourceline,
+                 source=source.rstrip("/"), remote_group=read(r, g, GROUP.remote_group) or gname,
+                 token_file=token_file, token=token)
+
+
+def _limit(r: Reader, elem: etree._Element, attr: str, *, required: bool) -> float | Expr | None:
+    """capacity or critical: a number stays a float; anything else is parsed into an expression tree."""
+    raw = elem.get(attr)
+    if raw is None or not raw.strip():
+        if required:
+            raise r.error(elem, f"<{elem.tag}> needs a capacity (on <variable> or on its <rule>)")
+        return None
+    try:
+        tree = parse(raw)
+    except ExprError as exc:
+        raise r.error(elem, f"<{elem.tag}> attribute {attr}={raw!r}: {exc}") from None
+    if tree.constant is None:
+        return tree
+    if attr == "capacity" and tree.constant <= 0:
+        raise r.error(elem, f"<{elem.tag}> attribute {attr}={raw!r}: must be greater than 0")
+    return tree.constant
+
+
 def _load_rules(r: Reader, root: etree._Element) -> tuple[tuple[Rule, ...], tuple[Require, ...]]:
     rules: list[Rule] = []
     requires: list[Require] = []
@@ -164,17 +215,23 @@ def _load_rules(r: Reader, root: etree._Element) -> tuple[tuple[Rule, ...], tupl
             if name in seen:
                 raise r.error(e, f"duplicate rule for variable {name!r} (first at line {seen[name]})")
             seen[name] = e.sourceline
-            if not read(r, e, VARIABLE.custom) and name not in BUILTIN_VARIABLES:
-                raise r.error(e, f"unknown built-in variable {name!r}; built-ins are {', '.join(BUILTIN_VARIABLES)}"
-                                 " (for a variable defined in the agents' lbaconfig.xml add custom=\"true\")")
+            read(r, e, VARIABLE.custom)  # accepted, changes nothing
+            if name not in BUILTIN_VARIABLES:
+                log.warning("%s:%s: warning: rule variable %s is not a built-in: every agent must define it in "
+                            "its lbaconfig.xml (built-ins are %s)", r.path, e.sourceline, name, ", ".join(BUILTIN_VARIABLES))
+            legacy = e.find("rule")
+            if legacy is not None and (e.get("capacity") is not None or e.get("critical") is not None):
+                raise r.error(legacy, "give capacity and critical on <variable> or on its <rule>, not both")
+            limits = legacy if legacy is not None else e
             rules.append(Rule(
                 name=name,
                 weight=read(r, e, VARIABLE.weight),
-                capacity=read(r, e, VARIABLE.capacity),
-                critical=read(r, e, VARIABLE.critical),
+                capacity=_limit(r, limits, RULE.capacity.attribute, required=True),
+                critical=_limit(r, limits, RULE.critical.attribute, required=False),
                 per_cpu=read(r, e, VARIABLE.per_cpu),
                 per_session=read(r, e, VARIABLE.per_session),
                 line=e.sourceline,
+                kb_memory=legacy is not None,
             ))
         else:
             req = Require(name=name, equals=read(r, e, REQUIRE.equals), min=read(r, e, REQUIRE.min),
@@ -231,6 +288,7 @@ def _check_dns_extras(r: Reader, elem: etree._Element, dns_cfg: "Dns") -> None:
             if scheme not in HEALTH_URL_SCHEMES:
                 raise r.error(ae, f"<alias> attribute health-url={a.health_url!r}: expected an http://, "
                                   "https:// or file:// URL")
+    _check_lease(r, elem, dns_cfg, origin)
     for contact in (dns_cfg.contact or "").replace(";", ",").split(","):
         if contact.strip() and not EMAIL.match(contact.strip()):
             raise r.error(elem, f"<dns> attribute contact={dns_cfg.contact!r}: expected e-mail addresses "
@@ -250,6 +308,34 @@ def _check_dns_extras(r: Reader, elem: etree._Element, dns_cfg: "Dns") -> None:
                                 f"{exc.strerror or exc}") from None
 
 
+def _check_lease(r: Reader, elem: etree._Element, dns_cfg: "Dns", origin: dns.name.Name) -> None:
+    """<dns lease> names a record inside the zone that is no alias; lease-holder fits in the record."""
+    if dns_cfg.lease:
+        try:
+            if not DNS_LABELS.match(dns_cfg.lease):
+                raise dns.exception.SyntaxError
+            name = dns.name.from_text(dns_cfg.lease, origin=origin)
+        except dns.exception.DNSException:
+            raise r.error(elem, f"<dns> attribute lease={dns_cfg.lease!r}: not a valid DNS name") from None
+        if not name.is_subdomain(origin):
+            raise r.error(elem, f"<dns> attribute lease={dns_cfg.lease!r}: not inside zone {dns_cfg.zone!r} "
+                                "(give the name relative to the zone, e.g. _lbserver-lease)")
+        for a in dns_cfg.aliases:
+            if dns.name.from_text(a.name, origin=origin) == name:
+                raise r.error(elem, f"<dns> attribute lease={dns_cfg.lease!r}: the lease record needs a name of "
+                                    f"its own, not alias {a.name!r}")
+    holder = dns_cfg.lease_holder
+    if holder is not None and not LEASE_HOLDER.match(holder):
+        raise r.error(elem, f"<dns> attribute lease-holder={holder!r}: use 1 to 100 letters, digits and "
+                            "'.', '_', '-', ':', '[', ']', '@', '/' (no spaces)")
+
+
+def _check_lease_time(r: Reader, elem: etree._Element, dns_cfg: "Dns", interval: float) -> None:
+    if dns_cfg.lease and dns_cfg.lease_time is not None and dns_cfg.lease_time < 2 * interval:
+        raise r.error(elem, f"<dns> lease-time={dns_cfg.lease_time:g} must be at least twice the poll interval "
+                            f"({interval:g} s): the writer renews the lease when half of it is left")
+
+
 def _load_dns(r: Reader, elem: etree._Element, groups: dict[str, Group]) -> Dns:
     zone = read(r, elem, DNS.zone).rstrip(".")
     smtp_host, smtp_port = read(r, elem, DNS.smtp)
@@ -265,19 +351,21 @@ def _load_dns(r: Reader, elem: etree._Element, groups: dict[str, Group]) -> Dns:
             raise r.error(a, f"<alias name={name!r}> names unknown group {gname!r}")
         if any(x.name == name for x in aliases):
             raise r.error(a, f"duplicate alias {name!r}")
+        remote = groups[gname].source is not None
         size = len(groups[gname].nodes)
         num_out = read(r, a, ALIAS.num_out)
         best = read(r, a, ALIAS.best_hosts)
         if num_out is not None and best is not None:
             raise r.error(a, f"<alias name={name!r}>: give num-out or best-hosts, not both")
-        if num_out is not None and not 0 < num_out < size:
+        # A remote group's size is known at each poll only; the decision then keeps at least one node.
+        if num_out is not None and not (0 < num_out and (remote or num_out < size)):
             raise r.error(a, f"<alias name={name!r}> num-out={num_out}: must satisfy 0 < num-out < {size} "
                              f"(the number of nodes in group {gname!r})")
         if best is not None and not (best == -1 or best >= 1):
             raise r.error(a, f"<alias name={name!r}> best-hosts={best}: must be -1 (all healthy) or at least 1")
         if num_out is None and best is None:
             # The original arbiter leaves one server out; a one-node group publishes it.
-            num_out, best = (1, None) if size > 1 else (None, -1)
+            num_out, best = (1, None) if size > 1 or remote else (None, -1)
         aliases.append(Alias(name=name, group=gname, enabled=read(r, a, ALIAS.enabled), num_out=num_out,
                              best_hosts=best, health_url=read(r, a, ALIAS.health_url),
                              health_max_age=read(r, a, ALIAS.health_max_age),
@@ -301,11 +389,34 @@ def _load_dns(r: Reader, elem: etree._Element, groups: dict[str, Group]) -> Dns:
         smtp_password_file=_config_relative(r, password_file) if password_file else None,
         mail_from=read(r, elem, DNS.mail_from),
         alert_state_file=_config_relative(r, state_file) if state_file else None,
+        lease=read(r, elem, DNS.lease).strip(),
+        lease_time=read(r, elem, DNS.lease_time),
+        lease_holder=read(r, elem, DNS.lease_holder),
         aliases=tuple(aliases),
         line=elem.sourceline,
     )
     _check_dns_extras(r, elem, dns_cfg)
     return dns_cfg
+
+
+def _load_peers(r: Reader, elem: etree._Element) -> Peers:
+    """<peers> and its <peer> children; the secret file is read now, so a bad one fails the load."""
+    secret_file = read(r, elem, PEERS.secret_file)
+    kw: dict = {}
+    if secret_file:
+        kw["secret_file"] = _config_relative(r, secret_file)
+        kw["secret"] = _Credentials(r).secret(elem, kw["secret_file"])
+    listen = read(r, elem, PEERS.listen)
+    peers: list[Peer] = []
+    for pe in elem.iter("peer"):
+        raw = r.required(pe, PEER.address.attribute)
+        host, port = r._convert(pe, "address", raw, lambda s: parse_hostport(s, listen[1]), "HOST[:PORT]")
+        peer = Peer(host=host, port=port, line=pe.sourceline)
+        if peer in peers:
+            raise r.error(pe, f"<peer> {peer.address} is listed twice")
+        peers.append(peer)
+    return Peers(listen=listen, heartbeat=read(r, elem, PEERS.heartbeat), peers=tuple(peers),
+                 line=elem.sourceline, **kw)
 
 
 def _check_token_file(r: Reader, elem: etree._Element, path: str) -> None:
@@ -323,6 +434,13 @@ def _check_token_file(r: Reader, elem: etree._Element, path: str) -> None:
     problem = permission_problem(path)
     if problem:
         log.warning("%s:%s: <mgmtservice> token-file: %s", r.path, elem.sourceline, problem)
+
+
+def default_path() -> str:
+    """/etc/mille-xterm/lbsconfig.xml, or the ltsp-cluster balancer's /etc/ltsp/lbsconfig.xml when only that exists."""
+    if not os.path.exists(DEFAULT_PATH) and os.path.exists(LEGACY_PATH):
+        return LEGACY_PATH
+    return DEFAULT_PATH
 
 
 def load(path: str = DEFAULT_PATH) -> ServerConfig:
@@ -345,9 +463,14 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
         kw["returns"] = read(r, svc, LBSERVICE.returns)
         kw["idle_timeout"] = read(r, svc, LBSERVICE.idle_timeout)
         kw["max_connections"] = read(r, svc, LBSERVICE.max_connections)
+        read(r, svc, LBSERVICE.max_threads)  # checked, then ignored (see its declaration)
+    slave = root.find("lbslave")
+    if slave is not None and read(r, slave, LBSLAVE.is_slave):
+        log.warning("%s:%s: <lbslave is-slave=\"true\"> is ignored: this balancer answers terminals itself; "
+                    "make the balancers <peers> to share picks and drains", r.path, slave.sourceline)
     mgmt = root.find("mgmtservice")
     if mgmt is not None:
-        kw["mgmt_listen"] = read(r, mgmt, MGMTSERVICE.listen)
+        kw["mgmt_listen"] = read(r, mgmt, MGMTSERVICE.listen) if read(r, mgmt, MGMTSERVICE.enabled) else None
         kw["token_file"] = read(r, mgmt, MGMTSERVICE.token_file)
         if kw["token_file"]:
             _check_token_file(r, mgmt, kw["token_file"])
@@ -365,6 +488,10 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
         if p.timeout >= p.interval:
             raise r.error(poll, f"<poll> timeout={p.timeout:g} must be shorter than interval={p.interval:g}")
         kw["poll"] = p
+    elif svc is not None and read(r, svc, LBSERVICE.refresh_delay) is not None:
+        # The ltsp-cluster form: its refresh-delay is the poll interval, and a short one still gets a timeout.
+        interval = read(r, svc, LBSERVICE.refresh_delay)
+        kw["poll"] = Poll(interval=interval, timeout=min(POLL.timeout.default, interval / 2))
     logel = root.find("log")
     if logel is not None:
         kw["log_file"] = read(r, logel, LOG.file)
@@ -372,9 +499,13 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
     dns = root.find("dns")
     if dns is not None:
         kw["dns"] = _load_dns(r, dns, groups)
+        _check_lease_time(r, dns, kw["dns"], kw.get("poll", Poll()).interval)
+    peers = root.find("peers")
+    if peers is not None:
+        kw["peers"] = _load_peers(r, peers)
     return ServerConfig(path=path, nodes=nodes, groups=groups, default_group=default,
                         rules=rules, requires=requires, **kw)
 
 
-__all__ = ["Alias", "ConfigError", "DEFAULT_PATH", "DEFAULT_RULES", "DEFAULT_STATE_FILE", "Dns", "EMAIL", "Group",
+__all__ = ["Alias", "ConfigError", "DEFAULT_PATH", "default_path", "DEFAULT_RULES", "DEFAULT_STATE_FILE", "Dns", "EMAIL", "Group",
            "HEALTH_URL_SCHEMES", "Node", "Poll", "Require", "Rule", "ServerConfig", "load"]

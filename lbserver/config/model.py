@@ -11,7 +11,9 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 
-from lbserver.config.settings import ALIAS, DNS, GROUP, LBSERVICE, LOG, MGMTSERVICE, NODE, POLL, REQUIRE, VARIABLE
+from lbserver.config.expr import Expr
+from lbserver.config.settings import (ALIAS, DNS, GROUP, LBSERVICE, LOG, MGMTSERVICE, NODE, PEERS, POLL, REQUIRE,
+                                      VARIABLE)
 
 @dataclass(frozen=True)
 class Rule:
@@ -19,11 +21,14 @@ class Rule:
 
     name: str
     weight: float
-    capacity: float
-    critical: float | None = VARIABLE.critical.default
+    capacity: float | Expr
+    """A number, or an :class:`~lbserver.config.expr.Expr` evaluated per node at each poll."""
+    critical: float | Expr | None = VARIABLE.critical.default
     per_cpu: bool = VARIABLE.per_cpu.default
     per_session: float = VARIABLE.per_session.default
     line: int = 0
+    kb_memory: bool = False
+    """Written in the ltsp-cluster form (a <rule> child): memory variables are taken in kB."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,13 @@ class Group:
     nodes: tuple[str, ...]
     default: bool = GROUP.default.default
     line: int = 0
+    source: str | None = GROUP.from_.default
+    """``from``: the management URL of the balancer this group's nodes are read from (None: local nodes)."""
+    remote_group: str | None = GROUP.remote_group.default
+    """The group of that balancer (its own name when not given)."""
+    token_file: str | None = GROUP.token_file.default
+    token: str | None = field(default=None, repr=False, compare=False)
+    """The other balancer's admin token, sent as ``Authorization: Bearer`` (None: none)."""
 
 
 @dataclass(frozen=True)
@@ -138,8 +150,41 @@ class Dns:
     smtp_password_file: str | None = DNS.smtp_password_file.default
     mail_from: str | None = DNS.mail_from.default
     alert_state_file: str | None = DNS.alert_state_file.default
+    lease: str = DNS.lease.default
+    """The lease record's name, relative to the zone; empty: no lease."""
+    lease_time: float | None = DNS.lease_time.default
+    """None: three poll intervals (see lbserver.dns.lease.lease_settings)."""
+    lease_holder: str | None = DNS.lease_holder.default
+    """None: this host's name and the terminal port."""
     aliases: tuple[Alias, ...] = ()
     line: int = 0
+
+
+@dataclass(frozen=True)
+class Peer:
+    """``<peer>``: another balancer serving the same terminals."""
+
+    host: str
+    port: int
+    line: int = field(default=0, compare=False)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as written for the admin (IPv6 in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Peers:
+    """``<peers>``: where peer messages are received, with which secret, and from whom."""
+
+    listen: tuple[str, int] = PEERS.listen.default
+    heartbeat: float = PEERS.heartbeat.default
+    secret_file: str | None = PEERS.secret_file.default
+    secret: str | None = field(default=None, repr=False)
+    """The shared secret (HMAC key); None: messages are not signed."""
+    peers: tuple[Peer, ...] = ()
+    line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -161,8 +206,10 @@ class ServerConfig:
     rules: tuple[Rule, ...] = ()
     requires: tuple[Require, ...] = ()
     dns: Dns | None = None
+    peers: Peers | None = None
     log_file: str | None = LOG.file.default
     log_level: str | None = LOG.level.default
 
 
-__all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "Node", "Poll", "Require", "Rule", "ServerConfig"]
+__all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "Node", "Peer", "Peers", "Poll", "Require", "Rule",
+           "ServerConfig"]

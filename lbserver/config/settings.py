@@ -15,6 +15,8 @@ from common.settings import LOG_LEVELS, ConfigFile, Element, Setting
 from lbserver.config import tsigkey
 
 DEFAULT_PATH = "/etc/mille-xterm/lbsconfig.xml"
+LEGACY_PATH = "/etc/ltsp/lbsconfig.xml"
+"""Where the ltsp-cluster balancer kept its file: read when DEFAULT_PATH does not exist."""
 DEFAULT_STATE_FILE = "/var/lib/mille-xterm/lbserver.state"
 RETURNS = ("$IP", "$NAME", "$ADDRESS")
 """What <lbservice returns> may name."""
@@ -36,6 +38,18 @@ LBSERVICE = Element(
             "Seconds a terminal connection may stay silent before it is closed.", positive=True),
     Setting("max-connections", "integer", 4096,
             "Terminal connections held at once; connections beyond this are closed at once.", minimum=1),
+    Setting("refresh-delay", "number", None,
+            "The ltsp-cluster balancer's poll interval, in seconds: used as <poll interval> when there is no "
+            "<poll>.", positive=True, default_doc="the interval of <poll>"),
+    Setting("max-threads", "integer", None,
+            "Accepted from ltsp-cluster files and ignored: terminals are answered by one event loop, which "
+            "needs no thread per request.", minimum=1, default_doc="ignored"),
+)
+
+LBSLAVE = Element(
+    "lbslave", "Accepted from ltsp-cluster files and ignored. Balancers that serve the same terminals are made "
+               "peers with <peers> instead.",
+    Setting("is-slave", "boolean", False, "Ignored; a warning is logged when true."),
 )
 
 MGMTSERVICE = Element(
@@ -46,6 +60,7 @@ MGMTSERVICE = Element(
             "are accepted from loopback only."),
     Setting("state-file", "path", DEFAULT_STATE_FILE,
             "Where the drained nodes are kept across restarts."),
+    Setting("enabled", "boolean", True, "Whether the management service runs at all (false: it does not listen)."),
 )
 
 POLL = Element(
@@ -75,6 +90,29 @@ LOG = Element(
             default_doc="info"),
 )
 
+PEERS = Element(
+    "peers",
+    "Balancers that serve the same terminals and share what they do: each pick as it happens (so login-storm "
+    "compensation counts every balancer's picks) and the nodes drained with lbctl.",
+    Setting("listen", "listen", ("0.0.0.0", 8010),
+            "Address and UDP port on which peer messages are received, and from which they are sent."),
+    Setting("secret-file", "path", None,
+            "File holding a secret shared by all peers. With it every message carries an HMAC and replayed "
+            "messages are refused; without it, messages are accepted from the peers' addresses alone. A "
+            "relative path is taken from the directory of lbsconfig.xml."),
+    Setting("heartbeat", "number", 2.0,
+            "Seconds between two messages to each peer when there is nothing else to send; a peer silent "
+            "for three heartbeats is shown unreachable.", positive=True),
+)
+
+PEER = Element(
+    "peer", "Another balancer: messages are sent to it, and accepted only from it.",
+    Setting("address", "hostport",
+            doc="The peer's HOST[:PORT], where its <peers listen> receives; the port defaults to 8010.",
+            required=True),
+    parent="peers",
+)
+
 NODES = Element("nodes", "The application servers to balance, in groups. This element is required.")
 
 GROUP = Element(
@@ -83,6 +121,15 @@ GROUP = Element(
     Setting("default", "boolean", False,
             "Whether this is the default group. At most one group may be; without one, the first group is.",
             default_doc="false (the first group is the default)"),
+    Setting("from", "url", None,
+            "URL of another lbserver's management service: the group has no <node> of its own, its nodes, "
+            "their variables, health and drains are read from that balancer at each poll (regional "
+            "balancing)."),
+    Setting("remote-group", "text", None, "With from: the group of the other balancer to take.",
+            default_doc="the group's own name"),
+    Setting("token-file", "path", None,
+            "With from: file holding the other balancer's admin token, sent as Authorization: Bearer. A "
+            "relative path is taken from the directory of lbsconfig.xml."),
     parent="nodes",
 )
 
@@ -117,19 +164,30 @@ RULES = Element(
 VARIABLE = Element(
     "variable", "One variable's contribution to a node's weight.",
     Setting("name", "text",
-            doc="A built-in variable, or a variable defined in the agents' lbaconfig.xml when custom is true.",
+            doc="Any variable the agents report: a built-in, or one defined in their lbaconfig.xml.",
             required=True),
     Setting("weight", "number", doc="The most this variable adds to a node's weight.", positive=True,
             required=True),
-    Setting("capacity", "number", doc="The value at which the variable adds nothing.", positive=True,
-            required=True),
-    Setting("critical", "number", None, "At or above this value the node is excluded."),
+    Setting("capacity", "expression", None,
+            "The value at which the variable adds nothing: a number, or arithmetic over the node's variables "
+            "such as $CPUFREQ*$CPUCOUNT/120. Required, here or on a <rule> child.", default_doc="required"),
+    Setting("critical", "expression", None,
+            "At or above this value the node is excluded: a number or an expression."),
     Setting("per-cpu", "boolean", False, "Whether the value is divided by NBPROC first."),
     Setting("per-session", "number", 0.0,
             "Expected rise of the value for each terminal sent to the node, until the next poll.", minimum=0),
     Setting("custom", "boolean", False,
-            "Whether name is a variable defined in the agents' lbaconfig.xml rather than a built-in."),
+            "Accepted and ignored: a rule may name any variable. A name that is not a built-in draws a warning "
+            "from --check-config."),
     parent="rules",
+)
+
+RULE = Element(
+    "rule", "The ltsp-cluster form of a variable's limits. In a variable written this way, memory variables "
+            "(MEMTOTAL, MEMUSED, MEMAVAIL) are taken in kB, as the original agent reported them.",
+    Setting("capacity", "expression", None, "As the capacity of <variable>.", default_doc="required"),
+    Setting("critical", "expression", None, "As the critical of <variable>."),
+    parent="variable",
 )
 
 REQUIRE = Element(
@@ -179,6 +237,18 @@ DNS = Element(
             "Where the alert state is kept between runs. Set it when lbserver runs from cron, so that each "
             "run does not mail the same problems again. A relative path is taken from the directory of "
             "lbsconfig.xml."),
+    Setting("lease", "text", "_lbserver-lease",
+            "Name, relative to the zone, of the TXT record that lets one balancer at a time write the aliases: "
+            "balancers that publish the same aliases must give the same name, and the others stand by. An "
+            "empty value turns the lease off (this balancer always writes)."),
+    Setting("lease-time", "number", None,
+            "Seconds a lease lasts: a standby takes over this long after the writer's last renewal. The "
+            "writer renews it when less than half is left. It must be at least twice the poll interval, and "
+            "longer than the cron period when lbserver --once runs from cron.", positive=True,
+            default_doc="3 × the <poll> interval"),
+    Setting("lease-holder", "text", None,
+            "This balancer's name in the lease; each balancer sharing a lease needs its own.",
+            default_doc="HOST:PORT, this host's name and the terminal port"),
 )
 
 ALIAS = Element(
@@ -203,9 +273,10 @@ CONFIG_FILE = ConfigFile(
     name="lbsconfig.xml", program="lbserver", path=DEFAULT_PATH,
     doc="The balancer's configuration. Every element but <nodes> is optional, and each appears at most once "
         "at the top level.",
-    elements=(LBSERVICE, MGMTSERVICE, POLL, LOG, NODES, GROUP, NODE, RULES, VARIABLE, REQUIRE, DNS, ALIAS),
+    elements=(LBSERVICE, LBSLAVE, MGMTSERVICE, POLL, LOG, PEERS, PEER, NODES, GROUP, NODE, RULES, VARIABLE, RULE,
+              REQUIRE, DNS, ALIAS),
 )
 
-__all__ = ["AGENT_PORTS", "ALIAS", "CONFIG_FILE", "DEFAULT_PATH", "DEFAULT_STATE_FILE", "DNS", "GROUP",
-           "HEALTH_URL_SCHEMES", "LBSERVICE", "LOG", "MGMTSERVICE", "NODE", "NODES", "POLL", "REQUIRE", "RETURNS",
-           "RULES", "VARIABLE"]
+__all__ = ["AGENT_PORTS", "ALIAS", "CONFIG_FILE", "DEFAULT_PATH", "LEGACY_PATH", "DEFAULT_STATE_FILE", "DNS", "GROUP",
+           "HEALTH_URL_SCHEMES", "LBSERVICE", "LBSLAVE", "LOG", "MGMTSERVICE", "NODE", "NODES", "PEER", "PEERS", "POLL",
+           "REQUIRE", "RETURNS", "RULE", "RULES", "VARIABLE"]

@@ -11,14 +11,16 @@ last cycle built.
 
 Threading: everything here runs on the daemon's asyncio loop thread, so the
 balancer's own state needs no locks; other threads reach it only through the
-loop. The class implements :class:`~lbserver.core.view.BalancerView` and the
-drain half of :class:`~lbserver.core.view.AdminActions`; outer layers use
-those protocols, never this class.
+loop. The class implements :class:`~lbserver.core.view.BalancerView`,
+:class:`~lbserver.core.view.SharedState` and the drain half of
+:class:`~lbserver.core.view.AdminActions`; outer layers use those
+protocols, never this class.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Callable, Mapping
@@ -28,7 +30,8 @@ from lbserver.core import health
 from lbserver.core.counters import CycleInfo, DurationHistogram
 from lbserver.core.drainstate import DrainState
 from lbserver.core.history import History
-from lbserver.core.poller import poll_all
+from lbserver.core.poller import PollError, PollResult, poll_all
+from lbserver.core.remote import RemoteNode, fetch_group
 from lbserver.core.selection import Selector, Snapshot
 from lbserver.core.view import UnknownNode
 
@@ -50,7 +53,10 @@ class Balancer:
     """Polls, weighs and picks for one configuration at a time."""
 
     def __init__(self, config: ServerConfig) -> None:
+        self._base = config
         self._config = config
+        self._remote: dict[str, tuple[Node, ...]] = {}
+        self._remote_errors: dict[str, str] = {}
         self._records: dict[str, health.NodeRecord] = {}
         self._selector = Selector()
         self._snapshot: Snapshot | None = None
@@ -60,6 +66,8 @@ class Balancer:
         self._last_good_logged: dict[str, float] = {}
         self._response_counts: dict[int, int] = {}
         self._observers: list[Callable[[], None]] = []
+        self._pick_observer: Callable[[str], None] | None = None
+        self._unreported_logged: set[str] = set()
         self._cycle_mono = time.monotonic()
         self._wake: asyncio.Event | None = None
         self.started_at = time.time()
@@ -109,19 +117,62 @@ class Balancer:
             log.info("node %s %s by admin", node, "drained" if drained else "enabled")
         return changed
 
+    # -- shared with peer balancers (lbserver.core.view.SharedState) -------
+
+    def on_pick(self, observer: Callable[[str], None] | None) -> None:
+        """Call ``observer(node)`` for every terminal sent to a node for a new session (None: stop)."""
+        self._pick_observer = observer
+
+    def count_remote_picks(self, picks: Mapping[str, int]) -> None:
+        """Weigh terminals a peer sent to these nodes as if sent here, until their next poll."""
+        for node, count in picks.items():
+            self._selector.add_pending(node, count)
+
+    def drain_state(self) -> tuple[frozenset[str], float]:
+        """The admin-drained nodes and when that set last changed."""
+        return frozenset(self._drain.nodes), self._drain.changed_at
+
+    def adopt_drains(self, nodes: frozenset[str], changed_at: float, source: str) -> bool:
+        """Take a peer's drained set when it is newer than ours; True when ours changed."""
+        before = set(self._drain.nodes)
+        if not self._drain.adopt(set(nodes), changed_at):
+            return False
+        self.install_snapshot()
+        for node in sorted(before - nodes):
+            log.info("node %s enabled by peer %s", node, source)
+        for node in sorted(nodes - before):
+            log.info("node %s drained by peer %s", node, source)
+        return True
+
     # -- configuration ----------------------------------------------------
 
     def apply_config(self, config: ServerConfig) -> None:
         """Put ``config`` in force: nodes no longer configured are forgotten, the snapshot rebuilt."""
-        old = self._config if self._snapshot is not None else None
-        self._config = config
-        self._answers = {name: answer_for(node, config.returns) for name, node in config.nodes.items()}
-        for name in list(self._records):
-            if name not in config.nodes:
-                del self._records[name]
+        old = self._base if self._snapshot is not None else None
+        self._base = config
+        self._remote = {g: members for g, members in self._remote.items()
+                        if g in config.groups and old is not None and config.groups[g].source is not None
+                        and config.groups[g].source == old.groups.get(g, config.groups[g]).source}
+        self._set_effective()
         if self._drain is None or (old and old.state_file != config.state_file):
             self._drain = DrainState.load(config.state_file)
         self.install_snapshot()
+
+    def _set_effective(self) -> None:
+        """The configuration in force: the file's, with the nodes of remote groups as last read."""
+        base = self._base
+        if self._remote:
+            nodes, groups = dict(base.nodes), dict(base.groups)
+            for gname, members in self._remote.items():
+                nodes.update((n.name, n) for n in members)
+                groups[gname] = dataclasses.replace(groups[gname], nodes=tuple(n.name for n in members))
+            self._config = dataclasses.replace(base, nodes=nodes, groups=groups)
+        else:
+            self._config = base
+        self._answers = {name: answer_for(node, base.returns) for name, node in self._config.nodes.items()}
+        for name in list(self._records):
+            if name not in self._config.nodes:
+                del self._records[name]
 
     # -- polling ----------------------------------------------------------
 
@@ -151,16 +202,20 @@ class Balancer:
 
     async def cycle(self) -> None:
         """Poll every node once, rebuild and install the snapshot, then tell the observers."""
-        cfg = polled = self._config
+        cfg = polled = self._base
         self._cycle_mono = time.monotonic()
         started = time.time()
-        results = await poll_all(cfg.nodes.values(), cfg.poll.timeout, cfg.poll.max_reply_bytes,
-                                 validate=health.validate_state)
+        results, fetched = await asyncio.gather(
+            poll_all(cfg.nodes.values(), cfg.poll.timeout, cfg.poll.max_reply_bytes, validate=health.validate_state),
+            self._fetch_remote(cfg))
         now = time.time()
         failed = 0
-        if self._config is not polled:  # reloaded while polling: keep nodes still configured as polled
-            cfg = self._config
+        if self._base is not polled:  # reloaded while polling: keep nodes still configured as polled
+            cfg = self._base
             results = {n: r for n, r in results.items() if cfg.nodes.get(n) == polled.nodes[n]}
+            fetched = {g: f for g, f in fetched.items()
+                       if g in cfg.groups and cfg.groups[g].source == polled.groups[g].source}
+        results = {**results, **self._merge_remote(fetched)}
         for name, res in results.items():
             rec = self._records.setdefault(name, health.NodeRecord(name=name))
             if res.state is not None:
@@ -176,11 +231,59 @@ class Balancer:
         self._last_cycle = CycleInfo(started, time.time() - started, len(results), failed)
         self.poll_histogram.observe(self._last_cycle.duration)
         self.history.add(self._snapshot, now, cfg.poll.interval)
+        for name in set(self._snapshot.unreported) - self._unreported_logged:
+            log.warning("rule variable %s is reported by no agent (a typo in lbsconfig.xml, or missing from every "
+                        "lbaconfig.xml): the rule makes every node unhealthy", name)
+        self._unreported_logged = set(self._snapshot.unreported)
         for observer in self._observers:
             try:
                 observer()
             except Exception:  # an observer's bug must not stop polling
                 log.exception("after-cycle observer failed")
+
+    async def _fetch_remote(self, cfg: ServerConfig) -> dict[str, list[RemoteNode] | PollError]:
+        """Read every remote group's site balancer at once; a failure is returned, not raised."""
+        groups = [g for g in cfg.groups.values() if g.source is not None]
+        if not groups:
+            return {}
+        outcomes = await asyncio.gather(*(fetch_group(g, cfg.poll.timeout, cfg.poll.max_reply_bytes)
+                                          for g in groups), return_exceptions=True)
+        fetched: dict[str, list[RemoteNode] | PollError] = {}
+        for group, outcome in zip(groups, outcomes):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, PollError):
+                log.error("reading %s for group %s failed unexpectedly", group.source, group.name, exc_info=outcome)
+                outcome = PollError(f"site balancer {group.source}: {type(outcome).__name__}: {outcome}")
+            fetched[group.name] = outcome
+        return fetched
+
+    def _merge_remote(self, fetched: dict[str, list[RemoteNode] | PollError]) -> dict[str, PollResult]:
+        """Take the remote groups' new members; their poll results, as if their agents had been polled."""
+        results: dict[str, PollResult] = {}
+        taken = dict(self._base.nodes)
+        for gname, outcome in fetched.items():
+            if isinstance(outcome, PollError):
+                if self._remote_errors.get(gname) != str(outcome):
+                    log.warning("group %s: %s", gname, outcome)
+                self._remote_errors[gname] = str(outcome)
+                for node in self._remote.get(gname, ()):
+                    results[node.name] = PollResult(node.name, None, str(outcome), 0.0)
+                continue
+            if self._remote_errors.pop(gname, None) is not None:
+                log.info("group %s: %s answers again", gname, self._base.groups[gname].source)
+            members = []
+            for rn in outcome:
+                other = taken.get(rn.node.name)
+                if other is not None and other.address != rn.node.address:
+                    log.warning("group %s: node %s of %s left out: its name is taken by another node (%s)", gname,
+                                rn.node.name, self._base.groups[gname].source, other.address)
+                    continue
+                taken[rn.node.name] = rn.node
+                members.append(rn.node)
+                results[rn.node.name] = PollResult(rn.node.name, rn.state, rn.error, 0.0)
+            self._remote[gname] = tuple(members)
+        if fetched:
+            self._set_effective()
+        return results
 
     def install_snapshot(self, now: float | None = None, refreshed: frozenset[str] = frozenset()) -> None:
         """Build a snapshot from the current records and drained set, and swap it in.
@@ -202,6 +305,8 @@ class Balancer:
     def answer(self, group: str | None, user: str | None) -> str:
         """Choose a server for one terminal request (raises UnknownGroup)."""
         pick = self._selector.pick(group, user)
+        if pick.new_session and self._pick_observer is not None:
+            self._pick_observer(pick.node)
         if pick.reason == "last-good":
             now = time.monotonic()
             if now - self._last_good_logged.get(pick.group, -1e9) > LAST_GOOD_LOG_INTERVAL:

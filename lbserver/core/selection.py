@@ -25,7 +25,7 @@ from typing import Collection, Mapping
 from lbserver.config import Require, Rule, ServerConfig
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord
-from lbserver.core.weights import Compensation, compensates, compensation, evaluate
+from lbserver.core.weights import Compensation, RuleResult, compensates, compensation, evaluate
 
 REASONS = ("weighted", "user", "overflow", "last-good")
 ALGORITHMS = ("weighted", "p2c")
@@ -60,7 +60,10 @@ class NodeView:
     ``healthy`` is the whole verdict: the agent is up (see
     :mod:`lbserver.core.health`) *and* its variables pass the rules; ``reasons``
     says why not. ``weight`` is 0 for an unhealthy node. A node is
-    selectable when healthy and not drained.
+    selectable when healthy and not drained. ``drained`` is true for a drain
+    by an admin (lbctl) or at the source (its agent reports ``DRAINED``);
+    ``drained_by`` says which (``"admin"``, ``"agent"``) and
+    ``drain_reason`` is the agent's ``DRAIN_REASON``.
     """
 
     name: str
@@ -69,11 +72,15 @@ class NodeView:
     size: float
     reasons: tuple[str, ...] = ()
     drained: bool = False
+    drained_by: tuple[str, ...] = ()
+    drain_reason: str = ""
     variables: Mapping = field(default_factory=dict)
     users: frozenset = frozenset()
     up: bool | None = None
     error: str | None = None
     last_success: float | None = None
+    rules: tuple[RuleResult, ...] = ()
+    """Each rule's figures on this node (empty until the agent answered once)."""
 
     @property
     def selectable(self) -> bool:
@@ -88,7 +95,7 @@ def _rank_key(v: NodeView) -> tuple:
 class Snapshot:
     """The state of every node and group at one poll cycle (immutable)."""
 
-    __slots__ = ("nodes", "groups", "default_group", "built_at", "rules", "requires", "_users")
+    __slots__ = ("nodes", "groups", "default_group", "built_at", "rules", "requires", "unreported", "_users")
 
     def __init__(self, nodes: Mapping[str, NodeView], groups: Mapping[str, tuple[str, ...]],
                  default_group: str, built_at: float, rules: tuple[Rule, ...] = (),
@@ -104,6 +111,10 @@ class Snapshot:
             for u in view.users:
                 users.setdefault(u, []).append(view.name)
         self._users = MappingProxyType({u: tuple(ns) for u, ns in users.items()})
+        reporting = [v.variables for v in self.nodes.values() if v.up]
+        self.unreported: tuple[str, ...] = tuple(sorted(
+            r.name for r in self.rules if reporting and not any(r.name in vs for vs in reporting)))
+        """Rule variables that no node's agent reports (a typo, or an agent profile missing everywhere)."""
 
     @classmethod
     def build(cls, config: ServerConfig, records: Mapping[str, NodeRecord],
@@ -111,7 +122,8 @@ class Snapshot:
         """Weigh every configured node from its poll record.
 
         A node without a record counts as never polled. ``drained`` names
-        nodes an admin took out of rotation (they keep their figures).
+        nodes an admin took out of rotation (they keep their figures); a
+        node whose agent reports ``DRAINED`` is drained as well.
         """
         views: dict[str, NodeView] = {}
         for name in config.nodes:
@@ -139,9 +151,17 @@ class Snapshot:
         return self._users.get(user, ())
 
 
+def source_drain(variables: Mapping) -> str | None:
+    """The agent's ``DRAIN_REASON`` when it reports ``DRAINED`` = true (drain at the source), else None."""
+    if variables.get("DRAINED") is not True:
+        return None
+    reason = variables.get("DRAIN_REASON")
+    return reason.strip() if isinstance(reason, str) else ""
+
+
 def node_view(name: str, rec: NodeRecord | None, rules: tuple[Rule, ...],
               requires: tuple[Require, ...], drained: bool = False) -> NodeView:
-    """Weigh one node from its poll record (None: never polled)."""
+    """Weigh one node from its poll record (None: never polled); ``drained``: by an admin."""
     state = rec.last_state if rec is not None else None
     variables: Mapping = MappingProxyType(dict(state["variables"])) if state else MappingProxyType({})
     users = frozenset(state["users"]) if state else frozenset()
@@ -155,10 +175,15 @@ def node_view(name: str, rec: NodeRecord | None, rules: tuple[Rule, ...],
     elif not up:
         reasons.insert(0, f"agent down: {error}" if error else "agent down")
     healthy = bool(up) and verdict.healthy
+    # The agent's last word stands, as an admin drain does, while it does not answer.
+    at_source = source_drain(variables)
+    drained_by = (("admin",) if drained else ()) + (("agent",) if at_source is not None else ())
     return NodeView(name=name, healthy=healthy, weight=verdict.weight if healthy else 0.0,
-                    size=verdict.size, reasons=tuple(reasons), drained=drained,
+                    size=verdict.size, reasons=tuple(reasons), drained=bool(drained_by),
+                    drained_by=drained_by, drain_reason=at_source or "",
                     variables=variables, users=users, up=up, error=error,
-                    last_success=rec.last_success if rec is not None else None)
+                    last_success=rec.last_success if rec is not None else None,
+                    rules=verdict.rules if state else ())
 
 
 @dataclass(frozen=True)
@@ -168,6 +193,8 @@ class Pick:
     node: str
     reason: str
     group: str = ""
+    new_session: bool = True
+    """Whether the terminal opens a new session there (not a return to its own, nor a last resort)."""
 
 
 class _GroupState:
@@ -275,7 +302,7 @@ class Selector:
         if state is None:
             raise UnknownGroup(g)
         if user is not None:
-            node = self._user_node(snap, state, user)
+            node = self._user_node(snap, g, user)
             if node is not None:
                 return self._done(g, node, "user", new_session=False)
         if not state.names:
@@ -300,12 +327,14 @@ class Selector:
         # Weight per unit of size: the node's free capacity whatever its size.
         return state.tree[i] / state.sizes[i]
 
-    def _user_node(self, snap: Snapshot, state: _GroupState, user: str) -> str | None:
-        candidates = [n for n in snap.nodes_with_user(user) if n in self._members
-                      and any(s is state for s, _ in self._members[n])]
+    def _user_node(self, snap: Snapshot, group: str, user: str) -> str | None:
+        # A drain stops new sessions only: a user going back to his own session
+        # may, so a drained node of the group counts as long as it is healthy.
+        members = snap.groups[group]
+        candidates = [n for n in snap.nodes_with_user(user) if n in members and snap.nodes[n].healthy]
         if not candidates:
             return None
-        return max(candidates, key=lambda n: (self._weights.get(n, 0.0), n))
+        return max(candidates, key=lambda n: (snap.nodes[n].selectable, self._weights.get(n, 0.0), n))
 
     def _done(self, group: str, node: str, reason: str, new_session: bool = True) -> Pick:
         self._counts[node] += 1
@@ -316,7 +345,22 @@ class Selector:
             comp = self._compensation.get(node)
             if comp is not None:
                 self._recompute(node, comp)
-        return Pick(node=node, reason=reason, group=group)
+        return Pick(node=node, reason=reason, group=group, new_session=new_session)
+
+    def add_pending(self, node: str, count: int = 1) -> bool:
+        """Count ``count`` terminals sent to ``node`` elsewhere (by a peer balancer) as if sent here.
+
+        They weigh on the node until its next refreshed poll, like this
+        balancer's own picks, but are not counted in :meth:`pick_counts`.
+        Returns False for a node the snapshot does not know.
+        """
+        if self._snapshot is None or node not in self._snapshot.nodes:
+            return False
+        self._pending[node] += count
+        comp = self._compensation.get(node)
+        if comp is not None:
+            self._recompute(node, comp)
+        return True
 
     def _recompute(self, node: str, comp: Compensation) -> None:
         weight = comp.weight(self._pending[node])
@@ -342,4 +386,4 @@ class Selector:
 
 
 __all__ = ["ALGORITHMS", "EmptyGroup", "NodeView", "Pick", "REASONS", "Selector", "Snapshot",
-           "UnknownGroup", "node_view"]
+           "UnknownGroup", "node_view", "source_drain"]

@@ -70,6 +70,19 @@ class BalancerView(Protocol):
         """Terminal requests answered, by HTTP status."""
 
 
+class SharedState(Protocol):
+    """What balancers serving the same terminals share (:mod:`lbserver.peers`)."""
+
+    def count_remote_picks(self, picks: Mapping[str, int]) -> None:
+        """Weigh terminals a peer sent to these nodes as if sent here, until their next poll."""
+
+    def drain_state(self) -> tuple[frozenset[str], float]:
+        """The admin-drained nodes and when that set last changed (seconds since the epoch)."""
+
+    def adopt_drains(self, nodes: frozenset[str], changed_at: float, source: str) -> bool:
+        """Take a peer's drained set when it is newer than ours; True when ours changed."""
+
+
 class AdminActions(Protocol):
     """The admin's levers on a running balancer."""
 
@@ -80,4 +93,4 @@ class AdminActions(Protocol):
         """Re-read the configuration file (its path is returned). Raises :class:`ReloadRefused`."""
 
 
-__all__ = ["AdminActions", "BalancerView", "ReloadRefused", "UnknownNode"]
+__all__ = ["AdminActions", "BalancerView", "ReloadRefused", "SharedState", "UnknownNode"]

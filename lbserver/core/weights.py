@@ -12,6 +12,15 @@ when a rule variable is missing or not a number, when a rule's polled value
 (divided by NBPROC for a per-cpu rule, *without* the predicted extra
 sessions) is at or over its ``critical``, or when a ``<require>`` fails.
 
+``capacity`` and ``critical`` may be expressions over the node's variables
+(:mod:`lbserver.config.expr`), evaluated here for each node. A capacity that
+has no value for a node, or is not above 0, makes that rule add nothing (the
+problem is named in the rule's :class:`RuleResult`); a critical without a
+value is not applied. In a rule written in the ltsp-cluster form
+(``kb_memory``), memory variables are in kB, as its agent reported them.
+Every rule's figures for a node are kept in :attr:`Verdict.rules`, so the
+status page can explain each weight.
+
 Why the predicted sessions do not count towards ``critical``: they are a
 guess made between two polls; a guess may lower a node's share (down to 0,
 where the overflow rule spreads the load by size) but only a measured value
@@ -20,13 +29,43 @@ may exclude it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from lbserver.config import Require, Rule
+from lbserver.config.expr import ALIASES, EvalError, Expr
+from lbserver.config.expr import number as _number
 
 DEFAULT_CPUFREQ_MHZ = 1000.0
+MEMORY_VARIABLES = frozenset({"MEMTOTAL", "MEMUSED", "MEMAVAIL"})
+"""Built-ins in MiB that the ltsp-cluster agent reported in kB."""
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule on one node: the figures behind its share of the weight.
+
+    ``value`` is as compared (per processor for a per-cpu rule, in kB for a
+    memory variable of an ltsp-cluster rule); ``contribution`` is the rule's
+    share of the weight before the size factor; ``problem`` says why a rule
+    adds nothing or a limit was not applied.
+    """
+
+    name: str
+    value: float | None
+    capacity: float | None
+    critical: float | None
+    contribution: float
+    problem: str | None = None
+
+    def to_dict(self) -> dict:
+        """The /status form."""
+        r = lambda x: None if x is None else round(x, 4)  # noqa: E731
+        doc = {"name": self.name, "value": r(self.value), "capacity": r(self.capacity),
+               "critical": r(self.critical), "contribution": r(self.contribution)}
+        if self.problem:
+            doc["problem"] = self.problem
+        return doc
 
 
 @dataclass(frozen=True)
@@ -37,26 +76,40 @@ class Verdict:
     weight: float
     size: float
     reasons: tuple[str, ...] = ()   # why unhealthy, one readable line each
+    rules: tuple[RuleResult, ...] = ()
 
 
-def _number(value: object) -> float | None:
-    """``value`` as a finite float, or None when it is not a number.
+def _lookup(variables: Mapping, kb_memory: bool) -> Callable[[str], object]:
+    """How a rule reads the node's variables (memory in kB for an ltsp-cluster rule)."""
+    if not kb_memory:
+        return lambda name: variables.get(ALIASES.get(name, name))
 
-    Numeric strings are accepted because a custom variable computed by a
-    command may arrive as text; booleans are not numbers here.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        f = float(value)
-    elif isinstance(value, str):
-        try:
-            f = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return f if math.isfinite(f) else None
+    def get(name: str) -> object:
+        name = ALIASES.get(name, name)
+        value = variables.get(name)
+        if name in MEMORY_VARIABLES:
+            mib = _number(value)
+            return None if mib is None else mib * 1024.0
+        return value
+    return get
+
+
+def _limit(limit: float | Expr | None, lookup: Callable[[str], object]) -> float | None:
+    """A capacity or critical for this node (None when the rule has none); raises EvalError."""
+    if limit is None or isinstance(limit, (int, float)):
+        return limit
+    return limit.evaluate(lookup)
+
+
+def _capacity(rule: Rule, lookup: Callable[[str], object]) -> tuple[float | None, str | None]:
+    """(capacity, problem): the capacity when it is usable for this node, else why not."""
+    try:
+        cap = _limit(rule.capacity, lookup)
+    except EvalError as exc:
+        return None, f"capacity {rule.capacity} has no value here: {exc}"
+    if cap is None or cap <= 0:
+        return cap, f"capacity {rule.capacity} = {_fmt(cap)} is not above 0: the rule adds nothing"
+    return cap, None
 
 
 def _nbproc(variables: Mapping) -> float:
@@ -123,33 +176,46 @@ def evaluate(variables: Mapping, rules: Sequence[Rule], requires: Sequence[Requi
     """
     size = node_size(variables)
     reasons: list[str] = []
+    results: list[RuleResult] = []
     nbproc = _nbproc(variables)
     total = 0.0
     for rule in rules:
-        if rule.name not in variables:
+        lookup = _lookup(variables, rule.kb_memory)
+        value = lookup(rule.name)
+        raw = _number(value)
+        cap, problem = _capacity(rule, lookup)
+        try:
+            crit = _limit(rule.critical, lookup)
+        except EvalError as exc:
+            crit, problem = None, f"critical {rule.critical} has no value here: {exc}"
+        if value is None:
             reasons.append(f"variable {rule.name} missing from agent reply")
+            results.append(RuleResult(rule.name, None, cap, crit, 0.0, "missing from agent reply"))
             continue
-        raw = _number(variables[rule.name])
         if raw is None:
-            reasons.append(f"variable {rule.name} is not a number: {_render(variables[rule.name])!r:.60}")
+            reasons.append(f"variable {rule.name} is not a number: {_render(value)!r:.60}")
+            results.append(RuleResult(rule.name, None, cap, crit, 0.0, "not a number"))
             continue
         measured = raw / nbproc if rule.per_cpu else raw
-        if rule.critical is not None and measured >= rule.critical:
+        if crit is not None and measured >= crit:
             per = " per cpu" if rule.per_cpu else ""
-            reasons.append(f"{rule.name}{per} {_fmt(measured)} >= critical {_fmt(rule.critical)}")
+            reasons.append(f"{rule.name}{per} {_fmt(measured)} >= critical {_fmt(crit)}")
+            results.append(RuleResult(rule.name, measured, cap, crit, 0.0, "at or over critical"))
             continue
         v = raw + extra_sessions * rule.per_session
         if rule.per_cpu:
             v /= nbproc
-        total += rule.weight * min(1.0, max(0.0, 1.0 - v / rule.capacity))
+        share = 0.0 if cap is None or cap <= 0 else rule.weight * min(1.0, max(0.0, 1.0 - v / cap))
+        total += share
+        results.append(RuleResult(rule.name, measured, cap, crit, share, problem))
     for req in requires:
         reason = _check_require(req, variables)
         if reason is not None:
             reasons.append(reason)
     if reasons:
-        return Verdict(healthy=False, weight=0.0, size=size, reasons=tuple(reasons))
+        return Verdict(healthy=False, weight=0.0, size=size, reasons=tuple(reasons), rules=tuple(results))
     weight = size * total if rules else size
-    return Verdict(healthy=True, weight=weight, size=size)
+    return Verdict(healthy=True, weight=weight, size=size, rules=tuple(results))
 
 
 @dataclass(frozen=True)
@@ -182,8 +248,12 @@ def compensation(variables: Mapping, rules: Sequence[Rule]) -> Compensation:
     nbproc = _nbproc(variables)
     fixed, terms = 0.0, []
     for rule in rules:
-        scale = rule.capacity * (nbproc if rule.per_cpu else 1.0)
-        base = (_number(variables.get(rule.name)) or 0.0) / scale
+        lookup = _lookup(variables, rule.kb_memory)
+        cap, problem = _capacity(rule, lookup)
+        if problem is not None:
+            continue  # adds nothing, whatever the sessions
+        scale = cap * (nbproc if rule.per_cpu else 1.0)
+        base = (_number(lookup(rule.name)) or 0.0) / scale
         if rule.per_session > 0:
             terms.append((rule.weight, base, rule.per_session / scale))
         else:
@@ -196,4 +266,4 @@ def compensates(rules: Sequence[Rule]) -> bool:
     return any(r.per_session > 0 for r in rules)
 
 
-__all__ = ["Compensation", "DEFAULT_CPUFREQ_MHZ", "Verdict", "compensates", "compensation", "evaluate", "node_size"]
+__all__ = ["Compensation", "DEFAULT_CPUFREQ_MHZ", "MEMORY_VARIABLES", "RuleResult", "Verdict", "compensates", "compensation", "evaluate", "node_size"]

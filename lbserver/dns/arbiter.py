@@ -12,6 +12,11 @@ One cycle (:meth:`DnsArbiter.run_cycle`), for every enabled ``<alias>``:
 5. compare the alert conditions with the previous cycle's and mail the
    changes, all in one mail.
 
+Before the aliases, the DNS lease (:mod:`lbserver.dns.lease`) is read and
+taken, renewed or left to its holder: only the balancer holding it writes,
+every one of its alias updates carrying the lease as a prerequisite; the
+others report ``standby``.
+
 Nothing here raises on a bad peer: DNS, health page and SMTP failures end up
 in the alias's :class:`AliasReport`, the log and the alerts, and the next
 cycle tries again.
@@ -25,10 +30,12 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lbserver.dns.decide import NO_ADDRESS, AliasDecision, Candidate, decide
 from lbserver.config import Alias, Dns, Node
+from lbserver.config.settings import LBSERVICE, POLL
+from lbserver.dns.lease import LOST, STANDBY_ROLE, UNKNOWN, WRITER, LeaseKeeper, LeaseStatus, lease_settings
 from lbserver.config.tsigkey import KeyFileError, TsigKey, load_key, permission_warning
 from lbserver.dns.update import DnsError, RRsets, alias_name, needs_update, query_current, replace_rrsets, \
     sort_addresses, split_families
@@ -37,7 +44,7 @@ from lbserver.dns.notify import AlertTracker, Mailer, MailSettings, parse_contac
 
 log = logging.getLogger("lbserver.dns")
 
-UPDATED, UNCHANGED, ERROR, DISABLED = "updated", "unchanged", "error", "disabled"
+UPDATED, UNCHANGED, ERROR, DISABLED, STANDBY = "updated", "unchanged", "error", "disabled", "standby"
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class AliasReport:
     checked_at: float = 0.0
     last_change: float | None = None
     node_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    lease: Mapping | None = None
+    """The DNS lease as this cycle saw it (:meth:`LeaseStatus.to_dict`); None when off or the alias is disabled."""
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
@@ -80,6 +89,7 @@ class AliasReport:
             "checked_at": self.checked_at,
             "last_change": self.last_change,
             "node_addresses": {n: list(a) for n, a in self.node_addresses.items()},
+            "lease": dict(self.lease) if self.lease is not None else None,
         }
 
 
@@ -88,8 +98,32 @@ def _node_label(addr: str, report: AliasReport) -> str:
     return f"{addr} ({', '.join(names)})" if names else f"{addr} (not a node of the group)"
 
 
+def lease_line(lease: Mapping, now: float | None = None) -> str:
+    """One line on the DNS lease: who writes the aliases, until when, and what this balancer is."""
+    now = time.time() if now is None else now
+    me, holder, expires = lease.get("me"), lease.get("holder"), lease.get("expires")
+    if expires is None:
+        until = ""
+    elif expires > now:
+        until = f" until {format_time(expires)} (in {expires - now:.0f} s)"
+    else:
+        until = f", expired at {format_time(expires)}"
+    role = lease.get("role")
+    if role == WRITER:
+        what = f"held by this balancer ({me}){until}: it writes the aliases" if holder else \
+            f"none held: this balancer ({me}) writes the aliases without a lease"
+    elif role == STANDBY_ROLE:
+        what = f"held by {holder or 'an unknown balancer'}{until}; this balancer ({me}) stands by"
+    else:
+        what = f"unknown; this balancer ({me}) does not publish"
+    return f"DNS lease {lease.get('name')}: {what}"
+
+
 def format_reports(reports: Sequence[AliasReport]) -> str:
-    """A plain-text table: one block of rows per alias, problems on lines of their own."""
+    """A plain-text table: one block of rows per alias, problems on lines of their own.
+
+    The DNS lease (one for all aliases) comes first, on a line of its own.
+    """
     header = ("ALIAS", "RESULT", "PUBLISHED", "NOT PUBLISHED")
     rows: list[tuple[str, str, str, str]] = []
     notes: dict[int, list[str]] = {}
@@ -113,6 +147,12 @@ def format_reports(reports: Sequence[AliasReport]) -> str:
             notes[len(rows) - 1] = extra
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     out = []
+    leases = [rep.lease for rep in reports if rep.lease is not None]
+    for lease in leases[:1]:
+        out.append(lease_line(lease))
+        if lease.get("problem"):
+            out.append(f"  ! lease: {lease['problem']}")
+        out.append("")
 
     def fmt(r: tuple[str, ...]) -> str:
         return "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3]
@@ -197,11 +237,15 @@ class DnsArbiter:
     ``<dns>`` timeout) and is meant for a worker thread; cycles never overlap.
     ``state_file`` (default: ``<dns alert-state-file>``), when set, keeps the
     alert state across processes (cron mode) so a condition is mailed once,
-    not on every run.
+    not on every run. ``poll_interval`` and ``terminal_port`` give the DNS
+    lease its defaults (lease-time, lease-holder); ``once`` is a ``--once``
+    run, which keeps a valid lease naming this balancer as it is. ``clock``
+    gives the time of the lease decisions.
     """
 
     def __init__(self, dns: Dns, nodes: Mapping[str, Node], *, state_file: str | None = None,
-                 resolver=resolve_node) -> None:
+                 resolver=resolve_node, poll_interval: float = POLL.interval.default,
+                 terminal_port: int = LBSERVICE.listen.default[1], once: bool = False, clock=time.time) -> None:
         self._lock = threading.Lock()
         self._cycle_lock = threading.Lock()
         self._resolver = resolver
@@ -215,6 +259,11 @@ class DnsArbiter:
         self._nodes: dict[str, Node] = dict(nodes)
         self._key, self._key_error = self._load_key(dns)
         self._mailer = Mailer(_mail_settings(dns))
+        self._clock = clock
+        self._once = once
+        settings = lease_settings(dns, poll_interval, terminal_port)
+        self._lease: LeaseKeeper | None = LeaseKeeper(settings, once=once) if settings else None
+        self._old_lease: tuple[LeaseKeeper, Dns, TsigKey | None] | None = None
 
     @staticmethod
     def _load_key(dns: Dns, previous_error: str | None = None) -> tuple[TsigKey | None, str | None]:
@@ -232,10 +281,26 @@ class DnsArbiter:
             log.warning("DNS arbiter: TSIG key file %s", warning)
         return key, None
 
-    def reconfigure(self, dns: Dns, nodes: Mapping[str, Node]) -> None:
-        """Use a reloaded configuration; alert state and last-change times are kept."""
+    def reconfigure(self, dns: Dns, nodes: Mapping[str, Node], *, poll_interval: float = POLL.interval.default,
+                    terminal_port: int = LBSERVICE.listen.default[1]) -> None:
+        """Use a reloaded configuration; alert state, last-change times and the lease held are kept.
+
+        When the lease's record, zone, server or holder changes, the old lease
+        is released at the start of the next cycle.
+        """
         key, key_error = self._load_key(dns)
+        settings = lease_settings(dns, poll_interval, terminal_port)
         with self._lock:
+            old, old_dns = self._lease, self._dns
+            same = (old is not None and settings is not None and (old.settings.name, old.settings.holder) ==
+                    (settings.name, settings.holder) and (old_dns.server, old_dns.port, old_dns.zone) ==
+                    (dns.server, dns.port, dns.zone))
+            if same:
+                old.settings = settings  # a new lease-time applies from the next renewal
+            else:
+                if old is not None:
+                    self._old_lease = (old, old_dns, self._key)
+                self._lease = LeaseKeeper(settings, once=self._once) if settings else None
             self._dns = dns
             self._nodes = dict(nodes)
             self._key, self._key_error = key, key_error
@@ -250,13 +315,54 @@ class DnsArbiter:
         with self._lock:
             return list(self._reports)
 
-    def run_cycle(self, candidates: Mapping[str, Candidate],
-                  groups: Mapping[str, tuple[str, ...]]) -> list[AliasReport]:
-        """Evaluate and publish every alias once; return the reports. Never raises for peer failures."""
+    @property
+    def release_timeout(self) -> float:
+        """How long :meth:`release` may take, a cycle in progress included (about two DNS exchanges more)."""
+        with self._lock:
+            return 3 * self._dns.timeout + 5
+
+    def release(self) -> bool:
+        """Give the DNS lease back if this balancer holds it (a clean stop); True when released.
+
+        Waits for a cycle in progress; the deletion has the prerequisite that
+        the lease is still ours, so it never removes another balancer's.
+        """
+        with self._cycle_lock:
+            self._release_old()
+            with self._lock:
+                dns, key, keeper = self._dns, self._key, self._lease
+            return keeper.release(dns, key) if keeper is not None else False
+
+    def _release_old(self) -> None:
+        with self._lock:
+            old, self._old_lease = self._old_lease, None
+        if old is not None:
+            keeper, dns, key = old
+            keeper.release(dns, key)
+
+    def _lease_cycle(self, keeper: LeaseKeeper | None, dns: Dns, key: TsigKey | None,
+                     key_error: str | None) -> LeaseStatus | None:
+        """This cycle's lease: read, then taken, renewed or left (None: no lease, publish freely)."""
+        self._release_old()
+        if keeper is None:
+            return None
+        if not any(a.enabled for a in dns.aliases):
+            keeper.release(dns, key)  # nothing to write: let another balancer have it
+            return None
+        return keeper.cycle(dns, key, key_error, self._clock())
+
+    def run_cycle(self, candidates: Mapping[str, Candidate], groups: Mapping[str, tuple[str, ...]],
+                  nodes: Mapping[str, Node] | None = None) -> list[AliasReport]:
+        """Evaluate and publish every alias once; return the reports. Never raises for peer failures.
+
+        ``nodes`` are the nodes in force when they differ from the configuration's (the members of
+        groups fed by another balancer change at each poll).
+        """
         with self._cycle_lock:
             with self._lock:
-                dns, nodes, key, key_error = self._dns, dict(self._nodes), self._key, self._key_error
-                mailer = self._mailer
+                dns, key, key_error = self._dns, self._key, self._key_error
+                nodes = dict(self._nodes if nodes is None else nodes)
+                mailer, keeper = self._mailer, self._lease
             if key is None:
                 # The file may have been fixed since the last (re)load.
                 key, key_error = self._load_key(dns, key_error)
@@ -270,9 +376,16 @@ class DnsArbiter:
             pages: dict[str, HealthPage | str] = {}
             reports: list[AliasReport] = []
             conditions: dict[str, str] = {}
+            lease = _CycleLease(keeper)
+            try:
+                lease.status = self._lease_cycle(keeper, dns, key, key_error)
+            except Exception as exc:  # a bug must not stop the daemon; nothing is written without a lease
+                log.exception("DNS arbiter: the DNS lease failed unexpectedly")
+                lease.status = LeaseStatus(name=dns.lease, me=keeper.settings.holder if keeper else "?",
+                                           role=UNKNOWN, problem=f"internal error: {type(exc).__name__}: {exc}")
             for alias in dns.aliases:
                 try:
-                    rep = self._run_alias(dns, alias, nodes, candidates, groups, key, key_error, pages)
+                    rep = self._run_alias(dns, alias, nodes, candidates, groups, key, key_error, pages, lease)
                 except Exception as exc:  # a bug must not stop the other aliases or the daemon
                     log.exception("DNS arbiter: alias %s failed unexpectedly", alias.name)
                     rep = AliasReport(alias=alias.name, fqdn=f"{alias.name}.{dns.zone}", group=alias.group,
@@ -280,8 +393,17 @@ class DnsArbiter:
                                       result=ERROR, error=f"internal error: {type(exc).__name__}: {exc}",
                                       checked_at=time.time())
                 reports.append(rep)
-                if rep.enabled:
+                if rep.enabled and rep.result == STANDBY:
+                    # The writer reports the aliases' problems: keep ours as they were, neither new nor cleared.
+                    conditions.update({k: v for k, v in self._tracker.active.items()
+                                       if k.split("/")[1:2] == [rep.alias] and not k.startswith("dns/")})
+                elif rep.enabled:
                     conditions.update(self._conditions(dns, rep))
+            final = lease.status
+            if final is not None:
+                reports = [replace(r, lease=final.to_dict()) if r.enabled else r for r in reports]
+                if final.alert and final.problem:
+                    conditions["lease"] = f"DNS lease {final.name}: {final.problem}"
             enabled = {a.name for a in dns.aliases if a.enabled}
             for key_ in list(self._tracker.active):
                 parts = key_.split("/")
@@ -339,7 +461,7 @@ class DnsArbiter:
 
     def _run_alias(self, dns: Dns, alias: Alias, nodes: Mapping[str, Node], candidates: Mapping[str, Candidate],
                    groups: Mapping[str, tuple[str, ...]], key: TsigKey | None, key_error: str | None,
-                   pages: dict[str, HealthPage | str]) -> AliasReport:
+                   pages: dict[str, HealthPage | str], lease: _CycleLease) -> AliasReport:
         try:
             fqdn = alias_name(alias.name, dns.zone).to_text(omit_final_dot=True)
         except ValueError:
@@ -406,14 +528,31 @@ class DnsArbiter:
             return report(ERROR, decision, current.addresses, msg)
         v4, v6 = split_families(wanted_addrs)
         wanted = RRsets(a=v4, aaaa=v6, ttl=dns.ttl)
+        role = lease.role
+
+        def standby() -> AliasReport:
+            # What the DNS holds (the writer's choice), and this balancer's own view of the exclusions.
+            return replace(report(STANDBY, decision, current.addresses), published_nodes=tuple(current_nodes),
+                           spare=())
+
+        if role == STANDBY_ROLE:
+            return standby()
+        if role == UNKNOWN:
+            msg = f"not publishing ({where}): {lease.status.problem}"
+            return report(ERROR, decision, current.addresses, msg)
         if not needs_update(current, wanted):
             return report(UNCHANGED, decision, current.addresses)
         if key is None:
             msg = f"cannot update ({where}): {key_error}"
             return report(ERROR, decision, current.addresses, msg)
+        fence = lease.keeper.fence(dns) if lease.keeper is not None and lease.status is not None else None
         try:
-            replace_rrsets(dns.server, dns.port, dns.zone, alias.name, wanted, key, dns.timeout)
+            replace_rrsets(dns.server, dns.port, dns.zone, alias.name, wanted, key, dns.timeout, fence)
         except DnsError as exc:
+            if fence is not None and exc.code in LOST:
+                # Fenced: another balancer took the lease while we were away. Not one record was written.
+                lease.status = lease.keeper.lost(dns)
+                return standby()
             msg = f"update failed ({where}): {exc}"
             log.warning("DNS arbiter: %s; the records stay as they are, retrying next cycle", msg)
             return report(ERROR, decision, current.addresses, msg)
@@ -440,6 +579,19 @@ class DnsArbiter:
         return out
 
 
+class _CycleLease:
+    """The lease during one cycle: its keeper, and what this balancer is (changed when a fenced update is refused)."""
+
+    def __init__(self, keeper: LeaseKeeper | None, status: LeaseStatus | None = None) -> None:
+        self.keeper = keeper
+        self.status = status
+
+    @property
+    def role(self) -> str:
+        """``writer`` (also without a lease), ``standby`` or ``unknown``."""
+        return self.status.role if self.status is not None else WRITER
+
+
 def _cleared_text(key: str, old: str) -> str:
     kind, _, rest = key.partition("/")
     alias, _, node = rest.partition("/")
@@ -451,4 +603,6 @@ def _cleared_text(key: str, old: str) -> str:
         return f"alias {alias}: DNS works again (records read and updated)"
     if kind == "health":
         return f"alias {alias}: submission test page problems are gone (page readable and parsable, results recent)"
+    if kind == "lease":
+        return "the DNS lease problem is gone (the lease record is readable and ours to write, or another's)"
     return f"resolved: {old}"

@@ -6,6 +6,10 @@ updates, mail) blocks on the network, so it runs on one worker thread; a
 kick while the previous cycle is still running is skipped rather than
 queued, so a slow DNS server never builds a backlog. The reports and counts
 are replaced on the loop thread when a cycle ends, and read there too.
+
+:meth:`DnsService.close` gives the DNS lease back (unless in ``--once``
+mode, where the lease outlives the run), so a standby balancer takes over
+at its next cycle instead of waiting for the lease to expire.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ def candidates(view: BalancerView) -> dict[str, Candidate]:
 class DnsService:
     """The DNS arbiter of one balancer (idle while the config has no ``<dns>``)."""
 
-    def __init__(self, view: BalancerView) -> None:
+    def __init__(self, view: BalancerView, *, once: bool = False) -> None:
         self._view = view
+        self._once = once
         self._arbiter: DnsArbiter | None = None
         self._busy = False
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns")
@@ -48,12 +53,15 @@ class DnsService:
 
     def configure(self, config: ServerConfig) -> None:
         """Follow ``config``'s ``<dns>`` element (none: stop publishing)."""
+        lease = dict(poll_interval=config.poll.interval, terminal_port=config.listen[1])
         if config.dns is None:
+            if self._arbiter is not None:
+                self._pool.submit(self._arbiter.release)  # after a cycle in progress, on the worker
             self._arbiter = None
         elif self._arbiter is None:
-            self._arbiter = DnsArbiter(config.dns, config.nodes)
+            self._arbiter = DnsArbiter(config.dns, config.nodes, once=self._once, **lease)
         else:
-            self._arbiter.reconfigure(config.dns, config.nodes)
+            self._arbiter.reconfigure(config.dns, config.nodes, **lease)
 
     @property
     def enabled(self) -> bool:
@@ -67,13 +75,14 @@ class DnsService:
         self._busy = True
         view = self._view
         fut = asyncio.get_running_loop().run_in_executor(self._pool, self._arbiter.run_cycle, candidates(view),
-                                                         view.snapshot.groups)
+                                                         view.snapshot.groups, view.config.nodes)
         fut.add_done_callback(self._done)
 
     def run_once(self) -> list:
         """One arbiter cycle, in this thread (``--once``); returns the reports."""
         if self._arbiter is not None:
-            self._record(self._arbiter.run_cycle(candidates(self._view), self._view.snapshot.groups))
+            self._record(self._arbiter.run_cycle(candidates(self._view), self._view.snapshot.groups,
+                                                 self._view.config.nodes))
         return self.reports
 
     def _done(self, fut: asyncio.Future) -> None:
@@ -99,5 +108,15 @@ class DnsService:
         return dict(self.update_counts)
 
     def close(self) -> None:
-        """Stop the worker thread (a cycle in progress is abandoned)."""
+        """Give the DNS lease back (not in ``--once`` mode) and stop the worker thread.
+
+        The release waits for a cycle in progress, within a bound; past it the
+        cycle is abandoned and the lease ends by itself at its expiry.
+        """
+        arbiter = self._arbiter
+        if arbiter is not None and not self._once:
+            try:
+                self._pool.submit(arbiter.release).result(timeout=arbiter.release_timeout)
+            except Exception as exc:  # never stop the shutdown for it
+                log.warning("DNS lease not released: %s", exc or type(exc).__name__)
         self._pool.shutdown(wait=False, cancel_futures=True)

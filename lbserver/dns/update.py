@@ -4,7 +4,10 @@
 RRsets and a stopped server are both handled promptly) what it holds for the
 alias; :func:`build_update` makes one TSIG-signed update message that deletes
 and re-adds both RRsets, which the server applies atomically (all or
-nothing); :func:`send_update` sends it. Every failure is raised as
+nothing), optionally with prerequisites (a ``fence``: the DNS lease as this
+balancer holds it, :mod:`lbserver.dns.lease`); :func:`send_update` sends it;
+:func:`query_records` reads any record type of a name, with the same
+rules. Every failure is raised as
 :class:`DnsError` with a short code (``timeout``, ``unreachable``,
 ``REFUSED``, ``NOTAUTH``, ``BADSIG``, ``BADKEY``, ``CNAME``,
 ``not-authoritative``, ``not-applied``, ...) and a sentence an admin can act
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import dns.exception
@@ -31,6 +34,7 @@ import dns.name
 import dns.query
 import dns.rcode
 import dns.rdataclass
+import dns.rdata
 import dns.rdatatype
 import dns.tsig
 import dns.update
@@ -130,7 +134,8 @@ def _rcode_error(rcode: int, zone: str, key: TsigKey | None) -> DnsError:
         "SERVFAIL": "the server failed to apply the update (see its log)",
         "FORMERR": "the server could not parse the message",
         "NOTIMP": "the server does not implement dynamic update",
-        "YXRRSET": "a prerequisite failed",
+        "YXRRSET": "a prerequisite failed: an RRset the update required to be absent exists",
+        "NXRRSET": "a prerequisite failed: an RRset the update required does not exist or holds other records",
     }
     return DnsError(text, hints.get(text, f"the server answered {text}"))
 
@@ -217,15 +222,65 @@ def query_current(server: str, port: int, zone: str, alias: str, timeout: float)
                   a_ttl=ttls.get(dns.rdatatype.A), aaaa_ttl=ttls.get(dns.rdatatype.AAAA))
 
 
-def build_update(zone: str, alias: str, wanted: RRsets, key: TsigKey) -> dns.update.UpdateMessage:
-    """One signed message replacing both RRsets (delete A, add A..., delete AAAA, add AAAA...)."""
+Fence = Callable[[dns.update.UpdateMessage], None]
+"""Adds prerequisites to an update message (the DNS lease, :mod:`lbserver.dns.lease`)."""
+
+
+def new_update(zone: str, key: TsigKey) -> dns.update.UpdateMessage:
+    """An empty update message for ``zone``, to be signed with ``key``."""
+    tkey = key.dns_key()
+    return dns.update.UpdateMessage(zone, keyring={tkey.name: tkey}, keyname=tkey.name,
+                                    keyalgorithm=tkey.algorithm)
+
+
+def query_records(server: str, port: int, zone: str, name: str, rdtype: str,
+                  timeout: float) -> tuple[dns.rdata.Rdata, ...]:
+    """The ``rdtype`` records of ``name`` (relative to ``zone``) as the server holds them; raise :class:`DnsError`.
+
+    The same rules as :func:`query_current`: TCP, no recursion, authoritative
+    answers only, a CNAME at the name is an error.
+    """
+    try:
+        qname = alias_name(name, zone)
+    except ValueError as exc:
+        raise DnsError("name", str(exc)) from None
+    wanted = dns.rdatatype.from_text(rdtype)
+    try:
+        q = dns.message.make_query(qname, wanted)
+        q.flags &= ~dns.flags.RD
+        resp = dns.query.tcp(q, _server_address(server), timeout=timeout, port=port)
+        rcode = resp.rcode()
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            raise DnsError(dns.rcode.to_text(rcode), f"query for {qname} answered {dns.rcode.to_text(rcode)}")
+        if not resp.flags & dns.flags.AA:
+            raise DnsError("not-authoritative",
+                           f"{server} port {port} answered for {qname} without the authoritative (AA) flag: "
+                           f"it does not serve zone {zone!r} itself; set <dns> server to the zone's primary server")
+        found: list[dns.rdata.Rdata] = []
+        for rrset in resp.answer:
+            if rrset.rdtype == dns.rdatatype.CNAME and rrset.name == qname:
+                raise DnsError("CNAME", f"{qname} is a CNAME in the zone: remove the CNAME")
+            if rrset.rdtype == wanted and rrset.name == qname:
+                found.extend(rrset)
+    except Exception as exc:  # classified into one clear message
+        raise _classify(exc, server, port, timeout, None) from None
+    return tuple(found)
+
+
+def build_update(zone: str, alias: str, wanted: RRsets, key: TsigKey,
+                 fence: Fence | None = None) -> dns.update.UpdateMessage:
+    """One signed message replacing both RRsets (delete A, add A..., delete AAAA, add AAAA...).
+
+    ``fence`` adds prerequisites (the DNS lease as this balancer holds it):
+    the server then applies the whole message only while they hold.
+    """
     try:
         name = alias_name(alias, zone)
     except ValueError as exc:
         raise DnsError("name", str(exc)) from None
-    tkey = key.dns_key()
-    upd = dns.update.UpdateMessage(zone, keyring={tkey.name: tkey}, keyname=tkey.name,
-                                   keyalgorithm=tkey.algorithm)
+    upd = new_update(zone, key)
+    if fence is not None:
+        fence(upd)
     upd.delete(name, dns.rdatatype.A)
     for addr in sort_addresses(wanted.a):
         upd.add(name, wanted.ttl_of("A") or 60, dns.rdatatype.A, addr)
@@ -247,14 +302,15 @@ def send_update(msg: dns.update.UpdateMessage, server: str, port: int, zone: str
 
 
 def replace_rrsets(server: str, port: int, zone: str, alias: str, wanted: RRsets,
-                   key: TsigKey, timeout: float) -> None:
+                   key: TsigKey, timeout: float, fence: Fence | None = None) -> None:
     """Replace the alias's records with ``wanted``, then read them back.
 
-    Raises :class:`DnsError` when the update fails, or when the server
-    answered NOERROR but does not hold what was sent (code ``not-applied``,
-    or the read-back's own code such as ``CNAME``).
+    Raises :class:`DnsError` when the update fails (``YXRRSET`` or
+    ``NXRRSET`` when a prerequisite added by ``fence`` does not hold), or when
+    the server answered NOERROR but does not hold what was sent (code
+    ``not-applied``, or the read-back's own code such as ``CNAME``).
     """
-    send_update(build_update(zone, alias, wanted, key), server, port, zone, timeout, key)
+    send_update(build_update(zone, alias, wanted, key, fence), server, port, zone, timeout, key)
     try:
         now = query_current(server, port, zone, alias, timeout)
     except DnsError as exc:

@@ -4,7 +4,8 @@ Nothing here knows HTTP: :mod:`lbserver.mgmt.http` parses requests,
 authorises them and maps the error codes to statuses. The actions read the
 core through :class:`~lbserver.core.view.BalancerView` and act through
 :class:`~lbserver.core.view.AdminActions`; the DNS aliases come from an
-:class:`AliasSource` (the DNS service, or nothing). Everything runs on the
+:class:`AliasSource` (the DNS service, or nothing), the peer exchange from a
+:class:`PeerSource`. Everything runs on the
 daemon's loop thread.
 """
 
@@ -16,6 +17,7 @@ from lbserver.core.view import AdminActions, BalancerView, ReloadRefused, Unknow
 from lbserver.mgmt.aliases import AliasSource, NoAliases
 from lbserver.mgmt.dashboard import render_dashboard
 from lbserver.mgmt.metrics import render_metrics
+from lbserver.mgmt.peers import NoPeers, PeerSource
 from lbserver.mgmt.status import build_status
 
 # Error codes (the ``error`` member of an error document), each with its HTTP status.
@@ -44,14 +46,16 @@ class ApiError(Exception):
 class Api:
     """The actions of the management service (one per route of :mod:`lbserver.mgmt.routes`)."""
 
-    def __init__(self, view: BalancerView, admin: AdminActions, aliases: AliasSource | None = None) -> None:
+    def __init__(self, view: BalancerView, admin: AdminActions, aliases: AliasSource | None = None,
+                 peers: PeerSource | None = None) -> None:
         self.view = view
         self.admin = admin
         self.aliases = aliases or NoAliases()
+        self.peers = peers or NoPeers()
 
     def status(self) -> dict[str, Any]:
         """The /status document (schema in the manual's API chapter)."""
-        return build_status(self.view, self.aliases.alias_status())
+        return build_status(self.view, self.aliases.alias_status(), self.peers.peers_status())
 
     def history(self, since: str | None = None) -> dict[str, Any]:
         """Recent weights per node; ``since`` (seconds since the epoch) keeps only newer points."""
@@ -65,7 +69,7 @@ class Api:
 
     def metrics(self) -> bytes:
         """The Prometheus text exposition."""
-        return render_metrics(self.view, self.aliases)
+        return render_metrics(self.view, self.aliases, self.peers)
 
     def dashboard(self) -> bytes:
         """The HTML dashboard with the current status and history embedded."""
@@ -85,8 +89,13 @@ class Api:
         except UnknownNode as exc:
             raise ApiError(UNKNOWN_NODE, str(exc)) from None
         word = "drained" if drained else "enabled"
-        return {"node": node, "drained": drained,
-                "message": f"node {node} {word}" + ("" if changed else " (no change)")}
+        message = f"node {node} {word}" + ("" if changed else " (no change)")
+        view = self.view.snapshot.nodes.get(node)
+        if not drained and view is not None and "agent" in view.drained_by:
+            # An admin enable does not undo a drain at the source: say so rather than let it look back.
+            reason = f": {view.drain_reason}" if view.drain_reason else ""
+            message += f"; still drained at the source{reason} (lbagent --enable on the server ends that)"
+        return {"node": node, "drained": drained, "message": message}
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the configuration file; refused, with FILE:LINE, when it does not load."""

@@ -20,12 +20,15 @@ lbctl talks to the management service of a running lbserver (the
 <mgmtservice> element of lbsconfig.xml, 127.0.0.1:8009 by default).
 
 commands:
-  status         the nodes of every group: health, weight, share of terminals,
+  status [NODE]  the nodes of every group: health, weight, share of terminals,
                  load, memory, sessions, and why a node is excluded; then the
-                 DNS aliases with their published addresses
+                 DNS aliases with their published addresses, and the peer
+                 balancers with their state; with NODE, that node in detail:
+                 each rule's value, capacity, critical and share of the weight
   drain NODE     send no new terminals to NODE and take it out of DNS aliases;
-                 sessions already on it are untouched; survives restarts
-  enable NODE    undo drain
+                 sessions already on it are untouched; survives restarts, and
+                 reaches the balancer's <peers> at once
+  enable NODE    undo drain (on the peers too)
   reload         re-read lbsconfig.xml (refused, with FILE:LINE, if invalid)
 """
 
@@ -40,6 +43,7 @@ exit status: 0 done, 1 the service refused (message on stderr), 2 unreachable
 
 examples:
   lbctl status
+  lbctl status xapp2         # why did xapp2 get fewer users?
   lbctl drain xapp2 && lbctl status
   lbctl --json status | jq '.nodes | keys'
 """
@@ -83,7 +87,8 @@ def request(url: str, method: str = "GET", token: str | None = None, timeout: fl
     return json.loads(body) if ctype.startswith("application/json") else body
 
 
-COLOURS = {"up": "32", "unhealthy": "33", "drained": "36", "down": "31", "unknown": "90"}
+COLOURS = {"up": "32", "unhealthy": "33", "drained": "36", "down": "31", "unknown": "90",
+           "reachable": "32", "unreachable": "31"}
 
 
 def format_status(status: dict, colour: bool) -> str:
@@ -98,6 +103,9 @@ def format_status(status: dict, colour: bool) -> str:
         age = time.time() - last["started"]
         out.append(f"last poll {age:.0f} s ago, took {last['duration']:.3f} s, "
                    f"{last['polled'] - last['failed']}/{last['polled']} agents answered")
+    if status.get("unreported_variables"):
+        out.append("warning: rule variables that no agent reports (a typo, or a variable missing from every "
+                   "lbaconfig.xml): " + ", ".join(status["unreported_variables"]))
     for gname, group in status["groups"].items():
         out.append("")
         out.append(f"group {gname}{' (default)' if group['default'] else ''}")
@@ -109,7 +117,70 @@ def format_status(status: dict, colour: bool) -> str:
             out.append(f"  excluded {node}: {reason}")
         if alias.get("result"):
             out.append(f"  last update: {alias['result']}")
+        if alias.get("lease"):
+            out.append(f"  {_lease_text(alias['lease'])}")
+    out.extend(_peer_lines(status.get("peers"), paint))
     return "\n".join(out).lstrip("\n") + "\n"
+
+
+def _peer_lines(peers: dict | None, paint) -> list[str]:
+    """The peer balancers: reachable, last message, picks received, datagrams refused."""
+    if not peers:
+        return []
+    out = ["", f"peers (listening on {peers['listen']}, {'signed' if peers['signed'] else 'unsigned'})"]
+    for p in peers["peers"]:
+        word = "reachable" if p["reachable"] else "unreachable"
+        last = "never" if p["last_message"] is None else f"{time.time() - p['last_message']:.0f} s ago"
+        refused = ", ".join(f"{n} {reason}" for reason, n in sorted(p["refused"].items())) or "none"
+        out.append(f"  {p['address']}: {paint(word)}"
+                   f", last message {last}, {p['picks_received']} picks received, refused: {refused}"
+                   + (f" ({p['error']})" if p.get("error") else ""))
+    unknown = peers.get("refused_unknown") or {}
+    if unknown:
+        out.append("  refused from unknown senders: " + ", ".join(f"{n} {r}" for r, n in sorted(unknown.items())))
+    return out
+
+
+def _lease_text(lease: dict) -> str:
+    """The DNS lease of an alias: who writes it, until when, and what this balancer is."""
+    holder, expires, me = lease.get("holder"), lease.get("expires"), lease.get("me")
+    until = ""
+    if expires is not None:
+        left = expires - time.time()
+        until = f" until {time.strftime('%H:%M:%S', time.localtime(expires))}" + \
+            (f" ({left:.0f} s)" if left > 0 else " (expired)")
+    role = lease.get("role") or "unknown"
+    who = "this balancer" if role == "writer" and holder == me else (holder or "nobody known")
+    text = f"DNS writer: {role} ({me}); lease {lease.get('name')} held by {who}{until}"
+    return text + (f"; {lease['problem']}" if lease.get("problem") else "")
+
+
+def format_node(status: dict, name: str, colour: bool) -> str:
+    """One node in detail: health and why, then every rule's value, limits and share of the weight."""
+    n = status["nodes"].get(name)
+    if n is None:
+        raise CtlError(f"lbctl: no such node: {name} (known: {', '.join(status['nodes']) or 'none'})", 1)
+    health = f"\033[{COLOURS.get(n['health'], '0')}m{n['health']}\033[0m" if colour else n["health"]
+    out = [f"node {name}: {health}" + (f" ({n['why']})" if n["why"] else ""),
+           f"  address {n['address']}, groups {', '.join(n['groups'])}, picks {n['picks']}",
+           f"  weight {n['weight']:.2f} = size {n['size']:.2f} x the sum of what each rule adds"]
+    if n["rules"]:
+        rows = [("RULE", "VALUE", "CAPACITY", "CRITICAL", "ADDS", "NOTE")]
+        for r in n["rules"]:
+            rows.append((r["name"], _num(r["value"]), _num(r["capacity"]), _num(r["critical"]),
+                         _num(r["contribution"]), r.get("problem") or ""))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        out += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    elif status["nodes"][name]["up"] is not True:
+        out.append("  no figures: the agent has not answered yet")
+    variables = n["variables"]
+    if variables:
+        out.append("  variables: " + ", ".join(f"{k}={v}" for k, v in sorted(variables.items())))
+    return "\n".join(out) + "\n"
+
+
+def _num(value: object) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def use_colour() -> bool:
@@ -126,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the service's JSON answer as is")
     parser.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
     parser.add_argument("command", choices=("status", "drain", "enable", "reload"))
-    parser.add_argument("node", nargs="?", help="node name, for drain and enable")
+    parser.add_argument("node", nargs="?", help="node name: for drain and enable; with status, that node in detail")
     args = parser.parse_args(argv)
     if args.command in ("drain", "enable") and not args.node:
         parser.error(f"{args.command} needs a NODE")
@@ -135,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             doc = request(routes.url(base, "status"), timeout=args.timeout)
+            if args.node and not args.json:
+                sys.stdout.write(format_node(doc, args.node, use_colour()))
+                return 0
             text = json.dumps(doc, indent=1) + "\n" if args.json else format_status(doc, use_colour())
         elif args.command == "reload":
             doc = request(routes.url(base, "reload"), "POST", token, args.timeout)

@@ -18,6 +18,7 @@ from common.version import __version__
 if TYPE_CHECKING:
     from lbserver.core.view import BalancerView
     from lbserver.mgmt.aliases import AliasSource
+    from lbserver.mgmt.peers import PeerSource
 
 class _Collector:
     """Metric families built at scrape time from the balancer's plain counters.
@@ -27,15 +28,17 @@ class _Collector:
     (prometheus_client appends it to CounterMetricFamily names).
     """
 
-    def __init__(self, view: "BalancerView", aliases: "AliasSource") -> None:
+    def __init__(self, view: "BalancerView", aliases: "AliasSource", peers: "PeerSource") -> None:
         self.view = view
         self.aliases = aliases
+        self.peers = peers
 
     def collect(self) -> Iterator[Metric]:
         yield from self._process(self.view)
         yield from self._nodes(self.view)
         yield from self._polls(self.view)
         yield from self._dns(self.aliases)
+        yield from _peer_families(self.peers.peers_status())
 
     @staticmethod
     def _process(view: "BalancerView") -> Iterator[Metric]:
@@ -54,7 +57,8 @@ class _Collector:
                                     labels=["node"])
         selectable = GaugeMetricFamily("lbserver_node_selectable", "1 when the node may receive new terminals "
                                        "(healthy and not drained)", labels=["node"])
-        drained = GaugeMetricFamily("lbserver_node_drained", "1 when an admin drained the node", labels=["node"])
+        drained = GaugeMetricFamily("lbserver_node_drained", "1 when the node is drained, by an admin or at the "
+                                    "source", labels=["node"])
         weight = GaugeMetricFamily("lbserver_node_weight", "current weight (greater = less loaded)", labels=["node"])
         variable = GaugeMetricFamily("lbserver_node_variable", "numeric variables reported by the node's agent",
                                      labels=["node", "variable"])
@@ -104,18 +108,45 @@ class _Collector:
                                      labels=["alias"])
         updates = CounterMetricFamily("lbserver_dns_updates", "DNS alias evaluations by result "
                                       "(updated, unchanged, error, ...)", labels=["alias", "result"])
+        held = GaugeMetricFamily("lbserver_dns_lease_held", "1 when this balancer holds the DNS lease and writes "
+                                 "the alias, 0 when it stands by or cannot tell (no sample: lease off)",
+                                 labels=["alias"])
         for d in aliases.alias_status():
             alias = str(d.get("alias", ""))
             size.add_metric([alias], len(d.get("published") or ()))
             excluded.add_metric([alias], len(d.get("excluded") or {}))
             fallback.add_metric([alias], 1.0 if d.get("fallback") else 0.0)
+            lease = d.get("lease")
+            if isinstance(lease, dict):
+                held.add_metric([alias], 1.0 if lease.get("role") == "writer" else 0.0)
         for (alias, result), n in sorted(aliases.alias_counts().items()):
             updates.add_metric([alias, result], n)
-        yield from (size, excluded, fallback, updates)
+        yield from (size, excluded, fallback, updates, held)
 
 
-def render_metrics(view: "BalancerView", aliases: "AliasSource") -> bytes:
+def _peer_families(status: dict | None) -> Iterator[Metric]:
+    reachable = GaugeMetricFamily("lbserver_peer_reachable", "1 when a message came from the peer within three "
+                                  "heartbeats", labels=["peer"])
+    seen = GaugeMetricFamily("lbserver_peer_last_message_timestamp_seconds",
+                             "when the peer's last accepted message arrived, seconds since the epoch", labels=["peer"])
+    picks = CounterMetricFamily("lbserver_peer_picks_received", "terminals the peer reported sending",
+                                labels=["peer"])
+    refused = CounterMetricFamily("lbserver_peer_messages_refused", "peer datagrams dropped, by sender and reason "
+                                  "(sender \"unknown\": not a configured peer)", labels=["peer", "reason"])
+    for p in (status or {}).get("peers", ()):
+        reachable.add_metric([p["address"]], 1.0 if p["reachable"] else 0.0)
+        if p["last_message"] is not None:
+            seen.add_metric([p["address"]], p["last_message"])
+        picks.add_metric([p["address"]], p["picks_received"])
+        for reason, n in sorted(p["refused"].items()):
+            refused.add_metric([p["address"], reason], n)
+    for reason, n in sorted((status or {}).get("refused_unknown", {}).items()):
+        refused.add_metric(["unknown", reason], n)
+    yield from (reachable, seen, picks, refused)
+
+
+def render_metrics(view: "BalancerView", aliases: "AliasSource", peers: "PeerSource") -> bytes:
     """The Prometheus text exposition of the balancer and its DNS aliases."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(view, aliases))
+    registry.register(_Collector(view, aliases, peers))
     return generate_latest(registry)

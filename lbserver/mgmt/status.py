@@ -30,15 +30,29 @@ def health_word(view) -> str:
     return "up" if view.healthy else "unhealthy"
 
 
+def drain_words(view) -> tuple[str, ...]:
+    """Who drained a node, in words: ``drained by admin``, ``drained at the source: REASON``."""
+    if not view.drained:
+        return ()
+    by = getattr(view, "drained_by", ()) or ("admin",)
+    words = ["drained by admin"] if "admin" in by else []
+    if "agent" in by:
+        reason = getattr(view, "drain_reason", "")
+        words.append(f"drained at the source: {reason}" if reason else "drained at the source")
+    return tuple(words)
+
+
 def why(view) -> str:
     """The reason a node is not selectable, or an empty string."""
-    if view.drained:
-        return "; ".join(("drained by admin", *view.reasons))
-    return "; ".join(view.reasons)
+    return "; ".join((*drain_words(view), *view.reasons))
 
 
-def build_status(bal: "BalancerView", aliases: list[dict] | None = None) -> dict[str, Any]:
-    """The /status document (schema in the manual's API chapter); ``aliases`` are the DNS reports."""
+def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
+                 peers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The /status document (schema in the manual's API chapter).
+
+    ``aliases`` are the DNS reports, ``peers`` the state of the exchange with peer balancers (None: no ``<peers>``).
+    """
     cfg = bal.config
     snap = bal.snapshot
     picks = bal.pick_counts()
@@ -60,12 +74,14 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None) -> dict
         node = cfg.nodes[name]
         nodes[name] = {
             "address": node.address,
+            "ip": node.answer_ip,
             "groups": node_groups.get(name, []),
             "health": health_word(view),
             "why": why(view),
             "up": view.up,
             "healthy": view.healthy,
             "drained": view.drained,
+            "drained_by": list(view.drained_by),
             "weight": round(view.weight, 3),
             "size": round(view.size, 3),
             "reasons": list(view.reasons),
@@ -75,6 +91,7 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None) -> dict
             "picks": picks.get(name, 0),
             "variables": dict(view.variables),
             "users": sorted(view.users),
+            "rules": [r.to_dict() for r in view.rules],
         }
     cycle = bal.last_cycle
     return {
@@ -83,6 +100,7 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None) -> dict
         "generated_at": time.time(),
         "started_at": bal.started_at,
         "default_group": snap.default_group,
+        "unreported_variables": list(snap.unreported),
         "poll": {"interval": cfg.poll.interval, "timeout": cfg.poll.timeout,
                  "rise": cfg.poll.rise, "fall": cfg.poll.fall},
         "last_poll": None if cycle is None else {
@@ -92,6 +110,7 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None) -> dict
         "groups": groups,
         "nodes": nodes,
         "aliases": list(aliases or ()),
+        "peers": peers,
     }
 
 

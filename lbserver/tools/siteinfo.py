@@ -14,6 +14,11 @@ may span lines; inside double quotes a backslash escapes ``"``, ``\\``,
 ``$`` and a backquote), ``#`` comments; per-alias variables are the alias
 name in upper case followed by ``_FLAG``, ``_WMSLIST``, ``_NUM_OUT``,
 ``_SUBMISSION_TEST_ENABLE`` and ``_SUBMISSION_TEST_PATH``.
+
+The rules written are the WMS metric of ``etc/examples/lbsconfig-wms.xml``
+(:data:`WMS_RULES`): they name the variables of the WMS agent profile
+``etc/examples/lbaconfig-wms.xml``, which every WMS node's lbagent needs; the
+generated file and the notes on stderr say so.
 """
 
 from __future__ import annotations
@@ -37,6 +42,30 @@ DEFAULT_KEY_FILE = "/etc/mille-xterm/dns.key"
 AGENT_PORT = 8001
 # nsupdate -y KEYNAME:KEY, which the WMS arbiter ran, signs with hmac-md5 unless told otherwise.
 NSUPDATE_DEFAULT_ALGORITHM = "hmac-md5"
+
+# The agent profile the imported nodes need, as the generated file and the notes name it.
+WMS_AGENT_PROFILE = "etc/examples/lbaconfig-wms.xml"
+WMS_AGENT_PROFILE_WHERE = (f"{WMS_AGENT_PROFILE} in the source, lbaconfig-wms.xml in the examples directory "
+                           "of the package")
+# The WMS arbiter's metric on that profile's variables: load, memory, sandbox disk, the WM, JC, ICE and LB
+# queues (weighed), and the daemons (required). The same as etc/examples/lbsconfig-wms.xml; a test keeps
+# the two alike.
+WMS_RULES: tuple[tuple[str, dict[str, str]], ...] = (
+    ("variable", {"name": "LOADAVG", "weight": "30", "capacity": "1.5", "per-cpu": "true"}),
+    ("variable", {"name": "MEMUSEDPCT", "weight": "15", "capacity": "90", "critical": "98"}),
+    ("variable", {"name": "SANDBOXDISK", "weight": "10", "capacity": "90", "critical": "97"}),
+    ("variable", {"name": "WMQUEUE", "weight": "15", "capacity": "500"}),
+    ("variable", {"name": "JCQUEUE", "weight": "10", "capacity": "500"}),
+    ("variable", {"name": "ICEQUEUE", "weight": "10", "capacity": "500"}),
+    ("variable", {"name": "LBQUEUE", "weight": "10", "capacity": "2000"}),
+    ("require", {"name": "WMPROXY", "equals": "true"}),
+    ("require", {"name": "WM", "equals": "true"}),
+    ("require", {"name": "JC", "equals": "true"}),
+    ("require", {"name": "LM", "equals": "true"}),
+    ("require", {"name": "ICE", "equals": "true"}),
+    ("require", {"name": "LBLOGD", "equals": "true"}),
+    ("require", {"name": "LBINTERLOGD", "equals": "true"}),
+)
 
 _ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*?)\s*$")
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?$")
@@ -266,6 +295,10 @@ def convert(info: SiteInfo, key_file: str) -> Imported:
     source = os.path.basename(info.path).replace("--", "- -").rstrip("-")  # XML comments forbid "--"
     root.append(etree.Comment(f" imported from {source} by the lbserver site-info importer; "
                               "check the rules and the agents' port before use "))
+    root.append(etree.Comment(f" every WMS node runs lbagent with the WMS agent profile {WMS_AGENT_PROFILE}\n"
+                              "       (lbaconfig-wms.xml in the examples directory of the package) as its\n"
+                              "       lbaconfig.xml: the rules below name its variables, and a node whose agent\n"
+                              "       lacks one is excluded "))
     nodes_el = etree.SubElement(root, "nodes")
     rules = etree.SubElement(root, "rules")
     dns_attrs = {"server": server}
@@ -368,13 +401,17 @@ def convert(info: SiteInfo, key_file: str) -> Imported:
         n_alias += 1
     if n_alias == 0:
         raise SiteInfoError(f"{info.where('ALIAS_LIST')}: no alias could be imported (see the notes above)")
-    etree.SubElement(rules, "variable", {"name": "LOADAVG", "weight": "50", "capacity": "1.0", "per-cpu": "true"})
-    etree.SubElement(rules, "variable", {"name": "MEMUSEDPCT", "weight": "30", "capacity": "90", "critical": "98"})
-    etree.SubElement(rules, "variable", {"name": "DISKUSEDPCT", "weight": "20", "capacity": "90", "critical": "98"})
+    rules.append(etree.Comment(" the WMS metric: load, memory, sandbox disk and the WM, JC, ICE and LB queues "
+                               "weigh an instance; a dead daemon excludes it "))
+    for tag, attrs in WMS_RULES:
+        etree.SubElement(rules, tag, attrs)
     root.append(dns_el)
-    notes.append("the WMS metric's queue lengths (WM, JC, LB) and daemon checks are not imported: define them as "
-                 "custom variables in each WMS agent's lbaconfig.xml and add <variable custom=\"true\"> rules and "
-                 "<require> checks; the rules written use LOADAVG, MEMUSEDPCT and DISKUSEDPCT")
+    weighed = ", ".join(a["name"] for t, a in WMS_RULES if t == "variable")
+    required = ", ".join(a["name"] for t, a in WMS_RULES if t == "require")
+    notes.append(f"every WMS node needs the WMS agent profile {WMS_AGENT_PROFILE_WHERE}, as its "
+                 f"/etc/mille-xterm/lbaconfig.xml (adjust its paths to the instance): the rules weigh {weighed} "
+                 f"and require {required} (the daemons) to be true, and a node whose agent lacks one of them "
+                 "is excluded")
     ignored = sorted(k for k in info.values if k not in used)
     if ignored:
         notes.append(f"{info.path}: variables not used by the importer: {', '.join(ignored)}")

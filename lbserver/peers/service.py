@@ -1,0 +1,261 @@
+"""The peer exchange: tell peer balancers each pick as it happens and the admin's drains; apply theirs.
+
+Messages are UDP datagrams (:mod:`lbserver.peers.message`), sent from the
+socket they are received on, so a peer's datagrams come from the very
+address and port another balancer names in its ``<peer>``: a datagram from
+any other source is refused. Sending never waits:
+picks are collected while the loop answers terminals and sent as one
+datagram per peer once the loop is free (``call_soon``), so a login storm
+costs a counter increment per pick, and a dead, slow or flooding peer costs
+the terminal path nothing (a datagram to a dead peer is simply lost).
+
+Every ``heartbeat`` each peer also gets the drained set with its time, so a
+peer that missed a drain (it was down, a datagram was lost) catches up, and
+the silence of a peer shows as "unreachable". A datagram from an address
+that is no peer, over the rate limit, malformed, unsigned or badly signed
+(with a secret), stale or replayed is dropped and counted, never applied.
+
+Threading: everything runs on the daemon's loop thread, except the name
+resolution of peers, done on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.netutil import peer_address
+from lbserver.config import Peer, Peers
+from lbserver.core.view import SharedState
+from lbserver.peers.message import (FLOOD, MAX_NAMES, UNKNOWN_SENDER, BadMessage, Message, ReplayGuard, decode,
+                                    encode)
+
+log = logging.getLogger("lbserver.peers")
+
+RATE = 2000.0
+"""Messages per second accepted from one peer (a burst of as many is allowed)."""
+RESOLVE_INTERVAL = 300.0
+"""Seconds between two look-ups of the peers' names."""
+LOG_INTERVAL = 60.0
+"""Seconds between two log lines about refused datagrams from one source."""
+
+
+@dataclass
+class PeerState:
+    """What is known of one configured peer."""
+
+    peer: Peer
+    addresses: tuple[tuple[str, int], ...] = ()
+    resolve_error: str | None = None
+    last_message: float | None = None
+    messages: int = 0
+    picks_received: int = 0
+    refused: Counter = field(default_factory=Counter)
+    tokens: float = RATE
+    refilled: float = field(default_factory=time.monotonic)
+
+    def allow(self, now: float) -> bool:
+        """Token bucket: False when the peer sends faster than :data:`RATE`."""
+        self.tokens = min(RATE, self.tokens + (now - self.refilled) * RATE)
+        self.refilled = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+def _normal(addr: tuple) -> tuple[str, int]:
+    """(ip, port) of a datagram's source, IPv4-mapped IPv6 written as IPv4."""
+    ip = peer_address(addr[0])
+    return (str(ip) if ip is not None else addr[0]), addr[1]
+
+
+def _resolve(peer: Peer) -> tuple[tuple[str, int], ...]:
+    infos = socket.getaddrinfo(peer.host, peer.port, type=socket.SOCK_DGRAM)
+    return tuple(dict.fromkeys(_normal(info[4][:2]) for info in infos))
+
+
+class PeerService(asyncio.DatagramProtocol):
+    """The exchange of one balancer with its ``<peer>`` balancers."""
+
+    def __init__(self, shared: SharedState, config: Peers) -> None:
+        self._shared = shared
+        self._config = config
+        self._secret = config.secret.encode() if config.secret else None
+        self._states: dict[Peer, PeerState] = {p: PeerState(p) for p in config.peers}
+        self._by_addr: dict[tuple[str, int], PeerState] = {}
+        self._guard = ReplayGuard()
+        self._boot_id = os.urandom(8).hex()
+        self._seq = 0
+        self._outbox: Counter[str] = Counter()
+        self._flush_scheduled = False
+        self._transport: asyncio.DatagramTransport | None = None
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._resolved_at = -RESOLVE_INTERVAL
+        self.refused_unknown: Counter = Counter()
+        self._logged: dict[tuple[str, str], float] = {}
+        self.sent = 0
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self, sock: socket.socket) -> None:
+        """Receive on ``sock`` (bound UDP) and start the heartbeat."""
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self._wake = asyncio.Event()
+        self._task = asyncio.ensure_future(self._heartbeat())
+
+    async def stop(self) -> None:
+        """Stop sending and receiving (the socket is closed)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def configure(self, config: Peers) -> None:
+        """Follow a reloaded ``<peers>`` (same listen address; the daemon rebinds otherwise)."""
+        self._config = config
+        self._secret = config.secret.encode() if config.secret else None
+        self._states = {p: self._states.get(p) or PeerState(p) for p in config.peers}
+        self._resolved_at = -RESOLVE_INTERVAL
+        self._index()
+        if self._wake is not None:
+            self._wake.set()  # resolve and greet the new peers now
+
+    # -- sending ------------------------------------------------------------
+
+    def note_pick(self, node: str) -> None:
+        """Tell the peers that a terminal was sent to ``node`` (batched until the loop is free)."""
+        self._outbox[node] += 1
+        if not self._flush_scheduled and self._transport is not None:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def send_drains(self) -> None:
+        """Send the drained set to every peer now (after an admin drain or enable)."""
+        self._send(Message(sender="", seq=0, ts=0.0, drains=self._shared.drain_state()))
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        picks, self._outbox = self._outbox, Counter()
+        items = list(picks.items())
+        for i in range(0, len(items), MAX_NAMES // 4):
+            self._send(Message(sender="", seq=0, ts=0.0, picks=dict(items[i:i + MAX_NAMES // 4])))
+
+    def _send(self, template: Message) -> None:
+        if self._transport is None:
+            return
+        self._seq += 1
+        msg = Message(sender=self._boot_id, seq=self._seq, ts=time.time(), picks=template.picks,
+                      drains=template.drains)
+        try:
+            data = encode(msg, self._secret)
+        except ValueError as exc:  # node names too long to fit: split further next time
+            log.error("peer message not sent: %s", exc)
+            return
+        for state in self._states.values():
+            for addr in state.addresses[:1]:
+                self._transport.sendto(data, addr)
+                self.sent += 1
+
+    async def _heartbeat(self) -> None:
+        while True:
+            if time.monotonic() - self._resolved_at >= RESOLVE_INTERVAL:
+                await self._resolve_all()
+            self.send_drains()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._config.heartbeat)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _resolve_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._resolved_at = time.monotonic()
+        for state in list(self._states.values()):
+            try:
+                state.addresses = await loop.run_in_executor(None, _resolve, state.peer)
+                state.resolve_error = None
+            except OSError as exc:
+                if state.resolve_error is None:
+                    log.error("peer %s: cannot resolve its name: %s", state.peer.address, exc)
+                state.resolve_error = str(exc)
+        self._index()
+
+    def _index(self) -> None:
+        self._by_addr = {addr: state for state in self._states.values() for addr in state.addresses}
+
+    # -- receiving ----------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # noqa: D401 (asyncio's API)
+        """Check one datagram and apply it; anything wrong is counted and dropped."""
+        source = _normal(addr)
+        state = self._by_addr.get(source)
+        if state is None:
+            self._refuse(None, f"{source[0]}:{source[1]}", BadMessage(UNKNOWN_SENDER, "not a configured peer"))
+            return
+        if not state.allow(time.monotonic()):
+            state.refused[FLOOD] += 1
+            return
+        try:
+            msg = decode(data, self._secret)
+            self._guard.check(msg, time.time(), signed=self._secret is not None)
+        except BadMessage as exc:
+            self._refuse(state, state.peer.address, exc)
+            return
+        state.last_message = time.time()
+        state.messages += 1
+        if msg.picks:
+            state.picks_received += sum(msg.picks.values())
+            self._shared.count_remote_picks(msg.picks)
+        if msg.drains is not None:
+            self._shared.adopt_drains(msg.drains[0], msg.drains[1], state.peer.address)
+
+    def error_received(self, exc: Exception) -> None:  # noqa: D401 (asyncio's API)
+        """An ICMP error for a datagram sent earlier (a peer down): its silence shows in the status."""
+        log.debug("peer datagram error: %s", exc)
+
+    def _refuse(self, state: PeerState | None, source: str, exc: BadMessage) -> None:
+        if state is None:
+            self.refused_unknown[exc.reason] += 1
+        else:
+            state.refused[exc.reason] += 1
+        now = time.monotonic()
+        key = (source, exc.reason)
+        if now - self._logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
+            if len(self._logged) > 1000:
+                self._logged.clear()
+            self._logged[key] = now
+            log.warning("refused a peer message from %s: %s", source, exc)
+
+    # -- status ---------------------------------------------------------------
+
+    def peers_status(self) -> dict[str, Any]:
+        """The exchange as JSON-ready data (the management service's view of the peers)."""
+        now = time.time()
+        horizon = 3 * self._config.heartbeat
+        peers = []
+        for state in self._states.values():
+            peers.append({
+                "address": state.peer.address,
+                "resolved": [f"{ip}:{port}" for ip, port in state.addresses],
+                "error": state.resolve_error,
+                "reachable": state.last_message is not None and now - state.last_message <= horizon,
+                "last_message": state.last_message,
+                "messages": state.messages,
+                "picks_received": state.picks_received,
+                "refused": dict(state.refused),
+            })
+        host, port = self._config.listen
+        return {"listen": f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "signed": self._secret is not None,
+                "sent": self.sent, "peers": peers, "refused_unknown": dict(self.refused_unknown)}

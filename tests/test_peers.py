@@ -1,0 +1,253 @@
+"""Two boot servers act as one: real lbservers exchanging picks and drains over UDP on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from lbserver.peers.message import (BAD_MAC, GARBAGE, OVERSIZED, REPLAYED, STALE, UNSIGNED, BadMessage, Message,
+                                    ReplayGuard, decode, encode)
+from lbserver.config import Peer
+from lbserver.peers.service import RATE, PeerState
+from tests.cluster import Balancer, server_xml, start_agent, stop
+from tests.conftest import free_port, python_cmd, wait_for_port, wait_until
+
+SECRET = b"peer-secret-for-tests"
+LOADS = {"xapp1": 0, "xapp2": 10, "xapp3": 20, "xapp4": 30, "xapp5": 35}  # of 40 sessions each
+CAPACITY = 40
+STORM = 150
+STORM_RULES = f'<variable name="SIMLOAD" custom="true" weight="100" capacity="{CAPACITY}" per-session="1"/>'
+
+
+# -- the wire format, without sockets ---------------------------------------
+
+
+def test_messages_round_trip_signed_and_unsigned():
+    msg = Message(sender="ab12", seq=7, ts=1000.5, picks={"xapp1": 2}, drains=(frozenset({"xapp2"}), 999.0))
+    for secret in (None, SECRET):
+        back = decode(encode(msg, secret), secret)
+        assert back == msg
+
+
+@pytest.mark.parametrize("data, secret, reason", [
+    (b"hello", None, GARBAGE),
+    (b"LBP1" + bytes(32) + b"{not json", None, GARBAGE),
+    (b"LBP1" + bytes(32) + b"x" * 9000, None, OVERSIZED),
+    (encode(Message(sender="a", seq=1, ts=1.0), None), SECRET, UNSIGNED),
+    (encode(Message(sender="a", seq=1, ts=1.0), b"another secret"), SECRET, BAD_MAC),
+])
+def test_bad_datagrams_are_named(data, secret, reason):
+    with pytest.raises(BadMessage) as info:
+        decode(data, secret)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("doc", [
+    [], {"id": "a"}, {"id": "a", "seq": 0, "ts": 1}, {"id": "a", "seq": 1, "ts": "now"},
+    {"id": "a", "seq": 1, "ts": 1, "picks": {"x": -1}}, {"id": "a", "seq": 1, "ts": 1, "picks": {"x": True}},
+    {"id": "a", "seq": 1, "ts": 1, "picks": {"": 1}}, {"id": "a", "seq": 1, "ts": 1, "drains": {"nodes": "x"}},
+    {"id": "a", "seq": 1, "ts": 1, "drains": {"nodes": [1], "at": 1}},
+    {"id": "a", "seq": 1, "ts": float("nan")},
+])
+def test_malformed_bodies_are_refused(doc):
+    body = json.dumps(doc).encode()
+    with pytest.raises(BadMessage):
+        decode(b"LBP1" + bytes(32) + body, None)
+
+
+def test_replay_guard_refuses_repeats_and_stale_signed_messages():
+    guard = ReplayGuard(window=30)
+    guard.check(Message(sender="a", seq=1, ts=100.0), now=100.0, signed=True)
+    guard.check(Message(sender="a", seq=2, ts=101.0), now=101.0, signed=True)
+    for seq in (1, 2):
+        with pytest.raises(BadMessage) as info:
+            guard.check(Message(sender="a", seq=seq, ts=101.0), now=101.0, signed=True)
+        assert info.value.reason == REPLAYED
+    with pytest.raises(BadMessage) as info:
+        guard.check(Message(sender="b", seq=1, ts=50.0), now=101.0, signed=True)
+    assert info.value.reason == STALE
+    guard.check(Message(sender="b", seq=1, ts=50.0), now=101.0, signed=False)  # unsigned: clocks not trusted
+    guard.check(Message(sender="a-restarted", seq=1, ts=101.0), now=101.0, signed=True)  # a new boot id
+
+
+def test_a_flooding_peer_is_cut_to_the_rate_limit():
+    state = PeerState(Peer("127.0.0.1", 8010))
+    now = state.refilled
+    allowed = sum(state.allow(now) for _ in range(int(RATE) + 500))
+    assert allowed == int(RATE)                       # the burst, then refused ...
+    assert state.allow(now + 0.5)                     # ... until time refills the bucket
+    assert int(0.5 * RATE) - 2 <= sum(state.allow(now + 0.5) for _ in range(int(RATE))) <= int(0.5 * RATE) - 1
+
+
+# -- real balancers ---------------------------------------------------------
+
+
+def _peers_xml(own: int, others: list[int], secret_file: Path | None = None, extra_peers: str = "") -> str:
+    secret = f' secret-file="{secret_file}"' if secret_file else ""
+    peers = "".join(f'<peer address="127.0.0.1:{p}"/>' for p in others)
+    return f'<peers listen="127.0.0.1:{own}" heartbeat="0.2"{secret}>{peers}{extra_peers}</peers>'
+
+
+def _start(procs, tmp: Path, members, peers: str = "", poll: str = 'interval="60" timeout="1" rise="1" fall="2"',
+           rules: str = STORM_RULES, ports: tuple[int, int] | None = None) -> Balancer:
+    tmp.mkdir(exist_ok=True)
+    port, mgmt = ports or (free_port(), free_port())
+    bal = Balancer(tmp / "lbsconfig.xml", port, mgmt)
+    bal.config.write_text(server_xml(bal.port, bal.mgmt_port, {"PROD": members}, tmp, rules=rules, poll=poll,
+                                     extra=peers))
+    bal.proc = procs.start(python_cmd("lbserver", "-f", "-c", str(bal.config)), stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", bal.port, timeout=20, proc=bal.proc)
+    wait_for_port("127.0.0.1", bal.mgmt_port, timeout=20, proc=bal.proc)
+    return bal
+
+
+def _post(bal: Balancer, path: str) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", bal.mgmt_port, timeout=10)
+    conn.request("POST", path)
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status in (200, 202), body
+    return json.loads(body)
+
+
+def _all_up(bal: Balancer) -> None:
+    wait_until(lambda: all(n["health"] == "up" for n in bal.status()["nodes"].values()), 20, what="all nodes up")
+
+
+def _storm(balancers: list[Balancer]) -> float:
+    """150 logins alternating between the balancers; the fullest server's final load over the ideal."""
+    conns = [http.client.HTTPConnection("127.0.0.1", b.port, timeout=5) for b in balancers]
+    sent: Counter = Counter()
+    for i in range(STORM):
+        conn = conns[i % len(conns)]
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        sent[resp.read().decode().strip()] += 1
+    for conn in conns:
+        conn.close()
+    final = {n: LOADS[n] + sent[n] for n in LOADS}
+    ideal = (sum(LOADS.values()) + STORM) / len(LOADS)  # water-filling: every server ends level (all start below)
+    return max(final.values()) / ideal
+
+
+def _refresh(balancers: list[Balancer]) -> None:
+    """Make every balancer poll now (a reload), so the next storm starts from fresh figures."""
+    before = [b.status()["last_poll"]["started"] for b in balancers]
+    for b in balancers:
+        _post(b, "/reload")
+    for b, t in zip(balancers, before):
+        wait_until(lambda b=b, t=t: b.status()["last_poll"]["started"] > t, 15, what="a fresh poll")
+
+
+def _storms(balancers: list[Balancer], n: int = 4) -> list[float]:
+    figures = []
+    for _ in range(n):
+        _refresh(balancers)
+        figures.append(_storm(balancers))
+    return figures
+
+
+@pytest.fixture
+def five(procs, tmp_path):
+    agents = [start_agent(procs, tmp_path, name, f"127.0.0.{i + 2}", load) for i, (name, load) in enumerate(LOADS.items())]
+    return [(a.name, a.url) for a in agents]
+
+
+def test_a_storm_split_across_two_peers_lands_as_on_one_balancer(procs, tmp_path, five):
+    """The same storm, split across two balancers, with and without <peers> (same run)."""
+    pa, pb = free_port(), free_port()
+    a = _start(procs, tmp_path / "a", five, _peers_xml(pa, [pb]))
+    b = _start(procs, tmp_path / "b", five, _peers_xml(pb, [pa]))
+    for bal in (a, b):
+        _all_up(bal)
+    wait_until(lambda: all(p["reachable"] for bal in (a, b) for p in bal.status()["peers"]["peers"]), 10,
+               what="peers reachable")
+    shared = _storms([a, b])
+    status_b = b.status()
+    peer_a = status_b["peers"]["peers"][0]
+    assert peer_a["picks_received"] >= STORM // 2 and peer_a["refused"] == {}
+    stop(a.proc)
+    stop(b.proc)
+
+    c = _start(procs, tmp_path / "c", five)
+    d = _start(procs, tmp_path / "d", five)
+    for bal in (c, d):
+        _all_up(bal)
+    alone = _storms([c, d])
+    print(f"worst/ideal with peers {shared}, without {alone}")
+    assert sum(shared) / len(shared) <= 1.10
+    assert sum(shared) / len(shared) < sum(alone) / len(alone)
+
+
+def test_an_lbctl_drain_holds_on_the_peer_also_after_restarts(procs, tmp_path, five):
+    members = five[:3]
+    pa, pb = free_port(), free_port()
+    a = _start(procs, tmp_path / "a", members, _peers_xml(pa, [pb]))
+    b = _start(procs, tmp_path / "b", members, _peers_xml(pb, [pa]))
+    _post(a, "/nodes/xapp2/drain")
+    b.wait_health("xapp2", "drained", timeout=5)
+    assert "xapp2" not in {b.ask() for _ in range(60)}
+
+    # b restarts: it keeps the drain (its own state file) ...
+    stop(b.proc)
+    b = _start(procs, tmp_path / "b", members, _peers_xml(pb, [pa]), ports=(b.port, b.mgmt_port))
+    b.wait_health("xapp2", "drained", timeout=5)
+    # ... and an enable made on a while b is down reaches b when it comes back.
+    stop(b.proc)
+    _post(a, "/nodes/xapp2/enable")
+    a.wait_health("xapp2", "up", timeout=5)
+    b = _start(procs, tmp_path / "b", members, _peers_xml(pb, [pa]), ports=(b.port, b.mgmt_port))
+    b.wait_health("xapp2", "up", timeout=5)
+    # a restart of the other side too
+    _post(b, "/nodes/xapp3/drain")
+    stop(a.proc)
+    a = _start(procs, tmp_path / "a", members, _peers_xml(pa, [pb]), ports=(a.port, a.mgmt_port))
+    a.wait_health("xapp3", "drained", timeout=5)
+
+
+def test_hostile_peer_traffic_is_dropped_and_counted(procs, tmp_path, five):
+    secret_file = tmp_path / "peers.secret"
+    secret_file.write_text(SECRET.decode() + "\n")
+    secret_file.chmod(0o600)
+    fake = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a configured peer the test speaks for
+    fake.bind(("127.0.0.1", 0))
+    fake_port = fake.getsockname()[1]
+    pa = free_port()
+    a = _start(procs, tmp_path / "a", five[:2], _peers_xml(pa, [fake_port], secret_file))
+    _all_up(a)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target = ("127.0.0.1", pa)
+    good = Message(sender="f00d", seq=1, ts=time.time(), picks={"xapp1": 1})
+    with fake, stranger:
+        stranger.sendto(encode(good, SECRET), target)                          # right secret, wrong address
+        fake.sendto(b"\x00garbage", target)
+        fake.sendto(b"LBP1" + bytes(32) + b"x" * 9000, target)                  # oversized
+        fake.sendto(encode(Message(sender="f00d", seq=5, ts=time.time(), picks={"xapp1": 9}), None), target)
+        fake.sendto(encode(Message(sender="f00d", seq=6, ts=time.time(), picks={"xapp1": 9}), b"bad"), target)
+        fake.sendto(encode(Message(sender="f00d", seq=7, ts=time.time() - 3600, picks={"xapp1": 9}), SECRET), target)
+        fake.sendto(encode(good, SECRET), target)                                # the one good message
+        fake.sendto(encode(good, SECRET), target)                                # replayed
+        for i in range(3000):                                                    # a flood of fresh messages
+            fake.sendto(encode(Message(sender="f00d", seq=100 + i, ts=time.time()), SECRET), target)
+        status = wait_until(lambda: (s := a.status())["peers"]["peers"][0]["refused"].get("replayed") and s,
+                            10, what="replay counted")
+    peer = status["peers"]["peers"][0]
+    assert peer["picks_received"] == 1
+    for reason in ("garbage", "oversized", "unsigned", "bad-mac", "stale", "replayed"):
+        assert peer["refused"].get(reason, 0) >= 1, (reason, peer["refused"])
+    assert status["peers"]["refused_unknown"].get("unknown-sender") == 1
+    assert peer["messages"] <= 3001  # none counted twice, none made up
+    # the balancer kept answering throughout
+    assert a.ask() in {"xapp1", "xapp2"}
+    with urllib.request.urlopen(a.mgmt_url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert 'lbserver_peer_messages_refused_total{peer="unknown",reason="unknown-sender"} 1.0' in text
