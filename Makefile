@@ -2,12 +2,13 @@
 #   make demo      set up and run the loopback demo (agents + balancer + terminals)
 #   make test      set up everything the tests need, then run them
 #   make bench     the benchmarks, one after the other (several minutes)
+#   make deb       the Debian packages in dist/ (installs the build dependencies with apt-get)
 #   PYTHON=python3.12 make ...   the interpreter the virtualenv (.venv) is made with
 
 PYTHON ?= python3
 BOOTSTRAP = PYTHON="$(PYTHON)" scripts/bootstrap
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench deb clean
 
 demo:
 	$(BOOTSTRAP)
@@ -23,6 +24,11 @@ bench:
 	.venv/bin/python bench/bench_poll.py
 	.venv/bin/python bench/bench_agent.py --seconds 60
 	.venv/bin/python bench/bench_storm.py
+	.venv/bin/python bench/bench_pick.py
+
+# Built in a copy of the tree under build/deb, so the working tree stays clean.
+deb:
+	scripts/build-deb
 
 clean:
 	rm -rf .venv build dist *.egg-info tests/artifacts .pytest_cache
@@ -30,6 +36,9 @@ clean:
 # System install (see docs/install.md):
 #   make install [DESTDIR=/staging/root] [PREFIX=/usr/local] [SYSTEM_PYTHON=/usr/bin/python3]
 #   make uninstall       same variables; configuration files you edited are kept
+# It first checks that SYSTEM_PYTHON imports every module the commands need, and
+# refuses, naming the Debian packages to install, when one is missing
+# (CHECK_DEPS=no skips that, e.g. for a DESTDIR staged for another machine).
 DESTDIR ?=
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
@@ -38,7 +47,9 @@ SYSCONFDIR ?= /etc
 LOCALSTATEDIR ?= /var
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+MANDIR ?= $(PREFIX)/share/man
 MANIFEST ?= $(PREFIX)/share/mille-xterm/install-manifest
+CHECK_DEPS ?= yes
 # The interpreter the installed commands run with (their #! line).
 SYSTEM_PYTHON ?= /usr/bin/python3
 
@@ -48,6 +59,9 @@ SUBST = --subst BINDIR=$(BINDIR)
 .PHONY: install uninstall
 
 install:
+ifneq ($(CHECK_DEPS),no)
+	$(SYSINSTALL) check-deps
+endif
 	$(SYSINSTALL) python --libdir "$(LIBDIR)" --bindir "$(BINDIR)"
 	$(SYSINSTALL) dir --mode 0755 "$(SYSCONFDIR)/mille-xterm"
 	$(SYSINSTALL) conffile etc/lbaconfig.xml "$(SYSCONFDIR)/mille-xterm/lbaconfig.xml"
@@ -60,6 +74,12 @@ install:
 	$(SYSINSTALL) file $(SUBST) init/lbagent.service "$(SYSTEMDUNITDIR)/lbagent.service"
 	$(SYSINSTALL) file $(SUBST) init/lbserver.service "$(SYSTEMDUNITDIR)/lbserver.service"
 	$(SYSINSTALL) file init/sysusers.conf "$(SYSUSERSDIR)/mille-xterm.conf"
+	$(SYSINSTALL) file man/lbagent.8 "$(MANDIR)/man8/lbagent.8"
+	$(SYSINSTALL) file man/lbserver.8 "$(MANDIR)/man8/lbserver.8"
+	$(SYSINSTALL) file man/lbctl.8 "$(MANDIR)/man8/lbctl.8"
+	$(SYSINSTALL) file man/lbclient.1 "$(MANDIR)/man1/lbclient.1"
+	$(SYSINSTALL) file man/lbaconfig.xml.5 "$(MANDIR)/man5/lbaconfig.xml.5"
+	$(SYSINSTALL) file man/lbsconfig.xml.5 "$(MANDIR)/man5/lbsconfig.xml.5"
 	$(SYSINSTALL) dir --mode 0755 "$(LOCALSTATEDIR)/lib/mille-xterm"
 ifeq ($(DESTDIR),)
 	$(SYSINSTALL) postinst --sysusers "$(SYSUSERSDIR)/mille-xterm.conf"

@@ -33,8 +33,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "lbagent = lbagent.main:main",
-            "lbserver = lbserver.cli:main",
+            "lbagent = lbagent.entry:main",
+            "lbserver = lbserver.entry:main",
             "lbclient = lbclient.client:main",
             "lbctl = lbserver.mgmt.ctl:main",
         ],

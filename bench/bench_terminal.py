@@ -2,12 +2,13 @@
 
     python bench/bench_terminal.py [--duration 10] [--threads 2] [--connections 50]
                                    [--mode keep-alive|close|both] [--lbserver-config FILE]
+                                   [--algorithm two-choices|weighted-random]
 
 Starts, on loopback ports:
 
 * the real balancer (default): three real lbagents on 127.0.0.2-4 and a real
-  ``lbserver -f`` over them, answering terminals by weighted random with
-  per-session compensation; or ``lbserver -f -c FILE`` with
+  ``lbserver -f`` over them, answering terminals with the default algorithm
+  (two-choices, or ``--algorithm``) and per-session compensation; or ``lbserver -f -c FILE`` with
   ``--lbserver-config`` (its ``<lbservice listen>`` must be a loopback
   address); or, with ``--harness``, the bare terminal service
   (``tests.terminal_harness``, a fixed answer function);
@@ -78,14 +79,14 @@ def lbserver_address(config: str) -> tuple[str, int]:
 CLUSTER_AGENT = """<lbaconfig><agent listen="{ip}:{port}" sample-interval="5"/>
 <access><allow from="127.0.0.0/8"/></access></lbaconfig>"""
 CLUSTER_SERVER = """<lbsconfig>
-  <lbservice listen="127.0.0.1:{port}" returns="$IP"/>
+  <lbservice listen="127.0.0.1:{port}" returns="$IP" algorithm="{algorithm}"/>
   <mgmtservice listen="127.0.0.1:{mgmt}" state-file="{tmp}/state"/>
   <poll interval="5" timeout="2"/>
   <nodes><group name="PROD" default="true">{nodes}</group></nodes>
 </lbsconfig>"""
 
 
-def start_cluster(tmp: str, env: dict, children: list) -> str:
+def start_cluster(tmp: str, env: dict, children: list, algorithm: str = "two-choices") -> str:
     """Three real agents on 127.0.0.2-4; return an lbsconfig.xml balancing them."""
     nodes = []
     for i in range(3):
@@ -101,7 +102,8 @@ def start_cluster(tmp: str, env: dict, children: list) -> str:
         wait_for_port(ip, port, agent)
         nodes.append(f'<node name="xapp{i + 1}" address="http://{ip}:{port}"/>')
     path = Path(tmp, "lbsconfig.xml")
-    path.write_text(CLUSTER_SERVER.format(port=free_port(), mgmt=free_port(), tmp=tmp, nodes="".join(nodes)))
+    path.write_text(CLUSTER_SERVER.format(port=free_port(), mgmt=free_port(), tmp=tmp, nodes="".join(nodes),
+                                          algorithm=algorithm))
     return str(path)
 
 
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("keep-alive", "close", "both"), default="both")
     parser.add_argument("--lbserver-config", metavar="FILE", help="benchmark the real lbserver with this config")
     parser.add_argument("--harness", action="store_true", help="benchmark the bare terminal service instead")
+    parser.add_argument("--algorithm", choices=("two-choices", "weighted-random"), default="two-choices",
+                        help="the <lbservice algorithm> of the real balancer (default two-choices)")
     parser.add_argument("--no-uvloop", action="store_true", help="harness: asyncio's own loop even with uvloop installed")
     args = parser.parse_args(argv)
     for tool in ("nginx", "wrk"):
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-terminal-") as tmp:
         try:
             if not args.harness and not args.lbserver_config:
-                args.lbserver_config = start_cluster(tmp, env, children)
+                args.lbserver_config = start_cluster(tmp, env, children, args.algorithm)
             if args.lbserver_config:
                 host, lb_port = lbserver_address(args.lbserver_config)
                 lb = subprocess.Popen([sys.executable, "-m", "lbserver", "-f", "-c", args.lbserver_config],

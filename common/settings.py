@@ -12,7 +12,10 @@ an :class:`Element`, those of one file a :class:`ConfigFile`
   (``interval: float = POLL.interval.default``);
 * :func:`render_markdown` writes the reference tables of docs/settings.md;
   :data:`REGENERATE` is the command that rewrites that file, and a test
-  fails, printing it, when the file is stale.
+  fails, printing it, when the file is stale;
+* scripts/gen-man writes the ELEMENTS AND ATTRIBUTES of the man pages
+  lbaconfig.xml(5) and lbsconfig.xml(5) with :func:`kind_text` and
+  :func:`default_text` (tests/test_manpages.py fails when they are stale).
 
 ``default`` is always the value the loader yields when the attribute is
 absent: a float for a number, a ``(host, port)`` tuple for an address.
@@ -26,7 +29,7 @@ import importlib
 import keyword
 import sys
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from lxml import etree
 
@@ -201,11 +204,16 @@ def _md(text: str) -> str:
             .replace("|", "\\|").replace("\n", " "))
 
 
-def kind_text(setting: Setting) -> str:
-    """The type column: the kind, its bounds and its choices."""
+def _code(text: str) -> str:
+    """A value as markdown shows it."""
+    return f"`{text}`"
+
+
+def kind_text(setting: Setting, code: Callable[[str], str] = _code) -> str:
+    """The type column: the kind, its bounds and its choices (``code`` marks up a literal value)."""
     s = setting
     if s.choices is not None:
-        return "one of " + ", ".join(f"`{c}`" for c in s.choices)
+        return "one of " + ", ".join(code(c) for c in s.choices)
     text = KINDS[s.kind]
     if s.minimum is not None and s.maximum is not None:
         text += f", {_number(s.minimum)} to {_number(s.maximum)}"
@@ -218,22 +226,26 @@ def kind_text(setting: Setting) -> str:
     return text
 
 
-def default_text(setting: Setting) -> str:
-    """The default column: the value as written in a file, or words for one that is not a plain value."""
+def default_text(setting: Setting, code: Callable[[str], str] = _code, prose: Callable[[str], str] = _md) -> str:
+    """The default column: the value as written in a file, or words for one that is not a plain value.
+
+    ``code`` marks up a literal value and ``prose`` escapes words, for
+    markdown by default (the man pages pass roff ones).
+    """
     s = setting
     if s.required:
         return "required"
     if s.default_doc is not None:
-        return _md(s.default_doc)
+        return prose(s.default_doc)
     if s.default is None:
         return "none"
     if isinstance(s.default, bool):
-        return "`true`" if s.default else "`false`"
+        return code("true" if s.default else "false")
     if isinstance(s.default, tuple):
-        return f"`{hostport_text(s.default)}`"
+        return code(hostport_text(s.default))
     if isinstance(s.default, (int, float)):
-        return f"`{_number(s.default)}`"
-    return f"`{s.default}`"
+        return code(_number(s.default))
+    return code(str(s.default))
 
 
 def render_markdown(*files: ConfigFile) -> str:

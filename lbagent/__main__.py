@@ -2,6 +2,6 @@
 
 import sys
 
-from lbagent.main import main
+from lbagent.entry import main
 
 sys.exit(main())

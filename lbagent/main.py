@@ -64,13 +64,21 @@ signals:
                is not read
   SIGTERM/INT  stop cleanly and remove the pid file
 
+files:
+  /etc/mille-xterm/lbaconfig.xml        configuration
+  /run/lbagent.pid                      pid file when daemonised
+  /var/lib/mille-xterm/lbagent.drain    drain-file: drained at the source while it exists
+
 examples:
   lbagent --check-config -c /etc/mille-xterm/lbaconfig.xml
   lbagent -f -v                       run in the foreground, debug log on stderr
   lbagent --drain kernel update tonight
   python3 -c 'import xmlrpc.client as x; print(x.ServerProxy("http://app1:8001").get_state())'
 
-exit status: 0 on a clean stop or a valid configuration, 1 on any error."""
+exit status:
+  0  a clean stop, or a valid configuration
+  1  any error (the message says which)
+  5  a Python module it needs is missing (the message names the package)"""
 
 
 def make_spec() -> DaemonSpec:
@@ -127,11 +135,17 @@ def drain_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``lbagent`` command; returns the exit status."""
-    spec = make_spec()
-    parser = make_parser(spec)
+def build_parser(spec: DaemonSpec | None = None) -> argparse.ArgumentParser:
+    """The whole command line of lbagent (its --help, and its man page, come from it)."""
+    parser = make_parser(spec or make_spec())
     add_drain_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``lbagent`` command once its modules are known to import (see :mod:`lbagent.entry`)."""
+    spec = make_spec()
+    parser = build_parser(spec)
     args = parser.parse_args(argv)
     if args.drain is not None or args.enable:
         if args.check_config:

@@ -2,6 +2,6 @@
 
 import sys
 
-from lbserver.cli import main
+from lbserver.entry import main
 
 sys.exit(main())

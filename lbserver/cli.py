@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 
@@ -28,7 +29,8 @@ modes:
                        alias was published or unchanged, 2 when a DNS update failed
   --check-config       validate the file and exit
   --simulate SCENARIO  run a login-storm scenario through the real weight and
-                       selection code with this file's rules, print the spread
+                       selection code with this file's rules, print where each
+                       algorithm puts the storm (--balancers N, --unshared)
   --import-siteinfo DEF  convert a WMS arbiter wmsmon_site-info.def to
                        lbsconfig.xml on stdout (key written with --key-out)
 
@@ -50,7 +52,11 @@ files:
   /run/lbserver.pid                pid file when daemonised
   /var/lib/mille-xterm/lbserver.state   drained nodes (kept across restarts)
 
-exit status: 0 success, 1 configuration or start-up error, 2 DNS failure (--once)
+exit status:
+  0  success
+  1  configuration or start-up error
+  2  a DNS update failed (--once)
+  5  a Python module it needs is missing (the message names the package)
 
 example:
   lbserver --check-config -c /etc/mille-xterm/lbsconfig.xml && service lbserver reload
@@ -99,20 +105,29 @@ def run_once(path: str, out=sys.stdout) -> int:
     return 2 if any(r.result == ERROR for r in reports) else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``lbserver`` command."""
-    spec = _spec()
-    parser = runtime.make_parser(spec)
+def build_parser(spec: runtime.DaemonSpec | None = None) -> argparse.ArgumentParser:
+    """The whole command line of lbserver (its --help, and its man page, come from it)."""
+    parser = runtime.make_parser(spec or _spec())
     parser.add_argument("--once", action="store_true",
                         help="poll once, publish DNS aliases once, print a table of nodes and exit")
     parser.add_argument("--simulate", metavar="SCENARIO",
                         help="run a login-storm scenario file with this config's rules and print the spread")
     parser.add_argument("--seed", type=int, default=1, help="random seed for --simulate (default 1)")
+    parser.add_argument("--balancers", type=int, metavar="N",
+                        help="with --simulate: balancers sharing the storm (default: the scenario's, else 1)")
+    parser.add_argument("--unshared", action="store_true",
+                        help="with --simulate: the balancers do not tell each other of their picks")
     parser.add_argument("--import-siteinfo", metavar="DEF",
                         help="convert a WMS arbiter wmsmon_site-info.def into lbsconfig.xml on stdout")
     parser.add_argument("--key-out", metavar="FILE",
                         help="with --import-siteinfo: where to write the TSIG key (mode 0600)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``lbserver`` command once its modules are known to import (see :mod:`lbserver.entry`)."""
+    spec = _spec()
+    args = build_parser(spec).parse_args(argv)
     if args.import_siteinfo:
         from lbserver.tools.siteinfo import main_import  # noqa: PLC0415
 
@@ -121,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         from lbserver.tools.simulate import main_simulate  # noqa: PLC0415
 
         cfg_path = args.config if args.config != configmod.default_path() or _exists(args.config) else None
-        return main_simulate(cfg_path, args.simulate, args.seed)
+        return main_simulate(cfg_path, args.simulate, args.seed, balancers=args.balancers,
+                             shared=False if args.unshared else None)
     if args.once:
         return run_once(args.config)
     return runtime.run(spec, args)

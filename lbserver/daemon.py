@@ -1,4 +1,4 @@
-"""The composition root: plugs the terminal, DNS and management services into the balancer core.
+"""The composition root: plugs the terminal, DNS, management, peers and HAProxy agent-check services into the core.
 
 :class:`Daemon` is what :func:`common.runtime.run` drives (bind, start,
 reload, stop, failure). It owns the listening sockets and one thread running
@@ -25,10 +25,11 @@ import threading
 from common.netutil import raise_nofile_limit
 from common.sockets import bind_after_close, datagram_socket, listen_socket, open_replacement
 from lbserver import config as configmod
-from lbserver.config import Peers, ServerConfig
+from lbserver.config import HaproxyAgent, Peers, ServerConfig
 from lbserver.core.balancer import Balancer
 from lbserver.core.view import ReloadRefused
 from lbserver.dns.service import DnsService
+from lbserver.haproxy.service import HaproxyAgentService
 from lbserver.mgmt.api import Api
 from lbserver.mgmt.http import ManagementService
 from lbserver.peers.service import PeerService
@@ -36,7 +37,7 @@ from lbserver.terminal.service import TerminalService, new_event_loop
 
 log = logging.getLogger("lbserver")
 
-TERMINAL, MGMT, PEERS = "terminal", "mgmt", "peers"
+TERMINAL, MGMT, PEERS, HAPROXY = "terminal", "mgmt", "peers", "haproxy"
 
 
 class Daemon:
@@ -48,6 +49,7 @@ class Daemon:
         self.terminal: TerminalService | None = None
         self.mgmt: ManagementService | None = None
         self.peers: PeerService | None = None
+        self.haproxy: HaproxyAgentService | None = None
         self._sockets: dict[str, socket.socket] = {}
         self._bound: dict[str, tuple[str, int]] = {}  # what each socket really listens on
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -59,10 +61,12 @@ class Daemon:
     # -- runtime interface ------------------------------------------------
 
     def bind(self, config: ServerConfig) -> list[socket.socket]:
-        """Open the terminal and management sockets (before daemonising)."""
+        """Open the terminal, management, peers and agent-check sockets (before daemonising)."""
         self._listen(TERMINAL, config.listen)
         if config.mgmt_listen:
             self._listen(MGMT, config.mgmt_listen)
+        if config.haproxy is not None:
+            self._listen(HAPROXY, config.haproxy.listen)
         if config.peers is not None:
             self._sockets[PEERS], self._bound[PEERS] = datagram_socket(config.peers.listen), config.peers.listen
         return list(self._sockets.values())
@@ -141,8 +145,10 @@ class Daemon:
         await core.cycle()
         self.terminal = TerminalService(core.answer, idle_timeout=core.config.idle_timeout,
                                         max_connections=core.config.max_connections,
-                                        on_response=core.count_response)
+                                        on_response=core.count_response, details=core.answer_details)
         await self.terminal.start(self._sockets[TERMINAL])
+        if HAPROXY in self._sockets:
+            await self._start_haproxy(core.config.haproxy)
         if PEERS in self._sockets:
             await self._start_peers(core.config.peers)
         if MGMT in self._sockets:
@@ -157,6 +163,8 @@ class Daemon:
             await self.mgmt.stop()
         if self.peers is not None:
             await self.peers.stop()
+        if self.haproxy is not None:
+            await self.haproxy.stop()
 
     async def _start_mgmt(self) -> None:
         self.mgmt = ManagementService(Api(self.core, self, self.dns, self))
@@ -166,6 +174,10 @@ class Daemon:
         self.peers = PeerService(self.core, config)
         self.core.on_pick(self.peers.note_pick)
         await self.peers.start(self._sockets[PEERS])
+
+    async def _start_haproxy(self, config: HaproxyAgent) -> None:
+        self.haproxy = HaproxyAgentService(self.core, config)
+        await self.haproxy.start(self._sockets[HAPROXY])
 
     def peers_status(self) -> dict | None:
         """The peer exchange's state for the management service (None without <peers>)."""
@@ -181,6 +193,7 @@ class Daemon:
         self.terminal.idle_timeout = config.idle_timeout
         self.terminal.max_connections = config.max_connections
         await self._move_peers(config.peers)
+        await self._move_haproxy(config.haproxy)
         self.core.apply_config(config)
         self.dns.configure(config)
         self.core.poll_now()
@@ -227,6 +240,25 @@ class Daemon:
                 log.error("management service not started: %s", exc)
                 return
             await self._start_mgmt()
+
+    async def _move_haproxy(self, config: HaproxyAgent | None) -> None:
+        """Follow a reloaded <haproxy-agent>: start, stop, move (keeping the old address on failure), reconfigure."""
+        if self.haproxy is not None and config is not None:
+            if config.listen != self._bound[HAPROXY]:
+                await self._rebind(HAPROXY, config.listen, self.haproxy)
+            self.haproxy.configure(config)
+        elif self.haproxy is not None:
+            await self.haproxy.stop()
+            self._sockets.pop(HAPROXY).close()
+            self._bound.pop(HAPROXY)
+            self.haproxy = None
+        elif config is not None:
+            try:
+                self._listen(HAPROXY, config.listen)
+            except OSError as exc:
+                log.error("HAProxy agent-check service not started: %s", exc)
+                return
+            await self._start_haproxy(config)
 
     async def _move_peers(self, config: Peers | None) -> None:
         """Follow a reloaded <peers>: start, stop, or move to a new UDP address (keeping the old on failure)."""

@@ -126,6 +126,11 @@ def test_live_dashboard_in_chromium(procs, tmp_path):
     assert "critical 95" in rows["xapp3"].text_content()
     assert "refused" in rows["gone"].text_content()
     assert rows["gone"].xpath('string(td[@data-label="Last poll"])') == "never"
+    # every weight explained: the rules table of an opened row
+    rules = prod.xpath('.//table[@data-rules="xapp3"]')[0]
+    cells = {td.get("data-label"): td.text_content().strip() for td in rules.xpath(".//tr[td]")[0].findall("td")}
+    assert cells["Rule"] == "SIMLOAD" and cells["Capacity"] == "100.00" and cells["Critical"] == "95.00"
+    assert cells["Note"] == "at or over critical"
     # untrusted strings are shown as text, never turned into elements
     assert tree.xpath("//img") == []
     assert HOSTILE_GROUP in tree.xpath('//section[@id="groups"]//h2/text()')

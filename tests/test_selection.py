@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 from collections import Counter
 
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 from lbserver.config import Group, Node, Require, Rule, ServerConfig
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord, record_failure, record_success
-from lbserver.core.selection import EmptyGroup, Selector, Snapshot, UnknownGroup
+from lbserver.core.selection import FORGET_AFTER, MAX_SAMPLE_AGE, EmptyGroup, Selector, Snapshot, UnknownGroup, figures_time
 
 # Chi-square critical values at p = 0.001 by degrees of freedom (standard tables).
 CHI2_001 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}
@@ -33,8 +35,8 @@ def state(**variables) -> dict:
 
 
 def make(groups: dict[str, list[str]], states: dict[str, dict | None], rules=(), requires=(),
-         drained=frozenset(), default=None) -> Snapshot:
-    """A snapshot from node states (None: agent down)."""
+         drained=frozenset(), default=None, at: float = 0.0) -> Snapshot:
+    """A snapshot from node states (None: agent down), polled and sampled at ``at``."""
     names = {n for ms in groups.values() for n in ms}
     nodes = {n: Node(name=n, address=f"http://127.0.0.1:{8001 + i}", host="127.0.0.1", port=8001 + i)
              for i, n in enumerate(sorted(names))}
@@ -46,11 +48,21 @@ def make(groups: dict[str, list[str]], states: dict[str, dict | None], rules=(),
     for n, s in states.items():
         rec = NodeRecord(n)
         if s is None:
-            record_failure(rec, "connection refused", 0.0, 2)
+            record_failure(rec, "connection refused", at, 2)
         else:
-            record_success(rec, s, 0.0, 2)
+            record_success(rec, {**s, "sampled_at": at}, at, 2)
         records[n] = rec
     return Snapshot.build(cfg, records, drained=frozenset(drained), now=123.0)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 # --- Fenwick ----------------------------------------------------------------
@@ -163,14 +175,14 @@ def test_pick_before_install_is_an_error():
 
 # --- weighted choice ------------------------------------------------------------
 
-def test_pick_distribution_matches_weights_chi_square():
+def test_weighted_random_distribution_matches_weights_chi_square():
     rules = [Rule("LOADAVG", weight=10, capacity=1.0, per_cpu=True)]   # no per-session: weights stay put
     snap = make({"G": ["a", "b", "c", "d"]},
                 {"a": state(LOADAVG=0.5), "b": state(LOADAVG=1, NBPROC=4),
                  "c": state(LOADAVG=0.2, CPUFREQ=3000), "d": state(LOADAVG=0.9)}, rules=rules)
     weights = {n: v.weight for n, v in snap.nodes.items()}
     assert len(set(weights.values())) == 4
-    sel = Selector(random.Random(12345))
+    sel = Selector(random.Random(12345), algorithm="weighted-random")
     sel.install(snap)
     picks = [sel.pick() for _ in range(20000)]
     assert {p.reason for p in picks} == {"weighted"}
@@ -181,10 +193,67 @@ def test_pick_distribution_matches_weights_chi_square():
     assert sel.pick_counts() == dict(counts)
 
 
-def test_compensation_fills_nodes_in_turn_then_overflows():
+def two_choices_shares(weights: dict[str, float], loads: dict[str, float]) -> dict[str, float]:
+    """Two draws by weight, the lower load kept: P(i) = p_i² + 2 p_i Σ p_j over j with a higher load."""
+    total = sum(weights.values())
+    p = {n: w / total for n, w in weights.items()}
+    return {i: p[i] ** 2 + 2 * p[i] * sum(p[j] for j in p if loads[j] > loads[i]) for i in p}
+
+
+def test_two_choices_distribution_matches_its_formula_chi_square():
+    rules = [Rule("LOADAVG", weight=10, capacity=1.0, per_cpu=True)]
+    snap = make({"G": ["a", "b", "c", "d"]},
+                {"a": state(LOADAVG=0.5), "b": state(LOADAVG=1, NBPROC=4),
+                 "c": state(LOADAVG=0.2, CPUFREQ=3000), "d": state(LOADAVG=0.9)}, rules=rules)
+    weights = {n: v.weight for n, v in snap.nodes.items()}
+    loads = {"a": 0.5, "b": 0.25, "c": 0.2, "d": 0.9}   # per cpu, over a capacity of 1
+    sel = Selector(random.Random(777))
+    assert sel.algorithm == "two-choices"                # the default
+    sel.install(snap)
+    assert {n: sel.projected_load(n) for n in loads} == pytest.approx(loads)
+    picks = [sel.pick() for _ in range(20000)]
+    assert {p.reason for p in picks} == {"weighted"}
+    counts = Counter(p.node for p in picks)
+    expected = two_choices_shares(weights, loads)
+    assert sum(expected.values()) == pytest.approx(1.0)
+    assert chi2(counts, expected) < CHI2_001[3]
+    assert chi2(counts, weights) > 10 * CHI2_001[3]      # and it is not weighted random
+
+
+def test_two_choices_compares_load_relative_to_capacity_not_weight():
+    """A big server with much room but fuller for its size loses to a small, emptier one."""
+    rules = [Rule("LOADAVG", weight=1, capacity=1.0, per_cpu=True)]
+    snap = make({"G": ["small", "big"]},
+                {"small": state(LOADAVG=0.8, NBPROC=2), "big": state(LOADAVG=8, NBPROC=16)}, rules=rules)
+    assert snap.nodes["big"].weight > 5 * snap.nodes["small"].weight   # 16 x 0.5 against 2 x 0.6
+    sel = Selector(random.Random(8))
+    sel.install(snap)
+    assert sel.projected_load("small") == pytest.approx(0.4) and sel.projected_load("big") == pytest.approx(0.5)
+    counts = Counter(sel.pick().node for _ in range(4000))
+    p_small = snap.nodes["small"].weight / (snap.nodes["small"].weight + snap.nodes["big"].weight)
+    # small whenever it is drawn at all: 1 - (1 - p)^2
+    assert chi2(counts, {"small": 1 - (1 - p_small) ** 2, "big": (1 - p_small) ** 2}) < CHI2_001[1]
+
+
+def test_projected_load_counts_the_next_terminal():
+    """Candidates compare as they would be with this terminal: a small server's share of one session is bigger."""
+    rule = Rule("NBSESSIONS", weight=1, capacity=10, per_cpu=True, per_session=1)
+    snap = make({"G": ["small", "big"]},
+                {"small": state(NBSESSIONS=10, NBPROC=2), "big": state(NBSESSIONS=80, NBPROC=16)}, rules=[rule])
+    sel = Selector(random.Random(1))
+    sel.install(snap)
+    assert sel.projected_load("small") == sel.projected_load("big") == pytest.approx(0.5)
+    assert sel.projected_load("small", 1) == pytest.approx(0.55)
+    assert sel.projected_load("big", 1) == pytest.approx(0.50625)
+    picks = Counter(sel.pick().node for _ in range(16))
+    assert picks["big"] > picks["small"]
+
+
+@pytest.mark.parametrize("algorithm", ["two-choices", "weighted-random"])
+def test_compensation_fills_nodes_in_turn_then_overflows(algorithm):
     snap = make({"G": ["a", "b", "c"]},
                 {"a": state(NBSESSIONS=0), "b": state(NBSESSIONS=5), "c": state(NBSESSIONS=8)}, rules=[SESSIONS])
-    sel = Selector(random.Random(3))
+    sel = Selector(random.Random(3), algorithm=algorithm)
     sel.install(snap)
     picks = [sel.pick("G") for _ in range(17)]
     # each node takes exactly its free room (10 - sessions) before anything overflows
@@ -194,10 +263,45 @@ def test_compensation_fills_nodes_in_turn_then_overflows():
     assert sel.pick("G").reason == "overflow"
 
 
+def test_two_choices_levels_a_storm_like_water():
+    """0/10/20/30/35 of 40 and 150 logins: every server ends near 49, the level water-filling reaches."""
+    rule = Rule("NBSESSIONS", weight=100, capacity=40, per_session=1)
+    start = {"a": 0, "b": 10, "c": 20, "d": 30, "e": 35}
+    worst = {}
+    for algorithm in ("two-choices", "weighted-random"):
+        figures = []
+        for seed in range(40):
+            sel = Selector(random.Random(seed), algorithm=algorithm)
+            sel.install(make({"G": list(start)}, {n: state(NBSESSIONS=v) for n, v in start.items()}, rules=[rule]))
+            sent = Counter(sel.pick().node for _ in range(150))
+            figures.append(max(start[n] + sent[n] for n in start) / 49)
+        worst[algorithm] = sum(figures) / len(figures)
+    assert worst["two-choices"] <= 1.03 < worst["weighted-random"]
+
+
+def test_overflow_two_choices_keeps_filling_the_emptiest():
+    """Once all are full, two nodes drawn alike, the lower projected load wins: the overflow stays level."""
+    full = {"a": 10, "b": 12, "c": 15}
+    spread = {}
+    for algorithm in ("two-choices", "weighted-random"):
+        spreads = []
+        for seed in range(50):
+            sel = Selector(random.Random(seed), algorithm=algorithm)
+            sel.install(make({"G": list(full)}, {n: state(NBSESSIONS=v) for n, v in full.items()}, rules=[SESSIONS]))
+            picks = [sel.pick() for _ in range(300)]
+            assert {p.reason for p in picks} == {"overflow"}
+            counts = Counter(p.node for p in picks)
+            final = [full[n] + counts[n] for n in full]
+            spreads.append(max(final) - min(final))
+        spread[algorithm] = sum(spreads) / len(spreads)
+    # weighted-random spreads the overflow by size (equal here), keeping the first differences and adding noise
+    assert spread["two-choices"] < 2.5 and spread["weighted-random"] > 5
+
+
 def test_without_per_session_repeated_picks_do_not_shift_weights():
     rule = Rule("NBSESSIONS", weight=1, capacity=10)
     snap = make({"G": ["a", "b"]}, {"a": state(NBSESSIONS=0), "b": state(NBSESSIONS=9)}, rules=[rule])
-    sel = Selector(random.Random(3))
+    sel = Selector(random.Random(3), algorithm="weighted-random")
     sel.install(snap)
     counts = Counter(sel.pick().node for _ in range(400))
     assert counts["b"] > 10                     # b keeps its 1/11 share all along
@@ -223,16 +327,126 @@ def test_compensation_shifts_distribution():
     assert 0.3 < share_before < 0.7
 
 
-def test_install_resets_pending_counts():
-    snap = make({"G": ["a"]}, {"a": state(NBSESSIONS=0)}, rules=[SESSIONS])
-    sel = Selector(random.Random(1))
-    sel.install(snap)
+def test_figures_that_show_the_picks_end_their_count():
+    """Sessions show at once: figures sampled after the picks end their count, not a rebuild of the same figures."""
+    clock = Clock(10.0)
+    sel = Selector(random.Random(1), clock=clock)
+    sel.install(make({"G": ["a"]}, {"a": state(NBSESSIONS=0)}, rules=[SESSIONS], at=5.0))
     for _ in range(4):
         sel.pick()
     assert sel.pending() == {"a": 4} and sel.weight_now("a") == pytest.approx(0.6)
+    sel.install(make({"G": ["a"]}, {"a": state(NBSESSIONS=0)}, rules=[SESSIONS], at=5.0))   # the same figures
+    assert sel.pending() == {"a": 4} and sel.weight_now("a") == pytest.approx(0.6)
+    clock.now = 21.0
+    sel.install(make({"G": ["a"]}, {"a": state(NBSESSIONS=4)}, rules=[SESSIONS], at=20.0))  # they show them
+    assert sel.pending() == {} and sel.carried() == {} and sel.weight_now("a") == pytest.approx(0.6)
+    assert sel.pick_counts() == {"a": 4}       # totals survive snapshots
+
+
+def test_picks_after_the_sample_keep_counting_past_the_poll():
+    """The agent sampled at 20, the poll came back at 22: a pick made at 21 is not in those figures."""
+    clock = Clock(10.0)
+    sel = Selector(random.Random(1), clock=clock)
+    sel.install(make({"G": ["a"]}, {"a": state(NBSESSIONS=0)}, rules=[SESSIONS], at=5.0))
+    sel.pick()
+    clock.now = 21.0
+    sel.pick()
+    clock.now = 22.0
+    snap = make({"G": ["a"]}, {"a": state(NBSESSIONS=1)}, rules=[SESSIONS], at=20.0)
+    sel.install(snap)
+    assert sel.pending() == {"a": 1} and sel.weight_now("a") == pytest.approx(0.8)
+
+
+def test_a_lagging_load_average_keeps_what_it_does_not_show_yet():
+    """LOADAVG shows a new session as its one-minute average: 1 - exp(-t/60) of it, t after the pick."""
+    rule = Rule("LOADAVG", weight=1, capacity=1.0, per_cpu=True, per_session=0.25)   # lag: 60 s by default
+    clock = Clock(1.0)
+    sel = Selector(random.Random(1), clock=clock)
+    sel.install(make({"G": ["a"]}, {"a": state(LOADAVG=0.0, NBPROC=4)}, rules=[rule], at=0.0))
+    for _ in range(8):
+        sel.pick()                                             # sent at t=1: +2.0 expected in time
+    assert sel.weight_now("a") == pytest.approx(4 * (1 - 2.0 / 4))
+    shown = 2.0 * (1 - math.exp(-30 / 60))                     # what the average shows 30 s later
+    clock.now = 32.0
+    sel.install(make({"G": ["a"]}, {"a": state(LOADAVG=shown, NBPROC=4)}, rules=[rule], at=31.0))
+    assert sel.pending() == {}
+    assert sel.carried() == {"a": {60.0: pytest.approx(8 * math.exp(-30 / 60))}}
+    # the weight sees the whole of it: what the figures show plus what they do not yet
+    assert sel.weight_now("a") == pytest.approx(4 * (1 - 2.0 / 4))
+    # figures 60 s later show still more, and the rest keeps fading
+    clock.now = 92.0
+    shown = 2.0 * (1 - math.exp(-90 / 60))
+    sel.install(make({"G": ["a"]}, {"a": state(LOADAVG=shown, NBPROC=4)}, rules=[rule], at=91.0))
+    assert sel.carried()["a"][60.0] == pytest.approx(8 * math.exp(-90 / 60))
+    assert sel.weight_now("a") == pytest.approx(4 * (1 - 2.0 / 4))
+    # an explicit lag of 0 says the figures show it at once: the count ends at the next figures
+    now_rule = Rule("LOADAVG", weight=1, capacity=1.0, per_cpu=True, per_session=0.25, lag=0)
+    sel.install(make({"G": ["a"]}, {"a": state(LOADAVG=shown, NBPROC=4)}, rules=[now_rule], at=91.0))
+    assert sel.carried() == {} and sel.weight_now("a") == pytest.approx(4 * (1 - shown / 4))
+
+
+def test_only_the_lagging_rules_carry_the_rest():
+    rules = [Rule("LOADAVG", weight=1, capacity=1.0, per_session=0.1), SESSIONS]
+    clock = Clock(1.0)
+    sel = Selector(random.Random(1), clock=clock)
+    sel.install(make({"G": ["a"]}, {"a": state(LOADAVG=0.0, NBSESSIONS=0)}, rules=rules, at=0.0))
+    for _ in range(5):
+        sel.pick()
+    clock.now = 62.0
+    # at 61: sessions show all 5, the load average 1 - 1/e of them
+    sel.install(make({"G": ["a"]}, {"a": state(LOADAVG=0.5 * (1 - math.exp(-1)), NBSESSIONS=5)}, rules=rules,
+                     at=61.0))
+    assert sel.weight_now("a") == pytest.approx((1 - 0.5) + (1 - 0.5))
+    assert sel.projected_load("a") == pytest.approx(0.5)
+
+
+def test_peer_picks_follow_the_same_rule():
+    clock = Clock(10.0)
+    sel = Selector(random.Random(1), clock=clock)
+    sel.install(make({"G": ["a", "b"]}, {"a": state(NBSESSIONS=0), "b": state(NBSESSIONS=0)},
+                     rules=[SESSIONS], at=5.0))
+    assert sel.add_pending("a", 3) and not sel.add_pending("nope")
+    assert sel.pending() == {"a": 3} and sel.weight_now("a") == pytest.approx(0.7)
+    assert sel.pick_counts() == {}
+    clock.now = 31.0
+    sel.install(make({"G": ["a", "b"]}, {"a": state(NBSESSIONS=3), "b": state(NBSESSIONS=0)},
+                     rules=[SESSIONS], at=30.0))
+    assert sel.pending() == {} and sel.weight_now("a") == pytest.approx(0.7)
+
+
+def test_terminals_no_figures_show_are_forgotten_after_an_hour():
+    clock = Clock(10.0)
+    sel = Selector(random.Random(1), clock=clock)
+    snap = make({"G": ["a"]}, {"a": state(NBSESSIONS=0)}, rules=[SESSIONS], at=5.0)
+    sel.install(snap)
+    for _ in range(3):
+        sel.pick()
+    clock.now = 10.0 + FORGET_AFTER - 1
+    sel.install(snap)                         # the agent's figures never got newer (a failing poll)
+    assert sel.pending() == {"a": 3}
+    clock.now = 10.0 + FORGET_AFTER + 1
     sel.install(snap)
     assert sel.pending() == {} and sel.weight_now("a") == pytest.approx(1.0)
-    assert sel.pick_counts() == {"a": 4}       # totals survive snapshots
+
+
+def test_figures_time_is_the_agents_sample_when_plausible():
+    rec = NodeRecord("a")
+    assert figures_time(rec) is None
+    record_success(rec, {**state(), "sampled_at": 95.0}, 100.0, 2)
+    assert figures_time(rec) == 95.0
+    for odd in (100.5, 100.0 - MAX_SAMPLE_AGE - 1):      # a clock ahead, or far behind
+        record_success(rec, {**state(), "sampled_at": odd}, 100.0, 2)
+        assert figures_time(rec) == 100.0
+
+
+def test_unknown_algorithm_and_change():
+    with pytest.raises(ValueError):
+        Selector(algorithm="fastest")
+    sel = Selector(random.Random(1), algorithm="weighted-random")
+    with pytest.raises(ValueError):
+        sel.algorithm = "p2c"
+    sel.algorithm = "two-choices"
+    assert sel.algorithm == "two-choices"
 
 
 def test_overflow_in_proportion_to_size():
@@ -240,7 +454,7 @@ def test_overflow_in_proportion_to_size():
     snap = make({"G": ["s", "m", "l"]},
                 {"s": state(**full), "m": state(NBPROC=2, **full), "l": state(NBPROC=4, CPUFREQ=1500, **full)},
                 rules=[SESSIONS])
-    sel = Selector(random.Random(99))
+    sel = Selector(random.Random(99), algorithm="weighted-random")
     sel.install(snap)
     picks = [sel.pick() for _ in range(8000)]
     assert {p.reason for p in picks} == {"overflow"}
@@ -358,34 +572,40 @@ def test_last_good_forgotten_when_node_leaves_group():
     assert sel.pick().node == "b"
 
 
-def test_p2c_prefers_the_emptier_of_two():
-    rules = [Rule("NBSESSIONS", weight=1, capacity=10)]
-    snap = make({"G": ["a", "b"]}, {"a": state(NBSESSIONS=2), "b": state(NBSESSIONS=5)}, rules=rules)
-    counts = {}
-    for alg in ("weighted", "p2c"):
-        sel = Selector(random.Random(4), algorithm=alg)
-        sel.install(snap)
-        counts[alg] = Counter(sel.pick().node for _ in range(4000))
-    # weighted: a gets 8/13; p2c: a unless both draws are b, 1 - (5/13)^2
-    assert chi2(counts["weighted"], {"a": 8, "b": 5}) < CHI2_001[1]
-    assert chi2(counts["p2c"], {"a": 1 - (5 / 13) ** 2, "b": (5 / 13) ** 2}) < CHI2_001[1]
-    with pytest.raises(ValueError):
-        Selector(algorithm="fastest")
-
-
 def test_rebuild_without_poll_keeps_pending_counts():
     """A drain in the middle of a storm must not make the other nodes look empty again."""
-    snap = make({"G": ["a", "b", "c"]},
-                {"a": state(NBSESSIONS=0), "b": state(NBSESSIONS=5), "c": state(NBSESSIONS=8)}, rules=[SESSIONS])
-    sel = Selector(random.Random(3))
-    sel.install(snap)
+    clock = Clock(10.0)
+    states = {"a": state(NBSESSIONS=0), "b": state(NBSESSIONS=5), "c": state(NBSESSIONS=8)}
+    sel = Selector(random.Random(3), clock=clock)
+    sel.install(make({"G": ["a", "b", "c"]}, states, rules=[SESSIONS], at=5.0))
     for _ in range(12):
         sel.pick("G")
     pending, weights = sel.pending(), {n: sel.weight_now(n) for n in "abc"}
-    sel.install(snap, refreshed=frozenset())
+    sel.install(make({"G": ["a", "b", "c"]}, states, rules=[SESSIONS], at=5.0, drained={"c"}))
     assert sel.pending() == pending
-    assert {n: sel.weight_now(n) for n in "abc"} == weights
-    sel.install(snap, refreshed=frozenset({"a"}))  # a poll answered by a only: b and c keep theirs
+    assert {n: sel.weight_now(n) for n in "ab"} == {n: weights[n] for n in "ab"}
+    # a poll answered by a only: b and c keep their old figures, and so their counts
+    clock.now = 20.0
+    records = {}
+    for n, sampled in (("a", 19.0), ("b", 5.0), ("c", 5.0)):
+        records[n] = NodeRecord(n)
+        figures = state(NBSESSIONS=pending["a"]) if n == "a" else states[n]
+        record_success(records[n], {**figures, "sampled_at": sampled}, sampled, 2)
+    cfg = ServerConfig(path="t.xml", nodes={n: Node(n, f"http://127.0.0.1:{8001 + i}", "127.0.0.1", 8001 + i)
+                                            for i, n in enumerate("abc")},
+                       groups={"G": Group("G", ("a", "b", "c"), True)}, default_group="G", rules=(SESSIONS,))
+    sel.install(Snapshot.build(cfg, records, now=20.0))
     assert "a" not in sel.pending() and sel.pending()["b"] == pending["b"]
-    sel.install(snap)  # everything polled: real figures again, counts restart
-    assert sel.pending() == {}
+    assert {n: sel.weight_now(n) for n in "abc"} == pytest.approx(weights)
+
+
+def test_the_balancer_passes_its_algorithm_and_a_reload_changes_it(tmp_path):
+    from lbserver.core.balancer import Balancer
+
+    node = Node("a", "http://127.0.0.1:8001", "127.0.0.1", 8001)
+    cfg = ServerConfig(path="t.xml", nodes={"a": node}, groups={"G": Group("G", ("a",), True)}, default_group="G",
+                       state_file=str(tmp_path / "state"), algorithm="weighted-random")
+    bal = Balancer(cfg)
+    assert bal._selector.algorithm == "weighted-random"
+    bal.apply_config(dataclasses.replace(cfg, algorithm="two-choices"))
+    assert bal._selector.algorithm == "two-choices"

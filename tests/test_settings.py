@@ -177,3 +177,23 @@ def test_element_gives_its_settings_by_python_name():
     with pytest.raises(ValueError, match="unknown kind"):
         Setting("a", "colour")
     assert common_settings.LOG_LEVELS == agent_config.LOG_LEVELS
+
+
+def test_algorithm_and_lag_are_read(tmp_path):
+    path = tmp_path / "lbsconfig.xml"
+    body = ('<lbsconfig><lbservice {}/><nodes><group name="G"><node name="a" address="http://10.0.0.1"/></group>'
+            '</nodes><rules><variable name="LOADAVG" weight="1" capacity="1" per-session="0.1" {}/></rules>'
+            '</lbsconfig>')
+    path.write_text(body.format("", ""))
+    cfg = server_config.load(str(path))
+    assert cfg.algorithm == "two-choices" == server_settings.ALGORITHMS[0] and cfg.rules[0].lag is None
+    path.write_text(body.format('algorithm="Weighted-Random"', 'lag="30"'))
+    cfg = server_config.load(str(path))
+    assert cfg.algorithm == "weighted-random" and cfg.rules[0].lag == 30.0
+    for attrs, message in [(('algorithm="p2c"', ""), "<lbservice> attribute algorithm='p2c': expected one of "
+                                                     "two-choices, weighted-random"),
+                           (("", 'lag="-1"'), "<variable> attribute lag='-1': must be at least 0")]:
+        path.write_text(body.format(*attrs))
+        with pytest.raises(ConfigError) as info:
+            server_config.load(str(path))
+        assert info.value.message == message

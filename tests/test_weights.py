@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbserver.config import Require, Rule
-from lbserver.core.weights import compensates, compensation, evaluate, node_size
+from lbserver.config.expr import parse as parse_expr
+from lbserver.core.weights import compensates, compensation, evaluate, node_size, rule_lag
 
 BASE = {"NBPROC": 4, "CPUFREQ": 2000}   # size 8 core-GHz
 
@@ -180,3 +181,63 @@ def test_compensation_matches_evaluate(nbproc, values, per_session, per_cpu, ses
     variables = {"NBPROC": nbproc, "CPUFREQ": 2400, **dict(zip(names, values))}
     expected = evaluate(variables, rules, (), extra_sessions=sessions).weight
     assert compensation(variables, rules).weight(sessions) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    nbproc=st.integers(1, 64),
+    values=st.lists(st.floats(0, 200, allow_nan=False), min_size=3, max_size=3),
+    per_session=st.lists(st.sampled_from([0.0, 0.1, 0.5, 1.0]), min_size=3, max_size=3),
+    per_cpu=st.lists(st.booleans(), min_size=3, max_size=3),
+    sessions=st.integers(0, 500),
+)
+def test_projected_load_is_the_weighted_mean_of_each_rules_fullness(nbproc, values, per_session, per_cpu, sessions):
+    """load(k) = Σ w × (value + k × per-session) / capacity / Σ w, unclamped.
+
+    Below capacity it is 1 - weight / (size × Σ w).
+    """
+    names = ("LOADAVG", "MEMUSEDPCT", "NBSESSIONS")
+    caps = (1.0, 90.0, 40.0)
+    rules = tuple(Rule(name=n, weight=10.0 * (i + 1), capacity=caps[i], per_cpu=per_cpu[i],
+                       per_session=per_session[i]) for i, n in enumerate(names))
+    variables = {"NBPROC": nbproc, "CPUFREQ": 2400, **dict(zip(names, values))}
+    fullness = [(values[i] + sessions * per_session[i]) / (nbproc if per_cpu[i] else 1) / caps[i] for i in range(3)]
+    expected = sum(r.weight * f for r, f in zip(rules, fullness)) / sum(r.weight for r in rules)
+    comp = compensation(variables, rules)
+    assert comp.load(sessions) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    if all(f <= 1.0 for f in fullness):
+        size = node_size(variables)
+        assert comp.load(sessions) == pytest.approx(1 - comp.weight(sessions) / (size * 60.0), rel=1e-9, abs=1e-9)
+
+
+def test_projected_load_leaves_out_rules_without_a_usable_capacity():
+    rules = (Rule("LOADAVG", 1.0, 1.0, per_session=0.5), Rule("X", 3.0, parse_expr("$MISSING")))
+    comp = compensation({"NBPROC": 1, "LOADAVG": 0.5}, rules)
+    assert comp.load(0) == pytest.approx(0.5) and comp.load(1) == pytest.approx(1.0) and comp.load(3) == 2.0
+    assert compensation({"NBPROC": 1}, ()).load(5) == 0.0           # no rules: nothing to compare
+
+
+def test_carried_terminals_weigh_on_their_rules_only():
+    rules = (Rule("LOADAVG", 1.0, 1.0, per_session=0.1, lag=60), Rule("NBSESSIONS", 1.0, 10.0, per_session=1))
+    comp = compensation({"NBPROC": 1, "LOADAVG": 0.2, "NBSESSIONS": 2}, rules)
+    assert comp.lags == (60.0, 0.0)
+    carried = comp.carrying({60.0: 3.0})
+    assert carried.weight(0) == pytest.approx((1 - 0.5) + (1 - 0.2))
+    assert carried.load(1) == pytest.approx(((0.2 + 0.4) + (0.3)) / 2)
+    assert comp.carrying({}) is comp
+
+
+def test_rule_lag_defaults_by_variable():
+    assert rule_lag(Rule("LOADAVG", 1, 1)) == 60.0
+    assert rule_lag(Rule("LOADAVG5", 1, 1)) == 300.0 and rule_lag(Rule("LOADAVG15", 1, 1)) == 900.0
+    assert rule_lag(Rule("NBSESSIONS", 1, 1)) == 0.0 and rule_lag(Rule("SIMLOAD", 1, 1)) == 0.0
+    assert rule_lag(Rule("LOADAVG", 1, 1, lag=0)) == 0.0 and rule_lag(Rule("NBSESSIONS", 1, 1, lag=30)) == 30.0
+
+
+def test_state_is_weight_and_next_load_in_one_pass():
+    rules = (Rule("LOADAVG", 50.0, 1.0, per_cpu=True, per_session=0.1), Rule("MEMUSEDPCT", 30.0, 90.0),
+             Rule("NBSESSIONS", 20.0, 10.0, per_cpu=True, per_session=1.0))
+    comp = compensation({"NBPROC": 4, "CPUFREQ": 2400, "LOADAVG": 1.0, "MEMUSEDPCT": 40, "NBSESSIONS": 12}, rules)
+    for k in (0, 3, 40, 400):
+        weight, load = comp.state(k)
+        assert weight == pytest.approx(comp.weight(k)) and load == pytest.approx(comp.load(k + 1))

@@ -29,10 +29,11 @@ from common.tls import TlsConfigError, client_context
 from common.xmlconfig import ConfigError, Reader, parse_file, parse_hostport
 from lbserver.config import tsigkey
 from lbserver.config.expr import Expr, ExprError, parse
-from lbserver.config.model import DEFAULT_RULES, Alias, Dns, Group, Node, Peer, Peers, Poll, Require, Rule, ServerConfig
-from lbserver.config.settings import (AGENT_PORTS, ALIAS, DEFAULT_PATH, DEFAULT_STATE_FILE, DNS, GROUP,
-                                      HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE, LEGACY_PATH, LOG, MGMTSERVICE, NODE,
-                                      PEER, PEERS, POLL, REQUIRE, RULE, VARIABLE)
+from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgent, Node, Peer, Peers, Poll, Require,
+                                   Rule, ServerConfig)
+from lbserver.config.settings import (AGENT_PORTS, ALIAS, DEFAULT_PATH, DEFAULT_STATE_FILE, DNS, GROUP, HAPROXY_AGENT,
+                                      HAPROXY_ALLOW, HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE, LEGACY_PATH, LOG,
+                                      MGMTSERVICE, NODE, PEER, PEERS, POLL, REQUIRE, RULE, VARIABLE)
 
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -231,6 +232,7 @@ def _load_rules(r: Reader, root: etree._Element) -> tuple[tuple[Rule, ...], tupl
                 per_cpu=read(r, e, VARIABLE.per_cpu),
                 per_session=read(r, e, VARIABLE.per_session),
                 line=e.sourceline,
+                lag=read(r, e, VARIABLE.lag),
                 kb_memory=legacy is not None,
             ))
         else:
@@ -419,6 +421,20 @@ def _load_peers(r: Reader, elem: etree._Element) -> Peers:
                  line=elem.sourceline, **kw)
 
 
+def _load_haproxy(r: Reader, elem: etree._Element) -> HaproxyAgent:
+    """<haproxy-agent> and its <allow> children; warns when it listens beyond loopback but allows only loopback."""
+    cfg = HaproxyAgent(listen=read(r, elem, HAPROXY_AGENT.listen),
+                       read_timeout=read(r, elem, HAPROXY_AGENT.read_timeout),
+                       max_connections=read(r, elem, HAPROXY_AGENT.max_connections),
+                       allow=tuple(read(r, a, HAPROXY_ALLOW.from_) for a in elem.iter("allow")),
+                       line=elem.sourceline)
+    host = cfg.listen[0]
+    if not cfg.allow and host not in ("localhost", "::1") and not host.startswith("127."):
+        log.warning("%s:%s: <haproxy-agent> listens on %s but, without <allow>, answers loopback only: add "
+                    "<allow from=\"...\"/> for the HAProxy hosts", r.path, elem.sourceline, host)
+    return cfg
+
+
 def _check_token_file(r: Reader, elem: etree._Element, path: str) -> None:
     """Warn now about a token file that is unusable or readable by others.
 
@@ -461,6 +477,7 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
     if svc is not None:
         kw["listen"] = read(r, svc, LBSERVICE.listen)
         kw["returns"] = read(r, svc, LBSERVICE.returns)
+        kw["algorithm"] = read(r, svc, LBSERVICE.algorithm)
         kw["idle_timeout"] = read(r, svc, LBSERVICE.idle_timeout)
         kw["max_connections"] = read(r, svc, LBSERVICE.max_connections)
         read(r, svc, LBSERVICE.max_threads)  # checked, then ignored (see its declaration)
@@ -503,6 +520,9 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
     peers = root.find("peers")
     if peers is not None:
         kw["peers"] = _load_peers(r, peers)
+    haproxy = root.find("haproxy-agent")
+    if haproxy is not None:
+        kw["haproxy"] = _load_haproxy(r, haproxy)
     return ServerConfig(path=path, nodes=nodes, groups=groups, default_group=default,
                         rules=rules, requires=requires, **kw)
 

@@ -8,12 +8,13 @@ never disagree. :data:`DEFAULT_RULES` are the rules used without <rules>.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from dataclasses import dataclass, field
 
 from lbserver.config.expr import Expr
-from lbserver.config.settings import (ALIAS, DNS, GROUP, LBSERVICE, LOG, MGMTSERVICE, NODE, PEERS, POLL, REQUIRE,
-                                      VARIABLE)
+from lbserver.config.settings import (ALIAS, DNS, GROUP, HAPROXY_AGENT, LBSERVICE, LOG, MGMTSERVICE, NODE, PEERS, POLL,
+                                      REQUIRE, VARIABLE)
 
 @dataclass(frozen=True)
 class Rule:
@@ -27,6 +28,8 @@ class Rule:
     per_cpu: bool = VARIABLE.per_cpu.default
     per_session: float = VARIABLE.per_session.default
     line: int = 0
+    lag: float | None = VARIABLE.lag.default
+    """Seconds the variable takes to show a new session; None: the variable's default (see DEFAULT_LAGS)."""
     kb_memory: bool = False
     """Written in the ltsp-cluster form (a <rule> child): memory variables are taken in kB."""
 
@@ -188,6 +191,18 @@ class Peers:
 
 
 @dataclass(frozen=True)
+class HaproxyAgent:
+    """``<haproxy-agent>``: the HAProxy agent-check port and who may use it."""
+
+    listen: tuple[str, int] = HAPROXY_AGENT.listen.default
+    read_timeout: float = HAPROXY_AGENT.read_timeout.default
+    max_connections: int = HAPROXY_AGENT.max_connections.default
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """The ``<allow>`` networks; empty: loopback only."""
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """The whole of lbsconfig.xml."""
 
@@ -197,6 +212,7 @@ class ServerConfig:
     default_group: str
     listen: tuple[str, int] = LBSERVICE.listen.default
     returns: str = LBSERVICE.returns.default
+    algorithm: str = LBSERVICE.algorithm.default
     idle_timeout: float = LBSERVICE.idle_timeout.default
     max_connections: int = LBSERVICE.max_connections.default
     mgmt_listen: tuple[str, int] | None = MGMTSERVICE.listen.default
@@ -207,9 +223,10 @@ class ServerConfig:
     requires: tuple[Require, ...] = ()
     dns: Dns | None = None
     peers: Peers | None = None
+    haproxy: HaproxyAgent | None = None
     log_file: str | None = LOG.file.default
     log_level: str | None = LOG.level.default
 
 
-__all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "Node", "Peer", "Peers", "Poll", "Require", "Rule",
+__all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "HaproxyAgent", "Node", "Peer", "Peers", "Poll", "Require", "Rule",
            "ServerConfig"]

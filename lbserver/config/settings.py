@@ -24,6 +24,10 @@ AGENT_PORTS = {"http": 8001, "https": 443}
 """The port of a <node address> that gives none, by scheme."""
 HEALTH_URL_SCHEMES = ("http", "https", "file")
 """The URL schemes an <alias health-url> may use."""
+ALGORITHMS = ("two-choices", "weighted-random")
+"""What <lbservice algorithm> may name; the first is the default."""
+DEFAULT_LAGS = {"LOADAVG": 60.0, "LOADAVG5": 300.0, "LOADAVG15": 900.0}
+"""A rule's lag when it gives none, by variable: the time constants of the kernel's load averages."""
 
 LBSERVICE = Element(
     "lbservice", "The terminal port, where terminals ask which server to use.",
@@ -34,6 +38,12 @@ LBSERVICE = Element(
             "What a terminal receives: $IP is the node's ip attribute, else the host of its address; "
             "$NAME is the node's name; $ADDRESS is the host of its address, ignoring ip.",
             choices=RETURNS),
+    Setting("algorithm", "keyword", ALGORITHMS[0],
+            "How a terminal's node is chosen. two-choices draws two nodes in proportion to their weight and "
+            "keeps the one whose projected load, relative to its capacity, is lower; once every node is full, "
+            "two nodes drawn alike, same rule. weighted-random draws one node in proportion to its weight "
+            "(the original balancer's choice), and once every node is full one in proportion to its size.",
+            choices=ALGORITHMS),
     Setting("idle-timeout", "number", 10.0,
             "Seconds a terminal connection may stay silent before it is closed.", positive=True),
     Setting("max-connections", "integer", 4096,
@@ -113,6 +123,29 @@ PEER = Element(
     parent="peers",
 )
 
+HAPROXY_AGENT = Element(
+    "haproxy-agent",
+    "The HAProxy agent-check port: HAProxy servers with agent-check, agent-addr pointing at this balancer and "
+    "agent-send giving the node's name get their state and weight from the current snapshot (up ready N%, up "
+    "drain, or down with the reason).",
+    Setting("listen", "listen", ("0.0.0.0", 8011), "Address and TCP port of the agent-check service."),
+    Setting("read-timeout", "number", 0.5,
+            "Seconds a connection may take to send its line; then it is answered with what arrived (an "
+            "agent-send without a line end still works). Keep it below HAProxy's agent-inter.", positive=True),
+    Setting("max-connections", "integer", 256,
+            "Agent-check connections held at once; connections beyond this are closed at once, and HAProxy "
+            "keeps the server's last state.", minimum=1),
+)
+
+HAPROXY_ALLOW = Element(
+    "allow",
+    "One address or network from which HAProxy may ask. Without any allow only loopback may; other peers are "
+    "disconnected at once.",
+    Setting("from", "network", doc="An address, or a network in CIDR notation such as 10.0.0.0/24.",
+            required=True),
+    parent="haproxy-agent",
+)
+
 NODES = Element("nodes", "The application servers to balance, in groups. This element is required.")
 
 GROUP = Element(
@@ -175,7 +208,14 @@ VARIABLE = Element(
             "At or above this value the node is excluded: a number or an expression."),
     Setting("per-cpu", "boolean", False, "Whether the value is divided by NBPROC first."),
     Setting("per-session", "number", 0.0,
-            "Expected rise of the value for each terminal sent to the node, until the next poll.", minimum=0),
+            "Expected rise of the value for each terminal sent to the node, counted until the agent's figures "
+            "can show it (see lag).", minimum=0),
+    Setting("lag", "number", None,
+            "Seconds the variable takes to show a new session: the time constant of its average. A terminal's "
+            "per-session rise counts in full until the agent measures figures after it was sent, then as "
+            "exp(-t/lag) of it, t being how long before those figures it was sent. 0: such figures show it "
+            "whole.", minimum=0,
+            default_doc="60 for LOADAVG, 300 for LOADAVG5, 900 for LOADAVG15, 0 for any other variable"),
     Setting("custom", "boolean", False,
             "Accepted and ignored: a rule may name any variable. A name that is not a built-in draws a warning "
             "from --check-config."),
@@ -273,10 +313,11 @@ CONFIG_FILE = ConfigFile(
     name="lbsconfig.xml", program="lbserver", path=DEFAULT_PATH,
     doc="The balancer's configuration. Every element but <nodes> is optional, and each appears at most once "
         "at the top level.",
-    elements=(LBSERVICE, LBSLAVE, MGMTSERVICE, POLL, LOG, PEERS, PEER, NODES, GROUP, NODE, RULES, VARIABLE, RULE,
-              REQUIRE, DNS, ALIAS),
+    elements=(LBSERVICE, LBSLAVE, MGMTSERVICE, POLL, LOG, PEERS, PEER, HAPROXY_AGENT, HAPROXY_ALLOW, NODES, GROUP,
+              NODE, RULES, VARIABLE, RULE, REQUIRE, DNS, ALIAS),
 )
 
-__all__ = ["AGENT_PORTS", "ALIAS", "CONFIG_FILE", "DEFAULT_PATH", "LEGACY_PATH", "DEFAULT_STATE_FILE", "DNS", "GROUP",
-           "HEALTH_URL_SCHEMES", "LBSERVICE", "LBSLAVE", "LOG", "MGMTSERVICE", "NODE", "NODES", "PEER", "PEERS", "POLL",
-           "REQUIRE", "RETURNS", "RULE", "RULES", "VARIABLE"]
+__all__ = ["AGENT_PORTS", "ALGORITHMS", "ALIAS", "CONFIG_FILE", "DEFAULT_LAGS", "DEFAULT_PATH", "LEGACY_PATH",
+           "DEFAULT_STATE_FILE", "DNS", "GROUP",
+           "HAPROXY_AGENT", "HAPROXY_ALLOW", "HEALTH_URL_SCHEMES", "LBSERVICE", "LBSLAVE", "LOG", "MGMTSERVICE", "NODE",
+           "NODES", "PEER", "PEERS", "POLL", "REQUIRE", "RETURNS", "RULE", "RULES", "VARIABLE"]

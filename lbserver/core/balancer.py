@@ -32,7 +32,7 @@ from lbserver.core.drainstate import DrainState
 from lbserver.core.history import History
 from lbserver.core.poller import PollError, PollResult, poll_all
 from lbserver.core.remote import RemoteNode, fetch_group
-from lbserver.core.selection import Selector, Snapshot
+from lbserver.core.selection import Pick, Selector, Snapshot
 from lbserver.core.view import UnknownNode
 
 log = logging.getLogger("lbserver")
@@ -58,7 +58,7 @@ class Balancer:
         self._remote: dict[str, tuple[Node, ...]] = {}
         self._remote_errors: dict[str, str] = {}
         self._records: dict[str, health.NodeRecord] = {}
-        self._selector = Selector()
+        self._selector = Selector(algorithm=config.algorithm)
         self._snapshot: Snapshot | None = None
         self._drain: DrainState | None = None
         self._last_cycle: CycleInfo | None = None
@@ -124,7 +124,7 @@ class Balancer:
         self._pick_observer = observer
 
     def count_remote_picks(self, picks: Mapping[str, int]) -> None:
-        """Weigh terminals a peer sent to these nodes as if sent here, until their next poll."""
+        """Weigh terminals a peer sent to these nodes as if sent here, until their figures show them."""
         for node, count in picks.items():
             self._selector.add_pending(node, count)
 
@@ -156,6 +156,7 @@ class Balancer:
         self._set_effective()
         if self._drain is None or (old and old.state_file != config.state_file):
             self._drain = DrainState.load(config.state_file)
+        self._selector.algorithm = config.algorithm
         self.install_snapshot()
 
     def _set_effective(self) -> None:
@@ -227,7 +228,7 @@ class Balancer:
                 log.warning("node %s is down: %s", name, rec.last_error)
             elif change == "up":
                 log.info("node %s is up", name)
-        self.install_snapshot(now, frozenset(n for n, r in results.items() if r.state is not None))
+        self.install_snapshot(now)
         self._last_cycle = CycleInfo(started, time.time() - started, len(results), failed)
         self.poll_histogram.observe(self._last_cycle.duration)
         self.history.add(self._snapshot, now, cfg.poll.interval)
@@ -285,16 +286,16 @@ class Balancer:
             self._set_effective()
         return results
 
-    def install_snapshot(self, now: float | None = None, refreshed: frozenset[str] = frozenset()) -> None:
+    def install_snapshot(self, now: float | None = None) -> None:
         """Build a snapshot from the current records and drained set, and swap it in.
 
-        Only nodes ``refreshed`` by a successful poll forget the terminals
-        counted since their last figures; a drain or reload in the middle of
-        a storm keeps every count.
+        Terminals sent to a node stop counting only as its figures show them
+        (see :class:`~lbserver.core.selection.Selector`); a drain or reload
+        in the middle of a storm keeps every count.
         """
         self._snapshot = Snapshot.build(self._config, self._records, frozenset(self._drain.nodes),
                                         now or time.time())
-        self._selector.install(self._snapshot, refreshed)
+        self._selector.install(self._snapshot)
 
     # -- terminals --------------------------------------------------------
 
@@ -308,12 +309,31 @@ class Balancer:
         if pick.new_session and self._pick_observer is not None:
             self._pick_observer(pick.node)
         if pick.reason == "last-good":
-            now = time.monotonic()
-            if now - self._last_good_logged.get(pick.group, -1e9) > LAST_GOOD_LOG_INTERVAL:
-                self._last_good_logged[pick.group] = now
-                log.warning("no healthy node in group %s: answering the last known good node %s",
-                            pick.group, pick.node)
+            self._log_last_good(pick)
         return self._answers[pick.node]
+
+    def answer_details(self, group: str | None, user: str | None) -> dict:
+        """Choose like :meth:`answer`, and say what was chosen and why (the terminal port's JSON answer).
+
+        ``{"host", "node", "group", "weight", "why"}``: what a terminal
+        receives, the node's name, the group chosen from, the node's weight
+        in the snapshot, and one of :data:`~lbserver.core.selection.REASONS`.
+        """
+        pick = self._selector.pick(group, user)
+        if pick.new_session and self._pick_observer is not None:
+            self._pick_observer(pick.node)
+        if pick.reason == "last-good":
+            self._log_last_good(pick)
+        view = self._snapshot.nodes.get(pick.node)
+        return {"host": self._answers[pick.node], "node": pick.node, "group": pick.group,
+                "weight": round(view.weight, 3) if view is not None else 0.0, "why": pick.reason}
+
+    def _log_last_good(self, pick: Pick) -> None:
+        now = time.monotonic()
+        if now - self._last_good_logged.get(pick.group, -1e9) > LAST_GOOD_LOG_INTERVAL:
+            self._last_good_logged[pick.group] = now
+            log.warning("no healthy node in group %s: answering the last known good node %s",
+                        pick.group, pick.node)
 
 
 __all__ = ["Balancer", "answer_for"]

@@ -17,7 +17,7 @@ from typing import Iterable
 class Fenwick:
     """Weighted sampler over indexes ``0 .. n-1``."""
 
-    __slots__ = ("_n", "_tree", "_values", "_positive", "_updates", "_step")
+    __slots__ = ("_n", "_tree", "_values", "_positive", "_updates", "_step", "_total")
 
     def __init__(self, weights: Iterable[float] = ()) -> None:
         self._values = [self._check(w) for w in weights]
@@ -40,6 +40,7 @@ class Fenwick:
                 tree[j] += tree[i]
         self._tree = tree
         self._positive = sum(1 for w in self._values if w > 0)
+        self._total = self.prefix(self._n)
         self._updates = 0
 
     def __len__(self) -> int:
@@ -70,6 +71,7 @@ class Fenwick:
             self._rebuild()
             return
         delta = weight - old
+        self._total += delta
         j = i + 1
         while j <= self._n:
             self._tree[j] += delta
@@ -84,8 +86,8 @@ class Fenwick:
         return s
 
     def total(self) -> float:
-        """Sum of all weights."""
-        return self.prefix(self._n)
+        """Sum of all weights (kept up to date by :meth:`set`, so O(1))."""
+        return self._total
 
     def find(self, target: float) -> int:
         """The smallest index whose inclusive prefix sum exceeds ``target``.
@@ -119,7 +121,7 @@ class Fenwick:
         """An index drawn with probability proportional to its weight, or None if all are 0."""
         if self._positive == 0:
             return None
-        return self.find(rng.random() * self.total())
+        return self.find(rng.random() * self._total)
 
 
 __all__ = ["Fenwick"]

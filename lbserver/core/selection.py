@@ -15,20 +15,31 @@ immutable and may be shared freely.
 from __future__ import annotations
 
 import bisect
+import math
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Collection, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 from lbserver.config import Require, Rule, ServerConfig
+from lbserver.config.settings import ALGORITHMS
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord
-from lbserver.core.weights import Compensation, RuleResult, compensates, compensation, evaluate
+from lbserver.core.weights import Compensation, RuleResult, compensation, evaluate, rule_lag
 
 REASONS = ("weighted", "user", "overflow", "last-good")
-ALGORITHMS = ("weighted", "p2c")
+DEFAULT_ALGORITHM = ALGORITHMS[0]
+MAX_SAMPLE_AGE = 60.0
+"""An agent's ``sampled_at`` is taken as the time of its figures when it is at most this many seconds
+before the poll's reply (on this balancer's clock); otherwise, a clock that differs, the reply's time."""
+FORGET_AFTER = 3600.0
+"""Seconds after which a terminal no figures have shown stops counting (figures that never come)."""
+NEGLIGIBLE = 0.01
+"""A lagging rest smaller than this many terminals is dropped."""
+BUCKET = 0.1
+"""Terminals sent to a node within this many seconds are kept as one entry (dated by the last)."""
 
 
 class UnknownGroup(LookupError):
@@ -81,6 +92,8 @@ class NodeView:
     last_success: float | None = None
     rules: tuple[RuleResult, ...] = ()
     """Each rule's figures on this node (empty until the agent answered once)."""
+    sampled_at: float | None = None
+    """When the figures were measured, on this balancer's clock (None: never polled); see :data:`MAX_SAMPLE_AGE`."""
 
     @property
     def selectable(self) -> bool:
@@ -183,12 +196,31 @@ def node_view(name: str, rec: NodeRecord | None, rules: tuple[Rule, ...],
                     drained_by=drained_by, drain_reason=at_source or "",
                     variables=variables, users=users, up=up, error=error,
                     last_success=rec.last_success if rec is not None else None,
-                    rules=verdict.rules if state else ())
+                    rules=verdict.rules if state else (), sampled_at=figures_time(rec))
 
 
-@dataclass(frozen=True)
-class Pick:
-    """The answer to one terminal: which node, and why (one of :data:`REASONS`)."""
+def figures_time(rec: NodeRecord | None) -> float | None:
+    """When ``rec``'s figures were measured, on this balancer's clock (None without any reply).
+
+    The agent's ``sampled_at`` when it is plausible (at most
+    :data:`MAX_SAMPLE_AGE` seconds before the reply arrived), else the time
+    the reply arrived: an agent whose clock is ahead or far behind must not
+    make terminals count forever, nor stop counting too soon.
+    """
+    if rec is None or rec.last_state is None or rec.last_success is None:
+        return None
+    sampled = rec.last_state.get("sampled_at")
+    if isinstance(sampled, (int, float)) and rec.last_success - MAX_SAMPLE_AGE <= sampled <= rec.last_success:
+        return float(sampled)
+    return rec.last_success
+
+
+class Pick(NamedTuple):
+    """The answer to one terminal: which node, and why (one of :data:`REASONS`).
+
+    A named tuple rather than a frozen dataclass: one is made per terminal,
+    on the hot path, and a tuple is made in half the time.
+    """
 
     node: str
     reason: str
@@ -198,14 +230,19 @@ class Pick:
 
 
 class _GroupState:
-    """Per-group sampling structures over the group's selectable nodes."""
+    """Per-group sampling structures over the group's selectable nodes.
 
-    __slots__ = ("names", "tree", "cum_sizes", "sizes")
+    ``tree`` holds the weights (compensated), ``loads`` each node's
+    projected load once one more terminal weighs on it, in the same order.
+    """
+
+    __slots__ = ("names", "tree", "cum_sizes", "sizes", "loads")
 
     def __init__(self, views: list[NodeView]) -> None:
         self.names = [v.name for v in views]
         self.tree = Fenwick(v.weight for v in views)
         self.sizes = [v.size for v in views]
+        self.loads = [0.0] * len(views)
         acc, cum = 0.0, []
         for s in self.sizes:
             acc += s
@@ -213,52 +250,147 @@ class _GroupState:
         self.cum_sizes = cum
 
     def by_size(self, rng: random.Random) -> int:
-        """An index drawn in proportion to size (the overflow rule)."""
+        """An index drawn in proportion to size (weighted-random's overflow rule)."""
         i = bisect.bisect_right(self.cum_sizes, rng.random() * self.cum_sizes[-1])
         return min(i, len(self.names) - 1)
 
 
-class Selector:
-    """Weighted-random choice over the current snapshot, with per-session compensation.
+class _Unseen:
+    """The terminals sent to one node that its figures do not show yet, or only in part.
 
-    After each pick the chosen node's count of terminals sent since the
-    snapshot grows by one and, when a rule has ``per-session``, its weight
-    is recomputed with that many extra sessions and updated in every group
-    holding it, so a login storm between two polls spreads out instead of
-    piling onto the node that looked emptiest at the last poll.
-
-    ``algorithm``: ``"weighted"`` (default: one weighted-random draw) or
-    ``"p2c"`` (two weighted draws, keep the one with more free capacity per
-    unit of size; sharper, see the storm simulator).
+    ``times`` and ``counts`` (in time order) hold the terminals sent after
+    the node's figures were sampled: its figures cannot show them, so they
+    count in full (``fresh`` is their sum). Once newer figures are sampled
+    after them, a variable that shows a session at once (lag 0) shows them
+    whole, and they no longer count on its rules; a lagging average
+    (lag > 0) shows ``1 - exp(-t/lag)`` of each, ``t`` being how long before
+    the figures it was sent, so the rest, ``carried[lag]``, still counts on
+    the rules of that lag. The rest is kept as of the figures time ``at``:
+    the next figures, ``d`` seconds later, show all but ``exp(-d/lag)`` of
+    it. Terminals sent within :data:`BUCKET` seconds share one entry, dated
+    by the last of them, so a storm costs a bounded list.
     """
 
-    def __init__(self, rng: random.Random | None = None, algorithm: str = "weighted") -> None:
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    __slots__ = ("times", "counts", "fresh", "carried", "at")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.counts: list[int] = []
+        self.fresh = 0
+        self.carried: dict[float, float] = {}
+        self.at: float | None = None
+
+    def add(self, now: float, count: int) -> None:
+        times = self.times
+        if times and now - BUCKET <= times[-1] <= now:
+            times[-1] = now
+            self.counts[-1] += count
+        else:
+            times.append(now)
+            self.counts.append(count)
+        self.fresh += count
+
+    def settle(self, figures_at: float | None, lags: frozenset[float], now: float) -> None:
+        """Account for figures sampled at ``figures_at`` (None: the node never answered)."""
+        times, counts = self.times, self.counts
+        if figures_at is None:
+            gone = bisect.bisect_left(times, now - FORGET_AFTER)
+            if gone:
+                del times[:gone], counts[:gone]
+                self.fresh = sum(counts)
+            return
+        i = len(times)
+        while i and times[i - 1] > now:  # the clock went back: what was sent "later" was sent by now
+            i -= 1
+            times[i] = now
+        if self.at is not None and figures_at > self.at:
+            carried = {lag: m * math.exp((self.at - figures_at) / lag)
+                       for lag, m in self.carried.items() if lag in lags}
+        else:
+            carried = {lag: m for lag, m in self.carried.items() if lag in lags}
+        shown = bisect.bisect_left(times, max(figures_at, now - FORGET_AFTER))
+        if shown:
+            oldest = bisect.bisect_left(times, now - FORGET_AFTER, 0, shown)
+            for lag in lags:
+                carried[lag] = carried.get(lag, 0.0) + sum(
+                    counts[k] * math.exp((times[k] - figures_at) / lag) for k in range(oldest, shown))
+            del times[:shown], counts[:shown]
+            self.fresh = sum(counts)
+        self.carried = {lag: m for lag, m in carried.items() if m >= NEGLIGIBLE}
+        self.at = figures_at if self.at is None else max(self.at, figures_at)
+
+    def empty(self) -> bool:
+        return not self.times and not self.carried
+
+
+class Selector:
+    """The choice of a node for each terminal over the current snapshot, with per-session compensation.
+
+    After each pick the chosen node's count of terminals not yet shown by its
+    figures grows by one and, when a rule has ``per-session``, its weight and
+    projected load are recomputed with that many extra sessions and updated
+    in every group holding it, so a login storm between two polls spreads
+    out instead of piling onto the node that looked emptiest at the last
+    poll. A terminal counts until the node's figures can show it: in full
+    until figures sampled after it arrive, then, on rules whose variable is
+    a lagging average (see :func:`~lbserver.core.weights.rule_lag`), for the
+    part that average does not show yet (:class:`_Unseen`).
+
+    ``algorithm`` (one of :data:`ALGORITHMS`):
+
+    * ``"two-choices"`` (the default): two nodes drawn in proportion to
+      their weight, keeping the one with the lower projected load once this
+      terminal weighs on it (:meth:`Compensation.load
+      <lbserver.core.weights.Compensation.load>`); once every node is full,
+      two nodes drawn alike, same rule. O(log n) per pick.
+    * ``"weighted-random"``: one node drawn in proportion to its weight;
+      once every node is full, one in proportion to its size.
+
+    ``clock`` gives the time of each pick, on the clock of the snapshots'
+    ``sampled_at`` (wall-clock seconds; the simulator passes its own).
+    """
+
+    def __init__(self, rng: random.Random | None = None, algorithm: str = DEFAULT_ALGORITHM,
+                 clock: Callable[[], float] = time.time) -> None:
         self._rng = rng or random.Random()
-        self._algorithm = algorithm
+        self.algorithm = algorithm
+        self._clock = clock
         self._snapshot: Snapshot | None = None
         self._groups: dict[str, _GroupState] = {}
         self._members: dict[str, list[tuple[_GroupState, int]]] = {}
-        self._pending: Counter[str] = Counter()
+        self._unseen: dict[str, _Unseen] = {}
         self._weights: dict[str, float] = {}
         self._compensation: dict[str, Compensation] = {}
         self._last_good: dict[str, str] = {}
         self._counts: Counter[str] = Counter()
 
     @property
+    def algorithm(self) -> str:
+        """How nodes are chosen (one of :data:`ALGORITHMS`); may be changed at any time (a reload)."""
+        return self._algorithm
+
+    @algorithm.setter
+    def algorithm(self, algorithm: str) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+        self._algorithm = algorithm
+        self._two = algorithm == "two-choices"
+
+    @property
     def snapshot(self) -> Snapshot | None:
         """The snapshot in force (None before the first install)."""
         return self._snapshot
 
-    def install(self, snapshot: Snapshot, refreshed: Collection[str] | None = None) -> None:
+    def install(self, snapshot: Snapshot) -> None:
         """Put a new snapshot in force.
 
-        Nodes in ``refreshed`` (all when None) bring new figures, which
-        include the terminals sent so far: their counts restart. Other nodes
-        (a failed poll, or a rebuild after a drain) keep their counts, which
-        still weigh on them.
+        Each node's figures (its ``sampled_at``) say which of the terminals
+        sent to it they may show: those sent earlier stop counting, or, on
+        a lagging rule, count for what the average does not show yet; those
+        sent later keep counting in full. A rebuild without new figures (a
+        failed poll, a drain, a reload) changes no count.
         """
+        now = self._clock()
         groups: dict[str, _GroupState] = {}
         members: dict[str, list[tuple[_GroupState, int]]] = {}
         last_good = {g: n for g, n in self._last_good.items()
@@ -272,21 +404,35 @@ class Selector:
             groups[g] = state
             for i, v in enumerate(views):
                 members.setdefault(v.name, []).append((state, i))
+        lags = frozenset(lag for lag in (rule_lag(r) for r in snapshot.rules if r.per_session > 0) if lag > 0)
+        unseen: dict[str, _Unseen] = {}
+        for name, u in self._unseen.items():
+            view = snapshot.nodes.get(name)
+            if view is None:
+                continue
+            u.settle(view.sampled_at, lags, now)
+            if not u.empty():
+                unseen[name] = u
         weights = {n: v.weight for n, v in snapshot.nodes.items()}
-        comp = {n: compensation(snapshot.nodes[n].variables, snapshot.rules) for n in members} \
-            if compensates(snapshot.rules) else {}
-        pending = Counter() if refreshed is None else Counter(
-            {n: c for n, c in self._pending.items() if n in snapshot.nodes and n not in refreshed})
-        for node, count in pending.items():
-            if node in comp:
-                w = comp[node].weight(count)
-                weights[node] = w
-                for state, i in members[node]:
-                    state.tree.set(i, w)
+        comp: dict[str, Compensation] = {}
+        for node, places in members.items():
+            c = compensation(snapshot.nodes[node].variables, snapshot.rules)
+            u = unseen.get(node)
+            fresh = 0
+            if u is not None and c.terms:
+                c = c.carrying(u.carried)
+                fresh = u.fresh
+                weights[node] = c.weight(fresh)
+            comp[node] = c
+            load = c.load(fresh + 1)
+            for state, i in places:
+                if weights[node] != state.tree[i]:
+                    state.tree.set(i, weights[node])
+                state.loads[i] = load
         # Swap everything at once so a pick never sees half of each snapshot.
-        (self._snapshot, self._groups, self._members, self._pending, self._weights,
+        (self._snapshot, self._groups, self._members, self._unseen, self._weights,
          self._compensation, self._last_good) = (
-            snapshot, groups, members, pending, weights, comp, last_good)
+            snapshot, groups, members, unseen, weights, comp, last_good)
 
     def pick(self, group: str | None = None, user: str | None = None) -> Pick:
         """Choose a node of ``group`` (the default group when None) for a new terminal.
@@ -313,19 +459,21 @@ class Selector:
                     raise EmptyGroup(g)
                 node = members[0]
             return self._done(g, node, "last-good", new_session=False)
-        i = state.tree.sample(self._rng)
-        if i is None:
-            return self._done(g, state.names[state.by_size(self._rng)], "overflow")
-        if self._algorithm == "p2c":
-            j = state.tree.sample(self._rng)
-            if j is not None and j != i and self._free(state, j) > self._free(state, i):
+        rng = self._rng
+        i = state.tree.sample(rng)
+        if self._two:
+            if i is None:
+                n = len(state.names)
+                i, j, reason = int(rng.random() * n), int(rng.random() * n), "overflow"
+            else:
+                j, reason = state.tree.sample(rng), "weighted"
+            loads = state.loads
+            if loads[j] < loads[i]:
                 i = j
+            return self._done(g, state.names[i], reason)
+        if i is None:
+            return self._done(g, state.names[state.by_size(rng)], "overflow")
         return self._done(g, state.names[i], "weighted")
-
-    @staticmethod
-    def _free(state: _GroupState, i: int) -> float:
-        # Weight per unit of size: the node's free capacity whatever its size.
-        return state.tree[i] / state.sizes[i]
 
     def _user_node(self, snap: Snapshot, group: str, user: str) -> str | None:
         # A drain stops new sessions only: a user going back to his own session
@@ -341,40 +489,54 @@ class Selector:
         if reason != "last-good":
             self._last_good[group] = node
         if new_session:
-            self._pending[node] += 1
-            comp = self._compensation.get(node)
-            if comp is not None:
-                self._recompute(node, comp)
-        return Pick(node=node, reason=reason, group=group, new_session=new_session)
+            self._add(node, 1)
+        return Pick(node, reason, group, new_session)
 
     def add_pending(self, node: str, count: int = 1) -> bool:
-        """Count ``count`` terminals sent to ``node`` elsewhere (by a peer balancer) as if sent here.
+        """Count ``count`` terminals sent to ``node`` elsewhere (by a peer balancer) as if sent here now.
 
-        They weigh on the node until its next refreshed poll, like this
+        They weigh on the node until its figures can show them, like this
         balancer's own picks, but are not counted in :meth:`pick_counts`.
         Returns False for a node the snapshot does not know.
         """
         if self._snapshot is None or node not in self._snapshot.nodes:
             return False
-        self._pending[node] += count
-        comp = self._compensation.get(node)
-        if comp is not None:
-            self._recompute(node, comp)
+        if count > 0:
+            self._add(node, count)
         return True
 
-    def _recompute(self, node: str, comp: Compensation) -> None:
-        weight = comp.weight(self._pending[node])
-        self._weights[node] = weight
-        for state, i in self._members[node]:
-            state.tree.set(i, weight)
+    def _add(self, node: str, count: int) -> None:
+        u = self._unseen.get(node)
+        if u is None:
+            u = self._unseen[node] = _Unseen()
+        u.add(self._clock(), count)
+        comp = self._compensation.get(node)
+        if comp is not None and comp.terms:
+            weight, load = comp.state(u.fresh)
+            self._weights[node] = weight
+            for state, i in self._members[node]:
+                state.tree.set(i, weight)
+                state.loads[i] = load
 
     def pending(self) -> dict[str, int]:
-        """Terminals sent to each node since the snapshot in force was built."""
-        return dict(self._pending)
+        """Terminals sent to each node after its figures were sampled (they count in full)."""
+        return {n: u.fresh for n, u in self._unseen.items() if u.fresh}
+
+    def carried(self) -> dict[str, dict[float, float]]:
+        """Per node and lag, the part of earlier terminals its lagging averages do not show yet."""
+        return {n: dict(u.carried) for n, u in self._unseen.items() if u.carried}
 
     def weight_now(self, node: str) -> float:
-        """A node's weight including the terminals sent since the snapshot (0 if unknown)."""
+        """A node's weight including the terminals its figures do not show (0 if unknown)."""
         return self._weights.get(node, 0.0)
+
+    def projected_load(self, node: str, extra: int = 0) -> float | None:
+        """A selectable node's projected load with ``extra`` more terminals (None if not selectable)."""
+        comp = self._compensation.get(node)
+        if comp is None:
+            return None
+        u = self._unseen.get(node)
+        return comp.load((u.fresh if u is not None and comp.terms else 0) + extra)
 
     def last_good(self) -> dict[str, str]:
         """Each group's last known good node."""
@@ -385,5 +547,5 @@ class Selector:
         return dict(self._counts)
 
 
-__all__ = ["ALGORITHMS", "EmptyGroup", "NodeView", "Pick", "REASONS", "Selector", "Snapshot",
+__all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "EmptyGroup", "NodeView", "Pick", "REASONS", "Selector", "Snapshot",
            "UnknownGroup", "node_view", "source_drain"]

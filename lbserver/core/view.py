@@ -74,7 +74,7 @@ class SharedState(Protocol):
     """What balancers serving the same terminals share (:mod:`lbserver.peers`)."""
 
     def count_remote_picks(self, picks: Mapping[str, int]) -> None:
-        """Weigh terminals a peer sent to these nodes as if sent here, until their next poll."""
+        """Weigh terminals a peer sent to these nodes as if sent here, until their figures show them."""
 
     def drain_state(self) -> tuple[frozenset[str], float]:
         """The admin-drained nodes and when that set last changed (seconds since the epoch)."""

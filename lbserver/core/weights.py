@@ -29,10 +29,11 @@ may exclude it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
 from lbserver.config import Require, Rule
+from lbserver.config.settings import DEFAULT_LAGS
 from lbserver.config.expr import ALIASES, EvalError, Expr
 from lbserver.config.expr import number as _number
 
@@ -220,16 +221,33 @@ def evaluate(variables: Mapping, rules: Sequence[Rule], requires: Sequence[Requi
 
 @dataclass(frozen=True)
 class Compensation:
-    """A healthy node's weight as a function of terminals sent since its last poll.
+    """A healthy node's weight and projected load as functions of terminals sent since its figures.
 
     Precomputed once per snapshot so that the per-pick update costs a few
     multiplications instead of a full :func:`evaluate`; ``weight(k)`` equals
     ``evaluate(..., extra_sessions=k).weight`` for a healthy node.
+
+    The **projected load** is how full the node is relative to its
+    capacity, as the rules see it, once ``k`` more terminals weigh on it::
+
+        load(k) = Σ over rules  weight_r × v_r(k) / capacity_r   /   Σ over rules  weight_r
+        v_r(k)  = value + k × per_session   (divided by NBPROC for a per-cpu rule)
+
+    the weighted mean of the rules' fullness, without the clamp of the
+    weight formula: it goes on growing past capacity, so full nodes still
+    compare, and it has no size factor, so a 2-core and a 16-core server
+    compare by how full each is, not by how much room each has. Where no
+    clamp is active it equals ``1 - weight / (size × Σ weight_r)``. Rules
+    whose capacity has no usable value on the node count in neither sum;
+    with none left the load is 0 (nothing to compare).
     """
 
     size: float
-    fixed: float                                   # rules without per-session
+    fixed: float                                   # weight of the rules without per-session
     terms: tuple[tuple[float, float, float], ...]  # (weight, value/capacity, per-session/capacity)
+    fixed_load: float = 0.0                        # Σ weight × value/capacity of the rules without per-session
+    rule_weight: float = 0.0                       # Σ weight of the rules that count (0: none)
+    lags: tuple[float, ...] = ()                   # each term's lag, seconds (see :func:`rule_lag`)
 
     def weight(self, sessions: float) -> float:
         """The node's weight after ``sessions`` more terminals."""
@@ -239,6 +257,45 @@ class Compensation:
             total += w * (1.0 if free > 1.0 else free if free > 0.0 else 0.0)
         return self.size * total
 
+    def load(self, sessions: float) -> float:
+        """The node's projected load after ``sessions`` more terminals (see the class)."""
+        if not self.rule_weight:
+            return 0.0
+        total = self.fixed_load
+        for w, base, step in self.terms:
+            total += w * (base + sessions * step)
+        return total / self.rule_weight
+
+    def state(self, sessions: float) -> tuple[float, float]:
+        """``(weight(sessions), load(sessions + 1))`` in one pass: what a pick compares, after ``sessions``."""
+        weight = self.fixed
+        used = self.fixed_load
+        for w, base, step in self.terms:
+            fill = base + sessions * step
+            free = 1.0 - fill
+            weight += w * (1.0 if free > 1.0 else free if free > 0.0 else 0.0)
+            used += w * (fill + step)
+        return self.size * weight, (used / self.rule_weight if self.rule_weight else 0.0)
+
+    def carrying(self, carried: Mapping[float, float]) -> Compensation:
+        """The same node with ``carried[lag]`` terminals added to every term of that lag.
+
+        Terminals whose effect the figures show only in part (a lagging
+        average) weigh on the rules that lag, and on those only.
+        """
+        if not carried or not self.terms:
+            return self
+        terms = tuple((w, base + carried.get(lag, 0.0) * step, step)
+                      for (w, base, step), lag in zip(self.terms, self.lags))
+        return replace(self, terms=terms)
+
+
+def rule_lag(rule: Rule) -> float:
+    """Seconds ``rule``'s variable takes to show a new session: its ``lag``, else the variable's default."""
+    if rule.lag is not None:
+        return float(rule.lag)
+    return DEFAULT_LAGS.get(ALIASES.get(rule.name, rule.name), 0.0)
+
 
 def compensation(variables: Mapping, rules: Sequence[Rule]) -> Compensation:
     """The :class:`Compensation` of a node whose ``variables`` passed :func:`evaluate`."""
@@ -246,7 +303,8 @@ def compensation(variables: Mapping, rules: Sequence[Rule]) -> Compensation:
     if not rules:
         return Compensation(size, 1.0, ())
     nbproc = _nbproc(variables)
-    fixed, terms = 0.0, []
+    fixed = fixed_load = rule_weight = 0.0
+    terms, lags = [], []
     for rule in rules:
         lookup = _lookup(variables, rule.kb_memory)
         cap, problem = _capacity(rule, lookup)
@@ -254,11 +312,14 @@ def compensation(variables: Mapping, rules: Sequence[Rule]) -> Compensation:
             continue  # adds nothing, whatever the sessions
         scale = cap * (nbproc if rule.per_cpu else 1.0)
         base = (_number(lookup(rule.name)) or 0.0) / scale
+        rule_weight += rule.weight
         if rule.per_session > 0:
             terms.append((rule.weight, base, rule.per_session / scale))
+            lags.append(rule_lag(rule))
         else:
             fixed += rule.weight * min(1.0, max(0.0, 1.0 - base))
-    return Compensation(size, fixed, tuple(terms))
+            fixed_load += rule.weight * base
+    return Compensation(size, fixed, tuple(terms), fixed_load, rule_weight, tuple(lags))
 
 
 def compensates(rules: Sequence[Rule]) -> bool:
@@ -266,4 +327,5 @@ def compensates(rules: Sequence[Rule]) -> bool:
     return any(r.per_session > 0 for r in rules)
 
 
-__all__ = ["Compensation", "DEFAULT_CPUFREQ_MHZ", "MEMORY_VARIABLES", "RuleResult", "Verdict", "compensates", "compensation", "evaluate", "node_size"]
+__all__ = ["Compensation", "DEFAULT_CPUFREQ_MHZ", "MEMORY_VARIABLES", "RuleResult", "Verdict", "compensates",
+           "compensation", "evaluate", "node_size", "rule_lag"]

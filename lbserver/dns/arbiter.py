@@ -29,7 +29,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from lbserver.dns.decide import NO_ADDRESS, AliasDecision, Candidate, decide
@@ -37,12 +37,15 @@ from lbserver.config import Alias, Dns, Node
 from lbserver.config.settings import LBSERVICE, POLL
 from lbserver.dns.lease import LOST, STANDBY_ROLE, UNKNOWN, WRITER, LeaseKeeper, LeaseStatus, lease_settings
 from lbserver.config.tsigkey import KeyFileError, TsigKey, load_key, permission_warning
-from lbserver.dns.update import DnsError, RRsets, alias_name, needs_update, query_current, replace_rrsets, \
-    sort_addresses, split_families
+from lbserver.dns.update import DnsError, RRsets, alias_name, channel, needs_update, query_current, query_many, \
+    replace_many, replace_rrsets, sort_addresses, split_families
 from lbserver.dns.healthurl import HealthFetchError, HealthPage, fetch, format_time, match_hosts, match_nodes, parse_page
 from lbserver.dns.notify import AlertTracker, Mailer, MailSettings, parse_contacts
 
 log = logging.getLogger("lbserver.dns")
+
+BATCH = 100
+"""Aliases changed by one update message at most (each adds about 300 bytes; a message holds 64 KiB)."""
 
 UPDATED, UNCHANGED, ERROR, DISABLED, STANDBY = "updated", "unchanged", "error", "disabled", "standby"
 
@@ -351,6 +354,15 @@ class DnsArbiter:
             return None
         return keeper.cycle(dns, key, key_error, self._clock())
 
+    def _run_alias_safely(self, dns: Dns, alias: Alias, *args) -> "AliasReport | _Pending":
+        try:
+            return self._run_alias(dns, alias, *args)
+        except Exception as exc:  # a bug must not stop the other aliases or the daemon
+            log.exception("DNS arbiter: alias %s failed unexpectedly", alias.name)
+            return AliasReport(alias=alias.name, fqdn=f"{alias.name}.{dns.zone}", group=alias.group,
+                               enabled=alias.enabled, result=ERROR,
+                               error=f"internal error: {type(exc).__name__}: {exc}", checked_at=time.time())
+
     def run_cycle(self, candidates: Mapping[str, Candidate], groups: Mapping[str, tuple[str, ...]],
                   nodes: Mapping[str, Node] | None = None) -> list[AliasReport]:
         """Evaluate and publish every alias once; return the reports. Never raises for peer failures.
@@ -374,25 +386,33 @@ class DnsArbiter:
                 for gone in [k for k in memo if k not in names]:
                     del memo[gone]
             pages: dict[str, HealthPage | str] = {}
-            reports: list[AliasReport] = []
             conditions: dict[str, str] = {}
             lease = _CycleLease(keeper)
-            try:
-                lease.status = self._lease_cycle(keeper, dns, key, key_error)
-            except Exception as exc:  # a bug must not stop the daemon; nothing is written without a lease
-                log.exception("DNS arbiter: the DNS lease failed unexpectedly")
-                lease.status = LeaseStatus(name=dns.lease, me=keeper.settings.holder if keeper else "?",
-                                           role=UNKNOWN, problem=f"internal error: {type(exc).__name__}: {exc}")
-            for alias in dns.aliases:
+            # One connection to the DNS server carries the whole cycle's queries and updates.
+            with channel(dns.server, dns.port, dns.timeout):
                 try:
-                    rep = self._run_alias(dns, alias, nodes, candidates, groups, key, key_error, pages, lease)
-                except Exception as exc:  # a bug must not stop the other aliases or the daemon
-                    log.exception("DNS arbiter: alias %s failed unexpectedly", alias.name)
-                    rep = AliasReport(alias=alias.name, fqdn=f"{alias.name}.{dns.zone}", group=alias.group,
-                                      enabled=alias.enabled,
-                                      result=ERROR, error=f"internal error: {type(exc).__name__}: {exc}",
-                                      checked_at=time.time())
-                reports.append(rep)
+                    lease.status = self._lease_cycle(keeper, dns, key, key_error)
+                except Exception as exc:  # a bug must not stop the daemon; nothing is written without a lease
+                    log.exception("DNS arbiter: the DNS lease failed unexpectedly")
+                    lease.status = LeaseStatus(name=dns.lease, me=keeper.settings.holder if keeper else "?",
+                                               role=UNKNOWN, problem=f"internal error: {type(exc).__name__}: {exc}")
+                # The submission test pages first (they may be slow), then every alias's records in one
+                # pipelined batch, read as late as possible before deciding; a failure goes to its alias.
+                for alias in dns.aliases:
+                    if alias.enabled and alias.health_url:
+                        self._health_page(alias, dns.timeout, pages)
+                current = query_many(dns.server, dns.port, dns.zone, [a.name for a in dns.aliases if a.enabled],
+                                     dns.timeout)
+                outcomes = [self._run_alias_safely(dns, alias, nodes, candidates, groups, key, key_error, pages,
+                                                   lease, current.get(alias.name)) for alias in dns.aliases]
+                pending = [o for o in outcomes if isinstance(o, _Pending)]
+                try:
+                    done = self._flush(dns, key, pending, lease) if pending else {}
+                except Exception as exc:  # a bug must not stop the daemon: these aliases report it
+                    log.exception("DNS arbiter: sending the updates failed unexpectedly")
+                    done = {p.alias: p.finish(DnsError("internal", f"{type(exc).__name__}: {exc}")) for p in pending}
+                reports = [done[o.alias] if isinstance(o, _Pending) else o for o in outcomes]
+            for rep in reports:
                 if rep.enabled and rep.result == STANDBY:
                     # The writer reports the aliases' problems: keep ours as they were, neither new nor cleared.
                     conditions.update({k: v for k, v in self._tracker.active.items()
@@ -425,10 +445,9 @@ class DnsArbiter:
                 self._reports = tuple(reports)
             return reports
 
-    def _health_exclusions(self, alias: Alias, members: Sequence[str], nodes: Mapping[str, Node],
-                           timeout: float, pages: dict[str, HealthPage | str]) -> tuple[dict[str, str], str | None]:
-        if not alias.health_url:
-            return {}, None
+    @staticmethod
+    def _health_page(alias: Alias, timeout: float, pages: dict[str, HealthPage | str]) -> HealthPage | str:
+        """The alias's submission test page, read once per URL and cycle (an error: its text)."""
         key = f"{alias.health_url}\0{alias.health_max_age}"
         if key not in pages:
             try:
@@ -436,7 +455,13 @@ class DnsArbiter:
                 pages[key] = parse_page(text, time.time(), alias.health_max_age)
             except HealthFetchError as exc:
                 pages[key] = str(exc)
-        page = pages[key]
+        return pages[key]
+
+    def _health_exclusions(self, alias: Alias, members: Sequence[str], nodes: Mapping[str, Node],
+                           timeout: float, pages: dict[str, HealthPage | str]) -> tuple[dict[str, str], str | None]:
+        if not alias.health_url:
+            return {}, None
+        page = self._health_page(alias, timeout, pages)
         if isinstance(page, str):
             return {}, f"cannot read the submission test page: {page} (results ignored this cycle)"
         notes: list[str] = []
@@ -461,7 +486,8 @@ class DnsArbiter:
 
     def _run_alias(self, dns: Dns, alias: Alias, nodes: Mapping[str, Node], candidates: Mapping[str, Candidate],
                    groups: Mapping[str, tuple[str, ...]], key: TsigKey | None, key_error: str | None,
-                   pages: dict[str, HealthPage | str], lease: _CycleLease) -> AliasReport:
+                   pages: dict[str, HealthPage | str], lease: _CycleLease,
+                   prefetched: RRsets | DnsError | None = None) -> "AliasReport | _Pending":
         try:
             fqdn = alias_name(alias.name, dns.zone).to_text(omit_final_dot=True)
         except ValueError:
@@ -507,7 +533,10 @@ class DnsArbiter:
                                node_addresses=addresses, **base)
 
         try:
-            current = query_current(dns.server, dns.port, dns.zone, alias.name, dns.timeout)
+            if isinstance(prefetched, DnsError):
+                raise prefetched
+            current = prefetched if prefetched is not None else query_current(dns.server, dns.port, dns.zone,
+                                                                              alias.name, dns.timeout)
         except DnsError as exc:
             msg = f"cannot read the current records ({where}): {exc}"
             log.warning("DNS arbiter: %s", msg)
@@ -545,24 +574,59 @@ class DnsArbiter:
         if key is None:
             msg = f"cannot update ({where}): {key_error}"
             return report(ERROR, decision, current.addresses, msg)
+        fenced = lease.keeper is not None and lease.status is not None
+
+        def finish(exc: DnsError | None) -> AliasReport:
+            """The report once the update's outcome is known."""
+            if exc is not None:
+                if fenced and exc.code in LOST:
+                    # Fenced: another balancer took the lease while we were away. Not one record was written.
+                    if lease.role != STANDBY_ROLE:
+                        lease.status = lease.keeper.lost(dns)
+                    return standby()
+                msg = f"update failed ({where}): {exc}"
+                log.warning("DNS arbiter: %s; the records stay as they are, retrying next cycle", msg)
+                return report(ERROR, decision, current.addresses, msg)
+            self._last_change[alias.name] = now
+            self._known[alias.name] = wanted.addresses
+            base["last_change"] = now
+            log.info("DNS arbiter: %s now publishes %s (was %s)%s", fqdn, ", ".join(wanted.addresses),
+                     ", ".join(current.addresses) or "nothing",
+                     " [fallback: no good node]" if decision.fallback else "")
+            return report(UPDATED, decision, wanted.addresses, previous=current.addresses)
+
+        return _Pending(alias.name, wanted, finish)
+
+    def _flush(self, dns: Dns, key: TsigKey, pending: list["_Pending"], lease: _CycleLease) -> dict[str, AliasReport]:
+        """Send the cycle's changes in fenced update messages, read them back; each alias's report.
+
+        The changes go together, :data:`BATCH` aliases to a message (a DNS
+        message holds at most 64 KiB): one message is one zone change, one
+        serial, however many aliases moved. When the server refuses a batch
+        for another reason than the lease (say, an update policy that refuses
+        one of the names), each of its aliases is sent on its own, so one bad
+        alias does not hold the others back.
+        """
         fence = lease.keeper.fence(dns) if lease.keeper is not None and lease.status is not None else None
-        try:
-            replace_rrsets(dns.server, dns.port, dns.zone, alias.name, wanted, key, dns.timeout, fence)
-        except DnsError as exc:
-            if fence is not None and exc.code in LOST:
-                # Fenced: another balancer took the lease while we were away. Not one record was written.
-                lease.status = lease.keeper.lost(dns)
-                return standby()
-            msg = f"update failed ({where}): {exc}"
-            log.warning("DNS arbiter: %s; the records stay as they are, retrying next cycle", msg)
-            return report(ERROR, decision, current.addresses, msg)
-        self._last_change[alias.name] = now
-        self._known[alias.name] = wanted.addresses
-        base["last_change"] = now
-        log.info("DNS arbiter: %s now publishes %s (was %s)%s", fqdn, ", ".join(wanted.addresses),
-                 ", ".join(current.addresses) or "nothing",
-                 " [fallback: no good node]" if decision.fallback else "")
-        return report(UPDATED, decision, wanted.addresses, previous=current.addresses)
+        outcomes: dict[str, DnsError | None] = {}
+        for start in range(0, len(pending), BATCH):
+            chunk = pending[start:start + BATCH]
+            try:
+                outcomes.update(replace_many(dns.server, dns.port, dns.zone, {p.alias: p.wanted for p in chunk},
+                                             key, dns.timeout, fence))
+            except DnsError as exc:
+                if len(chunk) == 1 or (fence is not None and exc.code in LOST):
+                    outcomes.update((p.alias, exc) for p in chunk)
+                    continue
+                log.warning("DNS arbiter: the update of %d aliases together failed (%s); sending each alone",
+                            len(chunk), exc)
+                for p in chunk:
+                    try:
+                        replace_rrsets(dns.server, dns.port, dns.zone, p.alias, p.wanted, key, dns.timeout, fence)
+                        outcomes[p.alias] = None
+                    except DnsError as one:
+                        outcomes[p.alias] = one
+        return {p.alias: p.finish(outcomes[p.alias]) for p in pending}
 
     @staticmethod
     def _conditions(dns: Dns, rep: AliasReport) -> dict[str, str]:
@@ -577,6 +641,15 @@ class DnsArbiter:
         if rep.health_problem:
             out[f"health/{rep.alias}"] = f"{rep.fqdn}: {rep.health_problem}"
         return out
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An alias whose records must change: sent with the cycle's other changes, then ``finish`` reports."""
+
+    alias: str
+    wanted: RRsets
+    finish: Callable[[DnsError | None], AliasReport]
 
 
 class _CycleLease:

@@ -18,13 +18,22 @@ tells whether an update is needed (a cache may hold an old set). After an
 update the records are read back: a server may answer NOERROR and still
 ignore parts of an update (RFC 2136 3.4.2.2: address records beside a
 CNAME).
+
+A cycle sends all its messages over one TCP connection (:func:`channel`),
+and reads the aliases' records with pipelined queries (:func:`query_many`):
+with a thousand aliases a cycle costs a few round trips, not a thousand
+handshakes. Used from the DNS arbiter's worker thread only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import dns.exception
@@ -68,9 +77,15 @@ class RRsets:
         return own if own is not None else self.ttl
 
 
+@functools.lru_cache(maxsize=65536)
+def _address_key(addr: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(addr)
+    return ip.version, int(ip)
+
+
 def sort_addresses(addrs: Iterable[str]) -> tuple[str, ...]:
     """Addresses sorted IPv4 first, then numerically."""
-    return tuple(sorted(set(addrs), key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a))))
+    return tuple(sorted(set(addrs), key=_address_key))
 
 
 def split_families(addrs: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
@@ -180,42 +195,193 @@ def _server_address(server: str) -> str:
         return socket.getaddrinfo(server, None, type=socket.SOCK_STREAM)[0][4][0]
 
 
+class Channel:
+    """One TCP connection to the DNS server, reused by every query and update of a cycle.
+
+    Opening a connection per message would cost a handshake each, twice per
+    alias and cycle; with a thousand aliases the cycle would be all
+    handshakes. A message sent on a connection the server has meanwhile
+    closed is sent once more on a new one (queries and these replace-style
+    updates are idempotent). Used through :func:`channel`, by one thread.
+    """
+
+    def __init__(self, server: str, port: int, timeout: float) -> None:
+        self.where, self.port, self.timeout = _server_address(server), port, timeout
+        self._sock: socket.socket | None = None
+        self.messages = 0
+
+    def exchange(self, msg: dns.message.Message) -> dns.message.Message:
+        """Send ``msg`` and read its answer, on the open connection when there is one."""
+        for attempt in (1, 2):
+            if self._sock is None:
+                family = socket.AF_INET6 if ":" in self.where else socket.AF_INET
+                self._sock = socket.socket(family, socket.SOCK_STREAM)
+                self._sock.settimeout(self.timeout)
+                try:
+                    self._sock.connect((self.where, self.port))
+                except OSError:
+                    self.close()
+                    raise
+            try:
+                self.messages += 1
+                return dns.query.tcp(msg, self.where, timeout=self.timeout, port=self.port, sock=self._sock)
+            except (EOFError, ConnectionError):
+                self.close()
+                if attempt == 2:
+                    raise
+            except Exception:
+                self.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def exchange_many(self, msgs: list[dns.message.Message], window: int = 64) -> list[dns.message.Message]:
+        """Answers to ``msgs``, in order, sending ``window`` of them before reading their answers.
+
+        DNS over TCP allows pipelining (RFC 7766): with a thousand aliases
+        the cycle then costs a few round trips instead of a thousand. The
+        answers may come in any order; they are matched by message id.
+        """
+        out: list[dns.message.Message] = []
+        for start in range(0, len(msgs), window):
+            batch = msgs[start:start + window]
+            for attempt in (1, 2):
+                try:
+                    out.extend(self._pipelined(batch))
+                    break
+                except (EOFError, ConnectionError):
+                    self.close()
+                    if attempt == 2:
+                        raise
+                except Exception:
+                    self.close()
+                    raise
+        return out
+
+    def _pipelined(self, batch: list[dns.message.Message]) -> list[dns.message.Message]:
+        if self._sock is None:
+            family = socket.AF_INET6 if ":" in self.where else socket.AF_INET
+            self._sock = socket.socket(family, socket.SOCK_STREAM)
+            self._sock.settimeout(self.timeout)
+            self._sock.connect((self.where, self.port))
+        expiration = time.time() + self.timeout
+        for i, msg in enumerate(batch):
+            msg.id = i
+            dns.query.send_tcp(self._sock, msg, expiration)
+        self.messages += len(batch)
+        answers: dict[int, dns.message.Message] = {}
+        while len(answers) < len(batch):
+            resp, _ = dns.query.receive_tcp(self._sock, expiration)
+            if resp.id < len(batch) and batch[resp.id].is_response(resp):
+                answers[resp.id] = resp
+        return [answers[i] for i in range(len(batch))]
+
+    def close(self) -> None:
+        """Close the connection (the next message opens a new one)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+_CHANNEL: contextvars.ContextVar[Channel | None] = contextvars.ContextVar("dns_channel", default=None)
+
+
+@contextlib.contextmanager
+def channel(server: str, port: int, timeout: float) -> Iterator[Channel]:
+    """Within the block, every message of this module to ``server:port`` goes over one connection."""
+    ch = Channel(server, port, timeout)
+    token = _CHANNEL.set(ch)
+    try:
+        yield ch
+    finally:
+        _CHANNEL.reset(token)
+        ch.close()
+
+
+def _tcp(msg: dns.message.Message, server: str, port: int, timeout: float) -> dns.message.Message:
+    ch = _CHANNEL.get()
+    if ch is not None and (ch.where, ch.port) == (_server_address(server), port):
+        return ch.exchange(msg)
+    return dns.query.tcp(msg, _server_address(server), timeout=timeout, port=port)
+
+
+def _any_query(name: dns.name.Name) -> dns.message.Message:
+    # One ANY query over TCP: the server answers every RRset at the name (minimal
+    # ANY answers are a UDP measure), so A, AAAA and a CNAME come in one exchange.
+    q = dns.message.make_query(name, dns.rdatatype.ANY)
+    q.flags &= ~dns.flags.RD  # ask the authoritative data, never a recursion
+    return q
+
+
 def query_current(server: str, port: int, zone: str, alias: str, timeout: float) -> RRsets:
     """What the server holds for the alias now (empty sets when nothing); raise :class:`DnsError`."""
     try:
         name = alias_name(alias, zone)
     except ValueError as exc:
         raise DnsError("name", str(exc)) from None
+    try:
+        resp = _tcp(_any_query(name), server, port, timeout)
+    except Exception as exc:  # classified into one clear message
+        raise _classify(exc, server, port, timeout, None) from None
+    return _rrsets(resp, name, server, port, zone, timeout)
+
+
+def query_many(server: str, port: int, zone: str, aliases: Iterable[str], timeout: float
+               ) -> dict[str, RRsets | DnsError]:
+    """:func:`query_current` for many aliases at once, pipelined on one connection; errors are returned."""
+    out: dict[str, RRsets | DnsError] = {}
+    names: dict[str, dns.name.Name] = {}
+    for alias in aliases:
+        try:
+            names[alias] = alias_name(alias, zone)
+        except ValueError as exc:
+            out[alias] = DnsError("name", str(exc))
+    if not names:
+        return out
+    ch = _CHANNEL.get()
+    own = ch is None or (ch.where, ch.port) != (_server_address(server), port)
+    if own:
+        ch = Channel(server, port, timeout)
+    try:
+        answers = ch.exchange_many([_any_query(n) for n in names.values()])
+    except Exception as exc:  # the whole batch failed: every alias says why
+        err = _classify(exc, server, port, timeout, None)
+        return {**out, **{alias: err for alias in names}}
+    finally:
+        if own:
+            ch.close()
+    for (alias, name), resp in zip(names.items(), answers):
+        try:
+            out[alias] = _rrsets(resp, name, server, port, zone, timeout)
+        except DnsError as exc:
+            out[alias] = exc
+    return out
+
+
+def _rrsets(resp: dns.message.Message, name: dns.name.Name, server: str, port: int, zone: str,
+            timeout: float) -> RRsets:
+    """The alias's A and AAAA records in an answer to its ANY query; raise :class:`DnsError`."""
     found: dict[int, set[str]] = {dns.rdatatype.A: set(), dns.rdatatype.AAAA: set()}
     ttls: dict[int, int] = {}
     try:
-        where = _server_address(server)
-        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            q = dns.message.make_query(name, rdtype)
-            q.flags &= ~dns.flags.RD  # ask the authoritative data, never a recursion
-            resp = dns.query.tcp(q, where, timeout=timeout, port=port)
-            rcode = resp.rcode()
-            if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                if rcode == dns.rcode.REFUSED:
-                    raise DnsError("REFUSED", f"the server refused to answer for zone {zone!r}: "
-                                              "is it authoritative and does it allow queries from here?")
-                raise DnsError(dns.rcode.to_text(rcode), f"query for {name} answered {dns.rcode.to_text(rcode)}")
-            if not resp.flags & dns.flags.AA:
-                raise DnsError("not-authoritative",
-                               f"{server} port {port} answered for {name} without the authoritative (AA) flag: "
-                               f"it does not serve zone {zone!r} itself (a cache or resolver?); set <dns> server "
-                               "to the zone's primary server")
-            # Before the NXDOMAIN shortcut: a CNAME to a missing in-zone name answers NXDOMAIN.
-            for rrset in resp.answer:
-                if rrset.rdtype == dns.rdatatype.CNAME and rrset.name == name:
-                    raise DnsError("CNAME", f"{name} is a CNAME in the zone: address records cannot be "
-                                            "added beside it (the server ignores them); remove the CNAME")
-            if rcode == dns.rcode.NXDOMAIN:
-                continue
-            for rrset in resp.answer:
-                if rrset.rdtype == rdtype and rrset.name == name:
-                    found[rdtype].update(str(ipaddress.ip_address(r.address)) for r in rrset)
-                    ttls[rdtype] = rrset.ttl
+        rcode = resp.rcode()
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            if rcode == dns.rcode.REFUSED:
+                raise DnsError("REFUSED", f"the server refused to answer for zone {zone!r}: "
+                                          "is it authoritative and does it allow queries from here?")
+            raise DnsError(dns.rcode.to_text(rcode), f"query for {name} answered {dns.rcode.to_text(rcode)}")
+        if not resp.flags & dns.flags.AA:
+            raise DnsError("not-authoritative",
+                           f"{server} port {port} answered for {name} without the authoritative (AA) flag: "
+                           f"it does not serve zone {zone!r} itself (a cache or resolver?); set <dns> server "
+                           "to the zone's primary server")
+        # A CNAME to a missing in-zone name answers NXDOMAIN: look for it first.
+        for rrset in resp.answer:
+            if rrset.rdtype == dns.rdatatype.CNAME and rrset.name == name:
+                raise DnsError("CNAME", f"{name} is a CNAME in the zone: address records cannot be "
+                                        "added beside it (the server ignores them); remove the CNAME")
+            if rrset.rdtype in found and rrset.name == name:
+                found[rrset.rdtype].update(str(ipaddress.ip_address(r.address)) for r in rrset)
+                ttls[rrset.rdtype] = rrset.ttl
     except Exception as exc:  # classified into one clear message
         raise _classify(exc, server, port, timeout, None) from None
     return RRsets(a=frozenset(found[dns.rdatatype.A]), aaaa=frozenset(found[dns.rdatatype.AAAA]),
@@ -248,7 +414,7 @@ def query_records(server: str, port: int, zone: str, name: str, rdtype: str,
     try:
         q = dns.message.make_query(qname, wanted)
         q.flags &= ~dns.flags.RD
-        resp = dns.query.tcp(q, _server_address(server), timeout=timeout, port=port)
+        resp = _tcp(q, server, port, timeout)
         rcode = resp.rcode()
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             raise DnsError(dns.rcode.to_text(rcode), f"query for {qname} answered {dns.rcode.to_text(rcode)}")
@@ -274,19 +440,26 @@ def build_update(zone: str, alias: str, wanted: RRsets, key: TsigKey,
     ``fence`` adds prerequisites (the DNS lease as this balancer holds it):
     the server then applies the whole message only while they hold.
     """
-    try:
-        name = alias_name(alias, zone)
-    except ValueError as exc:
-        raise DnsError("name", str(exc)) from None
+    return build_batch_update(zone, [(alias, wanted)], key, fence)
+
+
+def build_batch_update(zone: str, changes: Iterable[tuple[str, RRsets]], key: TsigKey,
+                       fence: Fence | None = None) -> dns.update.UpdateMessage:
+    """One signed message replacing the RRsets of several aliases: applied all together or not at all."""
     upd = new_update(zone, key)
     if fence is not None:
         fence(upd)
-    upd.delete(name, dns.rdatatype.A)
-    for addr in sort_addresses(wanted.a):
-        upd.add(name, wanted.ttl_of("A") or 60, dns.rdatatype.A, addr)
-    upd.delete(name, dns.rdatatype.AAAA)
-    for addr in sort_addresses(wanted.aaaa):
-        upd.add(name, wanted.ttl_of("AAAA") or 60, dns.rdatatype.AAAA, addr)
+    for alias, wanted in changes:
+        try:
+            name = alias_name(alias, zone)
+        except ValueError as exc:
+            raise DnsError("name", str(exc)) from None
+        upd.delete(name, dns.rdatatype.A)
+        for addr in sort_addresses(wanted.a):
+            upd.add(name, wanted.ttl_of("A") or 60, dns.rdatatype.A, addr)
+        upd.delete(name, dns.rdatatype.AAAA)
+        for addr in sort_addresses(wanted.aaaa):
+            upd.add(name, wanted.ttl_of("AAAA") or 60, dns.rdatatype.AAAA, addr)
     return upd
 
 
@@ -294,7 +467,7 @@ def send_update(msg: dns.update.UpdateMessage, server: str, port: int, zone: str
                 timeout: float, key: TsigKey) -> None:
     """Send an update over TCP and check the answer; raise :class:`DnsError` on any failure."""
     try:
-        resp = dns.query.tcp(msg, _server_address(server), timeout=timeout, port=port)
+        resp = _tcp(msg, server, port, timeout)
     except Exception as exc:  # classified into one clear message
         raise _classify(exc, server, port, timeout, key) from None
     if resp.rcode() != dns.rcode.NOERROR:
@@ -314,8 +487,33 @@ def replace_rrsets(server: str, port: int, zone: str, alias: str, wanted: RRsets
     try:
         now = query_current(server, port, zone, alias, timeout)
     except DnsError as exc:
-        raise DnsError(exc.code, f"the server answered the update with NOERROR, but reading the records back "
-                                 f"failed: {exc.detail}") from None
+        now = exc
+    _check_applied(now, wanted)
+
+
+def replace_many(server: str, port: int, zone: str, changes: Mapping[str, RRsets], key: TsigKey, timeout: float,
+                 fence: Fence | None = None) -> dict[str, DnsError | None]:
+    """Replace several aliases' records in one update message, then read them all back (pipelined).
+
+    Raises :class:`DnsError` when the update itself fails (nothing was
+    applied); otherwise returns, per alias, None when the server holds what
+    was sent, or the :class:`DnsError` its read-back gives.
+    """
+    send_update(build_batch_update(zone, changes.items(), key, fence), server, port, zone, timeout, key)
+    out: dict[str, DnsError | None] = {}
+    for alias, now in query_many(server, port, zone, changes, timeout).items():
+        try:
+            _check_applied(now, changes[alias])
+            out[alias] = None
+        except DnsError as exc:
+            out[alias] = exc
+    return out
+
+
+def _check_applied(now: RRsets | DnsError, wanted: RRsets) -> None:
+    if isinstance(now, DnsError):
+        raise DnsError(now.code, f"the server answered the update with NOERROR, but reading the records back "
+                                 f"failed: {now.detail}")
     diff = differences(now, wanted)
     if diff:
         raise DnsError("not-applied", f"the server answered the update with NOERROR but did not apply it: "

@@ -188,8 +188,8 @@ def use_colour() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``lbctl`` command."""
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of lbctl (its --help, and its man page, come from it)."""
     parser = argparse.ArgumentParser(prog="lbctl", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=os.environ.get("LBCTL_URL", DEFAULT_URL),
@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
     parser.add_argument("command", choices=("status", "drain", "enable", "reload"))
     parser.add_argument("node", nargs="?", help="node name: for drain and enable; with status, that node in detail")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lbctl`` command."""
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.command in ("drain", "enable") and not args.node:
         parser.error(f"{args.command} needs a NODE")

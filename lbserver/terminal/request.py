@@ -8,7 +8,9 @@ is a small, strict parser working on bytes:
   buffer (CRLF or bare LF line endings, leading empty lines skipped);
 * :func:`parse_head` turns one head into a :class:`Request` or raises
   :class:`HttpError` carrying the status to answer (400, 411, 431, 501, 505);
-* :func:`decode_query` extracts ``group`` and ``user`` from the query string.
+* :func:`parse_query` extracts ``group``, ``user`` and ``format`` from the
+  query string (:func:`decode_query` the first two), and :func:`wants_json`
+  judges the format.
 
 Everything is built for the hot path: one ``bytes.find`` per request to frame
 it, one regular expression for the request line, and header names only
@@ -193,14 +195,37 @@ def decode_query(query: bytes) -> tuple[str | None, str | None]:
     when one is repeated, the last wins. Raises :class:`HttpError` (400) for a
     broken escape, invalid UTF-8 or control characters in a value.
     """
-    group = user = None
+    return parse_query(query)[:2]
+
+
+def parse_query(query: bytes) -> tuple[str | None, str | None, str | None]:
+    """Return ``(group, user, format)`` from a query string, decoded as :func:`decode_query` says.
+
+    One pass over the parameters, so the plain answer pays nothing for the
+    ``format`` it does not give.
+    """
+    group = user = fmt = None
     for pair in query.split(b"&"):
         key, _, value = pair.partition(b"=")
         if key == b"group":
             group = _decode_value(value)
         elif key == b"user":
             user = _decode_value(value)
-    return group, user
+        elif key == b"format":
+            fmt = _decode_value(value)
+    return group, user, fmt
+
+
+def wants_json(fmt: str | None) -> bool:
+    """Whether a ``format`` value asks for the JSON answer: ``json``; ``text`` or none: plain text.
+
+    Any other value raises :class:`HttpError` (400).
+    """
+    if fmt is None or fmt == "text":
+        return False
+    if fmt == "json":
+        return True
+    raise HttpError(400, "unknown format (json or text)")
 
 
 def _decode_value(raw: bytes) -> str | None:
@@ -219,4 +244,5 @@ def _decode_value(raw: bytes) -> str | None:
     return value or None
 
 
-__all__ = ["HttpError", "MAX_BODY", "MAX_HEAD", "Request", "decode_query", "find_head_end", "parse_head"]
+__all__ = ["HttpError", "MAX_BODY", "MAX_HEAD", "Request", "decode_query", "find_head_end", "parse_head",
+           "parse_query", "wants_json"]

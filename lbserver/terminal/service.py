@@ -16,18 +16,21 @@ so a request must be complete within ``idle_timeout`` seconds.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
 from email.utils import formatdate
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
-from lbserver.terminal.request import MAX_HEAD, HttpError, Request, decode_query, find_head_end, parse_head
+from lbserver.terminal.request import (MAX_HEAD, HttpError, Request, find_head_end, parse_head, parse_query,
+                                       wants_json)
 from lbserver.core.selection import UnknownGroup
 
 log = logging.getLogger(__name__)
 
 Answer = Callable[[Optional[str], Optional[str]], str]
+Details = Callable[[Optional[str], Optional[str]], Mapping]
 
 SERVER_NAME = b"lbserver"
 ERROR_LOG_INTERVAL = 60.0
@@ -56,16 +59,19 @@ class TerminalService:
     ``answer(group, user)`` returns the host to send (without newline) and
     raises :class:`UnknownGroup` for a 404; any other exception becomes a 503
     (logged at most once a minute). ``on_response(status)`` is called for
-    every response sent, for metrics.
+    every response sent, for metrics. ``details(group, user)`` chooses like
+    ``answer`` but returns what ``GET /?format=json`` sends (host, node,
+    group, weight, why); without it that answer holds the host alone.
     """
 
     def __init__(self, answer: Answer, *, idle_timeout: float = 10.0, max_connections: int = 4096,
-                 on_response: Callable[[int], None] | None = None) -> None:
+                 on_response: Callable[[int], None] | None = None, details: Details | None = None) -> None:
         if idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._answer = answer
+        self._details = details
         self.idle_timeout = float(idle_timeout)
         self.max_connections = int(max_connections)
         self.on_response = on_response
@@ -148,12 +154,13 @@ class TerminalService:
             for cache in self._cache:
                 cache.clear()  # cached responses carry the Date header
 
-    def _build(self, status: int, body: bytes, variant: int, head: bool, extra: bytes = b"") -> bytes:
+    def _build(self, status: int, body: bytes, variant: int, head: bool, extra: bytes = b"",
+               ctype: bytes = b"text/plain; charset=utf-8") -> bytes:
         return b"".join((
             b"HTTP/1.1 %d %s\r\nServer: %s\r\n" % (status, _REASONS[status], SERVER_NAME),
             self._date,
-            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-            b"Cache-Control: no-store\r\n" % len(body),
+            b"Content-Type: %s\r\nContent-Length: %d\r\n"
+            b"Cache-Control: no-store\r\n" % (ctype, len(body)),
             extra, _CONN_HEADERS[variant], b"\r\n",
             b"" if head else body,
         ))
@@ -176,7 +183,9 @@ class TerminalService:
             return self._simple(405, "method not allowed", req, b"Allow: GET, HEAD\r\n"), req.keep_alive
         if req.query:
             try:
-                group, user = decode_query(req.query)
+                group, user, fmt = parse_query(req.query)
+                if fmt is not None and wants_json(fmt):
+                    return self._json(req, group, user), req.keep_alive
             except HttpError as exc:  # the request itself was framed fine: keep the connection
                 return self._simple(exc.status, exc.reason, req), req.keep_alive
         else:
@@ -198,6 +207,23 @@ class TerminalService:
         if self.on_response is not None:
             self.on_response(200)
         return resp, req.keep_alive
+
+    def _json(self, req: Request, group: str | None, user: str | None) -> bytes:
+        """``GET /?format=json``: the pick and why, for scripts (not cached: every answer differs)."""
+        try:
+            if self._details is not None:
+                doc = dict(self._details(group, user))
+            else:
+                doc = {"host": self._answer(group, user)}
+        except UnknownGroup:
+            return self._simple(404, "unknown group", req)
+        except Exception:
+            self._answer_failed()
+            return self._simple(503, "no server available", req)
+        if self.on_response is not None:
+            self.on_response(200)
+        body = json.dumps(doc, separators=(", ", ": ")).encode() + b"\n"
+        return self._build(200, body, _variant(req), req.method == b"HEAD", ctype=b"application/json")
 
     def _answer_failed(self) -> None:
         assert self._loop is not None
