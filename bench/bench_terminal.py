@@ -1,6 +1,6 @@
 """Terminal service throughput against nginx, measured in the same run with wrk.
 
-    python bench/bench_terminal.py [--duration 10] [--threads 2] [--connections 50]
+    python bench/bench_terminal.py [--duration 10] [--threads 1] [--connections 50] [--rounds 3]
                                    [--mode keep-alive|close|both] [--lbserver-config FILE]
                                    [--algorithm two-choices|weighted-random]
 
@@ -126,9 +126,11 @@ def run_wrk(url: str, args: argparse.Namespace, close: bool) -> tuple[float, str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     parser.add_argument("--mode", choices=("keep-alive", "close", "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternated lbserver/nginx runs per mode; the medians are compared (default 3)")
     parser.add_argument("--lbserver-config", metavar="FILE", help="benchmark the real lbserver with this config")
     parser.add_argument("--harness", action="store_true", help="benchmark the bare terminal service instead")
     parser.add_argument("--algorithm", choices=("two-choices", "weighted-random"), default="two-choices",
@@ -175,11 +177,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"event loop: {loop if not args.lbserver_config else 'as lbserver chooses'}")
             for mode in modes:
                 close = mode == "close"
-                lb_rps, lb_p99 = run_wrk(lb_url, args, close)
-                ng_rps, ng_p99 = run_wrk(ng_url, args, close)
-                print(f"[{mode}] {label}: {lb_rps:10.0f} req/s  p99 {lb_p99}")
-                print(f"[{mode}] nginx:{' ' * (len(label) - 5)} {ng_rps:10.0f} req/s  p99 {ng_p99}")
-                print(f"[{mode}] ratio {label}/nginx: {lb_rps / ng_rps:.2f}")
+                lb_runs, ng_runs = [], []
+                for _ in range(args.rounds):  # alternated, so a busy moment hits both
+                    lb_runs.append(run_wrk(lb_url, args, close))
+                    ng_runs.append(run_wrk(ng_url, args, close))
+                lb_rps, lb_p99 = sorted(lb_runs)[len(lb_runs) // 2]
+                ng_rps, ng_p99 = sorted(ng_runs)[len(ng_runs) // 2]
+                print(f"[{mode}] {label}: {lb_rps:10.0f} req/s  p99 {lb_p99}  "
+                      f"(runs: {', '.join(f'{r:.0f}' for r, _ in lb_runs)})")
+                print(f"[{mode}] nginx:{' ' * (len(label) - 5)} {ng_rps:10.0f} req/s  p99 {ng_p99}  "
+                      f"(runs: {', '.join(f'{r:.0f}' for r, _ in ng_runs)})")
+                print(f"[{mode}] ratio {label}/nginx (medians of {args.rounds}): {lb_rps / ng_rps:.2f}")
         finally:
             for child in children:
                 if child.poll() is None:
