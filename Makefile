@@ -25,6 +25,8 @@ bench:
 	.venv/bin/python bench/bench_agent.py --seconds 60
 	.venv/bin/python bench/bench_storm.py
 	.venv/bin/python bench/bench_pick.py
+	.venv/bin/python bench/bench_dns.py
+	.venv/bin/python bench/bench_peers.py
 
 # Built in a copy of the tree under build/deb, so the working tree stays clean.
 deb:

@@ -36,44 +36,50 @@ def _resolve(listen: Address, kind: int = socket.SOCK_STREAM) -> tuple:
         raise OSError(f"cannot listen on {format_listen(listen)}: {exc.strerror}") from None
 
 
+def _bound(listen: Address, kind: int) -> socket.socket:
+    """A socket of ``kind`` bound to ``listen``, ``[::]`` dual-stack where the system allows it."""
+    family, _, proto, _, addr = _resolve(listen, kind)
+    sock = socket.socket(family, kind, proto)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and addr[0] == "::":
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except OSError:
+                pass
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def listen_socket(listen: Address, backlog: int = 1024) -> socket.socket:
     """A bound, listening TCP socket on ``listen`` (IPv4 or IPv6); OSError names the address.
 
     ``[::]`` is dual-stack where the system allows it, so IPv4 clients reach
     a daemon listening on all IPv6 addresses too.
     """
-    family, stype, proto, _, addr = _resolve(listen)
-    sock = socket.socket(family, stype, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and addr[0] == "::":
-            try:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            except OSError:
-                pass
-        sock.bind(addr)
-        sock.listen(backlog)
+        sock = _bound(listen, socket.SOCK_STREAM)
+        try:
+            sock.listen(backlog)
+        except OSError:
+            sock.close()
+            raise
     except OSError as exc:
-        sock.close()
         raise OSError(exc.errno, f"cannot listen on {format_listen(listen)}: {exc.strerror or exc}") from None
     return sock
 
 
 def datagram_socket(listen: Address) -> socket.socket:
     """A bound, non-blocking UDP socket on ``listen``; OSError names the address."""
-    family, _, proto, _, addr = _resolve(listen, socket.SOCK_DGRAM)
-    sock = socket.socket(family, socket.SOCK_DGRAM, proto)
     try:
-        if family == socket.AF_INET6 and addr[0] == "::":
-            try:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            except OSError:
-                pass
-        sock.bind(addr)
-        sock.setblocking(False)
+        sock = _bound(listen, socket.SOCK_DGRAM)
     except OSError as exc:
-        sock.close()
         raise OSError(exc.errno, f"cannot listen on {format_listen(listen)} (UDP): {exc.strerror or exc}") from None
+    sock.setblocking(False)
     return sock
 
 

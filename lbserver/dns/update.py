@@ -213,15 +213,7 @@ class Channel:
     def exchange(self, msg: dns.message.Message) -> dns.message.Message:
         """Send ``msg`` and read its answer, on the open connection when there is one."""
         for attempt in (1, 2):
-            if self._sock is None:
-                family = socket.AF_INET6 if ":" in self.where else socket.AF_INET
-                self._sock = socket.socket(family, socket.SOCK_STREAM)
-                self._sock.settimeout(self.timeout)
-                try:
-                    self._sock.connect((self.where, self.port))
-                except OSError:
-                    self.close()
-                    raise
+            self._connect()
             try:
                 self.messages += 1
                 return dns.query.tcp(msg, self.where, timeout=self.timeout, port=self.port, sock=self._sock)
@@ -257,12 +249,19 @@ class Channel:
                     raise
         return out
 
-    def _pipelined(self, batch: list[dns.message.Message]) -> list[dns.message.Message]:
+    def _connect(self) -> None:
         if self._sock is None:
             family = socket.AF_INET6 if ":" in self.where else socket.AF_INET
             self._sock = socket.socket(family, socket.SOCK_STREAM)
             self._sock.settimeout(self.timeout)
-            self._sock.connect((self.where, self.port))
+            try:
+                self._sock.connect((self.where, self.port))
+            except OSError:
+                self.close()
+                raise
+
+    def _pipelined(self, batch: list[dns.message.Message]) -> list[dns.message.Message]:
+        self._connect()
         expiration = time.time() + self.timeout
         for i, msg in enumerate(batch):
             msg.id = i

@@ -91,6 +91,9 @@ class _Collector:
             yield GaugeMetricFamily("lbserver_last_poll_timestamp_seconds",
                                     "when the last poll cycle started, seconds since the epoch",
                                     value=view.last_cycle.started)
+            yield GaugeMetricFamily("lbserver_last_poll_seconds_per_node",
+                                    "the last poll cycle's duration divided by the nodes it polled",
+                                    value=view.last_cycle.duration / max(1, view.last_cycle.polled))
         req = CounterMetricFamily("lbserver_terminal_requests", "terminal requests answered, by HTTP status",
                                   labels=["code"])
         for code, n in sorted(view.response_counts().items()):
