@@ -143,21 +143,21 @@ class PeerService(asyncio.DatagramProtocol):
 
     def send_drains(self) -> None:
         """Send the drained set to every peer now (after an admin drain or enable)."""
-        self._send(Message(sender="", seq=0, ts=0.0, drains=self._shared.drain_state()))
+        self._send(drains=self._shared.drain_state())
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         picks, self._outbox = self._outbox, Counter()
         items = list(picks.items())
         for i in range(0, len(items), MAX_NAMES // 4):
-            self._send(Message(sender="", seq=0, ts=0.0, picks=dict(items[i:i + MAX_NAMES // 4])))
+            self._send(picks=dict(items[i:i + MAX_NAMES // 4]))
 
-    def _send(self, template: Message) -> None:
+    def _send(self, picks: dict[str, int] | None = None,
+              drains: tuple[frozenset[str], float] | None = None) -> None:
         if self._transport is None:
             return
         self._seq += 1
-        msg = Message(sender=self._boot_id, seq=self._seq, ts=time.time(), picks=template.picks,
-                      drains=template.drains)
+        msg = Message(sender=self._boot_id, seq=self._seq, ts=time.time(), picks=picks or {}, drains=drains)
         try:
             data = encode(msg, self._secret)
         except ValueError as exc:  # node names too long to fit: split further next time
