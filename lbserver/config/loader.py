@@ -273,15 +273,7 @@ def _check_dns_extras(r: Reader, elem: etree._Element, dns_cfg: "Dns") -> None:
     except dns.exception.DNSException:
         raise r.error(elem, f"<dns> attribute zone={dns_cfg.zone!r}: not a valid DNS name") from None
     for a, ae in zip(dns_cfg.aliases, elem.iter("alias")):
-        try:
-            if not DNS_LABELS.match(a.name):
-                raise dns.exception.SyntaxError
-            name = dns.name.from_text(a.name, origin=origin)
-        except dns.exception.DNSException:
-            raise r.error(ae, f"<alias> attribute name={a.name!r}: not a valid DNS name") from None
-        if not name.is_subdomain(origin):
-            raise r.error(ae, f"<alias> attribute name={a.name!r}: not inside zone {dns_cfg.zone!r} "
-                              "(give the name relative to the zone, e.g. wms-alice)")
+        _in_zone(r, ae, "name", a.name, origin, dns_cfg.zone, "wms-alice")
         if a.health_url is not None:
             try:
                 scheme = urllib.parse.urlsplit(a.health_url).scheme.lower()
@@ -310,18 +302,25 @@ def _check_dns_extras(r: Reader, elem: etree._Element, dns_cfg: "Dns") -> None:
                                 f"{exc.strerror or exc}") from None
 
 
+def _in_zone(r: Reader, elem: etree._Element, attr: str, value: str, origin: dns.name.Name, zone: str,
+             example: str) -> dns.name.Name:
+    """``value`` (an attribute of ``elem``) as an absolute name inside the zone; a located error otherwise."""
+    try:
+        if not DNS_LABELS.match(value):
+            raise dns.exception.SyntaxError
+        name = dns.name.from_text(value, origin=origin)
+    except dns.exception.DNSException:
+        raise r.error(elem, f"<{elem.tag}> attribute {attr}={value!r}: not a valid DNS name") from None
+    if not name.is_subdomain(origin):
+        raise r.error(elem, f"<{elem.tag}> attribute {attr}={value!r}: not inside zone {zone!r} "
+                            f"(give the name relative to the zone, e.g. {example})")
+    return name
+
+
 def _check_lease(r: Reader, elem: etree._Element, dns_cfg: "Dns", origin: dns.name.Name) -> None:
     """<dns lease> names a record inside the zone that is no alias; lease-holder fits in the record."""
     if dns_cfg.lease:
-        try:
-            if not DNS_LABELS.match(dns_cfg.lease):
-                raise dns.exception.SyntaxError
-            name = dns.name.from_text(dns_cfg.lease, origin=origin)
-        except dns.exception.DNSException:
-            raise r.error(elem, f"<dns> attribute lease={dns_cfg.lease!r}: not a valid DNS name") from None
-        if not name.is_subdomain(origin):
-            raise r.error(elem, f"<dns> attribute lease={dns_cfg.lease!r}: not inside zone {dns_cfg.zone!r} "
-                                "(give the name relative to the zone, e.g. _lbserver-lease)")
+        name = _in_zone(r, elem, "lease", dns_cfg.lease, origin, dns_cfg.zone, "_lbserver-lease")
         for a in dns_cfg.aliases:
             if dns.name.from_text(a.name, origin=origin) == name:
                 raise r.error(elem, f"<dns> attribute lease={dns_cfg.lease!r}: the lease record needs a name of "

@@ -34,6 +34,7 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TypeVar
 from dataclasses import dataclass
 
 import dns.exception
@@ -195,6 +196,9 @@ def _server_address(server: str) -> str:
         return socket.getaddrinfo(server, None, type=socket.SOCK_STREAM)[0][4][0]
 
 
+T = TypeVar("T")
+
+
 class Channel:
     """One TCP connection to the DNS server, reused by every query and update of a cycle.
 
@@ -212,19 +216,9 @@ class Channel:
 
     def exchange(self, msg: dns.message.Message) -> dns.message.Message:
         """Send ``msg`` and read its answer, on the open connection when there is one."""
-        for attempt in (1, 2):
-            self._connect()
-            try:
-                self.messages += 1
-                return dns.query.tcp(msg, self.where, timeout=self.timeout, port=self.port, sock=self._sock)
-            except (EOFError, ConnectionError):
-                self.close()
-                if attempt == 2:
-                    raise
-            except Exception:
-                self.close()
-                raise
-        raise AssertionError("unreachable")
+        self.messages += 1
+        return self._retrying(lambda: dns.query.tcp(msg, self.where, timeout=self.timeout, port=self.port,
+                                                    sock=self._sock))
 
     def exchange_many(self, msgs: list[dns.message.Message], window: int = 64) -> list[dns.message.Message]:
         """Answers to ``msgs``, in order, sending ``window`` of them before reading their answers.
@@ -236,18 +230,24 @@ class Channel:
         out: list[dns.message.Message] = []
         for start in range(0, len(msgs), window):
             batch = msgs[start:start + window]
-            for attempt in (1, 2):
-                try:
-                    out.extend(self._pipelined(batch))
-                    break
-                except (EOFError, ConnectionError):
-                    self.close()
-                    if attempt == 2:
-                        raise
-                except Exception:
-                    self.close()
-                    raise
+            self.messages += len(batch)
+            out.extend(self._retrying(lambda: self._pipelined(batch)))
         return out
+
+    def _retrying(self, send: Callable[[], T]) -> T:
+        """``send()`` on the connection; once more on a new one when the server had closed it."""
+        for attempt in (1, 2):
+            self._connect()
+            try:
+                return send()
+            except (EOFError, ConnectionError):
+                self.close()
+                if attempt == 2:
+                    raise
+            except Exception:
+                self.close()
+                raise
+        raise AssertionError("unreachable")
 
     def _connect(self) -> None:
         if self._sock is None:
@@ -261,12 +261,10 @@ class Channel:
                 raise
 
     def _pipelined(self, batch: list[dns.message.Message]) -> list[dns.message.Message]:
-        self._connect()
         expiration = time.time() + self.timeout
         for i, msg in enumerate(batch):
             msg.id = i
             dns.query.send_tcp(self._sock, msg, expiration)
-        self.messages += len(batch)
         answers: dict[int, dns.message.Message] = {}
         while len(answers) < len(batch):
             resp, _ = dns.query.receive_tcp(self._sock, expiration)
