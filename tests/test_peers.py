@@ -272,6 +272,8 @@ def test_hostile_peer_traffic_is_dropped_and_counted(procs, tmp_path, five):
     pa = free_port()
     a = _start(procs, tmp_path / "a", five[:2], _peers_xml(pa, [fake_port], secret_file))
     _all_up(a)
+    # The peer's name is looked up in the background: until then its datagrams come from nobody known.
+    wait_until(lambda: a.status()["peers"]["peers"][0]["resolved"], 10, what="the peer's address looked up")
     stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     target = ("127.0.0.1", pa)
     good = Message(sender="f00d", seq=1, ts=time.time(), picks={"xapp1": 1})
