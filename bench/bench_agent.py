@@ -35,7 +35,7 @@ import xmlrpc.client
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.netwait import free_port, wait_for_port  # noqa: E402
+from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.61"
@@ -236,13 +236,7 @@ def main() -> int:
             print("1/s latencies: connect to last reply byte on a raw socket, as the balancer's poller "
                   "reads it; the other rows use xmlrpc.client, whose own parsing is included.")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(procs)
     return 0
 
 

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.bench_terminal import run_wrk, start_cluster  # noqa: E402
-from bench.netwait import free_port, wait_for_port  # noqa: E402
+from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
 
 
 def _server(tmp: str, base: str, name: str, peers: str, env: dict, children: list) -> tuple[int, int]:
@@ -89,14 +88,7 @@ def main() -> int:
             print(f"ratio with/without: {a / c:.3f}; cost per pick: {(1 / a - 1 / c) * 1e6:+.1f} us")
             print(f"datagrams sent: {sent} for {picks} picks ({sent / max(picks, 1):.4f} per pick, heartbeats included)")
         finally:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-            for child in children:
-                try:
-                    child.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            stop_all(children)
     return 0
 
 

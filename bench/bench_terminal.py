@@ -28,7 +28,6 @@ import importlib.util
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.netwait import free_port, wait_for_port  # noqa: E402
+from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
 
 NGINX_CONF = """\
 daemon off;
@@ -189,15 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"(runs: {', '.join(f'{r:.0f}' for r, _ in ng_runs)})")
                 print(f"[{mode}] ratio {label}/nginx (medians of {args.rounds}): {lb_rps / ng_rps:.2f}")
         finally:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-            for child in children:
-                try:
-                    child.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+            stop_all(children)
     return 0
 
 

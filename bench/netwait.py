@@ -1,4 +1,4 @@
-"""Ports and readiness for the benchmark scripts (loopback only)."""
+"""Ports, readiness and stopping of the child processes, for the benchmark scripts (loopback only)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,16 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen | None = None, ti
         except OSError:
             time.sleep(0.02)
     raise SystemExit(f"{host}:{port} not listening after {timeout:g} s")
+
+
+def stop_all(children) -> None:
+    """SIGTERM every child still running, then wait for each (SIGKILL after 10 s)."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

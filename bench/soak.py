@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.netwait import free_port, wait_for_port  # noqa: E402
+from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
 
 AGENT = """<lbaconfig><agent listen="{ip}:{port}" sample-interval="0.5"/>
 <access><allow from="127.0.0.0/8"/></access><log level="warning"/></lbaconfig>"""
@@ -165,14 +165,7 @@ def main() -> int:
             for c in clients:
                 c.join(timeout=30)
         finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs.values():
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all(list(procs.values()))
     report(samples, args)
     return 0
 

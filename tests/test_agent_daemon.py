@@ -97,6 +97,25 @@ def post(path: str, body: bytes, headers: str = "") -> bytes:
             f"Content-Length: {len(body)}\r\n{headers}\r\n").encode() + body
 
 
+def _stop_detached(pid: int, pidfile) -> None:
+    """SIGTERM a daemonised agent; return once its pid file is gone and the process with it."""
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not pidfile.exists(), timeout=10, what="pid file removed")
+    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+               timeout=10, what="daemon gone")
+
+
+def _kill_left_over(pid: int | None, pidfile) -> None:
+    """After a failed test: SIGKILL the daemon, found by its pid file when the test had not read it yet."""
+    if pid is None and pidfile.exists():
+        try:
+            pid = int(pidfile.read_text().strip())
+        except ValueError:
+            pid = None
+    if pid is not None and psutil.pid_exists(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_state_matches_the_system_and_custom_variables(procs, tmp_path):
     marker = f"lbagent-proc-marker-{os.getpid()}"
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", marker])
@@ -315,20 +334,11 @@ def test_daemon_lifecycle(tmp_path):
         assert "missing attribute value" in log.read_text()
         assert proxy(host, port).get_state()["variables"]["ROOM"] == 12  # old config still in force
 
-        os.kill(pid, signal.SIGTERM)
-        wait_until(lambda: not pidfile.exists(), timeout=10, what="pid file removed")
-        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-                   timeout=10, what="daemon gone")
+        _stop_detached(pid, pidfile)
         pid = None
         assert "lbagent stopped" in log.read_text()
     finally:
-        if pid is None and pidfile.exists():  # failed before the pid was read
-            try:
-                pid = int(pidfile.read_text().strip())
-            except ValueError:
-                pid = None
-        if pid is not None and psutil.pid_exists(pid):
-            os.kill(pid, signal.SIGKILL)
+        _kill_left_over(pid, pidfile)
 
 
 def test_sigusr1_reopens_the_log_file_and_sighup_reloads(tmp_path):
@@ -431,21 +441,12 @@ def test_sigusr1_reopens_the_log_file_and_sighup_reloads(tmp_path):
         other.rmdir()
         other = tmp_path / "other.log.1"
 
-        os.kill(pid, signal.SIGTERM)
-        wait_until(lambda: not pidfile.exists(), timeout=10, what="pid file removed")
-        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-                   timeout=10, what="daemon gone")
+        _stop_detached(pid, pidfile)
         pid = None
         assert "lbagent stopped" in other.read_text()
         assert not log.exists()
     finally:
-        if pid is None and pidfile.exists():
-            try:
-                pid = int(pidfile.read_text().strip())
-            except ValueError:
-                pid = None
-        if pid is not None and psutil.pid_exists(pid):
-            os.kill(pid, signal.SIGKILL)
+        _kill_left_over(pid, pidfile)
 
 
 def test_sigusr1_in_the_foreground_is_harmless(procs, tmp_path):

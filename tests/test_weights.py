@@ -165,43 +165,41 @@ def test_compensates():
     assert compensates([Rule("A", 1, 1), Rule("B", 1, 1, per_session=0.5)])
 
 
-@settings(max_examples=300, deadline=None)
-@given(
+NAMES, CAPS = ("LOADAVG", "MEMUSEDPCT", "NBSESSIONS"), (1.0, 90.0, 40.0)
+NODES = given(
     nbproc=st.integers(1, 64),
     values=st.lists(st.floats(0, 200, allow_nan=False), min_size=3, max_size=3),
     per_session=st.lists(st.sampled_from([0.0, 0.1, 0.5, 1.0]), min_size=3, max_size=3),
     per_cpu=st.lists(st.booleans(), min_size=3, max_size=3),
     sessions=st.integers(0, 500),
 )
+"""A node of three rules (weights 10, 20, 30, see :func:`_node`): any figures, per-session rises, per-cpu choices."""
+
+
+def _node(nbproc: int, values: list[float], per_session: list[float], per_cpu: list[bool]) -> tuple:
+    rules = tuple(Rule(name=n, weight=10.0 * (i + 1), capacity=CAPS[i], per_cpu=per_cpu[i],
+                       per_session=per_session[i]) for i, n in enumerate(NAMES))
+    return rules, {"NBPROC": nbproc, "CPUFREQ": 2400, **dict(zip(NAMES, values))}
+
+
+@settings(max_examples=300, deadline=None)
+@NODES
 def test_compensation_matches_evaluate(nbproc, values, per_session, per_cpu, sessions):
     """The precomputed per-pick weight equals a full evaluate() with the same extra sessions."""
-    names = ("LOADAVG", "MEMUSEDPCT", "NBSESSIONS")
-    rules = tuple(Rule(name=n, weight=10.0 * (i + 1), capacity=[1.0, 90.0, 40.0][i], per_cpu=per_cpu[i],
-                       per_session=per_session[i]) for i, n in enumerate(names))
-    variables = {"NBPROC": nbproc, "CPUFREQ": 2400, **dict(zip(names, values))}
+    rules, variables = _node(nbproc, values, per_session, per_cpu)
     expected = evaluate(variables, rules, (), extra_sessions=sessions).weight
     assert compensation(variables, rules).weight(sessions) == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    nbproc=st.integers(1, 64),
-    values=st.lists(st.floats(0, 200, allow_nan=False), min_size=3, max_size=3),
-    per_session=st.lists(st.sampled_from([0.0, 0.1, 0.5, 1.0]), min_size=3, max_size=3),
-    per_cpu=st.lists(st.booleans(), min_size=3, max_size=3),
-    sessions=st.integers(0, 500),
-)
+@NODES
 def test_projected_load_is_the_weighted_mean_of_each_rules_fullness(nbproc, values, per_session, per_cpu, sessions):
     """load(k) = Σ w × (value + k × per-session) / capacity / Σ w, unclamped.
 
     Below capacity it is 1 - weight / (size × Σ w).
     """
-    names = ("LOADAVG", "MEMUSEDPCT", "NBSESSIONS")
-    caps = (1.0, 90.0, 40.0)
-    rules = tuple(Rule(name=n, weight=10.0 * (i + 1), capacity=caps[i], per_cpu=per_cpu[i],
-                       per_session=per_session[i]) for i, n in enumerate(names))
-    variables = {"NBPROC": nbproc, "CPUFREQ": 2400, **dict(zip(names, values))}
-    fullness = [(values[i] + sessions * per_session[i]) / (nbproc if per_cpu[i] else 1) / caps[i] for i in range(3)]
+    rules, variables = _node(nbproc, values, per_session, per_cpu)
+    fullness = [(values[i] + sessions * per_session[i]) / (nbproc if per_cpu[i] else 1) / CAPS[i] for i in range(3)]
     expected = sum(r.weight * f for r, f in zip(rules, fullness)) / sum(r.weight for r in rules)
     comp = compensation(variables, rules)
     assert comp.load(sessions) == pytest.approx(expected, rel=1e-9, abs=1e-9)

@@ -62,6 +62,8 @@ class PollResult:
 
 AUTH_USER = "lbserver"
 
+
+@functools.lru_cache(maxsize=16384)  # a Node is frozen: its request never changes
 def build_request(node: Node) -> bytes:
     """The whole HTTP request polling ``node`` (with its Authorization header when it has a secret)."""
     host = f"[{node.host}]" if ":" in node.host else node.host

@@ -63,11 +63,6 @@ class DnsService:
         else:
             self._arbiter.reconfigure(config.dns, config.nodes, **lease)
 
-    @property
-    def enabled(self) -> bool:
-        """Whether aliases are configured."""
-        return self._arbiter is not None
-
     def kick(self) -> None:
         """Start one arbiter cycle on the worker thread from the current snapshot (skipped while one runs)."""
         if self._arbiter is None or self._busy:

@@ -212,11 +212,9 @@ class Channel:
     def __init__(self, server: str, port: int, timeout: float) -> None:
         self.where, self.port, self.timeout = _server_address(server), port, timeout
         self._sock: socket.socket | None = None
-        self.messages = 0
 
     def exchange(self, msg: dns.message.Message) -> dns.message.Message:
         """Send ``msg`` and read its answer, on the open connection when there is one."""
-        self.messages += 1
         return self._retrying(lambda: dns.query.tcp(msg, self.where, timeout=self.timeout, port=self.port,
                                                     sock=self._sock))
 
@@ -230,7 +228,6 @@ class Channel:
         out: list[dns.message.Message] = []
         for start in range(0, len(msgs), window):
             batch = msgs[start:start + window]
-            self.messages += len(batch)
             out.extend(self._retrying(lambda: self._pipelined(batch)))
         return out
 
