@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lbserver.terminal.service import TerminalService, UnknownGroup
+from lbserver.terminal.service import HEAD_CACHE, TerminalService, UnknownGroup
 from tests.conftest import Procs, free_port, python_cmd, wait_for_port, wait_until
 
 IO_TIMEOUT = 5.0
@@ -273,6 +273,27 @@ def test_body_discarded_then_next_request(raw):
     assert c.response()[::2] == (200, b"z\n")
 
 
+def test_known_head_alone_in_a_read_then_its_body(raw):
+    """A head seen before takes the cached path; its body, read later, is still discarded."""
+    c = raw()
+    for _ in range(3):  # the first parses the head, the next ones find it cached
+        c.send(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+        assert c.response()[0] == 405
+        c.send(b"hello")
+        c.send(b"GET /?group=g2 HTTP/1.1\r\n\r\n")
+        assert c.response()[::2] == (200, b"z\n")
+
+
+def test_repeated_bad_query_answered_each_time_on_an_open_connection(raw):
+    c = raw()
+    for _ in range(3):
+        c.send(b"GET /?group=%zz HTTP/1.1\r\n\r\n")
+        assert c.response()[0] == 400
+    c.send(b"GET /?group=g2 HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert c.response()[::2] == (200, b"z\n")
+    assert c.closed_by_server()
+
+
 def test_chunked_and_huge_bodies_refused(raw):
     c = raw()
     c.send(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
@@ -376,3 +397,27 @@ def test_service_api_in_process():
 
     asyncio.run(scenario())
     assert statuses == [200, 200, 404]
+
+
+def test_head_cache_stays_bounded_and_answers_each_head():
+    async def scenario() -> None:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        port = sock.getsockname()[1]
+        svc = TerminalService(lambda group, user: f"{group}-{user}", idle_timeout=5)
+        await svc.start(sock)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), IO_TIMEOUT)
+        try:
+            for i in range(HEAD_CACHE + 50):
+                writer.write(f"GET /?group=g&user=u{i % (HEAD_CACHE + 10)} HTTP/1.1\r\n\r\n".encode())
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IO_TIMEOUT)
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                body = await asyncio.wait_for(reader.readexactly(length), IO_TIMEOUT)
+                assert body == f"g-u{i % (HEAD_CACHE + 10)}\n".encode()
+                assert len(svc.routes) <= HEAD_CACHE
+        finally:
+            writer.close()
+            await asyncio.wait_for(svc.stop(), IO_TIMEOUT)
+
+    asyncio.run(scenario())

@@ -18,7 +18,6 @@ import bisect
 import math
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping, NamedTuple
@@ -362,7 +361,7 @@ class Selector:
         self._weights: dict[str, float] = {}
         self._compensation: dict[str, Compensation] = {}
         self._last_good: dict[str, str] = {}
-        self._counts: Counter[str] = Counter()
+        self._counts: dict[str, int] = {}  # a plain dict: a Counter's += costs twice as much per pick
 
     @property
     def algorithm(self) -> str:
@@ -485,7 +484,8 @@ class Selector:
         return max(candidates, key=lambda n: (snap.nodes[n].selectable, self._weights.get(n, 0.0), n))
 
     def _done(self, group: str, node: str, reason: str, new_session: bool = True) -> Pick:
-        self._counts[node] += 1
+        counts = self._counts
+        counts[node] = counts.get(node, 0) + 1
         if reason != "last-good":
             self._last_good[group] = node
         if new_session:

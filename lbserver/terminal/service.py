@@ -6,6 +6,11 @@ is the hot path of a login storm: each request is framed with one
 callback and written with one ``transport.write`` of a cached, pre-encoded
 response. Nothing is logged per request.
 
+Terminals of one site send the same few request heads again and again, so
+what a head means (the parsed request and its decoded query) is cached by
+its bytes: a connection whose read holds exactly one known head costs one
+dictionary lookup before the choice, and no framing or parsing at all.
+
 Idle connections (including those that never send anything, or drip bytes
 slowly) are closed by one periodic sweep over all connections rather than
 one timer each: a connection's clock starts when it opens or when its last
@@ -21,7 +26,7 @@ import logging
 import socket
 import time
 from email.utils import formatdate
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, NamedTuple, Optional
 
 from lbserver.terminal.request import (MAX_HEAD, HttpError, Request, find_head_end, parse_head, parse_query,
                                        wants_json)
@@ -42,9 +47,23 @@ _REASONS = {
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     501: b"Not Implemented", 503: b"Service Unavailable", 505: b"HTTP Version Not Supported",
 }
+HEAD_CACHE = 256
+"""Distinct request heads whose meaning is kept (the cache is emptied when full)."""
+
 # Indexed by _variant(): how the response tells the client about the connection.
 _CONN_HEADERS = (b"Connection: close\r\n", b"", b"Connection: keep-alive\r\n")
 _CLOSE, _KEEP11, _KEEP10 = 0, 1, 2
+
+
+class Route(NamedTuple):
+    """What one request head asks: the request, and its query decoded (or why it could not be)."""
+
+    req: Request
+    group: Optional[str] = None
+    user: Optional[str] = None
+    json: bool = False
+    error: Optional[HttpError] = None
+    """A query that did not decode: answered with this status, the connection kept."""
 
 
 def _variant(req: Request) -> int:
@@ -85,6 +104,8 @@ class TerminalService:
         self._date_sec = -1
         # one cache per (variant, HEAD?): host -> full response bytes
         self._cache: list[dict[str, bytes]] = [{} for _ in range(6)]
+        self.routes: dict[bytes, Route] = {}
+        """Request head bytes -> :class:`Route`, for every head that framed."""
         self._errors_suppressed = 0
         self._last_error_log = -1e18
         self.refused = 0
@@ -173,30 +194,49 @@ class TerminalService:
         head = req is not None and req.method == b"HEAD"
         return self._build(status, text.encode() + b"\n", variant, head, extra)
 
-    def respond(self, req: Request) -> tuple[bytes, bool]:
-        """The response bytes for one request, and whether the connection stays open."""
-        if req.path != b"/":
-            return self._simple(404, "not found", req), req.keep_alive
-        method = req.method
-        head = method == b"HEAD"
-        if method != b"GET" and not head:
-            return self._simple(405, "method not allowed", req, b"Allow: GET, HEAD\r\n"), req.keep_alive
+    def route(self, head: bytes) -> Route:
+        """What ``head`` asks (cached by its bytes).
+
+        Raises :class:`HttpError` for a head that cannot be framed (the
+        connection is then closed); a query that does not decode is the
+        route's ``error``, answered on a connection that stays open.
+        """
+        route = self.routes.get(head)
+        if route is not None:
+            return route
+        req = parse_head(head)
+        route = Route(req)
         if req.query:
             try:
                 group, user, fmt = parse_query(req.query)
-                if fmt is not None and wants_json(fmt):
-                    return self._json(req, group, user), req.keep_alive
+                route = Route(req, group, user, fmt is not None and wants_json(fmt))
             except HttpError as exc:  # the request itself was framed fine: keep the connection
-                return self._simple(exc.status, exc.reason, req), req.keep_alive
-        else:
-            group = user = None
+                route = Route(req, error=exc.with_traceback(None))
+        if len(self.routes) >= HEAD_CACHE:
+            self.routes.clear()
+        self.routes[head] = route
+        return route
+
+    def respond(self, route: Route) -> bytes:
+        """The response bytes for one routed request."""
+        req = route.req
+        if req.path != b"/":
+            return self._simple(404, "not found", req)
+        method = req.method
+        head = method == b"HEAD"
+        if method != b"GET" and not head:
+            return self._simple(405, "method not allowed", req, b"Allow: GET, HEAD\r\n")
+        if route.error is not None:
+            return self._simple(route.error.status, route.error.reason, req)
+        if route.json:
+            return self._json(req, route.group, route.user)
         try:
-            host = self._answer(group, user)
+            host = self._answer(route.group, route.user)
         except UnknownGroup:
-            return self._simple(404, "unknown group", req), req.keep_alive
+            return self._simple(404, "unknown group", req)
         except Exception:  # any failure of the selection: answer 503, keep serving
             self._answer_failed()
-            return self._simple(503, "no server available", req), req.keep_alive
+            return self._simple(503, "no server available", req)
         variant = _variant(req)
         cache = self._cache[variant + 3 if head else variant]
         resp = cache.get(host)
@@ -206,7 +246,7 @@ class TerminalService:
             resp = cache[host] = self._build(200, host.encode() + b"\n", variant, head)
         if self.on_response is not None:
             self.on_response(200)
-        return resp, req.keep_alive
+        return resp
 
     def _json(self, req: Request, group: str | None, user: str | None) -> bytes:
         """``GET /?format=json``: the pick and why, for scripts (not cached: every answer differs)."""
@@ -308,11 +348,23 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or self.draining:
             return
+        svc = self.svc
+        if not self.buf and not self.skip:
+            # The common case: the read is exactly one head seen before.
+            route = svc.routes.get(data)
+            if route is not None:
+                resp = svc.respond(route)
+                if not route.req.keep_alive:
+                    self._finish([resp])
+                    return
+                self.skip = route.req.content_length
+                self.since = svc.now
+                self.transport.write(resp)
+                return
         buf = self.buf + data if self.buf else data
         pos = 0
         end = len(buf)
         out = []
-        svc = self.svc
         while True:
             if self.skip:
                 avail = end - pos
@@ -333,15 +385,15 @@ class _Connection(asyncio.Protocol):
                     return
                 break
             try:
-                req = parse_head(buf[start:stop])
+                route = svc.route(buf[start:stop])
             except HttpError as exc:
                 out.append(svc._simple(exc.status, exc.reason, None))
                 self._fail(out)
                 return
             pos = stop
-            resp, keep = svc.respond(req)
-            out.append(resp)
-            if not keep:
+            req = route.req
+            out.append(svc.respond(route))
+            if not req.keep_alive:
                 self._finish(out)
                 return
             self.skip = req.content_length
