@@ -1,20 +1,25 @@
 """Many agent endpoints in one process, for poll-scale benchmarks.
 
-    python bench/agent_replicas.py --reply FILE --count 1000 [--blackhole 100] --port 8001
+    python bench/agent_replicas.py --reply FILE --count 1000 [--blackhole 100] [--fresh] --port 8001
 
 Listens on 127.10.X.Y:PORT for COUNT loopback addresses and answers every
 XML-RPC request with the bytes of FILE (a real lbagent's get_state reply,
 captured by bench_poll.py), so a thousand "agents" cost one process. The
-first BLACKHOLE addresses accept connections and never answer. Prints
-"ready" on stdout once every socket listens.
+first BLACKHOLE addresses accept connections and never answer. With
+``--fresh`` every reply carries a new ``sampled_at``, as if each agent had
+taken a new sample since the last poll (nothing a balancer may reuse).
+Prints "ready" on stdout once every socket listens.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import re
 import resource
 import sys
+from typing import Callable
 
 
 def address(i: int) -> str:
@@ -25,7 +30,7 @@ def address(i: int) -> str:
 class Replica(asyncio.Protocol):
     """Answers one request per connection with a fixed reply, or never (black hole)."""
 
-    def __init__(self, reply: bytes | None) -> None:
+    def __init__(self, reply: Callable[[], bytes] | None) -> None:
         self.reply = reply
         self.buf = b""
 
@@ -44,7 +49,7 @@ class Replica(asyncio.Protocol):
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
         if len(body) >= length:
-            self.transport.write(self.reply)
+            self.transport.write(self.reply())
             self.transport.close()
 
 
@@ -52,7 +57,17 @@ async def serve(args: argparse.Namespace) -> None:
     """Bind every address, report readiness, serve forever."""
     with open(args.reply, "rb") as fh:
         body = fh.read()
-    reply = b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    def http(payload: bytes) -> bytes:
+        return b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload
+
+    fixed = http(body)
+    reply = lambda: fixed  # noqa: E731
+    if args.fresh:
+        m = re.search(rb"<name>sampled_at</name>\s*<value><double>([^<]+)</double>", body)
+        if m is None:
+            raise SystemExit("--fresh: no sampled_at in the reply")
+        head, tail, base, count = body[:m.start(1)], body[m.end(1):], float(m.group(1)), itertools.count(1)
+        reply = lambda: http(head + b"%.3f" % (base + next(count) / 1000) + tail)  # noqa: E731
     loop = asyncio.get_running_loop()
     for i in range(args.count):
         hole = i < args.blackhole
@@ -69,6 +84,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--blackhole", type=int, default=0)
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--fresh", action="store_true", help="a new sampled_at in every reply")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))

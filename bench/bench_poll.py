@@ -1,6 +1,6 @@
 """Poll scale: one full poll cycle of 1000 agents, healthy and with 100 black-holed.
 
-    .venv/bin/python bench/bench_poll.py [--nodes 1000] [--blackhole 100] [--cycles 5]
+    .venv/bin/python bench/bench_poll.py [--nodes 1000] [--blackhole 100] [--cycles 5] [--replies same|fresh|both]
 
 A real lbagent's get_state reply is captured and served by 1000 loopback
 endpoints (bench/agent_replicas.py, addresses 127.10.x.y); a real lbserver
@@ -9,6 +9,11 @@ polls them every few seconds. Figures come from the balancer's own
 process). The reference, measured in the same run, is a bare asyncio client
 doing the same 1000 connect/request/read exchanges without parsing: the
 floor for any design on this machine.
+
+Two kinds of replies: ``same`` (each agent answers what it answered last
+time, as between two samples, or to a balancer that polls faster than the
+agent samples) and ``fresh`` (every reply holds a new sample, so nothing
+of the last cycle can be reused). The black-holed case uses ``same``.
 """
 
 from __future__ import annotations
@@ -110,11 +115,11 @@ def status(mgmt: int) -> dict:
 
 
 def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles: int,
-             interval: float, timeout: float) -> dict:
+             interval: float, timeout: float, fresh: bool = False) -> dict:
     """Measure ``cycles`` poll cycles of a real lbserver over ``nodes`` replicas."""
     replicas = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "agent_replicas.py"), "--reply", reply,
-                                 "--count", str(nodes), "--blackhole", str(blackhole), "--port", str(PORT)],
-                                stdout=subprocess.PIPE, text=True, env=env)
+                                 "--count", str(nodes), "--blackhole", str(blackhole), "--port", str(PORT)]
+                                + (["--fresh"] if fresh else []), stdout=subprocess.PIPE, text=True, env=env)
     lb = None
     try:
         assert replicas.stdout.readline().strip() == "ready"
@@ -135,14 +140,19 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
         # cycles; nothing else talks to it meanwhile, so its CPU time is the cycles'.
         time.sleep(interval)
         count0, sum0 = poll_histogram(mgmt)
-        cpu0 = proc_cpu(lb.pid)
+        cpu0, t0 = proc_cpu(lb.pid), time.monotonic()
         time.sleep(cycles * interval + interval / 2)
         count1, sum1 = poll_histogram(mgmt)
-        cpu1 = proc_cpu(lb.pid)
+        cpu1, t1 = proc_cpu(lb.pid), time.monotonic()
         done = count1 - count0
+        mean = (sum1 - sum0) / done
+        # A cycle starts every max(interval, duration) seconds: the window's CPU
+        # time over the cycles it spans, counted in fractions rather than in
+        # whole cycles finished (which is off by up to one cycle in a few).
+        cpu_per_cycle = (cpu1 - cpu0) * max(interval, mean) / (t1 - t0)
         last = status(mgmt)["last_poll"]
-        return {"nodes": nodes, "blackhole": blackhole, "mean": (sum1 - sum0) / done, "last": last["duration"],
-                "floor": floor, "cpu_per_cycle": (cpu1 - cpu0) / done, "rss": proc_rss_mib(lb.pid),
+        return {"nodes": nodes, "blackhole": blackhole, "mean": mean, "last": last["duration"],
+                "floor": floor, "cpu_per_cycle": cpu_per_cycle, "rss": proc_rss_mib(lb.pid),
                 "failed": last["failed"], "cycles": done}
     finally:
         for p in (lb, replicas):
@@ -157,23 +167,28 @@ def main() -> int:
     parser.add_argument("--blackhole", type=int, default=100)
     parser.add_argument("--cycles", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--replies", choices=("same", "fresh", "both"), default="both",
+                        help="healthy case: agents answer the same sample again, a new one each time, or both")
     args = parser.parse_args()
     env = dict(os.environ, PYTHONPATH=ROOT)
     interval = args.timeout + 2
     with tempfile.TemporaryDirectory() as tmp:
         reply = capture_reply(tmp, env)
         print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; reply {os.path.getsize(reply)} bytes")
-        print(f"{'case':28} {'cycle (mean/last)':>18} {'floor':>7} {'ratio':>6} {'CPU/cycle':>10} {'RSS':>8}"
+        print(f"{'case':40} {'cycle (mean/last)':>18} {'floor':>7} {'ratio':>6} {'CPU/cycle':>10} {'RSS':>8}"
               f" {'failed':>6}  target")
-        for hole in sorted({0, args.blackhole}):
-            r = run_case(tmp, env, reply, args.nodes, hole, args.cycles, interval, args.timeout)
+        kinds = ["same", "fresh"] if args.replies == "both" else [args.replies]
+        cases = [(0, kind == "fresh") for kind in kinds] + ([(args.blackhole, False)] if args.blackhole else [])
+        for hole, fresh in cases:
+            r = run_case(tmp, env, reply, args.nodes, hole, args.cycles, interval, args.timeout, fresh)
             if hole:
                 target, ok = f"<= {args.timeout + 1.0:.1f} s", r["mean"] <= args.timeout + 1.0
             elif args.nodes >= 10000:  # the scale targets: near the floor, within a memory budget
                 target, ok = "<= 1.5x, 200 MiB", r["mean"] <= 1.5 * r["floor"] and r["rss"] <= 200
             else:
                 target, ok = "<= 1.0 s", r["mean"] <= 1.0
-            print(f"{r['nodes']} nodes, {hole} black-holed".ljust(28)
+            kind = "every reply new" if fresh else "replies unchanged"
+            print(f"{r['nodes']} nodes, {hole} black-holed, {kind}".ljust(40)
                   + f" {r['mean']:>8.3f}/{r['last']:.3f} s {r['floor']:>6.3f}s {r['mean'] / r['floor']:>5.1f}x"
                   + f" {r['cpu_per_cycle']:>9.3f}s {r['rss']:>6.1f}MiB {r['failed']:>6}  {target} "
                   + ("ok" if ok else "MISSED"))

@@ -30,9 +30,9 @@ from lbserver.core import health
 from lbserver.core.counters import CycleInfo, DurationHistogram
 from lbserver.core.drainstate import DrainState
 from lbserver.core.history import History
-from lbserver.core.poller import PollError, PollResult, poll_all
+from lbserver.core.poller import PollError, PollResult, Replies, poll_all
 from lbserver.core.remote import RemoteNode, fetch_group
-from lbserver.core.selection import Pick, Selector, Snapshot
+from lbserver.core.selection import Pick, Selector, Snapshot, Weighing
 from lbserver.core.view import UnknownNode
 
 log = logging.getLogger("lbserver")
@@ -58,6 +58,9 @@ class Balancer:
         self._remote: dict[str, tuple[Node, ...]] = {}
         self._remote_errors: dict[str, str] = {}
         self._records: dict[str, health.NodeRecord] = {}
+        # What the last cycle parsed and weighed, so an unchanged node costs neither again.
+        self._replies: Replies = {}
+        self._weighings: dict[str, Weighing] = {}
         self._selector = Selector(algorithm=config.algorithm)
         self._snapshot: Snapshot | None = None
         self._drain: DrainState | None = None
@@ -207,7 +210,8 @@ class Balancer:
         self._cycle_mono = time.monotonic()
         started = time.time()
         results, fetched = await asyncio.gather(
-            poll_all(cfg.nodes.values(), cfg.poll.timeout, cfg.poll.max_reply_bytes, validate=health.validate_state),
+            poll_all(cfg.nodes.values(), cfg.poll.timeout, cfg.poll.max_reply_bytes, validate=health.validate_state,
+                     replies=self._replies),
             self._fetch_remote(cfg))
         now = time.time()
         failed = 0
@@ -220,6 +224,8 @@ class Balancer:
         for name, res in results.items():
             rec = self._records.setdefault(name, health.NodeRecord(name=name))
             if res.state is not None:
+                if res.state is not rec.last_state:
+                    self._weighings.pop(name, None)  # new figures: weigh again, and let the old ones go now
                 change = health.record_success(rec, res.state, now, cfg.poll.rise)
             else:
                 failed += 1
@@ -294,7 +300,7 @@ class Balancer:
         in the middle of a storm keeps every count.
         """
         self._snapshot = Snapshot.build(self._config, self._records, frozenset(self._drain.nodes),
-                                        now or time.time())
+                                        now or time.time(), self._weighings)
         self._selector.install(self._snapshot)
 
     # -- terminals --------------------------------------------------------

@@ -26,7 +26,7 @@ from lbserver.config import Require, Rule, ServerConfig
 from lbserver.config.settings import ALGORITHMS
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord
-from lbserver.core.weights import Compensation, RuleResult, compensation, evaluate, rule_lag
+from lbserver.core.weights import Compensation, RuleResult, Verdict, compensation, evaluate, rule_lag
 
 REASONS = ("weighted", "user", "overflow", "last-good")
 DEFAULT_ALGORITHM = ALGORITHMS[0]
@@ -130,17 +130,33 @@ class Snapshot:
 
     @classmethod
     def build(cls, config: ServerConfig, records: Mapping[str, NodeRecord],
-              drained: frozenset[str] = frozenset(), now: float | None = None) -> Snapshot:
+              drained: frozenset[str] = frozenset(), now: float | None = None,
+              weighings: dict[str, Weighing] | None = None) -> Snapshot:
         """Weigh every configured node from its poll record.
 
         A node without a record counts as never polled. ``drained`` names
         nodes an admin took out of rotation (they keep their figures); a
         node whose agent reports ``DRAINED`` is drained as well.
+
+        ``weighings`` (kept by the caller from one build to the next) saves
+        weighing again a node whose state and rules are the very objects
+        of the last build; it is left holding this build's.
         """
         views: dict[str, NodeView] = {}
+        rules, requires = config.rules, config.requires
+        memo = weighings if weighings is not None else {}
+        kept: dict[str, Weighing] = {}
         for name in config.nodes:
-            views[name] = node_view(name, records.get(name), config.rules, config.requires,
-                                    name in drained)
+            rec = records.get(name)
+            state = rec.last_state if rec is not None else None
+            w = memo.get(name)
+            if w is None or w.state is not state or w.rules is not rules or w.requires is not requires:
+                w = weigh(state, rules, requires)
+            kept[name] = w
+            views[name] = node_view(name, rec, rules, requires, name in drained, w)
+        if weighings is not None:
+            weighings.clear()
+            weighings.update(kept)
         groups = {g.name: g.nodes for g in config.groups.values()}
         return cls(views, groups, config.default_group, time.time() if now is None else now,
                    config.rules, config.requires)
@@ -171,13 +187,34 @@ def source_drain(variables: Mapping) -> str | None:
     return reason.strip() if isinstance(reason, str) else ""
 
 
-def node_view(name: str, rec: NodeRecord | None, rules: tuple[Rule, ...],
-              requires: tuple[Require, ...], drained: bool = False) -> NodeView:
-    """Weigh one node from its poll record (None: never polled); ``drained``: by an admin."""
-    state = rec.last_state if rec is not None else None
+class Weighing(NamedTuple):
+    """What :func:`node_view` derives from one agent state under one rule set (pure, so it can be kept)."""
+
+    state: dict | None
+    rules: tuple[Rule, ...]
+    requires: tuple[Require, ...]
+    variables: Mapping
+    users: frozenset
+    verdict: Verdict
+
+
+def weigh(state: dict | None, rules: tuple[Rule, ...], requires: tuple[Require, ...]) -> Weighing:
+    """Judge one validated agent ``state`` (None: no reply yet) under ``rules`` and ``requires``."""
     variables: Mapping = MappingProxyType(dict(state["variables"])) if state else MappingProxyType({})
     users = frozenset(state["users"]) if state else frozenset()
-    verdict = evaluate(variables, rules, requires)
+    return Weighing(state, rules, requires, variables, users, evaluate(variables, rules, requires))
+
+
+def node_view(name: str, rec: NodeRecord | None, rules: tuple[Rule, ...],
+              requires: tuple[Require, ...], drained: bool = False, weighing: Weighing | None = None) -> NodeView:
+    """Weigh one node from its poll record (None: never polled); ``drained``: by an admin.
+
+    ``weighing`` is :func:`weigh` of the record's state, when the caller kept it.
+    """
+    state = rec.last_state if rec is not None else None
+    if weighing is None:
+        weighing = weigh(state, rules, requires)
+    variables, users, verdict = weighing.variables, weighing.users, weighing.verdict
     up = rec.up if rec is not None else None
     error = rec.last_error if rec is not None else None
     # Without any reply the rules have nothing to judge: say only why there is none.
@@ -360,6 +397,7 @@ class Selector:
         self._unseen: dict[str, _Unseen] = {}
         self._weights: dict[str, float] = {}
         self._compensation: dict[str, Compensation] = {}
+        self._base_compensation: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]] = {}
         self._last_good: dict[str, str] = {}
         self._counts: dict[str, int] = {}  # a plain dict: a Counter's += costs twice as much per pick
 
@@ -414,8 +452,15 @@ class Selector:
                 unseen[name] = u
         weights = {n: v.weight for n, v in snapshot.nodes.items()}
         comp: dict[str, Compensation] = {}
+        base: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]] = {}
         for node, places in members.items():
-            c = compensation(snapshot.nodes[node].variables, snapshot.rules)
+            variables = snapshot.nodes[node].variables
+            known = self._base_compensation.get(node)
+            if known is not None and known[0] is variables and known[1] is snapshot.rules:
+                c = known[2]  # the same figures under the same rules (see Snapshot.build's weighings)
+            else:
+                c = compensation(variables, snapshot.rules)
+            base[node] = (variables, snapshot.rules, c)
             u = unseen.get(node)
             fresh = 0
             if u is not None and c.terms:
@@ -430,8 +475,8 @@ class Selector:
                 state.loads[i] = load
         # Swap everything at once so a pick never sees half of each snapshot.
         (self._snapshot, self._groups, self._members, self._unseen, self._weights,
-         self._compensation, self._last_good) = (
-            snapshot, groups, members, unseen, weights, comp, last_good)
+         self._compensation, self._base_compensation, self._last_good) = (
+            snapshot, groups, members, unseen, weights, comp, base, last_good)
 
     def pick(self, group: str | None = None, user: str | None = None) -> Pick:
         """Choose a node of ``group`` (the default group when None) for a new terminal.

@@ -1,0 +1,92 @@
+"""The poller against real agent processes: an unchanged reply is not parsed or weighed again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+from lbserver.config import DEFAULT_RULES, Group, Node, ServerConfig
+from lbserver.core import health
+from lbserver.core.poller import poll_all
+from lbserver.core.selection import Snapshot
+from tests.conftest import free_port, wait_for_port
+
+
+def fake_agent(procs, tmp_path, ip: str, sampled_at: float):
+    """A scripted agent on ``ip`` answering from a JSON state file; returns (node, state file)."""
+    state = tmp_path / f"{ip}.json"
+    write_state(state, sampled_at)
+    port = free_port(ip)
+    proc = procs.start([sys.executable, "-m", "tests.fakeagent", "--listen", f"{ip}:{port}",
+                        "--mode", "state", "--state", str(state)])
+    wait_for_port(ip, port, proc=proc)
+    return Node(name=ip, address=f"http://{ip}:{port}", host=ip, port=port), state
+
+
+def write_state(path, sampled_at: float) -> None:
+    path.write_text(json.dumps({"hostname": "fake", "agent_version": "t", "sampled_at": sampled_at,
+                                "variables": {"NBPROC": 2, "CPUFREQ": 2000, "LOADAVG": 0.5, "MEMUSEDPCT": 20},
+                                "users": ["alice"]}))
+
+
+def test_unchanged_reply_keeps_its_state_and_a_new_sample_is_parsed(procs, tmp_path):
+    node, state_file = fake_agent(procs, tmp_path, "127.0.0.31", time.time())
+    dead = Node(name="dead", address=f"http://127.0.0.32:{free_port('127.0.0.32')}", host="127.0.0.32",
+                port=free_port("127.0.0.32"))
+    validated: list[str] = []
+
+    def validate(value):
+        validated.append(value["hostname"])
+        return health.validate_state(value)
+
+    replies: dict = {}
+
+    def poll():
+        return asyncio.run(poll_all([node, dead], 2.0, 1 << 20, validate=validate, replies=replies))
+
+    first = poll()
+    second = poll()
+    assert second[node.name].state is first[node.name].state  # the same sample: kept, not parsed again
+    assert validated == ["fake"]
+    assert set(replies) == {node.name}  # a node that did not answer has nothing to keep
+    assert second["dead"].error is not None and "refused" in second["dead"].error
+
+    write_state(state_file, time.time() + 1)  # the agent took a new sample
+    third = poll()
+    assert third[node.name].state is not second[node.name].state
+    assert third[node.name].state["sampled_at"] == json.loads(state_file.read_text())["sampled_at"]
+    assert validated == ["fake", "fake"]
+
+    without = asyncio.run(poll_all([node], 2.0, 1 << 20, validate=health.validate_state))
+    assert without[node.name].state == third[node.name].state  # keeping changes no result
+
+
+def figures(load: float) -> dict:
+    return {"NBPROC": 2, "CPUFREQ": 2000, "LOADAVG": load, "MEMUSEDPCT": 20, "NBSESSIONS": 1}
+
+
+def test_snapshot_weighs_again_only_what_changed():
+    nodes = {n: Node(n, f"http://127.0.0.1:{8001 + i}", "127.0.0.1", 8001 + i) for i, n in enumerate("ab")}
+    cfg = ServerConfig(path="t.xml", nodes=nodes, groups={"G": Group("G", ("a", "b"), True)}, default_group="G",
+                       rules=DEFAULT_RULES)
+    records = {}
+    for n in nodes:
+        records[n] = health.NodeRecord(n)
+        health.record_success(records[n], {"hostname": n, "agent_version": "t", "sampled_at": 1.0, "users": [],
+                                           "variables": figures(0.4)}, 1.0, 2)
+    weighings: dict = {}
+    first = Snapshot.build(cfg, records, now=2.0, weighings=weighings)
+    health.record_success(records["b"], {**records["b"].last_state, "variables": figures(1.9)}, 3.0, 2)
+    second = Snapshot.build(cfg, records, now=4.0, weighings=weighings)
+    assert second.nodes["a"].variables is first.nodes["a"].variables  # same state, same rules: kept
+    assert second.nodes["a"].last_success == first.nodes["a"].last_success == 1.0
+    assert second.nodes["b"].variables["LOADAVG"] == 1.9  # new figures: weighed again
+    assert second.nodes["b"].weight < first.nodes["b"].weight
+    fresh = Snapshot.build(cfg, records, now=4.0)
+    assert {n: v.weight for n, v in fresh.nodes.items()} == {n: v.weight for n, v in second.nodes.items()}
+    reloaded = ServerConfig(**{**cfg.__dict__, "rules": ()})
+    third = Snapshot.build(reloaded, records, now=5.0, weighings=weighings)
+    assert third.nodes["a"].variables is not second.nodes["a"].variables  # other rules: weighed again
+    assert third.nodes["a"].rules == ()
