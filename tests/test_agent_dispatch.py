@@ -5,7 +5,7 @@ import xmlrpc.client
 import pytest
 from defusedxml import DTDForbidden
 
-from lbagent.rpc import Dispatcher, safe_loads
+from lbagent.rpc import GET_STATE_CALL, Dispatcher, safe_loads
 from lbagent.sampler import make_sample
 
 BOMB = b"""<?xml version="1.0"?>
@@ -42,6 +42,16 @@ def test_reply_follows_the_current_sample(dispatcher, sample_box):
     assert call(dispatcher, "get_state")["variables"]["NBPROC"] == 4
     sample_box["sample"] = make_sample("app1", 1700000005.0, {"NBPROC": 8}, [])
     assert call(dispatcher, "get_state")["variables"] == {"NBPROC": 8}
+
+
+def test_the_balancers_call_and_any_other_spelling_get_the_same_answer(dispatcher, sample_box):
+    assert GET_STATE_CALL == xmlrpc.client.dumps((), "get_state").encode()  # what lbserver sends
+    spelled = b"<?xml version='1.0'?><methodCall> <methodName>get_state</methodName><params/></methodCall>"
+    assert dispatcher._marshaled_dispatch(GET_STATE_CALL) == dispatcher._marshaled_dispatch(spelled)
+    sample_box["sample"] = None  # before the first sample: a fault, by either path
+    for body in (GET_STATE_CALL, spelled):
+        with pytest.raises(xmlrpc.client.Fault, match="no sample"):
+            xmlrpc.client.loads(dispatcher._marshaled_dispatch(body))
 
 
 def test_ping_and_introspection(dispatcher):
