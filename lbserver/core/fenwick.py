@@ -60,10 +60,10 @@ class Fenwick:
 
     def set(self, i: int, weight: float) -> None:
         """Set weight ``i`` (O(log n))."""
-        weight = self._check(weight)
         old = self._values[i]
-        if weight == old:
+        if weight == old:  # a pick often leaves a weight as it was: nothing to check or do
             return
+        weight = self._check(weight)
         self._values[i] = weight
         self._positive += (weight > 0) - (old > 0)
         self._updates += 1

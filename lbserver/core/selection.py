@@ -265,6 +265,10 @@ class Pick(NamedTuple):
     """Whether the terminal opens a new session there (not a return to its own, nor a last resort)."""
 
 
+# Pick(...) goes through a generated Python __new__; the tuple's own is half the cost per terminal.
+_new_pick = tuple.__new__
+
+
 class _GroupState:
     """Per-group sampling structures over the group's selectable nodes.
 
@@ -535,7 +539,7 @@ class Selector:
             self._last_good[group] = node
         if new_session:
             self._add(node, 1)
-        return Pick(node, reason, group, new_session)
+        return _new_pick(Pick, (node, reason, group, new_session))
 
     def add_pending(self, node: str, count: int = 1) -> bool:
         """Count ``count`` terminals sent to ``node`` elsewhere (by a peer balancer) as if sent here now.
