@@ -6,6 +6,10 @@ all are busy (a stuck client cannot block others), each connection bounded by ``
 refused. The allow-list is checked in the accept loop, so refused peers get
 their 403 at once and never occupy a worker. Requests only read the
 sampler's current sample, whose marshalled reply is built once per sample.
+A plain get_state() call (no TLS, no secret) already waiting whole when its
+connection is accepted, as a balancer's usually is, is answered right there
+in the accept loop, without a worker; anything else, or anything not there
+yet, goes to a worker.
 
 With ``tls-cert`` the TLS handshake runs in the connection's worker thread
 under the same deadline (never in the accept loop, where one silent client
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import errno
 import heapq
 import hmac
@@ -49,6 +54,7 @@ log = logging.getLogger(__name__)
 RPC_PATHS = ("/", "/RPC2")
 GET_STATE_CALL = xmlrpc.client.dumps((), "get_state").encode()
 """The get_state() call as lbserver and xmlrpc.client send it, byte for byte."""
+INLINE_PEEK_BYTES = 2048  # a plain get_state() call is about 300 bytes
 DRAIN_BYTES = 1024 * 1024   # read and dropped after a refusal, so the client sees the answer
 DRAIN_SECONDS = 1.0
 AUTH_REALM = "lbagent"
@@ -180,6 +186,10 @@ class Dispatcher(SimpleXMLRPCDispatcher):
         """ping() -> true: the agent is up."""
         return True
 
+    def current(self) -> Sample | None:
+        """The sample in force (None before the first one)."""
+        return self._current()
+
     def _sample(self) -> Sample:
         sample = self._current()
         if sample is None:
@@ -203,6 +213,52 @@ class Dispatcher(SimpleXMLRPCDispatcher):
             response = xmlrpc.client.dumps(
                 xmlrpc.client.Fault(1, f"{type(exc).__name__}: {exc}"[:300]), encoding=self.encoding)
         return response.encode(self.encoding, "xmlcharrefreplace")
+
+
+def http_reply(code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> bytes:
+    """A whole HTTP/1.0 reply: status line, Server, Date, Content-Type, Content-Length, ``extra``, body."""
+    reason = http.server.BaseHTTPRequestHandler.responses.get(code, ("",))[0]
+    lines = [f"HTTP/1.0 {code} {reason}", f"Server: {Handler.server_version}",
+             f"Date: {email.utils.formatdate(usegmt=True)}", f"Content-Type: {ctype}",
+             f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
+    return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
+
+
+# Headers a plain get_state() call may carry and still be answered in the accept loop.
+_PLAIN_HEADERS = frozenset((b"host", b"user-agent", b"content-type", b"content-length", b"accept-encoding",
+                            b"connection"))
+_PLAIN_LENGTH = str(len(GET_STATE_CALL)).encode()
+
+
+def plain_get_state(data: bytes) -> bool:
+    """Whether ``data`` is one whole get_state() call that needs nothing of the full handler.
+
+    That is: ``POST`` to an RPC path over HTTP/1.0 or 1.1, no header but
+    Host, User-Agent, Content-Type, Content-Length (the body's), Accept-Encoding
+    and Connection, and a body that is :data:`GET_STATE_CALL` byte for byte,
+    nothing after it. Anything else (credentials, another call, a body still
+    on its way) is for the full handler.
+    """
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep or body != GET_STATE_CALL:
+        return False
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[0] != b"POST" or parts[1] not in (b"/", b"/RPC2") \
+            or parts[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
+        return False
+    length = False
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        name = name.lower()
+        if not sep or name not in _PLAIN_HEADERS:
+            return False
+        if name == b"content-length":
+            if value.strip(b" \t") != _PLAIN_LENGTH:
+                return False
+            length = True
+    return length
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -338,12 +394,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # Status, headers and body in one write: one system call per reply, not two.
         self._answered = True
         self.log_request(code, len(body))
-        reason = self.responses.get(code, ("",))[0]
-        lines = [f"HTTP/1.0 {code} {reason}", f"Server: {self.server_version}",
-                 f"Date: {self.date_time_string()}", f"Content-Type: {ctype}",
-                 f"Content-Length: {len(body)}"]
-        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
-        self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
+        self.wfile.write(http_reply(code, body, ctype, extra))
 
     def _refuse(self, code: int, text: str, extra: dict[str, str] | None = None) -> None:
         self._reply(code, text.encode("utf-8"), extra=dict(extra or {}, Connection="close"))
@@ -499,9 +550,43 @@ class AgentHTTPServer(socketserver.TCPServer):
         if not is_allowed(host, self.config.allow):
             self.note_denied(host)
             self._answer_at_once(request, forbidden_response(host, Handler.server_version))
+        elif self._answered_inline(request):
+            log.debug("%s get_state answered in the accept loop", host)
         elif not self.parts.workers.submit(lambda: self._serve_connection(request, client_address)):
             # Every worker busy: answer at once rather than queue the connection.
             self._answer_at_once(request, BUSY_RESPONSE)
+
+    def _answered_inline(self, request: socket.socket) -> bool:
+        """Answer a plain get_state() call already waiting whole in ``request``, here in the accept loop.
+
+        A balancer sends its call as soon as it is connected, so it is
+        usually there by the time the connection is accepted: answering it
+        at once, from the reply marshalled once per sample, saves handing
+        the connection to a worker thread. Never waits for anything: a call
+        not whole yet, over TLS, with a shared secret, or before the first
+        sample goes to a worker as before (returns False).
+        """
+        if self.config.ssl_context is not None or self.config.secret is not None:
+            return False
+        try:
+            data = request.recv(INLINE_PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        sample = self.parts.dispatcher.current()
+        if sample is None or not plain_get_state(data):
+            return False
+        try:
+            request.recv(len(data), socket.MSG_DONTWAIT)  # what the peek saw: it is all there
+            request.setblocking(False)
+            answer = http_reply(200, sample.response, "text/xml")
+            sent = request.send(answer)  # a fresh connection's send buffer takes it whole
+        except OSError as exc:
+            log.debug("connection ended before its answer: %s", exc)
+            sent = -1
+        if sent != len(answer):
+            log.debug("answer to a plain get_state() not sent whole (%d bytes)", sent)
+        self.shutdown_request(request)
+        return True
 
     def _answer_at_once(self, request: socket.socket, answer: bytes) -> None:
         """Send ``answer`` without blocking and leave the close to the lingerer.

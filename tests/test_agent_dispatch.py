@@ -5,7 +5,7 @@ import xmlrpc.client
 import pytest
 from defusedxml import DTDForbidden
 
-from lbagent.rpc import GET_STATE_CALL, Dispatcher, safe_loads
+from lbagent.rpc import GET_STATE_CALL, Dispatcher, plain_get_state, safe_loads
 from lbagent.sampler import make_sample
 
 BOMB = b"""<?xml version="1.0"?>
@@ -52,6 +52,39 @@ def test_the_balancers_call_and_any_other_spelling_get_the_same_answer(dispatche
     for body in (GET_STATE_CALL, spelled):
         with pytest.raises(xmlrpc.client.Fault, match="no sample"):
             xmlrpc.client.loads(dispatcher._marshaled_dispatch(body))
+
+
+def plain(head: bytes, body: bytes = GET_STATE_CALL) -> bytes:
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+@pytest.mark.parametrize("request_bytes", [
+    plain(b"POST /RPC2 HTTP/1.0\r\nHost: 10.0.0.1:8001\r\nUser-Agent: lbserver\r\nContent-Type: text/xml\r\n"),
+    plain(b"POST / HTTP/1.1\r\nHost: app1\r\nAccept-Encoding: gzip\r\nContent-Type: text/xml\r\n"
+          b"User-Agent: Python-xmlrpc/3.11\r\n"),
+    plain(b"POST /RPC2 HTTP/1.0\r\nconnection: close\r\n"),
+])
+def test_plain_get_state_calls(request_bytes):
+    assert plain_get_state(request_bytes)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    plain(b"POST /RPC2 HTTP/1.0\r\nAuthorization: Basic bGJzZXJ2ZXI6eA==\r\n"),  # credentials: checked by the handler
+    plain(b"POST /RPC2 HTTP/1.0\r\nTransfer-Encoding: chunked\r\n"),
+    plain(b"POST /RPC2 HTTP/1.0\r\nExpect: 100-continue\r\n"),
+    plain(b"POST /other HTTP/1.0\r\n"),
+    plain(b"POST /RPC2?x=1 HTTP/1.0\r\n"),
+    plain(b"GET /RPC2 HTTP/1.0\r\n"),
+    plain(b"POST /RPC2 HTTP/2.0\r\n"),
+    plain(b"POST /RPC2 HTTP/1.0\r\n", xmlrpc.client.dumps((), "ping").encode()),
+    plain(b"POST /RPC2 HTTP/1.0\r\n")[:-5],  # the body not whole yet
+    plain(b"POST /RPC2 HTTP/1.0\r\n") + b"POST",  # something after it
+    b"POST /RPC2 HTTP/1.0\r\nContent-Length: 7\r\n\r\n" + GET_STATE_CALL,
+    b"POST /RPC2 HTTP/1.0\r\n\r\n" + GET_STATE_CALL,  # no Content-Length
+    b"POST /RPC2 HTTP/1.0\r\nContent-Length " + b"\r\n\r\n" + GET_STATE_CALL,
+])
+def test_not_plain_get_state_calls(request_bytes):
+    assert not plain_get_state(request_bytes)
 
 
 def test_ping_and_introspection(dispatcher):

@@ -12,6 +12,7 @@ import errno
 import logging
 import socket
 import threading
+import time
 import xmlrpc.client
 from contextlib import contextmanager
 
@@ -26,7 +27,10 @@ from common.netutil import hosts_overlap
 import common.sockets
 from common.sockets import listen_socket
 from lbagent.service import AgentService
+from lbagent.sampler import make_sample
 from lbagent.workers import WorkerPool
+from lbserver.config import Node
+from lbserver.core.poller import build_request
 
 
 class Exploding(Dispatcher):
@@ -40,13 +44,23 @@ class Exploding(Dispatcher):
         raise self.exc
 
 
+class CountingPool(WorkerPool):
+    """A worker pool that counts the connections handed to it."""
+
+    submitted = 0
+
+    def submit(self, job) -> bool:
+        self.submitted += 1
+        return super().submit(job)
+
+
 @contextmanager
-def serving(host: str, dispatcher: Dispatcher):
+def serving(host: str, dispatcher: Dispatcher, secret: str | None = None, workers: WorkerPool | None = None):
     """An AgentHTTPServer on ``host`` (a free port) in a background thread; yields the port."""
     sock = listen_socket((host, 0))
     port = sock.getsockname()[1]
-    config = AgentConfig(path="lbaconfig.xml", listen=(host, port))
-    parts = ServerParts(dispatcher=dispatcher, deadlines=Deadlines(), workers=WorkerPool(max_workers=4),
+    config = AgentConfig(path="lbaconfig.xml", listen=(host, port), secret=secret)
+    parts = ServerParts(dispatcher=dispatcher, deadlines=Deadlines(), workers=workers or WorkerPool(max_workers=4),
                         closer=LingeringCloser())
     server = AgentHTTPServer(sock, config, parts)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
@@ -85,6 +99,49 @@ def test_unexpected_error_is_answered_and_logged_once(caplog, exc, status, text)
     lines = [r.getMessage() for r in caplog.records if "error while serving" in r.getMessage()]
     assert len(lines) == 1, lines  # rate-limited: once a minute per address
     assert f"{type(exc).__name__}: {exc}" in lines[0]
+
+
+def exchange(host: str, port: int, *pieces: bytes) -> bytes:
+    """Send ``pieces`` (the later ones after the agent had time to take the connection); read the answer."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        for i, piece in enumerate(pieces):
+            if i:
+                time.sleep(0.05)
+            s.sendall(piece)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_plain_get_state_answered_in_the_accept_loop_as_a_worker_answers_it():
+    host = "127.0.0.53"
+    sample = make_sample("app1", 1700000000.25, {"NBPROC": 4}, ["alice"])
+    pool = CountingPool(max_workers=4)
+    request = build_request(Node("app1", "http://127.0.0.53:1", "127.0.0.53", 1))  # what lbserver sends
+    with serving(host, Dispatcher(lambda: sample), workers=pool) as port:
+        whole = [exchange(host, port, request) for _ in range(20)]
+        inline = 20 - pool.submitted
+        split = exchange(host, port, request[:40], request[40:])  # not whole when accepted: a worker
+    assert inline > 0 and pool.submitted == 20 - inline + 1
+    for answer in whole + [split]:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"HTTP/1.0 200 OK"
+        assert sorted(line.split(b":")[0] for line in lines[1:]) == \
+            [b"Content-Length", b"Content-Type", b"Date", b"Server"]
+        assert xmlrpc.client.loads(body)[0][0]["users"] == ["alice"]
+        assert body == sample.response
+
+
+def test_plain_call_without_the_secret_is_refused_not_answered_inline():
+    host = "127.0.0.54"
+    sample = make_sample("app1", 1.0, {}, [])
+    request = build_request(Node("app1", "http://127.0.0.54:1", "127.0.0.54", 1))
+    with serving(host, Dispatcher(lambda: sample), secret="s3cret") as port:
+        assert exchange(host, port, request).startswith(b"HTTP/1.0 401 ")
+        authed = build_request(Node("app1", "http://127.0.0.54:1", "127.0.0.54", 1, secret="s3cret"))
+        assert exchange(host, port, authed).startswith(b"HTTP/1.0 200 ")
 
 
 def test_reload_that_cannot_bind_an_overlapping_address_keeps_the_old_one(tmp_path, monkeypatch, caplog):
