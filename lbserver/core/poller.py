@@ -271,12 +271,6 @@ async def fetch_body(node: Node, timeout: float, max_bytes: int, ssl_ctx: ssl.SS
     return reply_body(raw, max_bytes)
 
 
-async def fetch_state(node: Node, timeout: float, max_bytes: int,
-                      ssl_ctx: ssl.SSLContext | None = None) -> object:
-    """Fetch one agent's ``get_state`` value, raising :class:`PollError` on any failure."""
-    return loads_body(await fetch_body(node, timeout, max_bytes, ssl_ctx))
-
-
 Replies = dict[str, tuple[bytes, dict]]
 """Per node, a digest of its last reply body and the state validated from it."""
 

@@ -597,4 +597,4 @@ class Selector:
 
 
 __all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "EmptyGroup", "NodeView", "Pick", "REASONS", "Selector", "Snapshot",
-           "UnknownGroup", "node_view", "source_drain"]
+           "UnknownGroup", "Weighing", "node_view", "source_drain", "weigh"]
