@@ -575,10 +575,10 @@ class AgentHTTPServer(socketserver.TCPServer):
         sample = self.parts.dispatcher.current()
         if sample is None or not plain_get_state(data):
             return False
+        answer = http_reply(200, sample.response, "text/xml")
         try:
             request.recv(len(data), socket.MSG_DONTWAIT)  # what the peek saw: it is all there
             request.setblocking(False)
-            answer = http_reply(200, sample.response, "text/xml")
             sent = request.send(answer)  # a fresh connection's send buffer takes it whole
         except OSError as exc:
             log.debug("connection ended before its answer: %s", exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import select
 import socket
 import threading
 import time
@@ -114,16 +115,29 @@ def exchange(host: str, port: int, *pieces: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def test_plain_get_state_answered_in_the_accept_loop_as_a_worker_answers_it():
+def accept_once_readable(monkeypatch) -> None:
+    """Make the agent take each connection only once its first bytes are there (as is usual)."""
+    accept = AgentHTTPServer.get_request
+
+    def get_request(server):
+        conn, address = accept(server)
+        select.select([conn], [], [], 5)
+        return conn, address
+
+    monkeypatch.setattr(AgentHTTPServer, "get_request", get_request)
+
+
+def test_plain_get_state_answered_in_the_accept_loop_as_a_worker_answers_it(monkeypatch):
     host = "127.0.0.53"
     sample = make_sample("app1", 1700000000.25, {"NBPROC": 4}, ["alice"])
     pool = CountingPool(max_workers=4)
     request = build_request(Node("app1", "http://127.0.0.53:1", "127.0.0.53", 1))  # what lbserver sends
+    accept_once_readable(monkeypatch)
     with serving(host, Dispatcher(lambda: sample), workers=pool) as port:
         whole = [exchange(host, port, request) for _ in range(20)]
-        inline = 20 - pool.submitted
+        assert pool.submitted == 0  # every whole call answered in the accept loop
         split = exchange(host, port, request[:40], request[40:])  # not whole when accepted: a worker
-    assert inline > 0 and pool.submitted == 20 - inline + 1
+    assert pool.submitted == 1
     for answer in whole + [split]:
         head, _, body = answer.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
@@ -132,6 +146,41 @@ def test_plain_get_state_answered_in_the_accept_loop_as_a_worker_answers_it():
             [b"Content-Length", b"Content-Type", b"Date", b"Server"]
         assert xmlrpc.client.loads(body)[0][0]["users"] == ["alice"]
         assert body == sample.response
+
+
+class ResetAfterPeek(socket.socket):
+    """A connection whose peer is gone by the time the peeked call is read (ECONNRESET)."""
+
+    def recv(self, size, flags=0):
+        if flags & socket.MSG_PEEK:
+            return super().recv(size, flags)
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+def test_peer_gone_between_peek_and_read_costs_only_its_connection(caplog, monkeypatch):
+    host = "127.0.0.55"
+    sample = make_sample("app1", 1.0, {}, [])
+    request = build_request(Node("app1", "http://127.0.0.55:1", "127.0.0.55", 1))
+    accept_once_readable(monkeypatch)
+    accept = AgentHTTPServer.get_request
+    broken = []
+
+    def get_request(server):
+        conn, address = accept(server)
+        if not broken:  # the first connection only
+            broken.append(conn)
+            conn = ResetAfterPeek(conn.family, conn.type, fileno=conn.detach())
+        return conn, address
+
+    monkeypatch.setattr(AgentHTTPServer, "get_request", get_request)
+    with caplog.at_level(logging.DEBUG, logger="lbagent.rpc"), \
+            serving(host, Dispatcher(lambda: sample)) as port:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(request)
+            assert s.recv(65536) == b""  # closed without an answer
+        assert exchange(host, port, request).startswith(b"HTTP/1.0 200 ")  # the agent serves on
+    assert any("connection ended before its answer" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # nothing unforeseen
 
 
 def test_plain_call_without_the_secret_is_refused_not_answered_inline():
