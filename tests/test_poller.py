@@ -1,4 +1,4 @@
-"""The poller against real agent processes: an unchanged reply is not parsed or weighed again."""
+"""The poller against real agent processes: an unchanged reply is not parsed or weighed again; timeouts."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 import sys
 import time
 
+import pytest
+
 from lbserver.config import DEFAULT_RULES, Group, Node, ServerConfig
-from lbserver.core import health
+from lbserver.core import health, poller
 from lbserver.core.poller import poll_all
 from lbserver.core.selection import Snapshot
 from tests.conftest import free_port, wait_for_port
@@ -90,3 +92,21 @@ def test_snapshot_weighs_again_only_what_changed():
     third = Snapshot.build(reloaded, records, now=5.0, weighings=weighings)
     assert third.nodes["a"].variables is not second.nodes["a"].variables  # other rules: weighed again
     assert third.nodes["a"].rules == ()
+
+
+@pytest.mark.parametrize("deadline", ["task deadline", "wait_for"])
+def test_silent_agent_times_out_either_way(procs, monkeypatch, deadline):
+    """The poll timeout bounds a black-holed agent, with asyncio.timeout or (Python 3.10) wait_for."""
+    if deadline == "wait_for":
+        monkeypatch.setattr(poller, "_deadline", None)
+    else:
+        assert poller._deadline is not None  # this interpreter has asyncio.timeout
+    port = free_port("127.0.0.33")
+    proc = procs.start([sys.executable, "-m", "tests.fakeagent", "--listen", f"127.0.0.33:{port}",
+                        "--mode", "blackhole"])
+    wait_for_port("127.0.0.33", port, proc=proc)
+    node = Node(name="hole", address=f"http://127.0.0.33:{port}", host="127.0.0.33", port=port)
+    start = time.monotonic()
+    result = asyncio.run(poll_all([node], 0.3, 1 << 20))["hole"]
+    assert result.error == "no answer within 0.3 s"
+    assert 0.3 <= time.monotonic() - start < 2.0

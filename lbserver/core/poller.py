@@ -243,22 +243,29 @@ async def _exchange(node: Node, max_bytes: int, ssl_ctx: ssl.SSLContext | None) 
         transport.abort()  # after a whole reply the agent has closed: nothing to flush
 
 
+# A deadline on the calling task (Python 3.11+); Python 3.10 has only wait_for, a task per call.
+_deadline = getattr(asyncio, "timeout", None)
+
+
 async def fetch_body(node: Node, timeout: float, max_bytes: int, ssl_ctx: ssl.SSLContext | None = None) -> bytes:
     """Fetch one agent's ``get_state`` reply body (HTTP checked, XML not parsed yet).
 
     Raises :class:`PollError` on any failure. ``ssl_ctx`` defaults to the
     node's own context (set for ``https://`` addresses). The timeout is a
-    deadline on the calling task, not a task of its own: at ten thousand
-    agents a cycle, a task per exchange shows in the profile.
+    deadline on the calling task, not a task of its own (from Python 3.11):
+    at ten thousand agents a cycle, a task per exchange shows in the profile.
     """
     if ssl_ctx is None:
         ssl_ctx = node.ssl_context
         if ssl_ctx is None and node.tls:  # a Node built outside the config loader
             ssl_ctx = _system_context()
     try:
-        async with asyncio.timeout(timeout):
-            raw = await _exchange(node, max_bytes, ssl_ctx)
-    except TimeoutError:
+        if _deadline is not None:
+            async with _deadline(timeout):
+                raw = await _exchange(node, max_bytes, ssl_ctx)
+        else:
+            raw = await asyncio.wait_for(_exchange(node, max_bytes, ssl_ctx), timeout)
+    except asyncio.TimeoutError:  # the built-in TimeoutError from Python 3.11 on
         raise PollError(f"no answer within {timeout:g} s") from None
     except ConnectionRefusedError:
         raise PollError("connection refused (agent not running?)") from None
