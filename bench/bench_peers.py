@@ -16,7 +16,6 @@ loop is busy). Needs wrk in PATH.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -24,11 +23,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.bench_poll import status as balancer_status  # noqa: E402
 from bench.bench_terminal import run_wrk, start_cluster  # noqa: E402
 from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
 
@@ -47,11 +46,6 @@ def _server(tmp: str, base: str, name: str, peers: str, env: dict, children: lis
     wait_for_port("127.0.0.1", port, proc)
     wait_for_port("127.0.0.1", mgmt, proc)
     return port, mgmt
-
-
-def _status(mgmt: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{mgmt}/status", timeout=5) as resp:
-        return json.load(resp)
 
 
 def main() -> int:
@@ -79,7 +73,7 @@ def main() -> int:
                 with_peers.append(run_wrk(f"http://127.0.0.1:{a_port}/", args, False)[0])
                 alone.append(run_wrk(f"http://127.0.0.1:{c_port}/", args, False)[0])
             a, c = statistics.median(with_peers), statistics.median(alone)
-            status = _status(a_mgmt)
+            status = balancer_status(a_mgmt)
             picks = sum(n["picks"] for n in status["nodes"].values())
             sent = status["peers"]["sent"]
             print(f"wrk -t1 -c{args.connections} -d{args.duration}s, keep-alive, {args.rounds} rounds alternated")

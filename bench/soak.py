@@ -30,11 +30,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.bench_poll import poll_histogram, proc_rss_mib  # noqa: E402
 from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
 
 AGENT = """<lbaconfig><agent listen="{ip}:{port}" sample-interval="0.5"/>
@@ -73,21 +73,13 @@ def client(port: int, quota: int, queue) -> None:
     queue.put(None)
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
-
-
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def cycles(mgmt: int) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{mgmt}/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith("lbserver_poll_duration_seconds_count"):
-                return int(float(line.split()[1]))
-    return 0
+    """Poll cycles done so far, from the balancer's own histogram."""
+    return poll_histogram(mgmt)[0]
 
 
 def main() -> int:
@@ -151,7 +143,7 @@ def main() -> int:
                     time.sleep(max(0.0, deadline - time.monotonic()))
                 second += 1
                 lat = sorted(cur["lat"])
-                samples.append({"t": time.monotonic() - start, "rss": rss_mib(lb.pid), "fds": fds(lb.pid),
+                samples.append({"t": time.monotonic() - start, "rss": proc_rss_mib(lb.pid), "fds": fds(lb.pid),
                                 "cycles": cycles(mgmt), "answers": cur["answers"], "fails": cur["fails"],
                                 "p50": lat[len(lat) // 2] if lat else None,
                                 "p99": lat[int(len(lat) * 0.99)] if lat else None})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import resource
+from typing import Iterable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def raise_nofile_limit(wanted: int = 65536) -> int:
@@ -42,6 +44,17 @@ def peer_address(host: str) -> IPAddress | None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
+
+
+def in_networks(host: str, networks: Iterable[Network]) -> bool:
+    """Whether the peer ``host`` (as accept() reported it, see :func:`peer_address`) is inside one of ``networks``.
+
+    A peer that is no IP address never is.
+    """
+    addr = peer_address(host)
+    if addr is None:
+        return False
+    return any(addr.version == net.version and addr in net for net in networks)
 
 
 def hosts_overlap(a: str, b: str) -> bool:

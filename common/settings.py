@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 
 from lxml import etree
 
+from common.sockets import format_listen
 from common.xmlconfig import Reader, parse_hostport
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -143,12 +144,6 @@ class ConfigFile:
     elements: tuple[Element, ...]
 
 
-def hostport_text(value: tuple[str, int]) -> str:
-    """``("::", 8001)`` -> ``[::]:8001``: an address as a configuration file writes it."""
-    host, port = value
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _number(value: float) -> str:
     """``10.0`` -> ``10``, ``0.1`` -> ``0.1``, ``65535`` -> ``65535``."""
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -176,7 +171,7 @@ def read(reader: Reader, elem: etree._Element, setting: Setting, *, check: bool 
     if kind == "boolean":
         return reader.boolean(elem, attr, s.default)
     if kind == "listen":
-        return reader.listen(elem, attr, hostport_text(s.default))
+        return reader.listen(elem, attr, format_listen(s.default))
     if kind == "hostport":
         raw = elem.get(attr)
         if not raw:  # empty or absent: the default
@@ -242,7 +237,7 @@ def default_text(setting: Setting, code: Callable[[str], str] = _code, prose: Ca
     if isinstance(s.default, bool):
         return code("true" if s.default else "false")
     if isinstance(s.default, tuple):
-        return code(hostport_text(s.default))
+        return code(format_listen(s.default))
     if isinstance(s.default, (int, float)):
         return code(_number(s.default))
     return code(str(s.default))

@@ -28,12 +28,12 @@ def format_listen(listen: Address) -> str:
 
 
 def _resolve(listen: Address, kind: int = socket.SOCK_STREAM) -> tuple:
-    """The first getaddrinfo() entry for listening on ``listen``; OSError names the address."""
+    """The first getaddrinfo() entry for listening on ``listen`` (OSError, worded by the callers)."""
     host, port = listen
     try:
         return socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as exc:
-        raise OSError(f"cannot listen on {format_listen(listen)}: {exc.strerror}") from None
+        raise OSError(exc.errno, exc.strerror) from None
 
 
 def _bound(listen: Address, kind: int) -> socket.socket:

@@ -9,19 +9,13 @@ from __future__ import annotations
 import threading
 from typing import Iterable
 
-from common.netutil import peer_address
-from lbagent.config import Network
+from common.netutil import Network, in_networks
 
 
 
 def is_allowed(host: str, allow: Iterable[Network] | None) -> bool:
     """Whether the peer ``host`` may query, given the allow-list (None: everyone may)."""
-    if allow is None:
-        return True
-    addr = peer_address(host)
-    if addr is None:
-        return False
-    return any(addr.version == net.version and addr in net for net in allow)
+    return allow is None or in_networks(host, allow)
 
 
 class DenyLog:

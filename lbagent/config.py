@@ -10,7 +10,6 @@ declarations and the dataclasses take their defaults from them.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from common.builtins import BUILTIN_VARIABLES
+from common.netutil import Network
 from common.secretfile import SecretFileError, permission_problem, read_secret_file
 from common.settings import LOG_LEVELS, read
 from common.tls import TlsConfigError, server_context
@@ -31,7 +31,6 @@ VARIABLE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # The attributes of <variable> that only some types take, in the order they are checked.
 _TYPE_ATTRIBUTES = tuple(s.attribute for s in VARIABLE if s.attribute not in ("name", "type"))
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 log = logging.getLogger(__name__)
 

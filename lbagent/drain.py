@@ -52,8 +52,12 @@ def first_line(path: str) -> str | None:
     except OSError as exc:
         log.debug("drain check: %s exists but cannot be read: %s", path, exc)
         return ""
-    line = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
-    return " ".join(_CONTROL.sub(" ", line).split())[:MAX_STRING]
+    return _one_line(data.split(b"\n", 1)[0].decode("utf-8", errors="replace"))[:MAX_STRING]
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters as spaces and white space runs collapsed."""
+    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 def drain_source(drain_file: str | None, nologin_file: str | None) -> tuple[str, str] | None:
@@ -68,7 +72,10 @@ def drain_source(drain_file: str | None, nologin_file: str | None) -> tuple[str,
 
 def drain_variables(drain_file: str | None, nologin_file: str | None) -> dict[str, bool | str]:
     """The built-ins ``DRAINED`` and ``DRAIN_REASON`` as the files say now."""
-    source = drain_source(drain_file, nologin_file)
+    return _variables(drain_source(drain_file, nologin_file))
+
+
+def _variables(source: tuple[str, str] | None) -> dict[str, bool | str]:
     return {"DRAINED": source is not None, "DRAIN_REASON": source[1] if source else ""}
 
 
@@ -77,18 +84,17 @@ class DrainWatch:
 
     def __init__(self) -> None:
         self._last: tuple[str, str] | None = None
-        self._started = False
 
     def read(self, drain_file: str | None, nologin_file: str | None) -> dict[str, bool | str]:
         """``DRAINED`` and ``DRAIN_REASON`` now."""
         source = drain_source(drain_file, nologin_file)
-        if source != self._last or not self._started:
+        if source != self._last:  # at start, not drained equals the initial None: nothing to say
             if source is not None:
                 log.info("drained at the source by %s: %s", *source)
-            elif self._started:
+            else:
                 log.info("no longer drained at the source: balancers may send new terminals here again")
-        self._last, self._started = source, True
-        return {"DRAINED": source is not None, "DRAIN_REASON": source[1] if source else ""}
+        self._last = source
+        return _variables(source)
 
 
 def clean_reason(words: list[str] | str | None) -> str:
@@ -97,7 +103,7 @@ def clean_reason(words: list[str] | str | None) -> str:
     Raises :class:`DrainFileError` for a reason longer than the agent reports.
     """
     text = " ".join(words) if isinstance(words, list) else (words or "")
-    text = " ".join(_CONTROL.sub(" ", text).split())
+    text = _one_line(text)
     if len(text) > MAX_STRING:
         raise DrainFileError(f"the reason is {len(text)} characters long; at most {MAX_STRING} are reported")
     return text or DEFAULT_REASON

@@ -229,6 +229,7 @@ def http_reply(code: int, body: bytes, ctype: str, extra: dict[str, str] | None 
 _PLAIN_HEADERS = frozenset((b"host", b"user-agent", b"content-type", b"content-length", b"accept-encoding",
                             b"connection"))
 _PLAIN_LENGTH = str(len(GET_STATE_CALL)).encode()
+_RPC_PATHS_BYTES = tuple(p.encode() for p in RPC_PATHS)
 
 
 def plain_get_state(data: bytes) -> bool:
@@ -245,7 +246,7 @@ def plain_get_state(data: bytes) -> bool:
         return False
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[0] != b"POST" or parts[1] not in (b"/", b"/RPC2") \
+    if len(parts) != 3 or parts[0] != b"POST" or parts[1] not in _RPC_PATHS_BYTES \
             or parts[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
         return False
     length = False

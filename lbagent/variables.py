@@ -343,7 +343,6 @@ class CustomSampler:
                 previous = self._counting.get(v.name)
                 if previous is not None and not previous.done():
                     stuck.add(v.name)
-                    futures[v.name] = previous
                 else:
                     futures[v.name] = self._counting[v.name] = self._pool.submit(count_entries, v.path, v.timeout)
         except RuntimeError:  # the pool was shut down by close() meanwhile

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.simulate:
         from lbserver.tools.simulate import main_simulate  # noqa: PLC0415
 
-        cfg_path = args.config if args.config != configmod.default_path() or _exists(args.config) else None
+        cfg_path = args.config if args.config != spec.default_config or _exists(args.config) else None
         return main_simulate(cfg_path, args.simulate, args.seed, balancers=args.balancers,
                              shared=False if args.unshared else None)
     if args.once:

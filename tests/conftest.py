@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -94,6 +95,26 @@ def procs():
 def python_cmd(module: str, *args: str) -> list[str]:
     """Command line running ``python -m module args`` with this interpreter."""
     return [sys.executable, "-m", module, *args]
+
+
+class Clock:
+    """A clock the test moves by hand (``clock.now = ...``), for code that takes a clock callable."""
+
+    def __init__(self, now: float = 1.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def as_ordinary_user() -> list[str]:
+    """A command prefix that runs as nobody when the tests run as root (root reads anything), else ``[]``."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv to drop privileges")
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 # The DNS and mail fixtures (real BIND, real SMTP) are available to every test.

@@ -27,9 +27,11 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.update
 import pytest
 
 from conftest import free_port, wait_until
+from lbserver.config.tsigkey import load_key
 
 NAMED = shutil.which("named") or "/usr/sbin/named"
 ZONE = "lbtest.example"
@@ -128,6 +130,14 @@ class NamedServer:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return ""
+
+    def update(self, *changes: tuple) -> int:
+        """Apply ``(method, name, ttl, type, data)`` changes to the zone, signed with the test key; the rcode."""
+        k = load_key(str(self.key_file)).dns_key()
+        upd = dns.update.UpdateMessage(self.zone, keyring={k.name: k}, keyname=k.name)
+        for method, *args in changes:
+            getattr(upd, method)(*args)
+        return dns.query.tcp(upd, "127.0.0.1", port=self.port, timeout=3).rcode()
 
     def _query(self, name: str, rdtype: str):
         q = dns.message.make_query(name, rdtype)

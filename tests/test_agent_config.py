@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from conftest import ROOT, python_cmd
+from cluster import env_with_root
 from common.xmlconfig import ConfigError
 from lbagent import config
 from lbagent.main import main
@@ -243,23 +244,19 @@ def test_missing_file(tmp_path):
 def test_check_config_command_line(tmp_path):
     """The real command: exit 0 on the shipped file, 1 with FILE:LINE on a broken one."""
     ok = subprocess.run(python_cmd("lbagent", "--check-config", "-c", str(ROOT / "etc" / "lbaconfig.xml")),
-                        capture_output=True, text=True, timeout=30, env=_env())
+                        capture_output=True, text=True, timeout=30, env=env_with_root())
     assert ok.returncode == 0, ok.stderr
     assert "configuration OK" in ok.stdout
     bad = write(tmp_path, BROKEN[4][0])
     res = subprocess.run(python_cmd("lbagent", "--check-config", "-c", bad),
-                         capture_output=True, text=True, timeout=30, env=_env())
+                         capture_output=True, text=True, timeout=30, env=env_with_root())
     assert res.returncode == 1
     assert res.stderr.strip() == f"{bad}:5: duplicate variable 'ROOM' (also defined at line 3)"
 
 
 def test_help_describes_the_agent():
-    res = subprocess.run(python_cmd("lbagent", "--help"), capture_output=True, text=True, timeout=30, env=_env())
+    res = subprocess.run(python_cmd("lbagent", "--help"), capture_output=True, text=True, timeout=30, env=env_with_root())
     assert res.returncode == 0
     for word in ("get_state", "SIGHUP", "--check-config", "/etc/mille-xterm/lbaconfig.xml", "NBSESSIONS"):
         assert word in res.stdout
 
-
-def _env():
-    import os
-    return dict(os.environ, PYTHONPATH=str(ROOT))

@@ -12,7 +12,8 @@ import textwrap
 
 import pytest
 
-from conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
+from conftest import as_ordinary_user, free_port, python_cmd, wait_for_port, wait_until
+from cluster import env_with_root
 from common.builtins import BUILTIN_VARIABLES
 from lbagent import config as agent_config
 from lbagent.drain import (DEFAULT_REASON, DrainFileError, DrainWatch, clean_reason, drain_variables, first_line,
@@ -24,13 +25,9 @@ from test_agent_daemon import proxy
 NOT_DRAINED = {"DRAINED": False, "DRAIN_REASON": ""}
 
 
-def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT))
-
-
 def lbagent(*args: str, **kw) -> subprocess.CompletedProcess:
     """The real command, ``python -m lbagent ARGS``."""
-    return subprocess.run(python_cmd("lbagent", *args), capture_output=True, text=True, timeout=30, env=_env(),
+    return subprocess.run(python_cmd("lbagent", *args), capture_output=True, text=True, timeout=30, env=env_with_root(),
                           **kw)
 
 
@@ -223,12 +220,7 @@ def test_drain_command_errors(tmp_path):
 
 def test_drain_command_without_permission(tmp_path):
     """Permission denied: a clear message and exit 1 (run as an ordinary user when the tests run as root)."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv to drop privileges")
-        prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    prefix = as_ordinary_user()
     # pytest's own directory is private to its user: work where the ordinary user can read
     top = tempfile.mkdtemp(prefix="lbagent-drain-")
     try:
@@ -248,7 +240,7 @@ def test_drain_command_without_permission(tmp_path):
                     fh.write("kept\n")
                 os.chmod(state, 0o555)
             res = subprocess.run(prefix + python_cmd("lbagent", "-c", cfg, *args), capture_output=True, text=True,
-                                 timeout=30, env=_env())
+                                 timeout=30, env=env_with_root())
             assert res.returncode == 1, (res.stdout, res.stderr)
             assert res.stdout == ""
             assert res.stderr == f"lbagent: cannot {verb} the drain file {drain}: Permission denied\n"

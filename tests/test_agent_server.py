@@ -13,7 +13,6 @@ import logging
 import select
 import socket
 import threading
-import time
 import xmlrpc.client
 from contextlib import contextmanager
 
@@ -102,12 +101,12 @@ def test_unexpected_error_is_answered_and_logged_once(caplog, exc, status, text)
     assert f"{type(exc).__name__}: {exc}" in lines[0]
 
 
-def exchange(host: str, port: int, *pieces: bytes) -> bytes:
-    """Send ``pieces`` (the later ones after the agent had time to take the connection); read the answer."""
+def exchange(host: str, port: int, *pieces: bytes, between=lambda: None) -> bytes:
+    """Send ``pieces``, calling ``between()`` before each but the first; read the answer."""
     with socket.create_connection((host, port), timeout=5) as s:
         for i, piece in enumerate(pieces):
             if i:
-                time.sleep(0.05)
+                between()
             s.sendall(piece)
         chunks = []
         while chunk := s.recv(65536):
@@ -136,7 +135,9 @@ def test_plain_get_state_answered_in_the_accept_loop_as_a_worker_answers_it(monk
     with serving(host, Dispatcher(lambda: sample), workers=pool) as port:
         whole = [exchange(host, port, request) for _ in range(20)]
         assert pool.submitted == 0  # every whole call answered in the accept loop
-        split = exchange(host, port, request[:40], request[40:])  # not whole when accepted: a worker
+        # Not whole when accepted: handed to a worker, which then reads the rest.
+        split = exchange(host, port, request[:40], request[40:],
+                         between=lambda: wait_until(lambda: pool.submitted == 1, 5, what="handed to a worker"))
     assert pool.submitted == 1
     for answer in whole + [split]:
         head, _, body = answer.partition(b"\r\n\r\n")

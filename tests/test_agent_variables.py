@@ -4,8 +4,10 @@ import logging
 import os
 import re
 import selectors
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from types import SimpleNamespace
@@ -13,7 +15,8 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from conftest import wait_until
+from conftest import as_ordinary_user, wait_until
+from cluster import env_with_root
 from lbagent import variables as variables_module
 from lbagent.config import AgentConfig, CustomVariable
 from lbagent.sampler import Sampler
@@ -256,14 +259,24 @@ def test_count_of_a_missing_directory_has_no_value(tmp_path):
     (tmp_path / "plain").write_text("1\n")
     with pytest.raises(VariableProblem, match="plain is not a directory"):
         count_entries(str(tmp_path / "plain"), 2)
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0)
+
+
+def test_count_of_an_unreadable_directory_has_no_value():
+    """Permission denied, said as such (as an ordinary user when the tests run as root: root reads anything)."""
+    top = tempfile.mkdtemp(prefix="lbagent-count-")  # pytest's own directory is private to its user
+    locked = os.path.join(top, "locked")
     try:
-        if not os.access(locked, os.R_OK):  # root reads it anyway
-            with pytest.raises(VariableProblem, match="cannot list .*locked: Permission denied"):
-                count_entries(str(locked / "*"), 2)
+        os.chmod(top, 0o755)
+        os.mkdir(locked, 0)
+        code = ("from lbagent.variables import VariableProblem, count_entries\n"
+                f"try:\n    count_entries({os.path.join(locked, '*')!r}, 2)\n"
+                "except VariableProblem as exc:\n    print(exc)\n")
+        res = subprocess.run(as_ordinary_user() + [sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=30, env=env_with_root())
+        assert re.search(r"cannot list .*locked: Permission denied", res.stdout), (res.stdout, res.stderr)
     finally:
-        locked.chmod(0o700)
+        os.chmod(locked, 0o700)
+        shutil.rmtree(top)
 
 
 def test_count_is_bounded(tmp_path, monkeypatch):

@@ -10,12 +10,11 @@ from __future__ import annotations
 import socket
 
 import dns.query
-import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-import dns.update
 import pytest
 
+from conftest import Clock
 from dnsfixture import NODES, write_config
 from lbserver import config
 from lbserver.config.tsigkey import load_key
@@ -217,16 +216,6 @@ def test_bad_lease_configuration_is_refused(tmp_path, named_server, attrs, messa
 
 # -- two arbiters on one real zone -------------------------------------------------
 
-class Clock:
-    """A settable clock for the lease decisions."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def healthy(**override) -> dict[str, Candidate]:
     return {n: (Candidate(n, True, w, ()) if override.get(n, True)
                 else Candidate(n, False, float("nan"), ("agent not answering",)))
@@ -244,14 +233,6 @@ def lease_records(named) -> list[str]:
     q = dns.message.make_query(f"_lbserver-lease.{named.zone}", "TXT")
     resp = dns.query.tcp(q, "127.0.0.1", port=named.port, timeout=3)
     return sorted(b"".join(r.strings).decode() for rrset in resp.answer for r in rrset)
-
-
-def signed(named, *ops) -> int:
-    k = load_key(str(named.key_file)).dns_key()
-    upd = dns.update.UpdateMessage(named.zone, keyring={k.name: k}, keyname=k.name)
-    for op, *args in ops:
-        getattr(upd, op)(*args)
-    return dns.query.tcp(upd, "127.0.0.1", port=named.port, timeout=3).rcode()
 
 
 def test_one_writer_the_other_stands_by_then_takes_over_at_expiry(tmp_path, named_server):
@@ -357,7 +338,7 @@ def test_release_lets_the_standby_take_over_at_once(tmp_path, named_server):
 
 @pytest.mark.parametrize("records", [["garbage"], ["holder=boot9"], ["holder=boot9 expires=1", "x"]])
 def test_an_unreadable_lease_record_blocks_for_one_lease_time_then_is_taken_over(tmp_path, named_server, records):
-    assert signed(named_server, *[("add", "_lbserver-lease", 60, "TXT", f'"{r}"') for r in records]) == 0
+    assert named_server.update(*[("add", "_lbserver-lease", 60, "TXT", f'"{r}"') for r in records]) == 0
     clock = Clock(T0)
     a = arbiter(tmp_path, named_server, "boot1", clock)
     [rep] = a.run_cycle(healthy(), GROUPS)

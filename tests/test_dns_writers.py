@@ -22,14 +22,12 @@ from dataclasses import dataclass, field
 import dns.message
 import dns.query
 import dns.rdatatype
-import dns.update
 import lxml.html
 import pytest
 
 from faultkit import LogCapture
-from lbserver.config.tsigkey import load_key
 from lbserver.dns.lease import parse
-from tests.cluster import Balancer, server_xml, start_agent, start_balancer
+from tests.cluster import Balancer, lbctl, server_xml, start_agent, start_balancer
 from tests.conftest import ROOT, free_port, python_cmd, wait_until
 
 POLL_INTERVAL = 1.0
@@ -316,10 +314,7 @@ def test_the_lease_in_status_lbctl_metrics_and_dashboard(procs, tmp_path, named_
 
     # Another "balancer" holds the lease for an hour, under a name that is markup: it must stay text.
     expires = int(time.time()) + 3600
-    k = load_key(str(named_server.key_file)).dns_key()
-    upd = dns.update.UpdateMessage(named_server.zone, keyring={k.name: k}, keyname=k.name)
-    upd.add("_lbserver-lease", 60, "TXT", f'"holder={HOSTILE} expires={expires}"')
-    assert dns.query.tcp(upd, "127.0.0.1", port=named_server.port, timeout=3).rcode() == 0
+    assert named_server.update(("add", "_lbserver-lease", 60, "TXT", f'"holder={HOSTILE} expires={expires}"')) == 0
     agent = start_agent(procs, tmp_path, "xapp1", "127.0.0.2", 10)
     bal = start_balancer(procs, tmp_path, {"PROD": [(agent.name, agent.url)]}, poll=POLL,
                          extra=dns_element(named_server, "boot2").replace('num-out="1"', 'best-hosts="-1"'))
@@ -334,8 +329,7 @@ def test_the_lease_in_status_lbctl_metrics_and_dashboard(procs, tmp_path, named_
                         if ln.startswith("lbserver_dns_lease_held{"))
 
     assert metric() == 'lbserver_dns_lease_held{alias="wms"} 0.0'
-    ctl = subprocess.run(python_cmd("lbserver.mgmt.ctl", "--url", bal.mgmt_url, "status"), capture_output=True,
-                         text=True, timeout=30, env={"PYTHONPATH": str(ROOT)})
+    ctl = lbctl(bal.mgmt_url, "status")
     assert ctl.returncode == 0, ctl.stderr
     assert (f"  DNS writer: standby (boot2); lease _lbserver-lease.lbtest.example held by {HOSTILE} until "
             in ctl.stdout), ctl.stdout
@@ -347,13 +341,10 @@ def test_the_lease_in_status_lbctl_metrics_and_dashboard(procs, tmp_path, named_
     assert tree.xpath("//img") == [] and tree.findtext(".//title") != "pwned"
 
     # The holder gives it up (deleted): this balancer takes it at its next cycle and writes.
-    upd = dns.update.UpdateMessage(named_server.zone, keyring={k.name: k}, keyname=k.name)
-    upd.delete("_lbserver-lease", "TXT")
-    assert dns.query.tcp(upd, "127.0.0.1", port=named_server.port, timeout=3).rcode() == 0
+    assert named_server.update(("delete", "_lbserver-lease", "TXT")) == 0
     wait_until(lambda: named_server.dig("wms") == ["127.0.0.2"], 15, what="published by boot2")
     assert bal.status()["aliases"][0]["lease"]["role"] == "writer"
     assert metric() == 'lbserver_dns_lease_held{alias="wms"} 1.0'
-    ctl = subprocess.run(python_cmd("lbserver.mgmt.ctl", "--url", bal.mgmt_url, "status"), capture_output=True,
-                         text=True, timeout=30, env={"PYTHONPATH": str(ROOT)})
+    ctl = lbctl(bal.mgmt_url, "status")
     assert "  DNS writer: writer (boot2); lease _lbserver-lease.lbtest.example held by this balancer until " \
         in ctl.stdout, ctl.stdout

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lbserver import config as configmod
+from lbserver.config import loader
 from lbserver.config.expr import Expr
 from tests.cluster import Balancer, lbctl, start_agent
 from tests.conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
@@ -72,7 +73,17 @@ def test_bad_expressions_are_located(tmp_path, rule, message):
     assert info.value.line == 17 and message in str(info.value), str(info.value)
 
 
-def test_the_old_default_path_is_read_when_the_new_one_is_absent(tmp_path):
+def test_the_old_default_path_is_read_when_the_new_one_is_absent(tmp_path, monkeypatch):
+    new, old = tmp_path / "mille-xterm" / "lbsconfig.xml", tmp_path / "ltsp" / "lbsconfig.xml"
+    monkeypatch.setattr(loader, "DEFAULT_PATH", str(new))
+    monkeypatch.setattr(loader, "LEGACY_PATH", str(old))
+    assert loader.default_path() == str(new)  # neither: the new one, whose absence the error names
+    old.parent.mkdir()
+    old.write_text("<lbsconfig/>")
+    assert loader.default_path() == str(old)  # only the old one
+    new.parent.mkdir()
+    new.write_text("<lbsconfig/>")
+    assert loader.default_path() == str(new)  # both: the new one wins
     out = subprocess.run(python_cmd("lbserver", "--help"), capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
     assert "/etc/ltsp/lbsconfig.xml" in out.stdout
 

@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import time
 import urllib.request
+import xmlrpc.client
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +31,6 @@ FITS = 50          # fits in it: water-filling takes the three emptiest to 26.7 
 STORMS = 24        # storms per figure: in simulation the mean of 24 misses 8 % (50) or 1.03 (150)
                    # about once in 100,000 runs each (a single storm misses them often)
 REFERENCE_STORMS = 6
-AGENT_SAMPLE = 0.25  # the test agents sample every 0.2 s
 STORM_RULES = f'<variable name="SIMLOAD" custom="true" weight="100" capacity="{CAPACITY}" per-session="1"/>'
 
 
@@ -161,11 +161,14 @@ def _misplaced(sent: Counter) -> float:
 def _refresh(balancers: list[Balancer]) -> None:
     """Make every balancer poll now (a reload), so the next storm starts from fresh figures.
 
-    The agents sample every 0.2 s: waiting that long first makes the fresh
-    figures postdate the last storm, so its terminals stop counting (the
-    agents' SIMLOAD does not show them: each storm starts from LOADS).
+    Every agent first takes a sample after the last storm, so the fresh
+    figures postdate it and its terminals stop counting (the agents'
+    SIMLOAD does not show them: each storm starts from LOADS).
     """
-    time.sleep(AGENT_SAMPLE)
+    storm_end = time.time()
+    agents = {n["address"] for b in balancers for n in b.status()["nodes"].values()}
+    wait_until(lambda: all(xmlrpc.client.ServerProxy(a).get_state()["sampled_at"] > storm_end for a in agents),
+               10, what="every agent sampled after the storm")
     before = [b.status()["last_poll"]["started"] for b in balancers]
     for b in balancers:
         _post(b, "/reload")

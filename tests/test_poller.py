@@ -35,8 +35,8 @@ def write_state(path, sampled_at: float) -> None:
 
 def test_unchanged_reply_keeps_its_state_and_a_new_sample_is_parsed(procs, tmp_path):
     node, state_file = fake_agent(procs, tmp_path, "127.0.0.31", time.time())
-    dead = Node(name="dead", address=f"http://127.0.0.32:{free_port('127.0.0.32')}", host="127.0.0.32",
-                port=free_port("127.0.0.32"))
+    dead_port = free_port("127.0.0.32")  # nothing listens there
+    dead = Node(name="dead", address=f"http://127.0.0.32:{dead_port}", host="127.0.0.32", port=dead_port)
     validated: list[str] = []
 
     def validate(value):

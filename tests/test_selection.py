@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import Clock
 from lbserver.config import Group, Node, Require, Rule, ServerConfig
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord, record_failure, record_success
@@ -53,16 +54,6 @@ def make(groups: dict[str, list[str]], states: dict[str, dict | None], rules=(),
             record_success(rec, {**s, "sampled_at": at}, at, 2)
         records[n] = rec
     return Snapshot.build(cfg, records, drained=frozenset(drained), now=123.0)
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- Fenwick ----------------------------------------------------------------

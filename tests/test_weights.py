@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from lbserver.config import Require, Rule
 from lbserver.config.expr import parse as parse_expr
-from lbserver.core.weights import compensates, compensation, evaluate, node_size, rule_lag
+from lbserver.core.weights import compensation, evaluate, node_size, rule_lag
 
 BASE = {"NBPROC": 4, "CPUFREQ": 2000}   # size 8 core-GHz
 
@@ -158,11 +158,6 @@ def test_all_reasons_are_reported():
     rules = [Rule("LOADAVG", weight=1, capacity=1), Rule("MEMUSEDPCT", weight=1, capacity=90, critical=98)]
     v = evaluate({**BASE, "MEMUSEDPCT": 99}, rules, [Require("GDM", equals="true")])
     assert len(v.reasons) == 3 and v.size == approx(8.0)
-
-
-def test_compensates():
-    assert not compensates([Rule("A", 1, 1)])
-    assert compensates([Rule("A", 1, 1), Rule("B", 1, 1, per_session=0.5)])
 
 
 NAMES, CAPS = ("LOADAVG", "MEMUSEDPCT", "NBSESSIONS"), (1.0, 90.0, 40.0)

@@ -14,6 +14,7 @@ import pytest
 from lxml import etree
 
 from conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
+from cluster import env_with_root
 from common.builtins import BUILTIN_VARIABLES
 from lbagent import config as agent_config
 from lbserver import config as server_config
@@ -47,18 +48,13 @@ LOOK_ALIKES = [
 ]
 
 
-def _env():
-    import os
-    return dict(os.environ, PYTHONPATH=str(ROOT))
-
-
 def _variables(root) -> dict[str, etree._Element]:
     return {v.get("name"): v for v in root.iter("variable")}
 
 
 def test_agent_profile_passes_check_config():
     res = subprocess.run(python_cmd("lbagent", "--check-config", "-c", str(AGENT_PROFILE)),
-                         capture_output=True, text=True, timeout=30, env=_env())
+                         capture_output=True, text=True, timeout=30, env=env_with_root())
     assert res.returncode == 0, res.stderr
     assert "configuration OK" in res.stdout
 
@@ -125,8 +121,6 @@ def test_a_real_agent_reports_the_wms_profile(procs, tmp_path):
     (Path(queues["LBQUEUE"]).parent / "interlogger.sock").write_text("")  # not an event file
     running = {name: _fake_daemon(procs, DAEMONS[name])
                for name in ("WMPROXY", "WM", "JC", "ICE", "LBLOGD", "LBINTERLOGD")}  # LM is down
-    for p in running.values():
-        wait_until(lambda: p.poll() is None, what="fake daemon started")
 
     log = tmp_path / "agent.log"
     proc = procs.start(python_cmd("lbagent", "-f", "-c", str(cfg)), stderr=open(log, "w"),
@@ -188,7 +182,7 @@ def _server_config(tmp_path):
 def test_server_profile_checks_and_names_the_agent_profiles_variables(tmp_path):
     cfg = _server_config(tmp_path)
     res = subprocess.run(python_cmd("lbserver", "--check-config", "-c", str(tmp_path / "lbsconfig-wms.xml")),
-                         capture_output=True, text=True, timeout=30, env=_env())
+                         capture_output=True, text=True, timeout=30, env=env_with_root())
     assert res.returncode == 0, res.stdout + res.stderr
     agent = {v.name: v.type for v in agent_config.load(str(AGENT_PROFILE)).variables}
     for rule in cfg.rules:

@@ -12,6 +12,7 @@ import ipaddress
 import ssl
 from dataclasses import dataclass, field
 
+from common.sockets import format_listen
 from lbserver.config.expr import Expr
 from lbserver.config.settings import (ALIAS, DNS, GROUP, HAPROXY_AGENT, LBSERVICE, LOG, MGMTSERVICE, NODE, PEERS, POLL,
                                       REQUIRE, VARIABLE)
@@ -174,7 +175,7 @@ class Peer:
     @property
     def address(self) -> str:
         """``host:port`` as written for the admin (IPv6 in brackets)."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_listen((self.host, self.port))
 
 
 @dataclass(frozen=True)

@@ -267,6 +267,7 @@ class Balancer:
         """Take the remote groups' new members; their poll results, as if their agents had been polled."""
         results: dict[str, PollResult] = {}
         taken = dict(self._base.nodes)
+        changed = False
         for gname, outcome in fetched.items():
             if isinstance(outcome, PollError):
                 if self._remote_errors.get(gname) != str(outcome):
@@ -287,8 +288,10 @@ class Balancer:
                 taken[rn.node.name] = rn.node
                 members.append(rn.node)
                 results[rn.node.name] = PollResult(rn.node.name, rn.state, rn.error, 0.0)
-            self._remote[gname] = tuple(members)
-        if fetched:
+            if self._remote.get(gname) != tuple(members):
+                self._remote[gname] = tuple(members)
+                changed = True
+        if changed:  # the configuration in force is rebuilt only when a remote group's members changed
             self._set_effective()
         return results
 
@@ -309,14 +312,18 @@ class Balancer:
         """Count one terminal answer with HTTP status ``code``."""
         self._response_counts[code] = self._response_counts.get(code, 0) + 1
 
-    def answer(self, group: str | None, user: str | None) -> str:
-        """Choose a server for one terminal request (raises UnknownGroup)."""
+    def _choose(self, group: str | None, user: str | None) -> Pick:
+        """Pick for one terminal, tell the pick observer, log a last resort (raises UnknownGroup)."""
         pick = self._selector.pick(group, user)
         if pick.new_session and self._pick_observer is not None:
             self._pick_observer(pick.node)
         if pick.reason == "last-good":
             self._log_last_good(pick)
-        return self._answers[pick.node]
+        return pick
+
+    def answer(self, group: str | None, user: str | None) -> str:
+        """Choose a server for one terminal request (raises UnknownGroup)."""
+        return self._answers[self._choose(group, user).node]
 
     def answer_details(self, group: str | None, user: str | None) -> dict:
         """Choose like :meth:`answer`, and say what was chosen and why (the terminal port's JSON answer).
@@ -325,11 +332,7 @@ class Balancer:
         receives, the node's name, the group chosen from, the node's weight
         in the snapshot, and one of :data:`~lbserver.core.selection.REASONS`.
         """
-        pick = self._selector.pick(group, user)
-        if pick.new_session and self._pick_observer is not None:
-            self._pick_observer(pick.node)
-        if pick.reason == "last-good":
-            self._log_last_good(pick)
+        pick = self._choose(group, user)
         view = self._snapshot.nodes.get(pick.node)
         return {"host": self._answers[pick.node], "node": pick.node, "group": pick.group,
                 "weight": round(view.weight, 3) if view is not None else 0.0, "why": pick.reason}

@@ -107,13 +107,15 @@ def _rank_key(v: NodeView) -> tuple:
 class Snapshot:
     """The state of every node and group at one poll cycle (immutable)."""
 
-    __slots__ = ("nodes", "groups", "default_group", "built_at", "rules", "requires", "unreported", "_users")
+    __slots__ = ("nodes", "groups", "default_group", "built_at", "rules", "requires", "unreported", "_users",
+                 "_members")
 
     def __init__(self, nodes: Mapping[str, NodeView], groups: Mapping[str, tuple[str, ...]],
                  default_group: str, built_at: float, rules: tuple[Rule, ...] = (),
                  requires: tuple[Require, ...] = ()) -> None:
         self.nodes: Mapping[str, NodeView] = MappingProxyType(dict(nodes))
         self.groups: Mapping[str, tuple[str, ...]] = MappingProxyType({g: tuple(m) for g, m in groups.items()})
+        self._members = {g: frozenset(m) for g, m in self.groups.items()}  # membership tests per terminal
         self.default_group = default_group
         self.built_at = built_at
         self.rules = tuple(rules)
@@ -153,7 +155,7 @@ class Snapshot:
             if w is None or w.state is not state or w.rules is not rules or w.requires is not requires:
                 w = weigh(state, rules, requires)
             kept[name] = w
-            views[name] = node_view(name, rec, rules, requires, name in drained, w)
+            views[name] = node_view(name, rec, w, name in drained)
         if weighings is not None:
             weighings.clear()
             weighings.update(kept)
@@ -173,6 +175,10 @@ class Snapshot:
         """Selectable nodes of ``group``, best weight first (ties: bigger, then by name)."""
         views = [self.nodes[n] for n in self.group_nodes(group)]
         return sorted((v for v in views if v.selectable), key=_rank_key)
+
+    def members(self, group: str) -> frozenset[str]:
+        """The node names of ``group``, as a set (KeyError for an unknown group)."""
+        return self._members[group]
 
     def nodes_with_user(self, user: str) -> tuple[str, ...]:
         """Nodes whose agent reports a session of ``user`` (selectable or not)."""
@@ -205,15 +211,9 @@ def weigh(state: dict | None, rules: tuple[Rule, ...], requires: tuple[Require, 
     return Weighing(state, rules, requires, variables, users, evaluate(variables, rules, requires))
 
 
-def node_view(name: str, rec: NodeRecord | None, rules: tuple[Rule, ...],
-              requires: tuple[Require, ...], drained: bool = False, weighing: Weighing | None = None) -> NodeView:
-    """Weigh one node from its poll record (None: never polled); ``drained``: by an admin.
-
-    ``weighing`` is :func:`weigh` of the record's state, when the caller kept it.
-    """
-    state = rec.last_state if rec is not None else None
-    if weighing is None:
-        weighing = weigh(state, rules, requires)
+def node_view(name: str, rec: NodeRecord | None, weighing: Weighing, drained: bool = False) -> NodeView:
+    """One node from its poll record (None: never polled) and :func:`weigh` of its state; ``drained``: by an admin."""
+    state = weighing.state
     variables, users, verdict = weighing.variables, weighing.users, weighing.verdict
     up = rec.up if rec is not None else None
     error = rec.last_error if rec is not None else None
@@ -276,15 +276,14 @@ class _GroupState:
     projected load once one more terminal weighs on it, in the same order.
     """
 
-    __slots__ = ("names", "tree", "cum_sizes", "sizes", "loads")
+    __slots__ = ("names", "tree", "cum_sizes", "loads")
 
     def __init__(self, views: list[NodeView]) -> None:
         self.names = [v.name for v in views]
         self.tree = Fenwick(v.weight for v in views)
-        self.sizes = [v.size for v in views]
         self.loads = [0.0] * len(views)
         acc, cum = 0.0, []
-        for s in self.sizes:
+        for s in (v.size for v in views):
             acc += s
             cum.append(acc)
         self.cum_sizes = cum
@@ -526,7 +525,7 @@ class Selector:
     def _user_node(self, snap: Snapshot, group: str, user: str) -> str | None:
         # A drain stops new sessions only: a user going back to his own session
         # may, so a drained node of the group counts as long as it is healthy.
-        members = snap.groups[group]
+        members = snap.members(group)
         candidates = [n for n in snap.nodes_with_user(user) if n in members and snap.nodes[n].healthy]
         if not candidates:
             return None

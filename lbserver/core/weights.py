@@ -322,10 +322,5 @@ def compensation(variables: Mapping, rules: Sequence[Rule]) -> Compensation:
     return Compensation(size, fixed, tuple(terms), fixed_load, rule_weight, tuple(lags))
 
 
-def compensates(rules: Sequence[Rule]) -> bool:
-    """True when some rule predicts load per session (so picks change weights)."""
-    return any(r.per_session > 0 for r in rules)
-
-
-__all__ = ["Compensation", "DEFAULT_CPUFREQ_MHZ", "MEMORY_VARIABLES", "RuleResult", "Verdict", "compensates",
+__all__ = ["Compensation", "DEFAULT_CPUFREQ_MHZ", "MEMORY_VARIABLES", "RuleResult", "Verdict",
            "compensation", "evaluate", "node_size", "rule_lag"]

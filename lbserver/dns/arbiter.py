@@ -37,7 +37,7 @@ from lbserver.config import Alias, Dns, Node
 from lbserver.config.settings import LBSERVICE, POLL
 from lbserver.dns.lease import LOST, STANDBY_ROLE, UNKNOWN, WRITER, LeaseKeeper, LeaseStatus, lease_settings
 from lbserver.config.tsigkey import KeyFileError, TsigKey, load_key, permission_warning
-from lbserver.dns.update import DnsError, RRsets, alias_name, channel, needs_update, query_current, query_many, \
+from lbserver.dns.update import DnsError, RRsets, channel, display_name, needs_update, query_many, \
     replace_many, replace_rrsets, sort_addresses, split_families
 from lbserver.dns.healthurl import HealthFetchError, HealthPage, fetch, format_time, match_hosts, match_nodes, parse_page
 from lbserver.dns.notify import AlertTracker, Mailer, MailSettings, parse_contacts
@@ -488,10 +488,7 @@ class DnsArbiter:
                    groups: Mapping[str, tuple[str, ...]], key: TsigKey | None, key_error: str | None,
                    pages: dict[str, HealthPage | str], lease: _CycleLease,
                    prefetched: RRsets | DnsError | None = None) -> "AliasReport | _Pending":
-        try:
-            fqdn = alias_name(alias.name, dns.zone).to_text(omit_final_dot=True)
-        except ValueError:
-            fqdn = f"{alias.name}.{dns.zone}"
+        fqdn = display_name(alias.name, dns.zone)
         now = time.time()
         base = dict(alias=alias.name, fqdn=fqdn, group=alias.group, checked_at=now,
                     last_change=self._last_change.get(alias.name))
@@ -535,8 +532,7 @@ class DnsArbiter:
         try:
             if isinstance(prefetched, DnsError):
                 raise prefetched
-            current = prefetched if prefetched is not None else query_current(dns.server, dns.port, dns.zone,
-                                                                              alias.name, dns.timeout)
+            current = prefetched  # the cycle's pipelined query (None only for a disabled alias, returned above)
         except DnsError as exc:
             msg = f"cannot read the current records ({where}): {exc}"
             log.warning("DNS arbiter: %s", msg)

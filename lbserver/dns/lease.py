@@ -52,7 +52,7 @@ import dns.update
 
 from lbserver.config import Dns
 from lbserver.config.tsigkey import TsigKey
-from lbserver.dns.update import DnsError, Fence, alias_name, new_update, query_records, send_update
+from lbserver.dns.update import DnsError, Fence, alias_name, display_name, new_update, query_records, send_update
 
 log = logging.getLogger("lbserver.dns")
 
@@ -307,10 +307,7 @@ class LeaseKeeper:
         self.status: LeaseStatus | None = None
 
     def _fqdn(self, dns_cfg: Dns) -> str:
-        try:
-            return alias_name(self.settings.name, dns_cfg.zone).to_text(omit_final_dot=True)
-        except ValueError:
-            return f"{self.settings.name}.{dns_cfg.zone}"
+        return display_name(self.settings.name, dns_cfg.zone)
 
     def _set(self, status: LeaseStatus) -> LeaseStatus:
         old = self.status

@@ -139,6 +139,14 @@ def alias_name(alias: str, zone: str) -> dns.name.Name:
     return name
 
 
+def display_name(alias: str, zone: str) -> str:
+    """The alias's full name for reports, without the final dot (as written when it is no valid name)."""
+    try:
+        return alias_name(alias, zone).to_text(omit_final_dot=True)
+    except ValueError:
+        return f"{alias}.{zone}"
+
+
 def _rcode_error(rcode: int, zone: str, key: TsigKey | None) -> DnsError:
     text = dns.rcode.to_text(rcode)
     keyname = f"key {key.name!r}" if key else "the key"
@@ -210,7 +218,8 @@ class Channel:
     """
 
     def __init__(self, server: str, port: int, timeout: float) -> None:
-        self.where, self.port, self.timeout = _server_address(server), port, timeout
+        self.server, self.port, self.timeout = server, port, timeout
+        self.where = ""  # the server's address, looked up on connecting (a failure is the message's error)
         self._sock: socket.socket | None = None
 
     def exchange(self, msg: dns.message.Message) -> dns.message.Message:
@@ -248,6 +257,7 @@ class Channel:
 
     def _connect(self) -> None:
         if self._sock is None:
+            self.where = _server_address(self.server)
             family = socket.AF_INET6 if ":" in self.where else socket.AF_INET
             self._sock = socket.socket(family, socket.SOCK_STREAM)
             self._sock.settimeout(self.timeout)
@@ -291,9 +301,15 @@ def channel(server: str, port: int, timeout: float) -> Iterator[Channel]:
         ch.close()
 
 
-def _tcp(msg: dns.message.Message, server: str, port: int, timeout: float) -> dns.message.Message:
+def _open_channel(server: str, port: int) -> Channel | None:
+    """The :func:`channel` open for ``server:port`` in this context, if any."""
     ch = _CHANNEL.get()
-    if ch is not None and (ch.where, ch.port) == (_server_address(server), port):
+    return ch if ch is not None and (ch.server, ch.port) == (server, port) else None
+
+
+def _tcp(msg: dns.message.Message, server: str, port: int, timeout: float) -> dns.message.Message:
+    ch = _open_channel(server, port)
+    if ch is not None:
         return ch.exchange(msg)
     return dns.query.tcp(msg, _server_address(server), timeout=timeout, port=port)
 
@@ -331,8 +347,8 @@ def query_many(server: str, port: int, zone: str, aliases: Iterable[str], timeou
             out[alias] = DnsError("name", str(exc))
     if not names:
         return out
-    ch = _CHANNEL.get()
-    own = ch is None or (ch.where, ch.port) != (_server_address(server), port)
+    ch = _open_channel(server, port)
+    own = ch is None
     if own:
         ch = Channel(server, port, timeout)
     try:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
-from common.netutil import peer_address
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from common.netutil import Network, in_networks
 
 LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 """Who may ask when ``<haproxy-agent>`` has no ``<allow>``."""
@@ -25,10 +23,7 @@ def is_allowed(host: str, allow: Iterable[Network]) -> bool:
     An IPv4 client of a dual-stack socket (``::ffff:a.b.c.d``) is matched
     as the IPv4 address it is; a peer that is no IP address never matches.
     """
-    addr = peer_address(host)
-    if addr is None:
-        return False
-    return any(addr.version == net.version and addr in net for net in allow)
+    return in_networks(host, allow)
 
 
 __all__ = ["LOOPBACK", "Network", "effective_allow", "is_allowed"]

@@ -59,7 +59,6 @@ class HaproxyAgentService:
 
     def configure(self, config: HaproxyAgent) -> None:
         """Follow a reloaded ``<haproxy-agent>`` (the daemon moves the socket when ``listen`` changed)."""
-        self.config = config
         self.allow = effective_allow(config.allow)
         self.read_timeout = float(config.read_timeout)
         self.max_connections = int(config.max_connections)

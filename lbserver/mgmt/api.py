@@ -18,7 +18,7 @@ from lbserver.mgmt.aliases import AliasSource, NoAliases
 from lbserver.mgmt.dashboard import render_dashboard
 from lbserver.mgmt.metrics import render_metrics
 from lbserver.mgmt.peers import NoPeers, PeerSource
-from lbserver.mgmt.status import build_status
+from lbserver.mgmt.status import build_status, source_drain_words
 
 # Error codes (the ``error`` member of an error document), each with its HTTP status.
 BAD_REQUEST = "bad-request"
@@ -93,8 +93,7 @@ class Api:
         view = self.view.snapshot.nodes.get(node)
         if not drained and view is not None and "agent" in view.drained_by:
             # An admin enable does not undo a drain at the source: say so rather than let it look back.
-            reason = f": {view.drain_reason}" if view.drain_reason else ""
-            message += f"; still drained at the source{reason} (lbagent --enable on the server ends that)"
+            message += f"; still {source_drain_words(view)} (lbagent --enable on the server ends that)"
         return {"node": node, "drained": drained, "message": message}
 
     async def reload(self) -> dict[str, Any]:

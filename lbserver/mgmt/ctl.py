@@ -91,11 +91,17 @@ COLOURS = {"up": "32", "unhealthy": "33", "drained": "36", "down": "31", "unknow
            "reachable": "32", "unreachable": "31"}
 
 
-def format_status(status: dict, colour: bool) -> str:
-    """A readable report of a /status document."""
+def _painter(colour: bool):
+    """A function colouring a status word (up, down, ...) when ``colour``, else giving it back as it is."""
 
     def paint(word: str) -> str:
         return f"\033[{COLOURS.get(word, '0')}m{word}\033[0m" if colour else word
+    return paint
+
+
+def format_status(status: dict, colour: bool) -> str:
+    """A readable report of a /status document."""
+    paint = _painter(colour)
 
     out: list[str] = []
     last = status.get("last_poll") or {}
@@ -160,8 +166,7 @@ def format_node(status: dict, name: str, colour: bool) -> str:
     n = status["nodes"].get(name)
     if n is None:
         raise CtlError(f"lbctl: no such node: {name} (known: {', '.join(status['nodes']) or 'none'})", 1)
-    health = f"\033[{COLOURS.get(n['health'], '0')}m{n['health']}\033[0m" if colour else n["health"]
-    out = [f"node {name}: {health}" + (f" ({n['why']})" if n["why"] else ""),
+    out = [f"node {name}: {_painter(colour)(n['health'])}" + (f" ({n['why']})" if n["why"] else ""),
            f"  address {n['address']}, groups {', '.join(n['groups'])}, picks {n['picks']}",
            f"  weight {n['weight']:.2f} = size {n['size']:.2f} x the sum of what each rule adds"]
     if n["rules"]:
@@ -171,7 +176,7 @@ def format_node(status: dict, name: str, colour: bool) -> str:
                          _num(r["contribution"]), r.get("problem") or ""))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         out += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    elif status["nodes"][name]["up"] is not True:
+    elif n["up"] is not True:
         out.append("  no figures: the agent has not answered yet")
     variables = n["variables"]
     if variables:

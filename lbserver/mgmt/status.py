@@ -30,15 +30,18 @@ def health_word(view) -> str:
     return "up" if view.healthy else "unhealthy"
 
 
+def source_drain_words(view) -> str:
+    """``drained at the source``, with the agent's ``: REASON`` when it gave one."""
+    return f"drained at the source: {view.drain_reason}" if view.drain_reason else "drained at the source"
+
+
 def drain_words(view) -> tuple[str, ...]:
     """Who drained a node, in words: ``drained by admin``, ``drained at the source: REASON``."""
     if not view.drained:
         return ()
-    by = getattr(view, "drained_by", ()) or ("admin",)
-    words = ["drained by admin"] if "admin" in by else []
-    if "agent" in by:
-        reason = getattr(view, "drain_reason", "")
-        words.append(f"drained at the source: {reason}" if reason else "drained at the source")
+    words = ["drained by admin"] if "admin" in view.drained_by else []
+    if "agent" in view.drained_by:
+        words.append(source_drain_words(view))
     return tuple(words)
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.netutil import peer_address
+from common.sockets import format_listen
 from lbserver.config import Peer, Peers
 from lbserver.core.view import SharedState
 from lbserver.peers.message import (FLOOD, MAX_NAMES, UNKNOWN_SENDER, BadMessage, Message, ReplayGuard, decode,
@@ -256,6 +257,5 @@ class PeerService(asyncio.DatagramProtocol):
                 "picks_received": state.picks_received,
                 "refused": dict(state.refused),
             })
-        host, port = self._config.listen
-        return {"listen": f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "signed": self._secret is not None,
+        return {"listen": format_listen(self._config.listen), "signed": self._secret is not None,
                 "sent": self.sent, "peers": peers, "refused_unknown": dict(self.refused_unknown)}

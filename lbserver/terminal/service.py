@@ -209,7 +209,7 @@ class TerminalService:
         if req.query:
             try:
                 group, user, fmt = parse_query(req.query)
-                route = Route(req, group, user, fmt is not None and wants_json(fmt))
+                route = Route(req, group, user, wants_json(fmt))
             except HttpError as exc:  # the request itself was framed fine: keep the connection
                 route = Route(req, error=exc.with_traceback(None))
         if len(self.routes) >= HEAD_CACHE:
