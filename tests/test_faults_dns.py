@@ -50,8 +50,12 @@ class DigWatch:
         while not self._stop.is_set():
             out = subprocess.run(self.cmd, capture_output=True, text=True, timeout=10)
             status = re.search(r"status: (\w+)", out.stdout)
-            if out.returncode != 0 or status is None or status.group(1) == "SERVFAIL":
-                # The server is down or still loading the zone: no answer, which is not an empty one.
+            flags = re.search(r"flags:([\w ]*);", out.stdout)
+            if out.returncode != 0 or status is None or status.group(1) == "SERVFAIL" \
+                    or flags is None or "qr" not in flags.group(1).split():
+                # The server is down or still loading the zone: no answer, which is not an empty one. A
+                # message without the response flag is dig's own query: with nothing listening, its TCP
+                # connection can land on itself (a self-connect, when the kernel picks the same port).
                 self.unreachable += 1
                 continue
             addrs = sorted(ln.split()[-1] for ln in out.stdout.splitlines()

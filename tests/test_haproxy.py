@@ -243,12 +243,14 @@ def test_lbctl_drain_reaches_haproxy_and_enable_brings_it_back(farm):
     farm.wait_in_step(BASE)
     # Give xapp2 a session first: leastconn sends the first ones to xapp1, so hold them.
     held, sticky = [], None
-    while sticky is None:
+    for _ in range(200):  # leastconn alternates once xapp1 holds one: a few tries at most
         user = farm.user()
         sock, server = rdp_connect(farm.frontend, user)
         held.append(sock)
         if server == "xapp2":
             sticky = user
+            break
+    assert sticky is not None, "HAProxy never sent a session to xapp2"
     for sock in held:
         sock.close()
 

@@ -113,11 +113,21 @@ def test_junk_long_lines_and_slow_clients_do_not_disturb_others():
     _run(scenario)
 
 
+async def eventually(predicate, what: str) -> None:
+    """Wait on the loop until ``predicate()`` holds, at most IO_TIMEOUT seconds."""
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+    try:
+        await asyncio.wait_for(poll(), IO_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
 def test_connection_cap_refuses_at_once_and_recovers():
     async def scenario(svc, port, view):
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
-        while svc.connection_count() < 2:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: svc.connection_count() == 2, "both connections held")
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(), IO_TIMEOUT) == b""  # closed, unanswered
         writer.close()
@@ -166,8 +176,7 @@ def test_a_failing_reply_closes_unanswered_and_the_service_goes_on():
 def test_stop_closes_open_connections_and_start_again():
     async def scenario(svc, port, view):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while svc.connection_count() < 1:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: svc.connection_count() == 1, "the connection held")
         await svc.stop()
         assert svc.connection_count() == 0
         try:
