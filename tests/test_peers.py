@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from lbserver.peers.message import (BAD_MAC, GARBAGE, OVERSIZED, REPLAYED, STALE, UNSIGNED, BadMessage, Message,
-                                    ReplayGuard, decode, encode)
+from lbserver.peers.message import (BAD_MAC, GARBAGE, MAX_MESSAGE, MAX_NAMES, MAX_PARTS, OVERSIZED, REPLAYED, STALE,
+                                    UNSIGNED, BadMessage, DrainParts, Drains, Message, ReplayGuard, decode, encode,
+                                    split_drains, split_picks)
 from lbserver.config import Peer
 from lbserver.peers.service import RATE, PeerState
 from lbserver.tools.simulate import water_filling
@@ -38,10 +39,52 @@ STORM_RULES = f'<variable name="SIMLOAD" custom="true" weight="100" capacity="{C
 
 
 def test_messages_round_trip_signed_and_unsigned():
-    msg = Message(sender="ab12", seq=7, ts=1000.5, picks={"xapp1": 2}, drains=(frozenset({"xapp2"}), 999.0))
+    msg = Message(sender="ab12", seq=7, ts=1000.5, picks={"xapp1": 2}, drains=Drains(frozenset({"xapp2"}), 999.0))
+    part = Message(sender="ab12", seq=8, ts=1000.5, drains=Drains(frozenset({"xapp3"}), 999.0, 2, 3))
     for secret in (None, SECRET):
-        back = decode(encode(msg, secret), secret)
-        assert back == msg
+        assert decode(encode(msg, secret), secret) == msg
+        assert decode(encode(part, secret), secret) == part
+    assert b'"part"' not in encode(msg, None)  # a whole set is written as before parts existed
+
+
+LONG = "application-server-{:05d}.computer-lab.example-school.org"  # 56 characters
+
+
+def test_picks_and_drains_are_split_to_fit_a_datagram():
+    picks = {LONG.format(i): i + 1 for i in range(3000)}
+    chunks = split_picks(picks)
+    assert len(chunks) > 1 and {k: v for c in chunks for k, v in c.items()} == picks
+    for i, chunk in enumerate(chunks):
+        assert len(encode(Message(sender="f" * 16, seq=10**12 + i, ts=2e9, picks=chunk), SECRET)) <= MAX_MESSAGE
+
+    nodes = frozenset(LONG.format(i) for i in range(3000))
+    parts = split_drains(nodes, 1234.5)
+    assert len(parts) > 8 and [(p.part, p.parts, p.at) for p in parts] == [(i, len(parts), 1234.5)
+                                                                          for i in range(len(parts))]
+    assert frozenset().union(*(p.nodes for p in parts)) == nodes
+    for part in parts:
+        assert len(encode(Message(sender="f" * 16, seq=10**12, ts=2e9, drains=part), SECRET)) <= MAX_MESSAGE
+    short = split_drains((f"n{i:03x}" for i in range(2500)), 5.0)  # a name costs 7 bytes: the count binds
+    assert [len(p.nodes) for p in short] == [MAX_NAMES, MAX_NAMES, 500]
+    assert split_drains(frozenset(), 5.0) == [Drains(frozenset(), 5.0)]  # "nothing drained" is a message too
+    with pytest.raises(ValueError, match="at most"):
+        split_drains((LONG.format(i) for i in range(MAX_PARTS * 140)), 1.0)
+
+
+def test_drain_parts_are_put_back_together():
+    old = split_drains(frozenset(LONG.format(i) for i in range(1000)), 100.0)
+    new = split_drains(frozenset(LONG.format(i) for i in range(500, 1600)), 200.0)
+    assembly = DrainParts()
+    assert assembly.add(Drains(frozenset({"x"}), 50.0)) == Drains(frozenset({"x"}), 50.0)  # whole at once
+    assert all(assembly.add(p) is None for p in new[:-1])
+    assert assembly.add(old[0]) is None                # a late part of an older set is ignored ...
+    assert assembly.add(new[0]) is None                # ... a repeated part is harmless ...
+    whole = assembly.add(new[-1])                      # ... and the last part gives the whole set
+    assert whole == Drains(frozenset(LONG.format(i) for i in range(500, 1600)), 200.0)
+    assert all(assembly.add(p) is None for p in old[:-1])
+    assert assembly.add(new[1]) is None                # a newer set starts over
+    assert all(assembly.add(p) is None for p in new[2:])
+    assert assembly.add(new[0]).nodes == whole.nodes
 
 
 @pytest.mark.parametrize("data, secret, reason", [
@@ -62,6 +105,9 @@ def test_bad_datagrams_are_named(data, secret, reason):
     {"id": "a", "seq": 1, "ts": 1, "picks": {"x": -1}}, {"id": "a", "seq": 1, "ts": 1, "picks": {"x": True}},
     {"id": "a", "seq": 1, "ts": 1, "picks": {"": 1}}, {"id": "a", "seq": 1, "ts": 1, "drains": {"nodes": "x"}},
     {"id": "a", "seq": 1, "ts": 1, "drains": {"nodes": [1], "at": 1}},
+    {"id": "a", "seq": 1, "ts": 1, "drains": {"nodes": [], "at": 1, "part": 2, "of": 2}},
+    {"id": "a", "seq": 1, "ts": 1, "drains": {"nodes": [], "at": 1, "part": 0, "of": MAX_PARTS + 1}},
+    {"id": "a", "seq": 1, "ts": 1, "drains": {"nodes": [], "at": 1, "part": True, "of": 2}},
     {"id": "a", "seq": 1, "ts": float("nan")},
 ])
 def test_malformed_bodies_are_refused(doc):
@@ -263,6 +309,25 @@ def test_an_lbctl_drain_holds_on_the_peer_also_after_restarts(procs, tmp_path, f
     stop(a.proc)
     a = _start(procs, tmp_path / "a", members, _peers_xml(pa, [pb]), ports=(a.port, a.mgmt_port))
     a.wait_health("xapp3", "drained", timeout=5)
+
+
+def test_a_drained_set_of_thousands_reaches_the_peer_in_parts(procs, tmp_path, five):
+    # Three thousand long names do not fit one datagram (23 parts): the
+    # peer, started after the set last changed, gets them only from the
+    # heartbeats, a few parts each, and takes the set once it has them all.
+    drained = sorted({LONG.format(i) for i in range(3000)} | {"xapp2"})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "lbserver.state").write_text(json.dumps({"drained": drained, "changed_at": time.time()}))
+    pa, pb = free_port(), free_port()
+    a = _start(procs, tmp_path / "a", five[:3], _peers_xml(pa, [pb]))
+    b = _start(procs, tmp_path / "b", five[:3], _peers_xml(pb, [pa]))
+    b.wait_health("xapp2", "drained", timeout=20)
+    assert json.loads((tmp_path / "b" / "lbserver.state").read_text())["drained"] == drained
+    assert "xapp2" not in {b.ask() for _ in range(30)}
+    # An enable on b is one change: all its parts at once, and a takes it.
+    _post(b, "/nodes/xapp2/enable")
+    a.wait_health("xapp2", "up", timeout=5)
+    assert len(json.loads((tmp_path / "a" / "lbserver.state").read_text())["drained"]) == 3000
 
 
 def test_hostile_peer_traffic_is_dropped_and_counted(procs, tmp_path, five):

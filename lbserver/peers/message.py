@@ -6,7 +6,11 @@ One UDP datagram is one message::
 
 The body is compact JSON: ``{"id": sender's boot id, "seq": n, "ts": time,
 "picks": {node: count}, "drains": {"nodes": [...], "at": time}}``; picks and
-drains are optional. A sender numbers its messages from 1 under a boot id
+drains are optional. What does not fit one datagram is split by its encoded
+size (:func:`split_picks`, :func:`split_drains`): picks simply go in several
+messages, and a drained set too large for one goes in parts, each marked
+``"part": k, "of": n`` beside ``"at"``, which the receiver puts back
+together (:class:`DrainParts`) before it takes the set. A sender numbers its messages from 1 under a boot id
 drawn at start, so a receiver refuses a message it has seen (same id, seq
 not greater) and, with a secret, one whose timestamp is more than
 :data:`WINDOW` seconds away from its own clock: a replayed message is
@@ -22,7 +26,7 @@ import hmac
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, TypeVar
 
 MAGIC = b"LBP1"
 MAC_SIZE = 32
@@ -32,6 +36,11 @@ WINDOW = 30.0
 """Seconds a signed message's timestamp may differ from the receiver's clock."""
 MAX_NAMES = 1000
 """Node names one message may carry."""
+MAX_PARTS = 256
+"""Messages one drained set may span (about 34,000 names of 56 characters)."""
+HEADER_ROOM = 256
+"""Bytes of a datagram kept for everything but the names (id, seq, ts, at, part, of)."""
+_ROOM = MAX_MESSAGE - len(MAGIC) - MAC_SIZE - HEADER_ROOM
 
 GARBAGE, OVERSIZED, BAD_MAC, UNSIGNED, STALE, REPLAYED, MALFORMED, UNKNOWN_SENDER, FLOOD = (
     "garbage", "oversized", "bad-mac", "unsigned", "stale", "replayed", "malformed", "unknown-sender", "flood")
@@ -49,6 +58,15 @@ class BadMessage(ValueError):
         self.reason = reason
 
 
+class Drains(NamedTuple):
+    """A balancer's drained set as of ``at``, or its part ``part`` of ``parts`` (0 of 1: the whole set)."""
+
+    nodes: frozenset[str]
+    at: float
+    part: int = 0
+    parts: int = 1
+
+
 @dataclass(frozen=True)
 class Message:
     """One decoded message."""
@@ -57,7 +75,7 @@ class Message:
     seq: int
     ts: float
     picks: Mapping[str, int] = field(default_factory=dict)
-    drains: tuple[frozenset[str], float] | None = None
+    drains: Drains | None = None
 
 
 def _mac(secret: bytes | None, body: bytes) -> bytes:
@@ -70,12 +88,78 @@ def encode(msg: Message, secret: bytes | None) -> bytes:
     if msg.picks:
         doc["picks"] = dict(msg.picks)
     if msg.drains is not None:
-        doc["drains"] = {"nodes": sorted(msg.drains[0]), "at": msg.drains[1]}
+        doc["drains"] = {"nodes": sorted(msg.drains.nodes), "at": msg.drains.at}
+        if msg.drains.parts > 1:
+            doc["drains"].update(part=msg.drains.part, of=msg.drains.parts)
     body = json.dumps(doc, separators=(",", ":")).encode()
     data = MAGIC + _mac(secret, body) + body
     if len(data) > MAX_MESSAGE:
         raise ValueError(f"peer message of {len(data)} bytes exceeds {MAX_MESSAGE}")
     return data
+
+
+_T = TypeVar("_T")
+
+
+def _runs(items: Iterable[_T], cost: Callable[[_T], int]) -> Iterator[list[_T]]:
+    """``items`` in runs of at most :data:`MAX_NAMES` whose encoded ``cost`` fits one datagram."""
+    run: list[_T] = []
+    size = 0
+    for item in items:
+        c = cost(item)
+        if run and (size + c > _ROOM or len(run) == MAX_NAMES):
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += c
+    if run:
+        yield run
+
+
+def split_picks(picks: Mapping[str, int]) -> list[dict[str, int]]:
+    """``picks`` in as many chunks as it takes for each to fit one message."""
+    return [dict(run) for run in _runs(picks.items(), lambda kv: len(json.dumps(kv[0])) + len(str(kv[1])) + 2)]
+
+
+def split_drains(nodes: Iterable[str], at: float) -> list[Drains]:
+    """The drained set ``nodes`` as of ``at``, in as many parts as it takes for each to fit one message.
+
+    Raises ValueError when that is more than :data:`MAX_PARTS`.
+    """
+    runs = list(_runs(sorted(nodes), lambda name: len(json.dumps(name)) + 1)) or [[]]
+    if len(runs) > MAX_PARTS:
+        raise ValueError(f"{sum(map(len, runs))} drained nodes need {len(runs)} messages (at most {MAX_PARTS})")
+    return [Drains(frozenset(run), at, i, len(runs)) for i, run in enumerate(runs)]
+
+
+class DrainParts:
+    """One peer's drained set put back together from its parts (one per peer; pure, no sockets).
+
+    Only the newest set is collected: a part of an older one is ignored, a
+    part of a newer one starts over. A part that comes again is simply
+    kept, so a sender can repeat parts until every one has come.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[float, int] | None = None  # (at, parts) of the set being collected
+        self._got: dict[int, frozenset[str]] = {}
+
+    def add(self, drains: Drains) -> Drains | None:
+        """Take one part; the whole set once its last part has come, else None."""
+        if drains.parts == 1:
+            return drains
+        key = (drains.at, drains.parts)
+        if self._key is not None and key != self._key:
+            if drains.at < self._key[0]:
+                return None
+            self._got = {}
+        self._key = key
+        self._got[drains.part] = drains.nodes
+        if len(self._got) < drains.parts:
+            return None
+        whole = Drains(frozenset().union(*self._got.values()), drains.at)
+        self._key, self._got = None, {}
+        return whole
 
 
 def _name(value: object) -> str:
@@ -128,7 +212,11 @@ def decode(data: bytes, secret: bytes | None) -> Message:
         if not isinstance(raw_drains, dict) or not isinstance(raw_drains.get("nodes"), list) \
                 or len(raw_drains["nodes"]) > MAX_NAMES:
             raise BadMessage(MALFORMED, "drains is not {nodes, at}")
-        drains = (frozenset(_name(n) for n in raw_drains["nodes"]), _time(raw_drains.get("at")))
+        part, parts = raw_drains.get("part", 0), raw_drains.get("of", 1)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (part, parts)) \
+                or not 0 <= part < parts <= MAX_PARTS:
+            raise BadMessage(MALFORMED, "drains part is not k of n")
+        drains = Drains(frozenset(_name(n) for n in raw_drains["nodes"]), _time(raw_drains.get("at")), part, parts)
     return Message(sender=sender, seq=seq, ts=ts, picks=picks, drains=drains)
 
 

@@ -11,7 +11,11 @@ the terminal path nothing (a datagram to a dead peer is simply lost).
 
 Every ``heartbeat`` each peer also gets the drained set with its time, so a
 peer that missed a drain (it was down, a datagram was lost) catches up, and
-the silence of a peer shows as "unreachable". A datagram from an address
+the silence of a peer shows as "unreachable". A set too large for one
+datagram goes in parts: all of them when it changes, then
+:data:`PARTS_PER_HEARTBEAT` in turn at each heartbeat, so a burst the
+receiver could not take in whole is filled in within a few heartbeats
+without ever sending more than that many datagrams at once. A datagram from an address
 that is no peer, over the rate limit, malformed, unsigned or badly signed
 (with a secret), stale or replayed is dropped and counted, never applied.
 
@@ -34,8 +38,8 @@ from common.netutil import peer_address
 from common.sockets import format_listen
 from lbserver.config import Peer, Peers
 from lbserver.core.view import SharedState
-from lbserver.peers.message import (FLOOD, MAX_NAMES, UNKNOWN_SENDER, BadMessage, Message, ReplayGuard, decode,
-                                    encode)
+from lbserver.peers.message import (FLOOD, UNKNOWN_SENDER, BadMessage, DrainParts, Drains, Message, ReplayGuard,
+                                    decode, encode, split_drains, split_picks)
 
 log = logging.getLogger("lbserver.peers")
 
@@ -45,6 +49,8 @@ RESOLVE_INTERVAL = 300.0
 """Seconds between two look-ups of the peers' names."""
 LOG_INTERVAL = 60.0
 """Seconds between two log lines about refused datagrams from one source."""
+PARTS_PER_HEARTBEAT = 8
+"""Parts of a many-part drained set sent at each heartbeat (about 64 KiB, well within a receive buffer)."""
 
 
 @dataclass
@@ -58,6 +64,7 @@ class PeerState:
     messages: int = 0
     picks_received: int = 0
     refused: Counter = field(default_factory=Counter)
+    drain_parts: DrainParts = field(default_factory=DrainParts)
     tokens: float = RATE
     refilled: float = field(default_factory=time.monotonic)
 
@@ -95,6 +102,9 @@ class PeerService(asyncio.DatagramProtocol):
         self._boot_id = os.urandom(8).hex()
         self._seq = 0
         self._outbox: Counter[str] = Counter()
+        self._drained: tuple[frozenset[str], float] | None = None  # the drained set as last split ...
+        self._drains: list[Drains] = []                              # ... and its parts
+        self._turn = 0                   # the next part a heartbeat sends
         self._flush_scheduled = False
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task | None = None
@@ -143,25 +153,49 @@ class PeerService(asyncio.DatagramProtocol):
             asyncio.get_running_loop().call_soon(self._flush)
 
     def send_drains(self) -> None:
-        """Send the drained set to every peer now (after an admin drain or enable)."""
-        self._send(drains=self._shared.drain_state())
+        """Send the whole drained set to every peer now (after an admin drain or enable)."""
+        for part in self._drain_parts():
+            self._send(drains=part)
+
+    def _send_drains_in_turn(self) -> None:
+        """The heartbeat's share: the whole set, or its next :data:`PARTS_PER_HEARTBEAT` parts."""
+        parts = self._drain_parts()
+        if len(parts) <= PARTS_PER_HEARTBEAT:
+            self._turn = 0
+            turn = parts
+        else:
+            self._turn %= len(parts)
+            turn = (parts + parts)[self._turn:self._turn + PARTS_PER_HEARTBEAT]
+            self._turn += PARTS_PER_HEARTBEAT
+        for part in turn:
+            self._send(drains=part)
+
+    def _drain_parts(self) -> list[Drains]:
+        """The drained set in parts, split again only when it changed (and a refusal logged once)."""
+        state = self._shared.drain_state()
+        if state != self._drained:
+            self._drained = state
+            try:
+                self._drains = split_drains(*state)
+            except ValueError as exc:
+                log.error("drained set not shared with the peers: %s", exc)
+                self._drains = []
+        return self._drains
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         picks, self._outbox = self._outbox, Counter()
-        items = list(picks.items())
-        for i in range(0, len(items), MAX_NAMES // 4):
-            self._send(picks=dict(items[i:i + MAX_NAMES // 4]))
+        for chunk in split_picks(picks):
+            self._send(picks=chunk)
 
-    def _send(self, picks: dict[str, int] | None = None,
-              drains: tuple[frozenset[str], float] | None = None) -> None:
+    def _send(self, picks: dict[str, int] | None = None, drains: Drains | None = None) -> None:
         if self._transport is None:
             return
         self._seq += 1
         msg = Message(sender=self._boot_id, seq=self._seq, ts=time.time(), picks=picks or {}, drains=drains)
         try:
             data = encode(msg, self._secret)
-        except ValueError as exc:  # node names too long to fit: split further next time
+        except ValueError as exc:  # cannot happen: split_picks and split_drains leave room
             log.error("peer message not sent: %s", exc)
             return
         for state in self._states.values():
@@ -173,7 +207,7 @@ class PeerService(asyncio.DatagramProtocol):
         while True:
             if time.monotonic() - self._resolved_at >= RESOLVE_INTERVAL:
                 await self._resolve_all()
-            self.send_drains()
+            self._send_drains_in_turn()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._config.heartbeat)
             except asyncio.TimeoutError:
@@ -220,7 +254,9 @@ class PeerService(asyncio.DatagramProtocol):
             state.picks_received += sum(msg.picks.values())
             self._shared.count_remote_picks(msg.picks)
         if msg.drains is not None:
-            self._shared.adopt_drains(msg.drains[0], msg.drains[1], state.peer.address)
+            whole = state.drain_parts.add(msg.drains)
+            if whole is not None:
+                self._shared.adopt_drains(whole.nodes, whole.at, state.peer.address)
 
     def error_received(self, exc: Exception) -> None:  # noqa: D401 (asyncio's API)
         """An ICMP error for a datagram sent earlier (a peer down): its silence shows in the status."""
