@@ -10,6 +10,11 @@ process). The reference, measured in the same run, is a bare asyncio client
 doing the same 1000 connect/request/read exchanges without parsing: the
 floor for any design on this machine.
 
+Meanwhile a terminal asks the balancer for a server every 10 ms; the wait
+for each answer shows what a poll cycle costs the terminals (median, p99,
+max, and the longest wait as a share of the cycle: a cycle done in one
+block would stall a terminal for all of it, 1.0).
+
 Two kinds of replies: ``same`` (each agent answers what it answered last
 time, as between two samples, or to a balancer that polls faster than the
 agent samples) and ``fresh`` (every reply holds a new sample, so nothing
@@ -27,6 +32,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import xmlrpc.client
@@ -114,6 +120,38 @@ def status(mgmt: int) -> dict:
         return json.load(resp)
 
 
+class Prober(threading.Thread):
+    """A terminal asking the balancer at ``port`` for a server every 10 ms; ``waits`` in seconds."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.waits: list[float] = []
+        self.failed = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self.done.wait(0.01):
+            start = time.perf_counter()
+            try:
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    self.failed += 1
+            except (OSError, http.client.HTTPException):
+                self.failed += 1
+                conn.close()
+                continue
+            self.waits.append(time.perf_counter() - start)
+
+    def figures(self) -> tuple[float, float, float]:
+        """(median, p99, max) wait in seconds."""
+        w = sorted(self.waits) or [float("nan")]
+        return w[len(w) // 2], w[int(len(w) * 0.99)], w[-1]
+
+
 def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles: int,
              interval: float, timeout: float, fresh: bool = False) -> dict:
     """Measure ``cycles`` poll cycles of a real lbserver over ``nodes`` replicas."""
@@ -139,9 +177,13 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
         # Read the balancer's own poll-duration histogram around a window of
         # cycles; nothing else talks to it meanwhile, so its CPU time is the cycles'.
         time.sleep(interval)
+        prober = Prober(lb_port)
         count0, sum0 = poll_histogram(mgmt)
         cpu0, t0 = proc_cpu(lb.pid), time.monotonic()
+        prober.start()
         time.sleep(cycles * interval + interval / 2)
+        prober.done.set()
+        prober.join()
         count1, sum1 = poll_histogram(mgmt)
         cpu1, t1 = proc_cpu(lb.pid), time.monotonic()
         done = count1 - count0
@@ -153,7 +195,8 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
         last = status(mgmt)["last_poll"]
         return {"nodes": nodes, "blackhole": blackhole, "mean": mean, "last": last["duration"],
                 "floor": floor, "cpu_per_cycle": cpu_per_cycle, "rss": proc_rss_mib(lb.pid),
-                "failed": last["failed"], "cycles": done}
+                "failed": last["failed"], "cycles": done, "waits": prober.figures(),
+                "answers_failed": prober.failed}
     finally:
         for p in (lb, replicas):
             if p is not None:
@@ -192,6 +235,9 @@ def main() -> int:
                   + f" {r['mean']:>8.3f}/{r['last']:.3f} s {r['floor']:>6.3f}s {r['mean'] / r['floor']:>5.1f}x"
                   + f" {r['cpu_per_cycle']:>9.3f}s {r['rss']:>6.1f}MiB {r['failed']:>6}  {target} "
                   + ("ok" if ok else "MISSED"))
+            med, p99, longest = r["waits"]
+            print(f"{'':40}  terminal answers meanwhile: median {med * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, "
+                  f"max {longest * 1e3:.1f} ms ({longest / r['mean']:.3f} of a cycle), {r['answers_failed']} failed")
         print("floor: a bare asyncio client doing the same exchanges without parsing, same run; "
               "CPU/cycle: lbserver's CPU time per poll cycle; RSS: lbserver's resident memory.")
     return 0

@@ -25,14 +25,15 @@ import logging
 import time
 from typing import Callable, Mapping
 
-from lbserver.config import Node, ServerConfig
+from lbserver.config import Node, Poll, ServerConfig
 from lbserver.core import health
 from lbserver.core.counters import CycleInfo, DurationHistogram
 from lbserver.core.drainstate import DrainState
 from lbserver.core.history import History
 from lbserver.core.poller import PollError, PollResult, Replies, poll_all
 from lbserver.core.remote import RemoteNode, fetch_group
-from lbserver.core.selection import Pick, Selector, Snapshot, Weighing
+from lbserver.core.selection import STEP_NODES, Pick, Selector, Snapshot, Weighing
+from lbserver.core.slicing import Steps, run_sliced
 from lbserver.core.view import UnknownNode
 
 log = logging.getLogger("lbserver")
@@ -63,6 +64,7 @@ class Balancer:
         self._weighings: dict[str, Weighing] = {}
         self._selector = Selector(algorithm=config.algorithm)
         self._snapshot: Snapshot | None = None
+        self._installs = 0  # snapshots installed so far: a sliced build started before another is stale
         self._drain: DrainState | None = None
         self._last_cycle: CycleInfo | None = None
         self._answers: dict[str, str] = {}  # node -> what terminals receive, per config
@@ -214,30 +216,17 @@ class Balancer:
                      replies=self._replies),
             self._fetch_remote(cfg))
         now = time.time()
-        failed = 0
         if self._base is not polled:  # reloaded while polling: keep nodes still configured as polled
             cfg = self._base
             results = {n: r for n, r in results.items() if cfg.nodes.get(n) == polled.nodes[n]}
             fetched = {g: f for g, f in fetched.items()
                        if g in cfg.groups and cfg.groups[g].source == polled.groups[g].source}
         results = {**results, **self._merge_remote(fetched)}
-        for name, res in results.items():
-            rec = self._records.setdefault(name, health.NodeRecord(name=name))
-            if res.state is not None:
-                if res.state is not rec.last_state:
-                    self._weighings.pop(name, None)  # new figures: weigh again, and let the old ones go now
-                change = health.record_success(rec, res.state, now, cfg.poll.rise)
-            else:
-                failed += 1
-                change = health.record_failure(rec, res.error, now, cfg.poll.fall)
-            if change == "down":
-                log.warning("node %s is down: %s", name, rec.last_error)
-            elif change == "up":
-                log.info("node %s is up", name)
-        self.install_snapshot(now)
+        failed = await run_sliced(self._record_steps(results, now, cfg.poll))
+        await self._install_sliced(now)
         self._last_cycle = CycleInfo(started, time.time() - started, len(results), failed)
         self.poll_histogram.observe(self._last_cycle.duration)
-        self.history.add(self._snapshot, now, cfg.poll.interval)
+        await run_sliced(self.history.add_steps(self._snapshot, now, cfg.poll.interval))
         for name in set(self._snapshot.unreported) - self._unreported_logged:
             log.warning("rule variable %s is reported by no agent (a typo in lbsconfig.xml, or missing from every "
                         "lbaconfig.xml): the rule makes every node unhealthy", name)
@@ -247,6 +236,28 @@ class Balancer:
                 observer()
             except Exception:  # an observer's bug must not stop polling
                 log.exception("after-cycle observer failed")
+
+    def _record_steps(self, results: Mapping[str, PollResult], now: float, poll: Poll) -> Steps[int]:
+        """Update each node's record from its poll result (logging ups and downs); return how many failed."""
+        failed = 0
+        for count, (name, res) in enumerate(results.items(), 1):
+            if name not in self._config.nodes:  # reloaded between two steps, and no longer configured
+                continue
+            rec = self._records.setdefault(name, health.NodeRecord(name=name))
+            if res.state is not None:
+                if res.state is not rec.last_state:
+                    self._weighings.pop(name, None)  # new figures: weigh again, and let the old ones go now
+                change = health.record_success(rec, res.state, now, poll.rise)
+            else:
+                failed += 1
+                change = health.record_failure(rec, res.error, now, poll.fall)
+            if change == "down":
+                log.warning("node %s is down: %s", name, rec.last_error)
+            elif change == "up":
+                log.info("node %s is up", name)
+            if not count % STEP_NODES:
+                yield
+        return failed
 
     async def _fetch_remote(self, cfg: ServerConfig) -> dict[str, list[RemoteNode] | PollError]:
         """Read every remote group's site balancer at once; a failure is returned, not raised."""
@@ -302,9 +313,31 @@ class Balancer:
         (see :class:`~lbserver.core.selection.Selector`); a drain or reload
         in the middle of a storm keeps every count.
         """
+        self._installs += 1
         self._snapshot = Snapshot.build(self._config, self._records, frozenset(self._drain.nodes),
                                         now or time.time(), self._weighings)
         self._selector.install(self._snapshot)
+
+    async def _install_sliced(self, now: float) -> None:
+        """:meth:`install_snapshot` after a poll, giving the loop back every few milliseconds.
+
+        Terminals are answered meanwhile from the snapshot in force (see
+        :mod:`lbserver.core.slicing`). A drain, enable or reload installed
+        meanwhile makes this build stale (it read the drained set and the
+        configuration before), so the build starts over; after three such
+        tries it is done at once.
+        """
+        for _ in range(3):
+            installs = self._installs
+            snapshot = await run_sliced(Snapshot.build_steps(self._config, self._records, frozenset(self._drain.nodes),
+                                                             now, self._weighings))
+            prepared = await run_sliced(self._selector.prepare_steps(snapshot))
+            if installs == self._installs:
+                self._installs += 1
+                self._snapshot = snapshot
+                self._selector.commit(prepared)
+                return
+        self.install_snapshot(now)
 
     # -- terminals --------------------------------------------------------
 

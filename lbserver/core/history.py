@@ -5,8 +5,12 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from lbserver.core.slicing import Steps, run_whole
+
 WINDOW_SECONDS = 3600.0
 MAX_POINTS = 720
+STEP_NODES = 256
+"""Nodes recorded between two points where a sliced :meth:`History.add_steps` may give the loop back."""
 
 
 class History:
@@ -19,13 +23,19 @@ class History:
 
     def add(self, snapshot: Any, now: float, interval: float) -> None:
         """Record the snapshot; keep at most one point per hour/MAX_POINTS so memory stays bounded."""
+        run_whole(self.add_steps(snapshot, now, interval))
+
+    def add_steps(self, snapshot: Any, now: float, interval: float) -> Steps[None]:
+        """:meth:`add` as :data:`~lbserver.core.slicing.Steps`, pausing every few dozen nodes."""
         if now - self._last < max(interval, WINDOW_SECONDS / MAX_POINTS) * 0.999 and self.points:
             return
         self._last = now
         row = {}
-        for name, v in snapshot.nodes.items():
+        for count, (name, v) in enumerate(snapshot.nodes.items(), 1):
             load = v.variables.get("LOADAVG")
             row[name] = (round(v.weight, 3), load if isinstance(load, (int, float)) else None, v.selectable)
+            if not count % STEP_NODES:
+                yield
         self.points.append((now, row))
         while self.points and self.points[0][0] < now - WINDOW_SECONDS:
             self.points.popleft()

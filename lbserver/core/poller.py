@@ -17,6 +17,8 @@ because at ten thousand agents per cycle every allocation counts.
 A node whose reply body is byte for byte its last one (the agent has not
 sampled since) keeps the state validated then, with no parsing at all; the
 caller keeps those replies from one cycle to the next (:data:`Replies`).
+The other replies are parsed by one task, in slices of a few milliseconds,
+so the loop's other users (terminals) are served in between.
 
 An ``https://`` node is polled over TLS with its configured context
 (certificate and host name verified); a node with a shared secret sends it
@@ -34,6 +36,7 @@ import hashlib
 import ssl
 import time
 import xmlrpc.client
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -42,6 +45,7 @@ from lxml import etree
 
 from common.tls import client_context
 from lbserver.config import Node
+from lbserver.core.slicing import Steps, run_sliced
 
 log = logging.getLogger(__name__)
 
@@ -301,39 +305,83 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
     balancers, costs no parsing. Nodes not polled are dropped from it.
 
     ``concurrency`` workers take the nodes in turn, rather than a task per
-    node behind a semaphore: fewer tasks, the same bound.
+    node behind a semaphore: fewer tasks, the same bound. They only fetch:
+    new replies are parsed by one task in slices of the loop's time
+    (:mod:`lbserver.core.slicing`), so ten thousand new samples at once
+    never keep a terminal waiting more than a few milliseconds. A result's
+    ``elapsed`` is the exchange's, until its reply was read.
     """
     nodes = list(nodes)
     todo = iter(nodes)
     results: dict[str, PollResult] = {}
     memo = replies if replies is not None else {}
     fresh: Replies = {}
+    # New replies wait here for the one parser task, so parsing is done in
+    # slices of the loop's time however many replies come in at once.
+    unparsed: deque[tuple[str, bytes, bytes, float]] = deque()
+    arrived = asyncio.Event()
+    fetching = True
+
+    def parse(name: str, key: bytes, body: bytes) -> tuple[dict | None, str | None]:
+        try:
+            value = loads_body(body)
+            try:
+                state = validate(value) if validate else value
+            except ValueError as exc:
+                raise PollError(f"invalid agent reply: {exc}") from None
+        except PollError as exc:
+            return None, str(exc)
+        except Exception as exc:  # one node's surprise must not cost the others their cycle
+            log.exception("parsing the reply of %s failed unexpectedly", name)
+            return None, f"poll failed: {type(exc).__name__}: {exc}"
+        fresh[name] = (key, state)
+        return state, None
+
+    def parse_arrived() -> Steps[None]:
+        while unparsed:
+            name, key, body, elapsed = unparsed.popleft()
+            results[name] = PollResult(name, *parse(name, key, body), elapsed)
+            yield
+
+    async def parser() -> None:
+        while True:
+            await run_sliced(parse_arrived())
+            if not fetching:
+                return
+            arrived.clear()
+            await arrived.wait()
 
     async def worker() -> None:
         for node in todo:  # one iterator shared by the workers: each node is polled once
             start = time.monotonic()
-            state, error = None, None
             try:
                 body = await fetch_body(node, timeout, max_bytes)
-                key = _digest(body)
-                known = memo.get(node.name)
-                if known is not None and known[0] == key:
-                    state = known[1]
-                else:
-                    value = loads_body(body)
-                    try:
-                        state = validate(value) if validate else value
-                    except ValueError as exc:
-                        raise PollError(f"invalid agent reply: {exc}") from None
-                fresh[node.name] = (key, state)
             except PollError as exc:
-                error = str(exc)
+                results[node.name] = PollResult(node.name, None, str(exc), time.monotonic() - start)
+                continue
             except Exception as exc:  # one node's surprise must not cost the others their cycle
                 log.exception("polling %s failed unexpectedly", node.name)
-                error = f"poll failed: {type(exc).__name__}: {exc}"
-            results[node.name] = PollResult(node.name, state, error, time.monotonic() - start)
+                results[node.name] = PollResult(node.name, None, f"poll failed: {type(exc).__name__}: {exc}",
+                                                time.monotonic() - start)
+                continue
+            key = _digest(body)
+            known = memo.get(node.name)
+            if known is not None and known[0] == key:
+                fresh[node.name] = known
+                results[node.name] = PollResult(node.name, known[1], None, time.monotonic() - start)
+            else:
+                unparsed.append((node.name, key, body, time.monotonic() - start))
+                arrived.set()
 
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(nodes)))))
+    parsing = asyncio.ensure_future(parser())
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(nodes)))))
+    except BaseException:  # cancelled (the daemon stops): the parser goes too
+        parsing.cancel()
+        raise
+    fetching = False
+    arrived.set()
+    await parsing
     if replies is not None:
         replies.clear()
         replies.update(fresh)

@@ -26,6 +26,7 @@ from lbserver.config import Require, Rule, ServerConfig
 from lbserver.config.settings import ALGORITHMS
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord
+from lbserver.core.slicing import Steps, run_whole
 from lbserver.core.weights import Compensation, RuleResult, Verdict, compensation, evaluate, rule_lag
 
 REASONS = ("weighted", "user", "overflow", "last-good")
@@ -37,6 +38,8 @@ FORGET_AFTER = 3600.0
 """Seconds after which a terminal no figures have shown stops counting (figures that never come)."""
 NEGLIGIBLE = 0.01
 """A lagging rest smaller than this many terminals is dropped."""
+STEP_NODES = 64
+"""Nodes weighed or installed between two points where a sliced build may give the loop back."""
 BUCKET = 0.1
 """Terminals sent to a node within this many seconds are kept as one entry (dated by the last)."""
 
@@ -144,11 +147,18 @@ class Snapshot:
         weighing again a node whose state and rules are the very objects
         of the last build; it is left holding this build's.
         """
+        return run_whole(cls.build_steps(config, records, drained, now, weighings))
+
+    @classmethod
+    def build_steps(cls, config: ServerConfig, records: Mapping[str, NodeRecord],
+                    drained: frozenset[str] = frozenset(), now: float | None = None,
+                    weighings: dict[str, Weighing] | None = None) -> Steps[Snapshot]:
+        """:meth:`build` as :data:`~lbserver.core.slicing.Steps`, pausing every :data:`STEP_NODES` nodes."""
         views: dict[str, NodeView] = {}
         rules, requires = config.rules, config.requires
         memo = weighings if weighings is not None else {}
         kept: dict[str, Weighing] = {}
-        for name in config.nodes:
+        for count, name in enumerate(config.nodes, 1):
             rec = records.get(name)
             state = rec.last_state if rec is not None else None
             w = memo.get(name)
@@ -156,6 +166,8 @@ class Snapshot:
                 w = weigh(state, rules, requires)
             kept[name] = w
             views[name] = node_view(name, rec, w, name in drained)
+            if not count % STEP_NODES:
+                yield
         if weighings is not None:
             weighings.clear()
             weighings.update(kept)
@@ -362,6 +374,16 @@ class _Unseen:
         return not self.times and not self.carried
 
 
+class _Prepared(NamedTuple):
+    """A snapshot made ready for a :class:`Selector` (see :meth:`Selector.prepare_steps`)."""
+
+    snapshot: Snapshot
+    groups: dict[str, _GroupState]
+    members: dict[str, list[tuple[_GroupState, int]]]
+    base: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]]
+    best: dict[str, str]  # per group, its best node: the last good one from now on
+
+
 class Selector:
     """The choice of a node for each terminal over the current snapshot, with per-session compensation.
 
@@ -430,20 +452,57 @@ class Selector:
         sent later keep counting in full. A rebuild without new figures (a
         failed poll, a drain, a reload) changes no count.
         """
-        now = self._clock()
+        self.commit(run_whole(self.prepare_steps(snapshot)))
+
+    def prepare_steps(self, snapshot: Snapshot) -> Steps[_Prepared]:
+        """The work of :meth:`install` that picks do not change, as :data:`~lbserver.core.slicing.Steps`.
+
+        Picks may go on between the steps (they use the snapshot in force);
+        :meth:`commit` then accounts for every terminal sent until then.
+        """
         groups: dict[str, _GroupState] = {}
         members: dict[str, list[tuple[_GroupState, int]]] = {}
-        last_good = {g: n for g, n in self._last_good.items()
-                     if n in snapshot.groups.get(g, ())}
+        best: dict[str, str] = {}
+        nodes = snapshot.nodes
         for g, names in snapshot.groups.items():
-            ranked = snapshot.ranked(g)
-            if ranked:
-                last_good[g] = ranked[0].name
-            views = [snapshot.nodes[n] for n in names if snapshot.nodes[n].selectable]
-            state = _GroupState(views)
-            groups[g] = state
+            views: list[NodeView] = []
+            for count, name in enumerate(names, 1):
+                view = nodes[name]
+                if view.selectable:
+                    views.append(view)
+                if not count % STEP_NODES:
+                    yield
+            if views:
+                best[g] = min(views, key=_rank_key).name  # what snapshot.ranked(g)[0] is, without the sort
+            yield
+            state = groups[g] = _GroupState(views)
+            yield
             for i, v in enumerate(views):
                 members.setdefault(v.name, []).append((state, i))
+                if not (i + 1) % STEP_NODES:
+                    yield
+        base: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]] = {}
+        for count, (node, places) in enumerate(members.items(), 1):
+            variables = snapshot.nodes[node].variables
+            known = self._base_compensation.get(node)
+            if known is not None and known[0] is variables and known[1] is snapshot.rules:
+                c = known[2]  # the same figures under the same rules (see Snapshot.build's weighings)
+            else:
+                c = compensation(variables, snapshot.rules)
+            base[node] = (variables, snapshot.rules, c)
+            load = c.load(1)  # with no terminal pending; commit redoes the nodes that have some
+            for state, i in places:
+                state.loads[i] = load
+            if not count % STEP_NODES:
+                yield
+        return _Prepared(snapshot, groups, members, base, best)
+
+    def commit(self, prepared: _Prepared) -> None:
+        """Put a prepared snapshot in force, with the terminals sent to each node until now."""
+        snapshot, groups, members, base = prepared.snapshot, prepared.groups, prepared.members, prepared.base
+        now = self._clock()
+        last_good = {g: n for g, n in self._last_good.items() if g in snapshot.groups and n in snapshot.members(g)}
+        last_good.update(prepared.best)
         lags = frozenset(lag for lag in (rule_lag(r) for r in snapshot.rules if r.per_session > 0) if lag > 0)
         unseen: dict[str, _Unseen] = {}
         for name, u in self._unseen.items():
@@ -454,27 +513,17 @@ class Selector:
             if not u.empty():
                 unseen[name] = u
         weights = {n: v.weight for n, v in snapshot.nodes.items()}
-        comp: dict[str, Compensation] = {}
-        base: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]] = {}
-        for node, places in members.items():
-            variables = snapshot.nodes[node].variables
-            known = self._base_compensation.get(node)
-            if known is not None and known[0] is variables and known[1] is snapshot.rules:
-                c = known[2]  # the same figures under the same rules (see Snapshot.build's weighings)
-            else:
-                c = compensation(variables, snapshot.rules)
-            base[node] = (variables, snapshot.rules, c)
-            u = unseen.get(node)
-            fresh = 0
-            if u is not None and c.terms:
-                c = c.carrying(u.carried)
-                fresh = u.fresh
-                weights[node] = c.weight(fresh)
-            comp[node] = c
-            load = c.load(fresh + 1)
-            for state, i in places:
-                if weights[node] != state.tree[i]:
-                    state.tree.set(i, weights[node])
+        comp = {node: known[2] for node, known in base.items()}
+        for node, u in unseen.items():
+            c = comp.get(node)
+            if c is None or not c.terms:
+                continue
+            c = comp[node] = c.carrying(u.carried)
+            weight = weights[node] = c.weight(u.fresh)
+            load = c.load(u.fresh + 1)
+            for state, i in members[node]:
+                if weight != state.tree[i]:
+                    state.tree.set(i, weight)
                 state.loads[i] = load
         # Swap everything at once so a pick never sees half of each snapshot.
         (self._snapshot, self._groups, self._members, self._unseen, self._weights,
