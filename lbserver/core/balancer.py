@@ -7,7 +7,10 @@ Data flows one way: every ``poll interval`` all agents are polled at once
 :class:`~lbserver.core.selection.Selector` (the atomic swap), then the
 observers registered with :meth:`Balancer.after_cycle` run (the DNS
 arbiter). Terminal requests and the management service only read what the
-last cycle built.
+last cycle built. The cycle's long work (parsing, records, the build and
+the install) gives the loop back every few milliseconds
+(:mod:`lbserver.core.slicing`), so terminals are answered meanwhile, from
+the snapshot in force until the new one is swapped in whole.
 
 Threading: everything here runs on the daemon's asyncio loop thread, so the
 balancer's own state needs no locks; other threads reach it only through the

@@ -8,8 +8,11 @@ terminals already sent to each node), and answers :meth:`Selector.pick`.
 
 Threading: a Selector is meant to be used from one thread (the daemon's
 asyncio loop), so it takes no locks; :meth:`Selector.install` replaces the
-whole per-snapshot state in one assignment. Snapshots themselves are
-immutable and may be shared freely.
+whole per-snapshot state in one assignment. A poll cycle builds and
+prepares the next snapshot in steps (:meth:`Snapshot.build_steps`,
+:meth:`Selector.prepare_steps`) that give the loop back between them, and
+picks go on meanwhile; :meth:`Selector.commit` then swaps it in at once.
+Snapshots themselves are immutable and may be shared freely.
 """
 
 from __future__ import annotations
