@@ -36,7 +36,6 @@ import hashlib
 import ssl
 import time
 import xmlrpc.client
-from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -317,10 +316,9 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
     memo = replies if replies is not None else {}
     fresh: Replies = {}
     # New replies wait here for the one parser task, so parsing is done in
-    # slices of the loop's time however many replies come in at once.
-    unparsed: deque[tuple[str, bytes, bytes, float]] = deque()
-    arrived = asyncio.Event()
-    fetching = True
+    # slices of the loop's time however many replies come in at once; the
+    # queue is bounded, so fetching waits for parsing and memory stays flat.
+    unparsed: asyncio.Queue[tuple[str, bytes, bytes, float] | None] = asyncio.Queue(concurrency)
 
     def parse(name: str, key: bytes, body: bytes) -> tuple[dict | None, str | None]:
         try:
@@ -337,19 +335,20 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
         fresh[name] = (key, state)
         return state, None
 
-    def parse_arrived() -> Steps[None]:
-        while unparsed:
-            name, key, body, elapsed = unparsed.popleft()
+    def parse_from(item: tuple[str, bytes, bytes, float] | None) -> Steps[bool]:
+        """Parse ``item`` and what waits after it; False once the end mark (None) is reached."""
+        while item is not None:
+            name, key, body, elapsed = item
             results[name] = PollResult(name, *parse(name, key, body), elapsed)
             yield
+            if unparsed.empty():
+                return True
+            item = unparsed.get_nowait()
+        return False
 
     async def parser() -> None:
-        while True:
-            await run_sliced(parse_arrived())
-            if not fetching:
-                return
-            arrived.clear()
-            await arrived.wait()
+        while await run_sliced(parse_from(await unparsed.get())):
+            pass
 
     async def worker() -> None:
         for node in todo:  # one iterator shared by the workers: each node is polled once
@@ -370,8 +369,7 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
                 fresh[node.name] = known
                 results[node.name] = PollResult(node.name, known[1], None, time.monotonic() - start)
             else:
-                unparsed.append((node.name, key, body, time.monotonic() - start))
-                arrived.set()
+                await unparsed.put((node.name, key, body, time.monotonic() - start))
 
     parsing = asyncio.ensure_future(parser())
     try:
@@ -379,8 +377,7 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
     except BaseException:  # cancelled (the daemon stops): the parser goes too
         parsing.cancel()
         raise
-    fetching = False
-    arrived.set()
+    await unparsed.put(None)
     await parsing
     if replies is not None:
         replies.clear()
