@@ -5,12 +5,13 @@ Each agent gets one short HTTP/1.0 POST of ``get_state``; the whole exchange
 ``max-reply-bytes``, so a dead, black-holed, slow or garbage-spewing agent
 costs at most the timeout and never delays the others.
 
-Replies are parsed by a fast path first: lxml (C) with entities, DTDs and
-network off, turned into Python values by a strict converter of the XML-RPC
-subset an agent sends. Anything outside that subset (a DOCTYPE, a comment,
-a fault, an unusual type, any surprise) goes to the reference path,
-xmlrpc.client with defusedxml's expat guards, which gives the same values
-and the same errors: the fast path only saves time, never changes a result.
+Replies are parsed by a fast path first (:mod:`lbserver.core.rpcreply`:
+one regular expression and a short descent over the XML-RPC subset an
+agent sends, with no XML tree). Anything outside that subset (an entity, a
+DOCTYPE, a comment, a fault, an unusual type, any surprise) goes to the
+reference path, xmlrpc.client with defusedxml's expat guards, which gives
+the same values and the same errors: the fast path only saves time, never
+changes a result.
 Each exchange is one bare :class:`asyncio.Protocol` (no stream objects),
 because at ten thousand agents per cycle every allocation counts.
 
@@ -40,10 +41,10 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import defusedxml.xmlrpc
-from lxml import etree
 
 from common.tls import client_context
 from lbserver.config import Node
+from lbserver.core import rpcreply
 from lbserver.core.slicing import Steps, run_sliced
 
 log = logging.getLogger(__name__)
@@ -101,54 +102,6 @@ def _tls_error(exc: ssl.SSLError) -> str:
     return f"TLS error: {reason}"
 
 
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
-                          remove_comments=False, remove_pis=False)
-_SCALARS = {"int": int, "i4": int, "i8": int, "double": float, "string": lambda s: s}
-
-
-def _value(elem: etree._Element) -> object:
-    """One ``<value>``; raises on anything outside the plain subset (the caller falls back)."""
-    if len(elem) == 0:
-        return elem.text or ""
-    (child,) = elem  # exactly one typed child
-    tag = child.tag
-    if tag == "struct":
-        out = {}
-        for member in child:
-            name, value = member
-            if member.tag != "member" or name.tag != "name" or value.tag != "value":
-                raise ValueError("unexpected struct member")
-            out[name.text or ""] = _value(value)
-        return out
-    if tag == "array":
-        (data,) = child
-        if data.tag != "data" or any(v.tag != "value" for v in data):
-            raise ValueError("unexpected array content")
-        return [_value(v) for v in data]
-    if len(child):
-        raise ValueError("nested scalar")
-    if tag == "boolean":
-        text = (child.text or "").strip()
-        if text not in ("0", "1"):
-            raise ValueError("bad boolean")
-        return text == "1"
-    return _SCALARS[tag](child.text or "")
-
-
-def _fast_loads(body: bytes) -> object:
-    """The reply's one value by the fast path; raises (anything) when the reference path must decide."""
-    if b"<!" in body:
-        raise ValueError("a declaration, comment or CDATA: the reference path decides")
-    root = etree.fromstring(body, _PARSER)
-    if root.tag != "methodResponse" or len(root) != 1 or root[0].tag != "params":
-        raise ValueError("not a plain response")
-    (param,) = root[0]
-    (value,) = param
-    if param.tag != "param" or value.tag != "value":
-        raise ValueError("unexpected params")
-    return _value(value)
-
-
 def reply_body(raw: bytes, max_bytes: int) -> bytes:
     """The body of a whole HTTP reply, checked to be a 200 of at most ``max_bytes``.
 
@@ -175,7 +128,7 @@ def reply_body(raw: bytes, max_bytes: int) -> bytes:
 def loads_body(body: bytes) -> object:
     """The one value of an XML-RPC response body; raises :class:`PollError` for a fault or bad XML."""
     try:
-        return _fast_loads(body)
+        return rpcreply.loads(body)
     except Exception:  # noqa: BLE001 (the reference path below gives the verdict and the words)
         pass
     try:
