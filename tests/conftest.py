@@ -97,6 +97,12 @@ def python_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def chi2(observed, expected_share) -> float:
+    """Pearson's chi-square of ``observed`` counts (a mapping) against shares proportional to ``expected_share``."""
+    n, total = sum(observed.values()), sum(expected_share.values())
+    return sum((observed.get(k, 0) - n * w / total) ** 2 / (n * w / total) for k, w in expected_share.items())
+
+
 class Clock:
     """A clock the test moves by hand (``clock.now = ...``), for code that takes a clock callable."""
 

@@ -27,7 +27,7 @@ import pytest
 
 from cluster import lbctl, restart_agent, start_agent, start_balancer, stop
 from common.netutil import raise_nofile_limit
-from conftest import ARTIFACTS, ROOT, Procs, free_port, python_cmd, wait_for_port, wait_until
+from conftest import ARTIFACTS, ROOT, Procs, chi2, free_port, python_cmd, wait_for_port, wait_until
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 EXAMPLE = ROOT / "etc" / "examples" / "haproxy-xrdp.cfg"
@@ -216,10 +216,7 @@ def test_sessions_spread_by_the_weights(farm):
             sock, server = rdp_connect(farm.frontend, farm.user())
             held.append(sock)
             counts[server] += 1
-        total = sum(weights.values())
-        n = sum(counts.values())
-        chi2 = sum((counts[k] - n * w / total) ** 2 / (n * w / total) for k, w in weights.items())
-        assert chi2 < CHI2_001_DF2, (counts, weights, chi2)
+        assert chi2(counts, weights) < CHI2_001_DF2, (counts, weights)
         stat = farm.stat()
         assert {k: int(stat[k]["scur"]) for k in NODES} == counts  # HAProxy's own count of open sessions
     finally:

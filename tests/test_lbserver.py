@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.cluster import ask_many, restart_agent, start_agent, start_balancer, stop
-from tests.conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
+from tests.conftest import ROOT, chi2, free_port, python_cmd, wait_for_port, wait_until
 
 # Upper 1e-6 points of the chi-square distribution, by degrees of freedom. The
 # live balancer draws from an unseeded generator, so the test must not fail
@@ -32,11 +32,6 @@ def three(procs, tmp_path):
     return agents, bal
 
 
-def _chi2(counts, shares: dict[str, float]) -> float:
-    n, total = sum(counts.values()), sum(shares.values())
-    return sum((counts[k] - n * w / total) ** 2 / (n * w / total) for k, w in shares.items())
-
-
 def test_distribution_of_each_algorithm_and_a_reload_that_changes_it(three):
     agents, bal = three
     status = bal.status()
@@ -48,15 +43,15 @@ def test_distribution_of_each_algorithm_and_a_reload_that_changes_it(three):
     # The default, two-choices: two draws by weight (1/2, 1/3, 1/6), the less loaded kept (10 < 40 < 70 %),
     # so xapp1 unless neither draw is xapp1, xapp3 only when both are: 3/4, 2/9, 1/36.
     counts = ask_many(bal.port, n)
-    assert _chi2(counts, {"xapp1": 3 / 4, "xapp2": 2 / 9, "xapp3": 1 / 36}) < CHI2_CRITICAL[2], counts
-    assert _chi2(counts, weights) > 10 * CHI2_CRITICAL[2]
+    assert chi2(counts, {"xapp1": 3 / 4, "xapp2": 2 / 9, "xapp3": 1 / 36}) < CHI2_CRITICAL[2], counts
+    assert chi2(counts, weights) > 10 * CHI2_CRITICAL[2]
     # algorithm="weighted-random", applied by a reload: the seed's choice, in proportion to weight
     bal.config.write_text(bal.config.read_text().replace('idle-timeout="5"',
                                                          'idle-timeout="5" algorithm="weighted-random"'))
     bal.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: b"configuration reloaded" in _read_available(bal.proc), 10, what="reload logged")
     counts = ask_many(bal.port, n)
-    assert _chi2(counts, weights) < CHI2_CRITICAL[2], (counts, weights)
+    assert chi2(counts, weights) < CHI2_CRITICAL[2], (counts, weights)
     assert counts["xapp1"] > counts["xapp2"] > counts["xapp3"]
 
 

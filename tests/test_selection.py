@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Clock
+from conftest import Clock, chi2
 from lbserver.config import Group, Node, Require, Rule, ServerConfig
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord, record_failure, record_success
@@ -21,12 +21,6 @@ from lbserver.core.selection import FORGET_AFTER, MAX_SAMPLE_AGE, EmptyGroup, Se
 CHI2_001 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}
 
 SESSIONS = Rule("NBSESSIONS", weight=1, capacity=10, per_session=1)
-
-
-def chi2(observed: dict[str, int], expected_share: dict[str, float]) -> float:
-    n = sum(observed.values())
-    total = sum(expected_share.values())
-    return sum((observed.get(k, 0) - n * w / total) ** 2 / (n * w / total) for k, w in expected_share.items())
 
 
 def state(**variables) -> dict:
