@@ -187,48 +187,59 @@ class _Exchange(asyncio.Protocol):
             self.done.set_result(b"".join(self.chunks))
 
 
-async def _exchange(node: Node, max_bytes: int, ssl_ctx: ssl.SSLContext | None) -> bytes:
+async def _exchange(host: str, port: int, request: bytes, limit: int, ssl_ctx: ssl.SSLContext | None) -> bytes:
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    limit = max_bytes + 16384  # room for the HTTP header
-    transport, _ = await loop.create_connection(lambda: _Exchange(build_request(node), limit, done),
-                                                node.host, node.port, ssl=ssl_ctx)
+    transport, _ = await loop.create_connection(lambda: _Exchange(request, limit, done), host, port, ssl=ssl_ctx)
     try:
         return await done
     finally:
-        transport.abort()  # after a whole reply the agent has closed: nothing to flush
+        transport.abort()  # after a whole reply the server has closed: nothing to flush
 
 
 # A deadline on the calling task (Python 3.11+); Python 3.10 has only wait_for, a task per call.
 _deadline = getattr(asyncio, "timeout", None)
 
 
+async def exchange(host: str, port: int, request: bytes, timeout: float, max_bytes: int,
+                   ssl_ctx: ssl.SSLContext | None = None, server: str = "agent") -> bytes:
+    """Send ``request`` and read the whole reply, until the server closes; return its bytes.
+
+    The whole exchange is bounded by ``timeout`` and the reply by
+    ``max_bytes`` (with room for the HTTP header). Raises
+    :class:`PollError` in words for the status page; ``server`` names what
+    should be listening there (for a refused connection). The timeout is a
+    deadline on the calling task, not a task of its own (from Python
+    3.11): at ten thousand agents a cycle, a task per exchange shows in the
+    profile.
+    """
+    limit = max_bytes + 16384
+    try:
+        if _deadline is not None:
+            async with _deadline(timeout):
+                return await _exchange(host, port, request, limit, ssl_ctx)
+        return await asyncio.wait_for(_exchange(host, port, request, limit, ssl_ctx), timeout)
+    except asyncio.TimeoutError:  # the built-in TimeoutError from Python 3.11 on
+        raise PollError(f"no answer within {timeout:g} s") from None
+    except ConnectionRefusedError:
+        raise PollError(f"connection refused ({server} not running?)") from None
+    except ssl.SSLError as exc:
+        raise PollError(_tls_error(exc)) from None
+    except OSError as exc:
+        raise PollError(f"network error: {exc.strerror or exc}") from None
+
+
 async def fetch_body(node: Node, timeout: float, max_bytes: int, ssl_ctx: ssl.SSLContext | None = None) -> bytes:
     """Fetch one agent's ``get_state`` reply body (HTTP checked, XML not parsed yet).
 
     Raises :class:`PollError` on any failure. ``ssl_ctx`` defaults to the
-    node's own context (set for ``https://`` addresses). The timeout is a
-    deadline on the calling task, not a task of its own (from Python 3.11):
-    at ten thousand agents a cycle, a task per exchange shows in the profile.
+    node's own context (set for ``https://`` addresses).
     """
     if ssl_ctx is None:
         ssl_ctx = node.ssl_context
         if ssl_ctx is None and node.tls:  # a Node built outside the config loader
             ssl_ctx = _system_context()
-    try:
-        if _deadline is not None:
-            async with _deadline(timeout):
-                raw = await _exchange(node, max_bytes, ssl_ctx)
-        else:
-            raw = await asyncio.wait_for(_exchange(node, max_bytes, ssl_ctx), timeout)
-    except asyncio.TimeoutError:  # the built-in TimeoutError from Python 3.11 on
-        raise PollError(f"no answer within {timeout:g} s") from None
-    except ConnectionRefusedError:
-        raise PollError("connection refused (agent not running?)") from None
-    except ssl.SSLError as exc:
-        raise PollError(_tls_error(exc)) from None
-    except OSError as exc:
-        raise PollError(f"network error: {exc.strerror or exc}") from None
+    raw = await exchange(node.host, node.port, build_request(node), timeout, max_bytes, ssl_ctx)
     if not raw:
         raise PollError("agent closed the connection without answering")
     return reply_body(raw, max_bytes)
@@ -276,12 +287,11 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
     def parse(name: str, key: bytes, body: bytes) -> tuple[dict | None, str | None]:
         try:
             value = loads_body(body)
-            try:
-                state = validate(value) if validate else value
-            except ValueError as exc:
-                raise PollError(f"invalid agent reply: {exc}") from None
+            state = validate(value) if validate else value
         except PollError as exc:
             return None, str(exc)
+        except ValueError as exc:
+            return None, f"invalid agent reply: {exc}"
         except Exception as exc:  # one node's surprise must not cost the others their cycle
             log.exception("parsing the reply of %s failed unexpectedly", name)
             return None, f"poll failed: {type(exc).__name__}: {exc}"

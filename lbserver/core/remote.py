@@ -19,7 +19,6 @@ Runs on the balancer's loop thread.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 
 from lbserver.config import Group, Node
 from lbserver.core.health import validate_state
-from lbserver.core.poller import PollError
+from lbserver.core.poller import PollError, exchange
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 MAX_NODES = 100000
@@ -53,35 +52,13 @@ def _request(group: Group) -> tuple[str, int, bytes]:
                         f"Accept: application/json\r\n{auth}\r\n").encode()
 
 
-async def _exchange(host: str, port: int, request: bytes, max_bytes: int) -> bytes:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        data = await reader.read(max_bytes + 16385)
-        chunks, size = [data], len(data)
-        while data:
-            data = await reader.read(65536)
-            size += len(data)
-            if size > max_bytes + 16384:
-                raise PollError(f"site reply larger than {max_bytes} bytes")
-            chunks.append(data)
-        return b"".join(chunks)
-    finally:
-        writer.close()
-
-
 async def fetch_status(group: Group, timeout: float, max_bytes: int) -> dict:
     """The site balancer's /status document; raises :class:`PollError` in words for the status page."""
     host, port, request = _request(group)
     try:
-        raw = await asyncio.wait_for(_exchange(host, port, request, max_bytes), timeout)
-    except asyncio.TimeoutError:
-        raise PollError(f"site balancer {group.source}: no answer within {timeout:g} s") from None
-    except ConnectionRefusedError:
-        raise PollError(f"site balancer {group.source}: connection refused (lbserver not running?)") from None
-    except OSError as exc:
-        raise PollError(f"site balancer {group.source}: network error: {exc.strerror or exc}") from None
+        raw = await exchange(host, port, request, timeout, max_bytes, server="lbserver")
+    except PollError as exc:
+        raise PollError(f"site balancer {group.source}: {exc}") from None
     head, sep, body = raw.partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0].split()
     if not sep or len(status) < 2 or not status[0].startswith(b"HTTP/"):
