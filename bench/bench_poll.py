@@ -1,6 +1,7 @@
 """Poll scale: one full poll cycle of 1000 agents, healthy and with 100 black-holed.
 
     .venv/bin/python bench/bench_poll.py [--nodes 1000] [--blackhole 100] [--cycles 5] [--replies same|fresh|both]
+                                         [--mgmt-reads]
 
 A real lbagent's get_state reply is captured and served by 1000 loopback
 endpoints (bench/agent_replicas.py, addresses 127.10.x.y); a real lbserver
@@ -13,7 +14,9 @@ floor for any design on this machine.
 Meanwhile a terminal asks the balancer for a server every 10 ms; the wait
 for each answer shows what a poll cycle costs the terminals (median, p99,
 max, and the longest wait as a share of the cycle: a cycle done in one
-block would stall a terminal for all of it, 1.0).
+block would stall a terminal for all of it, 1.0). With ``--mgmt-reads`` a
+monitor also reads ``/status`` and ``/metrics`` once a second, as a
+dashboard and a Prometheus scraper would (their time and size printed).
 
 Two kinds of replies: ``same`` (each agent answers what it answered last
 time, as between two samples, or to a balancer that polls faster than the
@@ -120,6 +123,24 @@ def status(mgmt: int) -> dict:
         return json.load(resp)
 
 
+class Reader(threading.Thread):
+    """Reads ``/status`` and ``/metrics`` of the management port once a second; ``reads`` as (path, s, bytes)."""
+
+    def __init__(self, mgmt: int) -> None:
+        super().__init__(daemon=True)
+        self.mgmt = mgmt
+        self.reads: list[tuple[str, float, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            for path in ("/status", "/metrics"):
+                start = time.perf_counter()
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.mgmt}{path}", timeout=60) as resp:
+                    size = len(resp.read())
+                self.reads.append((path, time.perf_counter() - start, size))
+
+
 class Prober(threading.Thread):
     """A terminal asking the balancer at ``port`` for a server every 10 ms; ``waits`` in seconds."""
 
@@ -153,7 +174,7 @@ class Prober(threading.Thread):
 
 
 def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles: int,
-             interval: float, timeout: float, fresh: bool = False) -> dict:
+             interval: float, timeout: float, fresh: bool = False, mgmt_reads: bool = False) -> dict:
     """Measure ``cycles`` poll cycles of a real lbserver over ``nodes`` replicas."""
     replicas = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "agent_replicas.py"), "--reply", reply,
                                  "--count", str(nodes), "--blackhole", str(blackhole), "--port", str(PORT)]
@@ -177,13 +198,17 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
         # Read the balancer's own poll-duration histogram around a window of
         # cycles; nothing else talks to it meanwhile, so its CPU time is the cycles'.
         time.sleep(interval)
-        prober = Prober(lb_port)
+        prober, reader = Prober(lb_port), Reader(mgmt)
         count0, sum0 = poll_histogram(mgmt)
         cpu0, t0 = proc_cpu(lb.pid), time.monotonic()
         prober.start()
+        if mgmt_reads:
+            reader.start()
         time.sleep(cycles * interval + interval / 2)
-        prober.done.set()
-        prober.join()
+        for thread in (prober, reader):
+            thread.done.set()
+            if thread.is_alive():
+                thread.join()
         count1, sum1 = poll_histogram(mgmt)
         cpu1, t1 = proc_cpu(lb.pid), time.monotonic()
         done = count1 - count0
@@ -196,7 +221,7 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
         return {"nodes": nodes, "blackhole": blackhole, "mean": mean, "last": last["duration"],
                 "floor": floor, "cpu_per_cycle": cpu_per_cycle, "rss": proc_rss_mib(lb.pid),
                 "failed": last["failed"], "cycles": done, "waits": prober.figures(),
-                "answers_failed": prober.failed}
+                "answers_failed": prober.failed, "reads": reader.reads}
     finally:
         for p in (lb, replicas):
             if p is not None:
@@ -210,6 +235,8 @@ def main() -> int:
     parser.add_argument("--blackhole", type=int, default=100)
     parser.add_argument("--cycles", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--mgmt-reads", action="store_true",
+                        help="read /status and /metrics once a second meanwhile (a dashboard and a scraper)")
     parser.add_argument("--replies", choices=("same", "fresh", "both"), default="both",
                         help="healthy case: agents answer the same sample again, a new one each time, or both")
     args = parser.parse_args()
@@ -223,7 +250,8 @@ def main() -> int:
         kinds = ["same", "fresh"] if args.replies == "both" else [args.replies]
         cases = [(0, kind == "fresh") for kind in kinds] + ([(args.blackhole, False)] if args.blackhole else [])
         for hole, fresh in cases:
-            r = run_case(tmp, env, reply, args.nodes, hole, args.cycles, interval, args.timeout, fresh)
+            r = run_case(tmp, env, reply, args.nodes, hole, args.cycles, interval, args.timeout, fresh,
+                         args.mgmt_reads)
             if hole:
                 target, ok = f"<= {args.timeout + 1.0:.1f} s", r["mean"] <= args.timeout + 1.0
             elif args.nodes >= 10000:  # the scale targets: near the floor, within a memory budget
@@ -238,6 +266,11 @@ def main() -> int:
             med, p99, longest = r["waits"]
             print(f"{'':40}  terminal answers meanwhile: median {med * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, "
                   f"max {longest * 1e3:.1f} ms ({longest / r['mean']:.3f} of a cycle), {r['answers_failed']} failed")
+            for path in ("/status", "/metrics"):
+                reads = [(s, size) for p, s, size in r["reads"] if p == path]
+                if reads:
+                    print(f"{'':40}  {path}: {len(reads)} reads, {max(s for s, _ in reads):.2f} s at most, "
+                          f"{reads[-1][1] / 1e6:.1f} MB")
         print("floor: a bare asyncio client doing the same exchanges without parsing, same run; "
               "CPU/cycle: lbserver's CPU time per poll cycle; RSS: lbserver's resident memory.")
     return 0

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import threading
 
 import pytest
 
@@ -20,6 +21,7 @@ from lbserver.core.balancer import Balancer
 from lbserver.core.history import History
 from lbserver.mgmt.api import Api
 from lbserver.mgmt.auth import TokenFile, admin_allowed, host_allowed, is_loopback, loopback_allowed, read_token
+from lbserver.mgmt import http as mgmt_http
 from lbserver.mgmt.http import ManagementService
 from lbserver.core.drainstate import DrainState
 from tests.cluster import offline_balancer
@@ -132,6 +134,29 @@ def test_route_without_token_file_allows_only_loopback(tmp_path):
     assert _route(bal, "POST", "/nodes/xapp2/drain", "127.0.0.1", {"origin": "http://evil.example"})[0] == 403
     assert _route(bal, "POST", "/nodes/xapp2/drain", "::1")[0] == 200
     assert {n for n, v in bal.snapshot.nodes.items() if v.drained} == {"xapp2"}
+
+
+def test_reads_are_rendered_on_a_worker_thread_from_a_copy(tmp_path, monkeypatch):
+    bal = offline_balancer(tmp_path, TOKEN)
+    api = Api(bal, bal)
+    frozen = api.frozen()
+    live = {k: v for k, v in api.status().items() if k != "generated_at"}
+    assert {k: v for k, v in frozen.status().items() if k != "generated_at"} == live
+    assert frozen.metrics() == api.metrics() and frozen.history() == api.history()
+
+    bal.set_drained("xapp1", True)                                   # the balancer moves on ...
+    assert frozen.status()["nodes"]["xapp1"]["drained"] is False     # ... the copy does not
+    assert api.status()["nodes"]["xapp1"]["drained"] is True
+
+    threads = []
+    real = mgmt_http._read
+    monkeypatch.setattr(mgmt_http, "_read", lambda *args: threads.append(threading.current_thread()) or real(*args))
+    for path in ("/status", "/metrics", "/history", "/"):
+        assert _route(bal, "GET", path, "127.0.0.1")[0] == 200
+    assert len(threads) == 4 and threading.main_thread() not in threads  # the loop ran on the main thread
+    assert json.loads(_route(bal, "GET", "/status", "127.0.0.1")[2])["nodes"]["xapp1"]["drained"] is True
+    assert _route(bal, "POST", "/nodes/xapp1/enable", "127.0.0.1")[0] == 200  # actions stay on the loop
+    assert len(threads) == 5
 
 
 def test_route_bad_requests(tmp_path):

@@ -5,8 +5,8 @@ authorises them and maps the error codes to statuses. The actions read the
 core through :class:`~lbserver.core.view.BalancerView` and act through
 :class:`~lbserver.core.view.AdminActions`; the DNS aliases come from an
 :class:`AliasSource` (the DNS service, or nothing), the peer exchange from a
-:class:`PeerSource`. Everything runs on the
-daemon's loop thread.
+:class:`PeerSource`. Actions run on the daemon's loop thread, except the
+reads of an :meth:`Api.frozen` copy, which may run on any thread.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from lbserver.core.view import AdminActions, BalancerView, ReloadRefused, UnknownNode
 from lbserver.mgmt.aliases import AliasSource, NoAliases
 from lbserver.mgmt.dashboard import render_dashboard
+from lbserver.mgmt.frozen import FrozenAliases, FrozenPeers, FrozenView
 from lbserver.mgmt.metrics import render_metrics
 from lbserver.mgmt.peers import NoPeers, PeerSource
 from lbserver.mgmt.status import build_status, source_drain_words
@@ -52,6 +53,13 @@ class Api:
         self.admin = admin
         self.aliases = aliases or NoAliases()
         self.peers = peers or NoPeers()
+
+    def frozen(self) -> "Api":
+        """An Api over copies taken now (on the loop thread), whose reads may then run on any thread.
+
+        Its admin actions are this one's, and belong on the loop thread still.
+        """
+        return Api(FrozenView(self.view), self.admin, FrozenAliases(self.aliases), FrozenPeers(self.peers))
 
     def status(self) -> dict[str, Any]:
         """The /status document (schema in the manual's API chapter)."""

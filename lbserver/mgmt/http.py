@@ -4,7 +4,10 @@ Low traffic, so it reads requests with asyncio streams and answers one
 request per connection, each bounded as a whole by a timeout. Routing comes
 from :mod:`lbserver.mgmt.routes`, authorisation from :mod:`lbserver.mgmt.auth`,
 and the answers from :class:`~lbserver.mgmt.api.Api`, which knows nothing of
-HTTP. Runs on the daemon's loop thread.
+HTTP. Runs on the daemon's loop thread, except the rendering of reads
+(``/status``, ``/metrics``, the dashboard, ``/history``): they are rendered
+from a copy taken on the loop (:mod:`lbserver.mgmt.frozen`) on a worker
+thread of the loop's default executor.
 """
 
 from __future__ import annotations
@@ -42,6 +45,17 @@ def _text(status: int, message: str) -> Response:
 def _error(exc: ApiError) -> Response:
     # Plain text: lbctl and curl users read the message as is.
     return _text(HTTP_STATUS.get(exc.code, 500), exc.message)
+
+
+def _read(api: Api, route: routes.Route, params: dict, query: dict) -> Response:
+    """One GET route's response, rendered from ``api`` (a frozen copy: safe on any thread)."""
+    if route.action == "history":
+        result = api.history(query["since"][0] if "since" in query else None)
+    else:
+        result = getattr(api, route.action)(**params)
+    if isinstance(result, bytes):
+        return route.ok, CONTENT_TYPES[route.action], result
+    return _json(route.ok, result)
 
 
 class ManagementService:
@@ -136,14 +150,15 @@ class ManagementService:
             log.warning("refused admin request %s from %s (not loopback, no valid token)", path, peer)
             raise ApiError(FORBIDDEN, "admin actions are allowed from loopback, or with the token of token-file "
                                       "(Authorization: Bearer TOKEN; lbctl reads it from LBCTL_TOKEN)")
-        if route.action == "history":
-            result = self.api.history(query["since"][0] if "since" in query else None)
-        elif route.action == "reload":
+        if method == "GET":
+            # A read renders a copy on a worker thread: at ten thousand nodes
+            # it is seconds of work the terminals must not wait for.
+            reader = self.api.frozen()
+            return await asyncio.get_running_loop().run_in_executor(None, _read, reader, route, params, query)
+        if route.action == "reload":
             result = await self.api.reload()
         else:
             result = getattr(self.api, route.action)(**params)
-        if isinstance(result, bytes):
-            return route.ok, CONTENT_TYPES[route.action], result
         return _json(route.ok, result)
 
     def _authorised(self, headers: dict[str, str], peer: str) -> bool:
