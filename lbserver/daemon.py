@@ -5,7 +5,8 @@ reload, stop, failure). It owns the listening sockets and one thread running
 the asyncio loop on which the core, the terminal service and the management
 service all live; the runtime's own thread reaches them only through that
 loop (reload, stop). The DNS arbiter's network work runs on its own worker
-thread (:mod:`lbserver.dns.service`).
+thread (:mod:`lbserver.dns.service`), and the management service renders
+its reads on the loop's executor threads (:mod:`lbserver.mgmt.frozen`).
 
 It is the only module that knows every part: the core never imports the
 services, and the services see the core only through
