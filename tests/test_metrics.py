@@ -146,3 +146,60 @@ def test_live_metrics_match_status(procs, tmp_path):
                                              "lbserver_poll_duration_seconds_count")[()]) >= count + 2 and c,
                        10, what="more poll cycles")
     assert later >= count + 2
+
+
+def test_node_lines_are_what_prometheus_client_writes(tmp_path):
+    """The per-node families, written directly, against the client's own exposition of the same samples."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from lbserver.config import Group, Node, ServerConfig
+    from lbserver.core.health import NodeRecord, record_success
+    from lbserver.core.selection import Snapshot
+    from lbserver.mgmt.metrics import NODE_FAMILIES, _node_exposition
+
+    names = ['plain', 'quo"te', 'back\\slash', 'new\nline', 'never-polled']
+    nodes = {n: Node(n, f"http://127.0.0.1:{8001 + i}", "127.0.0.1", 8001 + i) for i, n in enumerate(names)}
+    cfg = ServerConfig(path="t.xml", nodes=nodes, groups={"G": Group("G", tuple(names), True)}, default_group="G")
+    records = {}
+    for i, n in enumerate(names[:-1]):
+        records[n] = NodeRecord(n)
+        record_success(records[n], {"hostname": n, "agent_version": "t", "sampled_at": 5.0, "users": [],
+                                    "variables": {"NBPROC": 4, "LOADAVG": 0.25 * i, "BIG": 1796057254.532,
+                                                  "DRAINED": i == 1, "NAME": "not a number", 'odd"var': -1}},
+                       5.0 + i, 1)
+    snap = Snapshot.build(cfg, records, drained=frozenset({"plain"}), now=9.0)
+
+    class View:
+        snapshot = snap
+
+        def pick_counts(self):
+            return {"quo\"te": 7}
+
+    class Reference:
+        def collect(self):
+            fams = [CounterMetricFamily(name[:-len("_total")], text, labels=["node"]) if kind == "counter"
+                    else GaugeMetricFamily(name, text, labels=["node", "variable"] if "variable" in name else ["node"])
+                    for name, kind, text in NODE_FAMILIES]
+            up, healthy, selectable, drained, weight, variable, seen, picks = fams
+            for n, v in snap.nodes.items():
+                up.add_metric([n], 1.0 if v.up else 0.0)
+                healthy.add_metric([n], 1.0 if (v.up and v.healthy) else 0.0)
+                selectable.add_metric([n], 1.0 if (v.up and v.selectable) else 0.0)
+                drained.add_metric([n], 1.0 if v.drained else 0.0)
+                weight.add_metric([n], v.weight)
+                picks.add_metric([n], View().pick_counts().get(n, 0))
+                if v.last_success is not None:
+                    seen.add_metric([n], v.last_success)
+                for var, value in v.variables.items():
+                    if isinstance(value, (int, float)):
+                        variable.add_metric([n, var], float(value))
+            yield from fams
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Reference())
+    assert _node_exposition(View()) == generate_latest(registry).decode()
+    fams = parse(_node_exposition(View()))
+    assert samples(fams["lbserver_node_picks"], "lbserver_node_picks_total")[("quo\"te",)] == 7.0
+    assert samples(fams["lbserver_node_variable"])[("back\\slash", "odd\"var")] == -1.0
+    assert ("never-polled",) not in samples(fams["lbserver_node_last_success_timestamp_seconds"])

@@ -3,7 +3,9 @@
 Nothing is counted through prometheus_client on the hot paths: the terminal
 service and the poll loop keep plain counters (:mod:`lbserver.core.counters`),
 and a custom collector turns them into metric families at scrape time, from
-the core's read-only view and the DNS service's alias reports.
+the core's read-only view and the DNS service's alias reports. The per-node
+families, nearly all the samples of a large balancer, are written directly
+in the text format (:func:`_node_exposition`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from common.version import __version__
 
@@ -35,7 +38,6 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         yield from self._process(self.view)
-        yield from self._nodes(self.view)
         yield from self._polls(self.view)
         yield from self._dns(self.aliases)
         yield from _peer_families(self.peers.peers_status())
@@ -47,40 +49,6 @@ class _Collector:
         yield info
         yield GaugeMetricFamily("lbserver_start_time_seconds", "when lbserver started, seconds since the epoch",
                                 value=view.started_at)
-
-    @staticmethod
-    def _nodes(view: "BalancerView") -> Iterator[Metric]:
-        snap = view.snapshot
-        up = GaugeMetricFamily("lbserver_node_up", "1 when the node's agent answers polls (after rise/fall)",
-                               labels=["node"])
-        healthy = GaugeMetricFamily("lbserver_node_healthy", "1 when the node is up and passes the rules",
-                                    labels=["node"])
-        selectable = GaugeMetricFamily("lbserver_node_selectable", "1 when the node may receive new terminals "
-                                       "(healthy and not drained)", labels=["node"])
-        drained = GaugeMetricFamily("lbserver_node_drained", "1 when the node is drained, by an admin or at the "
-                                    "source", labels=["node"])
-        weight = GaugeMetricFamily("lbserver_node_weight", "current weight (greater = less loaded)", labels=["node"])
-        variable = GaugeMetricFamily("lbserver_node_variable", "numeric variables reported by the node's agent",
-                                     labels=["node", "variable"])
-        seen = GaugeMetricFamily("lbserver_node_last_success_timestamp_seconds",
-                                 "when the node's agent last answered a poll, seconds since the epoch",
-                                 labels=["node"])
-        picks = CounterMetricFamily("lbserver_node_picks", "terminals sent to the node", labels=["node"])
-        counts = view.pick_counts()
-        nodes = snap.nodes.items() if snap is not None else ()
-        for name, v in nodes:
-            up.add_metric([name], 1.0 if v.up else 0.0)
-            healthy.add_metric([name], 1.0 if (v.up and v.healthy) else 0.0)
-            selectable.add_metric([name], 1.0 if (v.up and v.selectable) else 0.0)
-            drained.add_metric([name], 1.0 if v.drained else 0.0)
-            weight.add_metric([name], v.weight)
-            picks.add_metric([name], counts.get(name, 0))
-            if v.last_success is not None:
-                seen.add_metric([name], v.last_success)
-            for var, value in v.variables.items():
-                if isinstance(value, (int, float)):
-                    variable.add_metric([name, var], float(value))
-        yield from (up, healthy, selectable, drained, weight, variable, seen, picks)
 
     @staticmethod
     def _polls(view: "BalancerView") -> Iterator[Metric]:
@@ -148,8 +116,63 @@ def _peer_families(status: dict | None) -> Iterator[Metric]:
     yield from (reachable, seen, picks, refused)
 
 
+NODE_FAMILIES = (
+    ("lbserver_node_up", "gauge", "1 when the node's agent answers polls (after rise/fall)"),
+    ("lbserver_node_healthy", "gauge", "1 when the node is up and passes the rules"),
+    ("lbserver_node_selectable", "gauge", "1 when the node may receive new terminals (healthy and not drained)"),
+    ("lbserver_node_drained", "gauge", "1 when the node is drained, by an admin or at the source"),
+    ("lbserver_node_weight", "gauge", "current weight (greater = less loaded)"),
+    ("lbserver_node_variable", "gauge", "numeric variables reported by the node's agent"),
+    ("lbserver_node_last_success_timestamp_seconds", "gauge",
+     "when the node's agent last answered a poll, seconds since the epoch"),
+    ("lbserver_node_picks_total", "counter", "terminals sent to the node"),
+)
+"""The per-node families: (name as exposed, type, help)."""
+
+
+def _label(value: str) -> str:
+    """A label value escaped as the text format wants it."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _node_exposition(view: "BalancerView") -> str:
+    """The per-node families in the text format, written directly.
+
+    They are nearly all of a large balancer's samples (ten thousand nodes
+    and their variables: a quarter of a million), and building a sample
+    object for each through prometheus_client costs about 16 µs, over
+    ten times writing its line. Same names, types, help and number
+    formatting as the client's own exposition.
+    """
+    snap = view.snapshot
+    counts = view.pick_counts()
+    lines: list[list[str]] = [[] for _ in NODE_FAMILIES]
+    up, healthy, selectable, drained, weight, variable, seen, picks = lines
+    for name, v in (snap.nodes.items() if snap is not None else ()):
+        node = _label(name)
+        labels = f'{{node="{node}"}} '
+        up.append(f"lbserver_node_up{labels}{'1.0' if v.up else '0.0'}")
+        healthy.append(f"lbserver_node_healthy{labels}{'1.0' if v.up and v.healthy else '0.0'}")
+        selectable.append(f"lbserver_node_selectable{labels}{'1.0' if v.up and v.selectable else '0.0'}")
+        drained.append(f"lbserver_node_drained{labels}{'1.0' if v.drained else '0.0'}")
+        weight.append(f"lbserver_node_weight{labels}{floatToGoString(v.weight)}")
+        picks.append(f"lbserver_node_picks_total{labels}{floatToGoString(counts.get(name, 0))}")
+        if v.last_success is not None:
+            seen.append(f"lbserver_node_last_success_timestamp_seconds{labels}{floatToGoString(v.last_success)}")
+        for var, value in v.variables.items():
+            if isinstance(value, (int, float)):
+                variable.append(f'lbserver_node_variable{{node="{node}",variable="{_label(var)}"}} '
+                                f"{floatToGoString(value)}")
+    out = []
+    for (name, kind, text), samples in zip(NODE_FAMILIES, lines):
+        out.append(f"# HELP {name} {text}\n# TYPE {name} {kind}\n")
+        if samples:
+            out.append("\n".join(samples) + "\n")
+    return "".join(out)
+
+
 def render_metrics(view: "BalancerView", aliases: "AliasSource", peers: "PeerSource") -> bytes:
     """The Prometheus text exposition of the balancer and its DNS aliases."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(view, aliases, peers))
-    return generate_latest(registry)
+    return generate_latest(registry) + _node_exposition(view).encode()
