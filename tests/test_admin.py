@@ -159,6 +159,15 @@ def test_reads_are_rendered_on_a_worker_thread_from_a_copy(tmp_path, monkeypatch
     assert len(threads) == 5
 
 
+@pytest.mark.parametrize("doc", [{}, [], {"a": 1, "b": {}, "c": {"x": {"y": [1, 2]}, "z": None}, "d": ["é", {"q": 2}]},
+                                 {"nodes": {f"n{i}": {"weight": i / 3, "users": ["u"]} for i in range(50)}}])
+def test_documents_are_json_with_a_line_per_member_and_per_node(doc):
+    text = mgmt_http._dumps(doc)
+    assert json.loads(text) == doc
+    if "nodes" in doc:
+        assert len(text.splitlines()) == 2 + 2 + len(doc["nodes"])  # braces, the member's braces, a line per node
+
+
 def test_route_bad_requests(tmp_path):
     bal = offline_balancer(tmp_path, TOKEN)
     assert _route(bal, "DELETE", "/nodes/xapp1", "127.0.0.1")[0] == 405
