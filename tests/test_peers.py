@@ -156,9 +156,14 @@ def _start(procs, tmp: Path, members, peers: str = "", poll: str = 'interval="60
     bal = Balancer(tmp / "lbsconfig.xml", port, mgmt)
     bal.config.write_text(server_xml(bal.port, bal.mgmt_port, {"PROD": members}, tmp, rules=rules, poll=poll,
                                      extra=peers, lbservice=lbservice))
-    bal.proc = procs.start(python_cmd("lbserver", "-f", "-c", str(bal.config)), stderr=subprocess.DEVNULL)
-    wait_for_port("127.0.0.1", bal.port, timeout=20, proc=bal.proc)
-    wait_for_port("127.0.0.1", bal.mgmt_port, timeout=20, proc=bal.proc)
+    log = tmp / "lbserver.log"
+    with open(log, "a") as err:
+        bal.proc = procs.start(python_cmd("lbserver", "-f", "-c", str(bal.config)), stderr=err)
+    try:
+        wait_for_port("127.0.0.1", bal.port, timeout=20, proc=bal.proc)
+        wait_for_port("127.0.0.1", bal.mgmt_port, timeout=20, proc=bal.proc)
+    except AssertionError as exc:  # say why it did not start
+        raise AssertionError(f"{exc}\n{log.read_text()[-2000:]}") from None
     return bal
 
 
