@@ -227,8 +227,10 @@ def test_history_since_and_window():
     assert d["nodes"]["b"]["weight"] == [None, 4.0]
     assert h.to_dict(since=1000.0)["t"] == [1010.0]
     assert h.to_dict(since=1010.0) == {"t": [], "nodes": {}}
+    copy = h.copy()
     h.add(_Snap(a=_View(5.0, 1)), 1010.0 + 3600.5, 10)
     assert h.to_dict()["t"] == [4610.5]
+    assert copy.to_dict()["t"] == [1000.0, 1010.0]  # a copy keeps the points it was taken with
 
 
 def test_host_header_guards_against_dns_rebinding(tmp_path):

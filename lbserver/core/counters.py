@@ -36,6 +36,12 @@ class DurationHistogram:
         self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
         self.total += seconds
 
+    def copy(self) -> "DurationHistogram":
+        """A copy of the counts as they are now."""
+        other = DurationHistogram(self.buckets)
+        other.counts, other.total = list(self.counts), self.total
+        return other
+
     def cumulative(self) -> list[tuple[str, int]]:
         """(upper bound, cumulative count) pairs, ``+Inf`` last."""
         out, running = [], 0

@@ -40,6 +40,13 @@ class History:
         while self.points and self.points[0][0] < now - WINDOW_SECONDS:
             self.points.popleft()
 
+    def copy(self) -> "History":
+        """A copy holding this history's points as they are now (a point never changes once added)."""
+        other = History()
+        other.points = collections.deque(self.points)
+        other._last = self._last
+        return other
+
     def to_dict(self, since: float | None = None) -> dict[str, Any]:
         """``{"t": [times], "nodes": {name: {"weight": [...], "load": [...], "selectable": [...]}}}``.
 

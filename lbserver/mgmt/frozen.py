@@ -2,17 +2,17 @@
 
 At ten thousand nodes, ``/status`` and ``/metrics`` are megabytes of text
 and seconds of CPU. Rendered on the daemon's loop, each would hold every
-terminal waiting that long; so the HTTP adapter takes a :class:`Frozen`
+terminal waiting that long; so the HTTP adapter takes a :class:`FrozenView`
 copy on the loop (a few milliseconds: the snapshot is immutable already,
 the rest is small or a shallow copy) and renders from it on a worker
-thread, where the loop gets the interpreter back every few milliseconds.
+thread, where the loop gets the interpreter back every millisecond
+(``SWITCH_INTERVAL`` in :mod:`lbserver.daemon`).
 Nothing in a copy changes after it is taken, so the worker reads it
 without locks.
 """
 
 from __future__ import annotations
 
-import collections
 from typing import Any, Mapping
 
 from lbserver.config import ServerConfig
@@ -32,11 +32,8 @@ class FrozenView:
         self.snapshot: Snapshot = view.snapshot
         self.started_at: float = view.started_at
         self.last_cycle: CycleInfo | None = view.last_cycle
-        self.history = History()
-        self.history.points = collections.deque(view.history.points)  # each point is never changed once added
-        self.poll_histogram = DurationHistogram(view.poll_histogram.buckets)
-        self.poll_histogram.counts = list(view.poll_histogram.counts)
-        self.poll_histogram.total = view.poll_histogram.total
+        self.history: History = view.history.copy()
+        self.poll_histogram: DurationHistogram = view.poll_histogram.copy()
         self._picks = dict(view.pick_counts())
         self._failures = {n: view.consecutive_failures(n) for n in self.snapshot.nodes}
         self._responses = dict(view.response_counts())
