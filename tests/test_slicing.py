@@ -12,10 +12,9 @@ from lbserver.config import DEFAULT_RULES, Group, Node, Rule, ServerConfig
 from lbserver.core import balancer, poller
 from lbserver.core.balancer import Balancer
 from lbserver.core.health import NodeRecord, record_success
-from lbserver.core.history import STEP_NODES as HISTORY_STEP
 from lbserver.core.history import History
-from lbserver.core.selection import STEP_NODES, Selector, Snapshot
-from lbserver.core.slicing import run_sliced, run_whole
+from lbserver.core.selection import Selector, Snapshot
+from lbserver.core.slicing import STEP_NODES, run_sliced, run_whole
 from test_poller import fake_agent
 
 EVERY_STEP = functools.partial(run_sliced, budget=0.0)  # gives the loop back after every step
@@ -142,6 +141,6 @@ def test_sliced_steps_pause_every_few_dozen_nodes_and_give_the_same_result():
     assert sum(1 for _ in Selector(random.Random(1), clock=Clock(2.0)).prepare_steps(snap)) >= 300 // STEP_NODES
 
     sliced, whole = History(), History()
-    assert sum(1 for _ in sliced.add_steps(snap, 10.0, 5.0)) == 300 // HISTORY_STEP
+    assert sum(1 for _ in sliced.add_steps(snap, 10.0, 5.0)) == 300 // STEP_NODES
     whole.add(snap, 10.0, 5.0)
     assert sliced.to_dict() == whole.to_dict() and len(whole.to_dict()["nodes"]) == 300

@@ -35,8 +35,8 @@ from lbserver.core.drainstate import DrainState
 from lbserver.core.history import History
 from lbserver.core.poller import PollError, PollResult, Replies, poll_all
 from lbserver.core.remote import RemoteNode, fetch_group
-from lbserver.core.selection import STEP_NODES, Pick, Selector, Snapshot, Weighing
-from lbserver.core.slicing import Steps, run_sliced
+from lbserver.core.selection import Pick, Selector, Snapshot, Weighing
+from lbserver.core.slicing import STEP_NODES, Steps, run_sliced, run_whole
 from lbserver.core.view import UnknownNode
 
 log = logging.getLogger("lbserver")
@@ -317,9 +317,12 @@ class Balancer:
         in the middle of a storm keeps every count.
         """
         self._installs += 1
-        self._snapshot = Snapshot.build(self._config, self._records, frozenset(self._drain.nodes),
-                                        now or time.time(), self._weighings)
+        self._snapshot = run_whole(self._build_steps(now))
         self._selector.install(self._snapshot)
+
+    def _build_steps(self, now: float | None) -> Steps[Snapshot]:
+        return Snapshot.build_steps(self._config, self._records, frozenset(self._drain.nodes), now or time.time(),
+                                    self._weighings)
 
     async def _install_sliced(self, now: float) -> None:
         """:meth:`install_snapshot` after a poll, giving the loop back every few milliseconds.
@@ -332,8 +335,7 @@ class Balancer:
         """
         for _ in range(3):
             installs = self._installs
-            snapshot = await run_sliced(Snapshot.build_steps(self._config, self._records, frozenset(self._drain.nodes),
-                                                             now, self._weighings))
+            snapshot = await run_sliced(self._build_steps(now))
             prepared = await run_sliced(self._selector.prepare_steps(snapshot))
             if installs == self._installs:
                 self._installs += 1

@@ -5,12 +5,10 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from lbserver.core.slicing import Steps, run_whole
+from lbserver.core.slicing import STEP_NODES, Steps, run_whole
 
 WINDOW_SECONDS = 3600.0
 MAX_POINTS = 720
-STEP_NODES = 256
-"""Nodes recorded between two points where a sliced :meth:`History.add_steps` may give the loop back."""
 
 
 class History:

@@ -319,20 +319,20 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
             try:
                 body = await fetch_body(node, timeout, max_bytes)
             except PollError as exc:
-                results[node.name] = PollResult(node.name, None, str(exc), time.monotonic() - start)
-                continue
+                error = str(exc)
             except Exception as exc:  # one node's surprise must not cost the others their cycle
                 log.exception("polling %s failed unexpectedly", node.name)
-                results[node.name] = PollResult(node.name, None, f"poll failed: {type(exc).__name__}: {exc}",
-                                                time.monotonic() - start)
-                continue
-            key = _digest(body)
-            known = memo.get(node.name)
-            if known is not None and known[0] == key:
+                error = f"poll failed: {type(exc).__name__}: {exc}"
+            else:
+                key = _digest(body)
+                known = memo.get(node.name)
+                if known is None or known[0] != key:
+                    await unparsed.put((node.name, key, body, time.monotonic() - start))
+                    continue
                 fresh[node.name] = known
                 results[node.name] = PollResult(node.name, known[1], None, time.monotonic() - start)
-            else:
-                await unparsed.put((node.name, key, body, time.monotonic() - start))
+                continue
+            results[node.name] = PollResult(node.name, None, error, time.monotonic() - start)
 
     parsing = asyncio.ensure_future(parser())
     try:

@@ -29,7 +29,7 @@ from lbserver.config import Require, Rule, ServerConfig
 from lbserver.config.settings import ALGORITHMS
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord
-from lbserver.core.slicing import Steps, run_whole
+from lbserver.core.slicing import STEP_NODES, Steps, run_whole
 from lbserver.core.weights import Compensation, RuleResult, Verdict, compensation, evaluate, rule_lag
 
 REASONS = ("weighted", "user", "overflow", "last-good")
@@ -41,8 +41,6 @@ FORGET_AFTER = 3600.0
 """Seconds after which a terminal no figures have shown stops counting (figures that never come)."""
 NEGLIGIBLE = 0.01
 """A lagging rest smaller than this many terminals is dropped."""
-STEP_NODES = 64
-"""Nodes weighed or installed between two points where a sliced build may give the loop back."""
 BUCKET = 0.1
 """Terminals sent to a node within this many seconds are kept as one entry (dated by the last)."""
 

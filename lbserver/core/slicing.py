@@ -25,6 +25,9 @@ Steps = Generator[None, None, T]
 SLICE = 0.005
 """Seconds of work between two returns to the loop: a terminal waits about this long at most."""
 
+STEP_NODES = 64
+"""Nodes handled between two points where steps yield (so the driver may pause them)."""
+
 
 def run_whole(steps: Steps[T]) -> T:
     """Run ``steps`` to the end at once; return their result."""
@@ -49,4 +52,4 @@ async def run_sliced(steps: Steps[T], budget: float = SLICE) -> T:
             end = clock() + budget
 
 
-__all__ = ["SLICE", "Steps", "run_sliced", "run_whole"]
+__all__ = ["SLICE", "STEP_NODES", "Steps", "run_sliced", "run_whole"]

@@ -160,15 +160,9 @@ class PeerService(asyncio.DatagramProtocol):
     def _send_drains_in_turn(self) -> None:
         """The heartbeat's share: the whole set, or its next :data:`PARTS_PER_HEARTBEAT` parts."""
         parts = self._drain_parts()
-        if len(parts) <= PARTS_PER_HEARTBEAT:
-            self._turn = 0
-            turn = parts
-        else:
-            self._turn %= len(parts)
-            turn = (parts + parts)[self._turn:self._turn + PARTS_PER_HEARTBEAT]
-            self._turn += PARTS_PER_HEARTBEAT
-        for part in turn:
-            self._send(drains=part)
+        for i in range(min(len(parts), PARTS_PER_HEARTBEAT)):
+            self._send(drains=parts[(self._turn + i) % len(parts)])
+        self._turn += PARTS_PER_HEARTBEAT
 
     def _drain_parts(self) -> list[Drains]:
         """The drained set in parts, split again only when it changed (and a refusal logged once)."""
