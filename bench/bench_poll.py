@@ -11,7 +11,8 @@ process). The reference, measured in the same run, is a bare asyncio client
 doing the same 1000 connect/request/read exchanges without parsing: the
 floor for any design on this machine.
 
-Meanwhile a terminal asks the balancer for a server every 10 ms; the wait
+Then, for as many more cycles (so the CPU figure above is the cycles'
+alone), a terminal asks the balancer for a server every 10 ms; the wait
 for each answer shows what a poll cycle costs the terminals (median, p99,
 max, and the longest wait as a share of the cycle: a cycle done in one
 block would stall a terminal for all of it, 1.0). With ``--mgmt-reads`` a
@@ -130,14 +131,19 @@ class Reader(threading.Thread):
         super().__init__(daemon=True)
         self.mgmt = mgmt
         self.reads: list[tuple[str, float, int]] = []
+        self.failed = 0
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(1.0):
             for path in ("/status", "/metrics"):
                 start = time.perf_counter()
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.mgmt}{path}", timeout=60) as resp:
-                    size = len(resp.read())
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{self.mgmt}{path}", timeout=60) as resp:
+                        size = len(resp.read())
+                except OSError:
+                    self.failed += 1
+                    continue
                 self.reads.append((path, time.perf_counter() - start, size))
 
 
@@ -198,19 +204,22 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
         # Read the balancer's own poll-duration histogram around a window of
         # cycles; nothing else talks to it meanwhile, so its CPU time is the cycles'.
         time.sleep(interval)
-        prober, reader = Prober(lb_port), Reader(mgmt)
         count0, sum0 = poll_histogram(mgmt)
         cpu0, t0 = proc_cpu(lb.pid), time.monotonic()
+        time.sleep(cycles * interval + interval / 2)
+        count1, sum1 = poll_histogram(mgmt)
+        cpu1, t1 = proc_cpu(lb.pid), time.monotonic()
+        rss = proc_rss_mib(lb.pid)
+        # Then as many cycles with a terminal (and the management reads) asking meanwhile.
+        prober, reader = Prober(lb_port), Reader(mgmt)
         prober.start()
         if mgmt_reads:
             reader.start()
-        time.sleep(cycles * interval + interval / 2)
+        time.sleep(cycles * interval)
         for thread in (prober, reader):
             thread.done.set()
             if thread.is_alive():
                 thread.join()
-        count1, sum1 = poll_histogram(mgmt)
-        cpu1, t1 = proc_cpu(lb.pid), time.monotonic()
         done = count1 - count0
         mean = (sum1 - sum0) / done
         # A cycle starts every max(interval, duration) seconds: the window's CPU
@@ -219,9 +228,9 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
         cpu_per_cycle = (cpu1 - cpu0) * max(interval, mean) / (t1 - t0)
         last = status(mgmt)["last_poll"]
         return {"nodes": nodes, "blackhole": blackhole, "mean": mean, "last": last["duration"],
-                "floor": floor, "cpu_per_cycle": cpu_per_cycle, "rss": proc_rss_mib(lb.pid),
+                "floor": floor, "cpu_per_cycle": cpu_per_cycle, "rss": rss, "rss_probed": proc_rss_mib(lb.pid),
                 "failed": last["failed"], "cycles": done, "waits": prober.figures(),
-                "answers_failed": prober.failed, "reads": reader.reads}
+                "answers_failed": prober.failed, "reads": reader.reads, "reads_failed": reader.failed}
     finally:
         for p in (lb, replicas):
             if p is not None:
@@ -265,12 +274,13 @@ def main() -> int:
                   + ("ok" if ok else "MISSED"))
             med, p99, longest = r["waits"]
             print(f"{'':40}  terminal answers meanwhile: median {med * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, "
-                  f"max {longest * 1e3:.1f} ms ({longest / r['mean']:.3f} of a cycle), {r['answers_failed']} failed")
+                  f"max {longest * 1e3:.1f} ms ({longest / r['mean']:.3f} of a cycle), {r['answers_failed']} failed, "
+                  f"RSS then {r['rss_probed']:.1f} MiB")
             for path in ("/status", "/metrics"):
                 reads = [(s, size) for p, s, size in r["reads"] if p == path]
                 if reads:
                     print(f"{'':40}  {path}: {len(reads)} reads, {max(s for s, _ in reads):.2f} s at most, "
-                          f"{reads[-1][1] / 1e6:.1f} MB")
+                          f"{reads[-1][1] / 1e6:.1f} MB, {r['reads_failed']} failed reads in all")
         print("floor: a bare asyncio client doing the same exchanges without parsing, same run; "
               "CPU/cycle: lbserver's CPU time per poll cycle; RSS: lbserver's resident memory.")
     return 0

@@ -8,11 +8,13 @@ import os
 from collections import Counter
 import signal
 import subprocess
+import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lbserver import config as configmod
+from lbserver.config import Node
 from lbserver.core.balancer import Balancer as BalancerService
 from tests.conftest import Procs, free_port, python_cmd, wait_for_port, wait_until
 
@@ -147,6 +149,28 @@ def server_xml(lb_port: int, mgmt_port: int, groups: dict[str, list[tuple[str, s
   {extra}
 </lbsconfig>
 """
+
+
+def scripted_agent(procs: Procs, ip: str, *args: str) -> Node:
+    """A ``tests.fakeagent`` on ``ip`` started with ``args`` (its ``--mode`` and what that needs); its Node."""
+    port = free_port(ip)
+    proc = procs.start([sys.executable, "-m", "tests.fakeagent", "--listen", f"{ip}:{port}", *args])
+    wait_for_port(ip, port, proc=proc)
+    return Node(name=ip, address=f"http://{ip}:{port}", host=ip, port=port)
+
+
+def fake_agent(procs: Procs, tmp_path: Path, ip: str, sampled_at: float) -> tuple[Node, Path]:
+    """A scripted agent on ``ip`` answering from a JSON state file (see :func:`write_state`); (node, state file)."""
+    state = tmp_path / f"{ip}.json"
+    write_state(state, sampled_at)
+    return scripted_agent(procs, ip, "--mode", "state", "--state", str(state)), state
+
+
+def write_state(path: Path, sampled_at: float) -> None:
+    """The scripted agent's state: one fixed sample taken at ``sampled_at``."""
+    path.write_text(json.dumps({"hostname": "fake", "agent_version": "t", "sampled_at": sampled_at,
+                                "variables": {"NBPROC": 2, "CPUFREQ": 2000, "LOADAVG": 0.5, "MEMUSEDPCT": 20},
+                                "users": ["alice"]}))
 
 
 def start_balancer(procs: Procs, tmp: Path, groups: dict[str, list[tuple[str, str]]], **kw) -> Balancer:

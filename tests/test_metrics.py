@@ -148,7 +148,7 @@ def test_live_metrics_match_status(procs, tmp_path):
     assert later >= count + 2
 
 
-def test_node_lines_are_what_prometheus_client_writes(tmp_path):
+def test_node_lines_are_what_prometheus_client_writes():
     """The per-node families, written directly, against the client's own exposition of the same samples."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 
 import pytest
@@ -13,24 +12,8 @@ from lbserver.config import DEFAULT_RULES, Group, Node, ServerConfig
 from lbserver.core import health, poller
 from lbserver.core.poller import poll_all
 from lbserver.core.selection import Snapshot
-from tests.conftest import free_port, wait_for_port
-
-
-def fake_agent(procs, tmp_path, ip: str, sampled_at: float):
-    """A scripted agent on ``ip`` answering from a JSON state file; returns (node, state file)."""
-    state = tmp_path / f"{ip}.json"
-    write_state(state, sampled_at)
-    port = free_port(ip)
-    proc = procs.start([sys.executable, "-m", "tests.fakeagent", "--listen", f"{ip}:{port}",
-                        "--mode", "state", "--state", str(state)])
-    wait_for_port(ip, port, proc=proc)
-    return Node(name=ip, address=f"http://{ip}:{port}", host=ip, port=port), state
-
-
-def write_state(path, sampled_at: float) -> None:
-    path.write_text(json.dumps({"hostname": "fake", "agent_version": "t", "sampled_at": sampled_at,
-                                "variables": {"NBPROC": 2, "CPUFREQ": 2000, "LOADAVG": 0.5, "MEMUSEDPCT": 20},
-                                "users": ["alice"]}))
+from tests.cluster import fake_agent, scripted_agent, write_state
+from tests.conftest import free_port
 
 
 def test_unchanged_reply_keeps_its_state_and_a_new_sample_is_parsed(procs, tmp_path):
@@ -94,19 +77,14 @@ def test_snapshot_weighs_again_only_what_changed():
     assert third.nodes["a"].rules == ()
 
 
-@pytest.mark.parametrize("deadline", ["task deadline", "wait_for"])
+# The task deadline where this interpreter has asyncio.timeout (3.11+); wait_for everywhere.
+@pytest.mark.parametrize("deadline", ["wait_for"] + (["task deadline"] if poller._deadline is not None else []))
 def test_silent_agent_times_out_either_way(procs, monkeypatch, deadline):
     """The poll timeout bounds a black-holed agent, with asyncio.timeout or (Python 3.10) wait_for."""
     if deadline == "wait_for":
         monkeypatch.setattr(poller, "_deadline", None)
-    else:
-        assert poller._deadline is not None  # this interpreter has asyncio.timeout
-    port = free_port("127.0.0.33")
-    proc = procs.start([sys.executable, "-m", "tests.fakeagent", "--listen", f"127.0.0.33:{port}",
-                        "--mode", "blackhole"])
-    wait_for_port("127.0.0.33", port, proc=proc)
-    node = Node(name="hole", address=f"http://127.0.0.33:{port}", host="127.0.0.33", port=port)
+    node = scripted_agent(procs, "127.0.0.33", "--mode", "blackhole")
     start = time.monotonic()
-    result = asyncio.run(poll_all([node], 0.3, 1 << 20))["hole"]
+    result = asyncio.run(poll_all([node], 0.3, 1 << 20))[node.name]
     assert result.error == "no answer within 0.3 s"
     assert 0.3 <= time.monotonic() - start < 2.0

@@ -15,7 +15,7 @@ from lbserver.core.health import NodeRecord, record_success
 from lbserver.core.history import History
 from lbserver.core.selection import Selector, Snapshot
 from lbserver.core.slicing import STEP_NODES, run_sliced, run_whole
-from test_poller import fake_agent
+from tests.cluster import fake_agent
 
 EVERY_STEP = functools.partial(run_sliced, budget=0.0)  # gives the loop back after every step
 
