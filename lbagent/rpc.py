@@ -55,6 +55,9 @@ RPC_PATHS = ("/", "/RPC2")
 GET_STATE_CALL = xmlrpc.client.dumps((), "get_state").encode()
 """The get_state() call as lbserver and xmlrpc.client send it, byte for byte."""
 INLINE_PEEK_BYTES = 2048  # a plain get_state() call is about 300 bytes
+INLINE_MAX_REPLY = 8192
+"""Bytes of reply the accept loop sends itself: half the smallest send buffer of a fresh connection, so
+one non-blocking send always takes it whole; a larger reply (many sessions) goes to a worker."""
 DRAIN_BYTES = 1024 * 1024   # read and dropped after a refusal, so the client sees the answer
 DRAIN_SECONDS = 1.0
 AUTH_REALM = "lbagent"
@@ -564,8 +567,9 @@ class AgentHTTPServer(socketserver.TCPServer):
         usually there by the time the connection is accepted: answering it
         at once, from the reply marshalled once per sample, saves handing
         the connection to a worker thread. Never waits for anything: a call
-        not whole yet, over TLS, with a shared secret, or before the first
-        sample goes to a worker as before (returns False).
+        not whole yet, over TLS, with a shared secret, before the first
+        sample, or whose reply is over :data:`INLINE_MAX_REPLY` goes to a
+        worker as before (returns False).
         """
         if self.config.ssl_context is not None or self.config.secret is not None:
             return False
@@ -577,6 +581,8 @@ class AgentHTTPServer(socketserver.TCPServer):
         if sample is None or not plain_get_state(data):
             return False
         answer = http_reply(200, sample.response, "text/xml")
+        if len(answer) > INLINE_MAX_REPLY:
+            return False
         try:
             request.recv(len(data), socket.MSG_DONTWAIT)  # what the peek saw: it is all there
             request.setblocking(False)

@@ -184,14 +184,30 @@ def test_peer_gone_between_peek_and_read_costs_only_its_connection(caplog, monke
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # nothing unforeseen
 
 
-def test_plain_call_without_the_secret_is_refused_not_answered_inline():
+def test_plain_call_without_the_secret_is_refused_not_answered_inline(monkeypatch):
     host = "127.0.0.54"
     sample = make_sample("app1", 1.0, {}, [])
     request = build_request(Node("app1", "http://127.0.0.54:1", "127.0.0.54", 1))
-    with serving(host, Dispatcher(lambda: sample), secret="s3cret") as port:
+    pool = CountingPool(max_workers=4)
+    accept_once_readable(monkeypatch)  # whole when accepted: only the secret keeps it from the accept loop
+    with serving(host, Dispatcher(lambda: sample), secret="s3cret", workers=pool) as port:
         assert exchange(host, port, request).startswith(b"HTTP/1.0 401 ")
+        assert pool.submitted == 1
         authed = build_request(Node("app1", "http://127.0.0.54:1", "127.0.0.54", 1, secret="s3cret"))
         assert exchange(host, port, authed).startswith(b"HTTP/1.0 200 ")
+
+
+def test_a_reply_too_large_for_the_accept_loop_goes_whole_through_a_worker(monkeypatch):
+    host = "127.0.0.56"
+    sample = make_sample("app1", 1.0, {}, [f"user{i:05d}" for i in range(5000)])  # about 200 KB of sessions
+    request = build_request(Node("app1", "http://127.0.0.56:1", "127.0.0.56", 1))
+    pool = CountingPool(max_workers=4)
+    accept_once_readable(monkeypatch)
+    with serving(host, Dispatcher(lambda: sample), workers=pool) as port:
+        answers = [exchange(host, port, request) for _ in range(3)]
+    assert pool.submitted == 3
+    for answer in answers:
+        assert answer.partition(b"\r\n\r\n")[2] == sample.response
 
 
 def test_reload_that_cannot_bind_an_overlapping_address_keeps_the_old_one(tmp_path, monkeypatch, caplog):
