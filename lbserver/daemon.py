@@ -174,7 +174,7 @@ class Daemon:
         await core.cycle()
         self.terminal = TerminalService(core.answer, idle_timeout=core.config.idle_timeout,
                                         max_connections=core.config.max_connections,
-                                        on_response=core.count_response, details=core.answer_details)
+                                        responses=core.terminal_responses, details=core.answer_details)
         await self.terminal.start(self._sockets[TERMINAL])
         if HAPROXY in self._sockets:
             await self._start_haproxy(core.config.haproxy)

@@ -60,7 +60,7 @@ def test_names_follow_conventions_and_dns_part_is_optional(tmp_path):
             assert all(smp.name == fam.name + "_total" for smp in fam.samples), fam.name
         else:
             assert not fam.name.endswith("_total"), fam.name
-    bal.count_response(200)
+    bal.terminal_responses[200] = 1
     assert "\nlbserver_terminal_requests_total{code=\"200\"} 1.0\n" in render_metrics(bal, NoAliases(), NoPeers()).decode()
 
     dns = DnsService(bal)
@@ -69,8 +69,7 @@ def test_names_follow_conventions_and_dns_part_is_optional(tmp_path):
                                    published_nodes=("xapp1", "xapp2"), excluded={"xapp3": "down"},
                                    fallback=False)]
     dns.update_counts = {("wms-alice", "updated"): 3, ("wms-alice", "unchanged"): 7}
-    for code in (200, 200, 200, 200, 404):
-        bal.count_response(code)
+    bal.terminal_responses.update({200: 5, 404: 1})
     fams = parse(render_metrics(bal, dns, NoPeers()).decode())
     assert samples(fams["lbserver_dns_alias_published_addresses"]) == {("wms-alice",): 2.0}
     assert samples(fams["lbserver_dns_alias_excluded_nodes"]) == {("wms-alice",): 1.0}

@@ -80,8 +80,13 @@ def test_fenwick_matches_naive(initial, updates, u):
                 break
         if want is not None and abs(acc - target) > 1e-6 and abs(acc - naive[want] - target) > 1e-6:
             assert got == want
+        # one descent for two draws: the very indexes two samples in a row give
+        seed = int(u * 1e9)
+        again = random.Random(seed)
+        assert tree.sample_pair(random.Random(seed)) == (tree.sample(again), tree.sample(again))
     else:
         assert tree.sample(random.Random(0)) is None
+        assert tree.sample_pair(random.Random(0)) is None
 
 
 def test_fenwick_rejects_bad_weights():

@@ -361,7 +361,7 @@ def test_max_connections(procs, raw):
 # -- the Python API, in process on a real socket ------------------------------
 
 def test_service_api_in_process():
-    statuses: list[int] = []
+    statuses: dict[int, int] = {}
 
     async def scenario() -> None:
         sock = socket.socket()
@@ -374,7 +374,7 @@ def test_service_api_in_process():
                 raise UnknownGroup(group)
             return "one"
 
-        svc = TerminalService(first, idle_timeout=5, on_response=statuses.append)
+        svc = TerminalService(first, idle_timeout=5, responses=statuses)
         await svc.start(sock)
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), IO_TIMEOUT)
 
@@ -396,7 +396,7 @@ def test_service_api_in_process():
         writer.close()
 
     asyncio.run(scenario())
-    assert statuses == [200, 200, 404]
+    assert statuses == {200: 2, 404: 1}
 
 
 def test_head_cache_stays_bounded_and_answers_each_head():

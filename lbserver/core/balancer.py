@@ -72,7 +72,8 @@ class Balancer:
         self._last_cycle: CycleInfo | None = None
         self._answers: dict[str, str] = {}  # node -> what terminals receive, per config
         self._last_good_logged: dict[str, float] = {}
-        self._response_counts: dict[int, int] = {}
+        self.terminal_responses: dict[int, int] = {}
+        """Terminal answers by HTTP status, counted by the terminal service (see :meth:`response_counts`)."""
         self._observers: list[Callable[[], None]] = []
         self._pick_observer: Callable[[str], None] | None = None
         self._unreported_logged: set[str] = set()
@@ -111,7 +112,7 @@ class Balancer:
 
     def response_counts(self) -> Mapping[int, int]:
         """Terminal requests answered, by HTTP status."""
-        return dict(self._response_counts)
+        return dict(self.terminal_responses)
 
     # -- admin ------------------------------------------------------------
 
@@ -345,10 +346,6 @@ class Balancer:
         self.install_snapshot(now)
 
     # -- terminals --------------------------------------------------------
-
-    def count_response(self, code: int) -> None:
-        """Count one terminal answer with HTTP status ``code``."""
-        self._response_counts[code] = self._response_counts.get(code, 0) + 1
 
     def _choose(self, group: str | None, user: str | None) -> Pick:
         """Pick for one terminal, tell the pick observer, log a last resort (raises UnknownGroup)."""

@@ -123,5 +123,35 @@ class Fenwick:
             return None
         return self.find(rng.random() * self._total)
 
+    def sample_pair(self, rng: random.Random) -> tuple[int, int] | None:
+        """Two indexes drawn independently as :meth:`sample` draws one (in that order), or None if all are 0.
+
+        One descent of the tree for both: this is what every terminal costs
+        under two-choices.
+        """
+        if self._positive == 0:
+            return None
+        tree, n = self._tree, self._n
+        a = rng.random() * self._total
+        b = rng.random() * self._total
+        i = j = 0
+        step = self._step
+        while step:
+            nxt = i + step
+            if nxt <= n and tree[nxt] <= a:
+                i = nxt
+                a -= tree[nxt]
+            nxt = j + step
+            if nxt <= n and tree[nxt] <= b:
+                j = nxt
+                b -= tree[nxt]
+            step >>= 1
+        values = self._values
+        if i >= n or not values[i] > 0:
+            i = self._nearest_positive(min(i, n - 1))
+        if j >= n or not values[j] > 0:
+            j = self._nearest_positive(min(j, n - 1))
+        return i, j
+
 
 __all__ = ["Fenwick"]

@@ -547,7 +547,7 @@ class Selector:
         if user is not None:
             node = self._user_node(snap, g, user)
             if node is not None:
-                return self._done(g, node, "user", new_session=False)
+                return self._returning(g, node, "user")
         if not state.names:
             node = self._last_good.get(g)
             if node is None:
@@ -555,22 +555,29 @@ class Selector:
                 if not members:
                     raise EmptyGroup(g)
                 node = members[0]
-            return self._done(g, node, "last-good", new_session=False)
+            return self._returning(g, node, "last-good")
         rng = self._rng
-        i = state.tree.sample(rng)
         if self._two:
-            if i is None:
+            pair = state.tree.sample_pair(rng)
+            if pair is None:
                 n = len(state.names)
                 i, j, reason = int(rng.random() * n), int(rng.random() * n), "overflow"
             else:
-                j, reason = state.tree.sample(rng), "weighted"
+                (i, j), reason = pair, "weighted"
             loads = state.loads
             if loads[j] < loads[i]:
                 i = j
-            return self._done(g, state.names[i], reason)
-        if i is None:
-            return self._done(g, state.names[state.by_size(rng)], "overflow")
-        return self._done(g, state.names[i], "weighted")
+        else:
+            i, reason = state.tree.sample(rng), "weighted"
+            if i is None:
+                i, reason = state.by_size(rng), "overflow"
+        # Counted as _returning counts, and weighing on the node: written out, as every new terminal comes here.
+        node = state.names[i]
+        counts = self._counts
+        counts[node] = counts.get(node, 0) + 1
+        self._last_good[g] = node
+        self._add(node, 1)
+        return _new_pick(Pick, (node, reason, g, True))
 
     def _user_node(self, snap: Snapshot, group: str, user: str) -> str | None:
         # A drain stops new sessions only: a user going back to his own session
@@ -581,14 +588,13 @@ class Selector:
             return None
         return max(candidates, key=lambda n: (snap.nodes[n].selectable, self._weights.get(n, 0.0), n))
 
-    def _done(self, group: str, node: str, reason: str, new_session: bool = True) -> Pick:
+    def _returning(self, group: str, node: str, reason: str) -> Pick:
+        """A pick that opens no new session: back to the user's own, or a last resort."""
         counts = self._counts
         counts[node] = counts.get(node, 0) + 1
         if reason != "last-good":
             self._last_good[group] = node
-        if new_session:
-            self._add(node, 1)
-        return _new_pick(Pick, (node, reason, group, new_session))
+        return _new_pick(Pick, (node, reason, group, False))
 
     def add_pending(self, node: str, count: int = 1) -> bool:
         """Count ``count`` terminals sent to ``node`` elsewhere (by a peer balancer) as if sent here now.

@@ -64,6 +64,9 @@ class Route(NamedTuple):
     json: bool = False
     error: Optional[HttpError] = None
     """A query that did not decode: answered with this status, the connection kept."""
+    slot: int = -1
+    """For a plain ``GET /`` or ``HEAD /`` answered with a host: which cache of responses holds its answers
+    (see :func:`_slot`); -1 for any other request."""
 
 
 def _variant(req: Request) -> int:
@@ -72,19 +75,26 @@ def _variant(req: Request) -> int:
     return _KEEP11 if req.minor else _KEEP10
 
 
+def _slot(req: Request) -> int:
+    """The cache of pre-encoded answers for ``req``: one per connection variant, doubled for HEAD."""
+    return _variant(req) + (3 if req.method == b"HEAD" else 0)
+
+
 class TerminalService:
     """Answers terminals over HTTP/1.x with the host chosen by ``answer``.
 
     ``answer(group, user)`` returns the host to send (without newline) and
     raises :class:`UnknownGroup` for a 404; any other exception becomes a 503
-    (logged at most once a minute). ``on_response(status)`` is called for
-    every response sent, for metrics. ``details(group, user)`` chooses like
+    (logged at most once a minute). ``details(group, user)`` chooses like
     ``answer`` but returns what ``GET /?format=json`` sends (host, node,
     group, weight, why); without it that answer holds the host alone.
+    Every response sent is counted by status in ``responses``, a dict the
+    caller may pass in and read, for metrics (a count in place rather than
+    a callback: it is on every terminal's path).
     """
 
     def __init__(self, answer: Answer, *, idle_timeout: float = 10.0, max_connections: int = 4096,
-                 on_response: Callable[[int], None] | None = None, details: Details | None = None) -> None:
+                 responses: dict[int, int] | None = None, details: Details | None = None) -> None:
         if idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
         if max_connections < 1:
@@ -93,7 +103,8 @@ class TerminalService:
         self._details = details
         self.idle_timeout = float(idle_timeout)
         self.max_connections = int(max_connections)
-        self.on_response = on_response
+        self.responses: dict[int, int] = {} if responses is None else responses
+        """Responses sent, by HTTP status (the dict passed in, which the caller may read at any time)."""
         self.conns: set[_Connection] = set()
         self.now = 0.0
         """Loop time of the last sweep: a coarse clock, so requests never read the time."""
@@ -188,8 +199,7 @@ class TerminalService:
 
     def _simple(self, status: int, text: str, req: Request | None, extra: bytes = b"") -> bytes:
         """A short text response; ``req`` None means the connection will be closed."""
-        if self.on_response is not None:
-            self.on_response(status)
+        self.responses[status] = self.responses.get(status, 0) + 1
         variant = _variant(req) if req is not None else _CLOSE
         head = req is not None and req.method == b"HEAD"
         return self._build(status, text.encode() + b"\n", variant, head, extra)
@@ -205,13 +215,16 @@ class TerminalService:
         if route is not None:
             return route
         req = parse_head(head)
-        route = Route(req)
+        group = user = error = None
+        json_ = False
         if req.query:
             try:
                 group, user, fmt = parse_query(req.query)
-                route = Route(req, group, user, wants_json(fmt))
+                json_ = wants_json(fmt)
             except HttpError as exc:  # the request itself was framed fine: keep the connection
-                route = Route(req, error=exc.with_traceback(None))
+                error = exc.with_traceback(None)
+        plain = req.path == b"/" and req.method in (b"GET", b"HEAD") and error is None and not json_
+        route = Route(req, group, user, json_, error, _slot(req) if plain else -1)
         if len(self.routes) >= HEAD_CACHE:
             self.routes.clear()
         self.routes[head] = route
@@ -219,34 +232,40 @@ class TerminalService:
 
     def respond(self, route: Route) -> bytes:
         """The response bytes for one routed request."""
-        req = route.req
-        if req.path != b"/":
-            return self._simple(404, "not found", req)
-        method = req.method
-        head = method == b"HEAD"
-        if method != b"GET" and not head:
-            return self._simple(405, "method not allowed", req, b"Allow: GET, HEAD\r\n")
-        if route.error is not None:
-            return self._simple(route.error.status, route.error.reason, req)
-        if route.json:
-            return self._json(req, route.group, route.user)
+        slot = route.slot
+        if slot < 0:
+            return self._other(route)
         try:
             host = self._answer(route.group, route.user)
         except UnknownGroup:
-            return self._simple(404, "unknown group", req)
+            return self._simple(404, "unknown group", route.req)
         except Exception:  # any failure of the selection: answer 503, keep serving
             self._answer_failed()
-            return self._simple(503, "no server available", req)
-        variant = _variant(req)
-        cache = self._cache[variant + 3 if head else variant]
-        resp = cache.get(host)
+            return self._simple(503, "no server available", route.req)
+        resp = self._cache[slot].get(host)
         if resp is None:
-            if len(cache) > 1024:  # answers are node names, so this only trips on odd callbacks
-                cache.clear()
-            resp = cache[host] = self._build(200, host.encode() + b"\n", variant, head)
-        if self.on_response is not None:
-            self.on_response(200)
+            resp = self._cache_answer(slot, host)
+        counts = self.responses
+        counts[200] = counts.get(200, 0) + 1
         return resp
+
+    def _cache_answer(self, slot: int, host: str) -> bytes:
+        cache = self._cache[slot]
+        if len(cache) > 1024:  # answers are node names, so this only trips on odd callbacks
+            cache.clear()
+        resp = cache[host] = self._build(200, host.encode() + b"\n", slot % 3, slot >= 3)
+        return resp
+
+    def _other(self, route: Route) -> bytes:
+        """Any request but a plain ``GET /``: not found, bad method, bad query, or the JSON answer."""
+        req = route.req
+        if req.path != b"/":
+            return self._simple(404, "not found", req)
+        if req.method not in (b"GET", b"HEAD"):
+            return self._simple(405, "method not allowed", req, b"Allow: GET, HEAD\r\n")
+        if route.error is not None:
+            return self._simple(route.error.status, route.error.reason, req)
+        return self._json(req, route.group, route.user)
 
     def _json(self, req: Request, group: str | None, user: str | None) -> bytes:
         """``GET /?format=json``: the pick and why, for scripts (not cached: every answer differs)."""
@@ -260,8 +279,7 @@ class TerminalService:
         except Exception:
             self._answer_failed()
             return self._simple(503, "no server available", req)
-        if self.on_response is not None:
-            self.on_response(200)
+        self.responses[200] = self.responses.get(200, 0) + 1
         body = json.dumps(doc, separators=(", ", ": ")).encode() + b"\n"
         return self._build(200, body, _variant(req), req.method == b"HEAD", ctype=b"application/json")
 
