@@ -29,9 +29,7 @@ may exclude it.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import dataclass, replace
-from functools import cached_property
 from typing import Callable, Mapping, Sequence
 
 from lbserver.config import Require, Rule
@@ -269,46 +267,15 @@ class Compensation:
         return total / self.rule_weight
 
     def state(self, sessions: float) -> tuple[float, float]:
-        """``(weight(sessions), load(sessions + 1))``: what a pick compares, after ``sessions``.
-
-        Every terminal costs one of these, so it reads both off straight
-        lines (:attr:`_lines`) instead of walking the rules.
-        """
-        cuts, lines, load, slope = self._lines
-        a, b = lines[bisect_right(cuts, sessions)]
-        weight = a - b * sessions
-        return (weight if weight > 0.0 else 0.0), load + slope * sessions
-
-    @cached_property
-    def _lines(self) -> tuple[tuple[float, ...], tuple[tuple[float, float], ...], float, float]:
-        """:meth:`state` as straight lines: ``(cuts, lines, load, slope)``.
-
-        Each term's share is constant, then falls linearly, then is 0 as
-        sessions grow, so the weight is a straight line ``a - b × k``
-        between consecutive ``cuts`` (``lines[i]`` left of ``cuts[i]``),
-        and the next load is ``load + slope × k``. Built on first use: only
-        the nodes terminals are sent to need it.
-        """
-        terms, size = self.terms, self.size
-        cuts = sorted({k for _, base, step in terms for k in (-base / step, (1.0 - base) / step)})
-        probes = [cuts[0] - 1.0] + [(lo + hi) / 2 for lo, hi in zip(cuts, cuts[1:])] + [cuts[-1] + 1.0] \
-            if cuts else [0.0]
-        lines = []
-        for k in probes:
-            a, b = self.fixed, 0.0
-            for w, base, step in terms:
-                free = 1.0 - base - k * step
-                if free >= 1.0:
-                    a += w
-                elif free > 0.0:
-                    a += w * (1.0 - base)
-                    b += w * step
-            lines.append((size * a, size * b))
-        rw = self.rule_weight
-        if not rw:
-            return tuple(cuts), tuple(lines), 0.0, 0.0
-        used = self.fixed_load + sum(w * (base + step) for w, base, step in terms)
-        return tuple(cuts), tuple(lines), used / rw, sum(w * step for w, _, step in terms) / rw
+        """``(weight(sessions), load(sessions + 1))`` in one pass: what a pick compares, after ``sessions``."""
+        weight, used = self.fixed, self.fixed_load
+        for w, base, step in self.terms:
+            fill = base + sessions * step
+            if fill < 1.0:
+                weight += w if fill <= 0.0 else w - w * fill
+            used += w * (fill + step)
+        rule_weight = self.rule_weight
+        return self.size * weight, (used / rule_weight if rule_weight else 0.0)
 
     def carrying(self, carried: Mapping[float, float]) -> Compensation:
         """The same node with ``carried[lag]`` terminals added to every term of that lag.
