@@ -91,18 +91,13 @@ COLOURS = {"up": "32", "unhealthy": "33", "drained": "36", "down": "31", "unknow
            "reachable": "32", "unreachable": "31"}
 
 
-def _painter(colour: bool):
-    """A function colouring a status word (up, down, ...) when ``colour``, else giving it back as it is."""
-
-    def paint(word: str) -> str:
-        return f"\033[{COLOURS.get(word, '0')}m{word}\033[0m" if colour else word
-    return paint
+def paint(word: str, colour: bool = True) -> str:
+    """A status word (up, down, ...) in its colour when ``colour``, else as it is."""
+    return f"\033[{COLOURS.get(word, '0')}m{word}\033[0m" if colour else word
 
 
 def format_status(status: dict, colour: bool) -> str:
     """A readable report of a /status document."""
-    paint = _painter(colour)
-
     out: list[str] = []
     last = status.get("last_poll") or {}
     if last:
@@ -115,7 +110,8 @@ def format_status(status: dict, colour: bool) -> str:
     for gname, group in status["groups"].items():
         out.append("")
         out.append(f"group {gname}{' (default)' if group['default'] else ''}")
-        out.extend("  " + line for line in node_table(status, group["nodes"], group["shares"], paint))
+        out.extend("  " + line for line in node_table(status, group["nodes"], group["shares"],
+                                                        paint if colour else None))
     for alias in status.get("aliases", []):
         out.append("")
         out.append(f"alias {alias.get('fqdn') or alias.get('alias')}: " + ", ".join(alias.get("published", [])))
@@ -125,11 +121,11 @@ def format_status(status: dict, colour: bool) -> str:
             out.append(f"  last update: {alias['result']}")
         if alias.get("lease"):
             out.append(f"  {_lease_text(alias['lease'])}")
-    out.extend(_peer_lines(status.get("peers"), paint))
+    out.extend(_peer_lines(status.get("peers"), colour))
     return "\n".join(out).lstrip("\n") + "\n"
 
 
-def _peer_lines(peers: dict | None, paint) -> list[str]:
+def _peer_lines(peers: dict | None, colour: bool) -> list[str]:
     """The peer balancers: reachable, last message, picks received, datagrams refused."""
     if not peers:
         return []
@@ -138,7 +134,7 @@ def _peer_lines(peers: dict | None, paint) -> list[str]:
         word = "reachable" if p["reachable"] else "unreachable"
         last = "never" if p["last_message"] is None else f"{time.time() - p['last_message']:.0f} s ago"
         refused = ", ".join(f"{n} {reason}" for reason, n in sorted(p["refused"].items())) or "none"
-        out.append(f"  {p['address']}: {paint(word)}"
+        out.append(f"  {p['address']}: {paint(word, colour)}"
                    f", last message {last}, {p['picks_received']} picks received, refused: {refused}"
                    + (f" ({p['error']})" if p.get("error") else ""))
     unknown = peers.get("refused_unknown") or {}
@@ -166,7 +162,7 @@ def format_node(status: dict, name: str, colour: bool) -> str:
     n = status["nodes"].get(name)
     if n is None:
         raise CtlError(f"lbctl: no such node: {name} (known: {', '.join(status['nodes']) or 'none'})", 1)
-    out = [f"node {name}: {_painter(colour)(n['health'])}" + (f" ({n['why']})" if n["why"] else ""),
+    out = [f"node {name}: {paint(n['health'], colour)}" + (f" ({n['why']})" if n["why"] else ""),
            f"  address {n['address']}, groups {', '.join(n['groups'])}, picks {n['picks']}",
            f"  weight {n['weight']:.2f} = size {n['size']:.2f} x the sum of what each rule adds"]
     if n["rules"]:
