@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.bench_poll import status as balancer_status  # noqa: E402
+from bench.probe import status as balancer_status  # noqa: E402
 from bench.bench_terminal import run_wrk, start_cluster  # noqa: E402
 from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
 

@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
-import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench.agent_replicas import address  # noqa: E402
 from bench.netwait import free_port, wait_for_port  # noqa: E402
+from bench.probe import poll_histogram, proc_rss_mib, status  # noqa: E402
 
 PORT = 8001
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -100,28 +99,6 @@ def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def proc_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def poll_histogram(mgmt: int) -> tuple[int, float]:
-    """(count, sum) of lbserver_poll_duration_seconds from /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{mgmt}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    count = float(re.search(r"^lbserver_poll_duration_seconds_count (\S+)", text, re.M).group(1))
-    total = float(re.search(r"^lbserver_poll_duration_seconds_sum (\S+)", text, re.M).group(1))
-    return int(count), total
-
-
-def status(mgmt: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{mgmt}/status", timeout=10) as resp:
-        return json.load(resp)
 
 
 class Reader(threading.Thread):

@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.bench_poll import poll_histogram, proc_rss_mib  # noqa: E402
+from bench.probe import poll_histogram, proc_rss_mib  # noqa: E402
 from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
 
 AGENT = """<lbaconfig><agent listen="{ip}:{port}" sample-interval="0.5"/>
