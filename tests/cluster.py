@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import os
 from collections import Counter
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lbserver import config as configmod
-from lbserver.config import Node
+from lbserver.config import Group, Node, ServerConfig
 from lbserver.core.balancer import Balancer as BalancerService
+from lbserver.core.selection import Snapshot
 from tests.conftest import Procs, free_port, python_cmd, wait_for_port, wait_until
 
 
@@ -229,3 +233,73 @@ def offline_balancer(tmp_path: Path, token: str | None = None) -> BalancerServic
 </lbsconfig>
 """)
     return BalancerService(configmod.load(str(cfg)))
+
+
+def offline_config(groups: Mapping[str, Sequence[str]], nodes: Sequence[str] | None = None,
+                   default: str | None = None, **fields) -> ServerConfig:
+    """A ServerConfig built in memory: a Node per name on 127.0.0.1, port 8001, 8002... in turn.
+
+    ``groups`` maps a group to its members, the first group is the default
+    unless ``default`` names another; ``nodes``: every node in port order
+    (default: the members as they first appear); ``fields``: the other
+    ServerConfig fields (rules, state_file...).
+    """
+    names = nodes if nodes is not None else list(dict.fromkeys(n for ms in groups.values() for n in ms))
+    default = default or next(iter(groups))
+    return ServerConfig(path="t.xml",
+                        nodes={n: Node(n, f"http://127.0.0.1:{8001 + i}", "127.0.0.1", 8001 + i)
+                               for i, n in enumerate(names)},
+                        groups={g: Group(g, tuple(ms), g == default) for g, ms in groups.items()},
+                        default_group=default, **fields)
+
+
+@dataclass
+class SnapshotView:
+    """A stand-in for the balancer where a reader needs only ``snapshot``, set by the test."""
+
+    snapshot: Snapshot
+
+
+class PageServer:
+    """A text page served on loopback from a thread: ``body`` at ``path``, 404 anywhere else.
+
+    ``root`` and ``url`` are its addresses. Its next request can be held open:
+    set ``armed``; the request then sets ``got`` and waits for ``release``
+    (set by :meth:`close` at the latest).
+    """
+
+    def __init__(self, body: bytes, path: str) -> None:
+        self.body = body
+        self.armed, self.got, self.release = threading.Event(), threading.Event(), threading.Event()
+        page = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path != path:
+                    self.send_error(404)
+                    return
+                if page.armed.is_set():
+                    page.armed.clear()
+                    page.got.set()
+                    page.release.wait(30)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(page.body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(page.body)
+                except OSError:
+                    pass  # the client gave up waiting (its timeout) while it was held
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.root = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = self.root + path
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -11,7 +11,6 @@ must expire) are measured and printed (run with -s to see them).
 
 from __future__ import annotations
 
-import http.server
 import signal
 import subprocess
 import threading
@@ -27,7 +26,7 @@ import pytest
 
 from faultkit import LogCapture
 from lbserver.dns.lease import parse
-from tests.cluster import Balancer, lbctl, server_xml, start_agent, start_balancer
+from tests.cluster import Balancer, PageServer, lbctl, server_xml, start_agent, start_balancer
 from tests.conftest import ROOT, free_port, python_cmd, wait_until
 
 POLL_INTERVAL = 1.0
@@ -41,46 +40,6 @@ def dns_element(named, holder: str, extra: str = "", alias_attrs: str = "") -> s
     return (f'<dns server="127.0.0.1" port="{named.port}" zone="{named.zone}" ttl="60" timeout="2" '
             f'key-file="{named.key_file}" lease-holder="{holder}" {extra}>'
             f'<alias name="wms" group="PROD" num-out="1" {alias_attrs}/></dns>')
-
-
-class HeldPage:
-    """A submission test page (no results) whose next request can be held open.
-
-    Holding it freezes a balancer's DNS cycle after it read the lease and
-    before it writes the alias: the moment fencing is for.
-    """
-
-    def __init__(self) -> None:
-        self.armed, self.got, self.release = threading.Event(), threading.Event(), threading.Event()
-        page = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                if page.armed.is_set():
-                    page.armed.clear()
-                    page.got.set()
-                    page.release.wait(30)
-                body = b"# TIMESTAMP ERRORFLAG HOSTNAME\n"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the balancer gave up waiting (its timeout) while it was held
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/alice.txt"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @dataclass
@@ -160,7 +119,12 @@ def restart(procs, bal: Balancer) -> LogCapture:
 
 @pytest.fixture
 def held_page():
-    page = HeldPage()
+    """A submission test page (no results) whose next request can be held open.
+
+    Holding it freezes a balancer's DNS cycle after it read the lease and
+    before it writes the alias: the moment fencing is for.
+    """
+    page = PageServer(b"# TIMESTAMP ERRORFLAG HOSTNAME\n", "/alice.txt")
     yield page
     page.close()
 

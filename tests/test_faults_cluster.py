@@ -10,13 +10,12 @@ fail.
 from __future__ import annotations
 
 import signal
-import sys
 import time
 import xmlrpc.client
 
 from faultkit import Allowed, LogCapture, TerminalLoop
-from tests.cluster import restart_agent, start_agent, start_balancer, stop
-from tests.conftest import free_port, python_cmd, wait_for_port, wait_until
+from tests.cluster import restart_agent, scripted_agent, start_agent, start_balancer, stop
+from tests.conftest import python_cmd, wait_for_port, wait_until
 
 POLL = 'interval="0.5" timeout="0.4" rise="2" fall="2"'
 # fall=2 polls 0.5 s apart, each up to 0.4 s, plus one interval of phase and
@@ -41,10 +40,7 @@ def test_agents_frozen_killed_and_misbehaving_while_terminals_ask(procs, tmp_pat
     members = [(a.name, a.url) for a in agents]
     for i, mode in enumerate(BAD_MODES):  # misbehaving agents in the same group, all along
         ip = f"127.0.2.{i + 1}"
-        port = free_port(ip)
-        p = procs.start([sys.executable, "-m", "tests.fakeagent", "--listen", f"{ip}:{port}", "--mode", mode])
-        wait_for_port(ip, port, proc=p)
-        members.append((mode, f"http://{ip}:{port}"))
+        members.append((mode, scripted_agent(procs, ip, "--mode", mode).address))
     bal = start_balancer(procs, tmp_path, {"PROD": members}, poll=POLL)
     logs = LogCapture(bal.proc)
     wait_until(lambda: all(bal.status()["nodes"][a.name]["health"] == "up" for a in agents), 15, what="all up")

@@ -6,11 +6,11 @@ import asyncio
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass
 
 from lbserver.config import HaproxyAgent
 from lbserver.core.selection import NodeView, Snapshot
 from lbserver.haproxy.service import HaproxyAgentService
+from tests.cluster import SnapshotView
 
 IO_TIMEOUT = 5.0
 
@@ -22,13 +22,6 @@ def _snapshot(drained: bool = False) -> Snapshot:
                       drained_by=("admin",) if drained else ()),
     }
     return Snapshot(views, {"G": ("a", "b")}, "G", 0.0)
-
-
-@dataclass
-class FakeView:
-    """The one thing the service reads of the core."""
-
-    snapshot: Snapshot
 
 
 def _listening() -> tuple[socket.socket, int]:
@@ -50,8 +43,8 @@ async def _ask(port: int, data: bytes, *, eof: bool = False) -> bytes:
         writer.close()
 
 
-def _run(scenario, config: HaproxyAgent | None = None, view: FakeView | None = None):
-    view = view or FakeView(_snapshot())
+def _run(scenario, config: HaproxyAgent | None = None, view: SnapshotView | None = None):
+    view = view or SnapshotView(_snapshot())
     svc = HaproxyAgentService(view, config or HaproxyAgent(read_timeout=0.3))
 
     async def main():
@@ -167,7 +160,7 @@ def test_a_failing_reply_closes_unanswered_and_the_service_goes_on():
     async def scenario(svc, port, view):
         assert await _ask(port, b"a\n") == b""
         assert svc.refused["error"] == 1
-        svc._view = FakeView(_snapshot())
+        svc._view = SnapshotView(_snapshot())
         assert await _ask(port, b"a\n") == b"up ready 100%\n"
 
     _run(scenario, view=Broken())

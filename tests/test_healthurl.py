@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import socket
 import threading
 import time
@@ -12,6 +11,7 @@ import pytest
 from conftest import free_port
 from lbserver.dns.healthurl import HealthFetchError, fetch, format_time, match_hosts, match_nodes, parse_page, \
     parse_timestamp
+from tests.cluster import PageServer
 
 NOW = 1_700_000_000.0
 
@@ -140,27 +140,9 @@ def test_fetch_rejects_other_schemes():
 
 @pytest.fixture
 def http_page():
-    body = {"data": f"{time.time():.0f} 1 wms01\n".encode()}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            if self.path == "/tests.txt":
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body["data"])))
-                self.end_headers()
-                self.wfile.write(body["data"])
-            else:
-                self.send_error(404)
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    page = PageServer(f"{time.time():.0f} 1 wms01\n".encode(), "/tests.txt")
+    yield page.root
+    page.close()
 
 
 def test_fetch_http(http_page):

@@ -6,12 +6,11 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.cluster import ask_many, restart_agent, start_agent, start_balancer, stop
+from tests.cluster import ask_many, restart_agent, scripted_agent, start_agent, start_balancer, stop
 from tests.conftest import ROOT, chi2, free_port, python_cmd, wait_for_port, wait_until
 
 # Upper 1e-6 points of the chi-square distribution, by degrees of freedom. The
@@ -82,11 +81,8 @@ def test_user_affinity(procs, tmp_path):
     state.write_text(json.dumps({"hostname": "fake", "agent_version": "t", "sampled_at": time.time(),
                                  "variables": {"NBPROC": 1, "CPUFREQ": 1000, "SIMLOAD": 99},
                                  "users": ["alice"]}))
-    port = free_port("127.0.0.5")
-    fake = procs.start([sys.executable, "-m", "tests.fakeagent", "--listen", f"127.0.0.5:{port}",
-                        "--mode", "state", "--state", str(state)])
-    wait_for_port("127.0.0.5", port, proc=fake)
-    bal = start_balancer(procs, tmp_path, {"PROD": [("xapp1", agent.url), ("fake", f"http://127.0.0.5:{port}")]})
+    fake = scripted_agent(procs, "127.0.0.5", "--mode", "state", "--state", str(state))
+    bal = start_balancer(procs, tmp_path, {"PROD": [("xapp1", agent.url), ("fake", fake.address)]})
     wait_until(lambda: bal.status()["nodes"]["fake"]["health"] == "up", 10, what="fake up")
     # alice's session is on "fake", although it is nearly full
     assert {bal.ask("?user=alice") for _ in range(20)} == {"fake"}
@@ -112,10 +108,7 @@ def test_bad_agents_do_not_delay_others(procs, tmp_path):
     members = [("good", good.url)]
     for i, mode in enumerate(("blackhole", "garbage", "truncated", "bomb", "huge", "drip")):
         ip = f"127.0.1.{i + 1}"
-        port = free_port(ip)
-        p = procs.start([sys.executable, "-m", "tests.fakeagent", "--listen", f"{ip}:{port}", "--mode", mode])
-        wait_for_port(ip, port, proc=p)
-        members.append((mode, f"http://{ip}:{port}"))
+        members.append((mode, scripted_agent(procs, ip, "--mode", mode).address))
     dead_port = free_port("127.0.1.99")
     members.append(("dead", f"http://127.0.1.99:{dead_port}"))
     bal = start_balancer(procs, tmp_path, {"PROD": members},

@@ -15,7 +15,7 @@ from lbserver.core.counters import DurationHistogram
 from lbserver.mgmt.aliases import NoAliases
 from lbserver.mgmt.metrics import render_metrics
 from lbserver.mgmt.peers import NoPeers
-from tests.cluster import offline_balancer, start_agent, start_balancer
+from tests.cluster import offline_balancer, offline_config, start_agent, start_balancer
 from tests.conftest import wait_until
 
 
@@ -152,14 +152,12 @@ def test_node_lines_are_what_prometheus_client_writes():
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    from lbserver.config import Group, Node, ServerConfig
     from lbserver.core.health import NodeRecord, record_success
     from lbserver.core.selection import Snapshot
     from lbserver.mgmt.metrics import NODE_FAMILIES, _node_exposition
 
     names = ['plain', 'quo"te', 'back\\slash', 'new\nline', 'never-polled']
-    nodes = {n: Node(n, f"http://127.0.0.1:{8001 + i}", "127.0.0.1", 8001 + i) for i, n in enumerate(names)}
-    cfg = ServerConfig(path="t.xml", nodes=nodes, groups={"G": Group("G", tuple(names), True)}, default_group="G")
+    cfg = offline_config({"G": names})
     records = {}
     for i, n in enumerate(names[:-1]):
         records[n] = NodeRecord(n)

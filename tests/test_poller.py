@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from lbserver.config import DEFAULT_RULES, Group, Node, ServerConfig
+from lbserver.config import DEFAULT_RULES, Node, ServerConfig
 from lbserver.core import health, poller
 from lbserver.core.poller import poll_all
 from lbserver.core.selection import Snapshot
-from tests.cluster import fake_agent, scripted_agent, write_state
+from tests.cluster import fake_agent, offline_config, scripted_agent, write_state
 from tests.conftest import free_port
 
 
@@ -53,11 +53,9 @@ def figures(load: float) -> dict:
 
 
 def test_snapshot_weighs_again_only_what_changed():
-    nodes = {n: Node(n, f"http://127.0.0.1:{8001 + i}", "127.0.0.1", 8001 + i) for i, n in enumerate("ab")}
-    cfg = ServerConfig(path="t.xml", nodes=nodes, groups={"G": Group("G", ("a", "b"), True)}, default_group="G",
-                       rules=DEFAULT_RULES)
+    cfg = offline_config({"G": ["a", "b"]}, rules=DEFAULT_RULES)
     records = {}
-    for n in nodes:
+    for n in cfg.nodes:
         records[n] = health.NodeRecord(n)
         health.record_success(records[n], {"hostname": n, "agent_version": "t", "sampled_at": 1.0, "users": [],
                                            "variables": figures(0.4)}, 1.0, 2)

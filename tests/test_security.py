@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import urllib.request
 import xmlrpc.client
 from pathlib import Path
@@ -295,15 +294,12 @@ def test_agent_refuses_external_entities_and_unauthenticated_bodies(procs, tmp_p
 
 def test_balancer_reports_bomb_huge_and_xxe_agents_clearly(procs, tmp_path):
     """Extends test_lbserver's bad-agent test with the exact error each hostile agent earns."""
-    from tests.cluster import start_agent, start_balancer
+    from tests.cluster import scripted_agent, start_agent, start_balancer
     good = start_agent(procs, tmp_path, "good", "127.0.0.52", 0)
     members = [("good", good.url)]
     for i, mode in enumerate(("bomb", "huge")):
         ip = f"127.0.2.{i + 1}"
-        port = free_port(ip)
-        p = procs.start([sys.executable, "-m", "tests.fakeagent", "--listen", f"{ip}:{port}", "--mode", mode])
-        wait_for_port(ip, port, proc=p)
-        members.append((mode, f"http://{ip}:{port}"))
+        members.append((mode, scripted_agent(procs, ip, "--mode", mode).address))
     bal = start_balancer(procs, tmp_path, {"PROD": members}, poll='interval="1" timeout="0.8" rise="1" fall="1"')
     status = wait_until(lambda: (s := bal.status())["last_poll"] and s, 10, what="a poll")
     assert status["nodes"]["good"]["health"] == "up"

@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import Clock, chi2
-from lbserver.config import Group, Node, Require, Rule, ServerConfig
+from lbserver.config import Require, Rule
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord, record_failure, record_success
 from lbserver.core.selection import FORGET_AFTER, MAX_SAMPLE_AGE, EmptyGroup, Selector, Snapshot, UnknownGroup, figures_time
+from tests.cluster import offline_config
 
 # Chi-square critical values at p = 0.001 by degrees of freedom (standard tables).
 CHI2_001 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}
@@ -33,12 +34,7 @@ def make(groups: dict[str, list[str]], states: dict[str, dict | None], rules=(),
          drained=frozenset(), default=None, at: float = 0.0) -> Snapshot:
     """A snapshot from node states (None: agent down), polled and sampled at ``at``."""
     names = {n for ms in groups.values() for n in ms}
-    nodes = {n: Node(name=n, address=f"http://127.0.0.1:{8001 + i}", host="127.0.0.1", port=8001 + i)
-             for i, n in enumerate(sorted(names))}
-    default = default or next(iter(groups))
-    cfg = ServerConfig(path="t.xml", nodes=nodes,
-                       groups={g: Group(g, tuple(ms), g == default) for g, ms in groups.items()},
-                       default_group=default, rules=tuple(rules), requires=tuple(requires))
+    cfg = offline_config(groups, nodes=sorted(names), default=default, rules=tuple(rules), requires=tuple(requires))
     records = {}
     for n, s in states.items():
         rec = NodeRecord(n)
@@ -490,8 +486,7 @@ def test_user_goes_back_to_own_server():
 
 def test_user_on_down_server_is_not_sent_there():
     snap = make({"G": ["a", "b"]}, {"a": state(), "b": state(users=["alice"])})
-    cfg_nodes = {n: Node(name=n, address="http://127.0.0.1:8001", host="127.0.0.1", port=8001) for n in "ab"}
-    cfg = ServerConfig(path="t.xml", nodes=cfg_nodes, groups={"G": Group("G", ("a", "b"), True)}, default_group="G")
+    cfg = offline_config({"G": ["a", "b"]})
     ra, rb = NodeRecord("a"), NodeRecord("b")
     record_success(ra, state(), 0.0, 2)
     record_success(rb, state(users=["alice"]), 0.0, 2)
@@ -581,9 +576,7 @@ def test_rebuild_without_poll_keeps_pending_counts():
         records[n] = NodeRecord(n)
         figures = state(NBSESSIONS=pending["a"]) if n == "a" else states[n]
         record_success(records[n], {**figures, "sampled_at": sampled}, sampled, 2)
-    cfg = ServerConfig(path="t.xml", nodes={n: Node(n, f"http://127.0.0.1:{8001 + i}", "127.0.0.1", 8001 + i)
-                                            for i, n in enumerate("abc")},
-                       groups={"G": Group("G", ("a", "b", "c"), True)}, default_group="G", rules=(SESSIONS,))
+    cfg = offline_config({"G": ["a", "b", "c"]}, rules=(SESSIONS,))
     sel.install(Snapshot.build(cfg, records, now=20.0))
     assert "a" not in sel.pending() and sel.pending()["b"] == pending["b"]
     assert {n: sel.weight_now(n) for n in "abc"} == pytest.approx(weights)
@@ -592,9 +585,7 @@ def test_rebuild_without_poll_keeps_pending_counts():
 def test_the_balancer_passes_its_algorithm_and_a_reload_changes_it(tmp_path):
     from lbserver.core.balancer import Balancer
 
-    node = Node("a", "http://127.0.0.1:8001", "127.0.0.1", 8001)
-    cfg = ServerConfig(path="t.xml", nodes={"a": node}, groups={"G": Group("G", ("a",), True)}, default_group="G",
-                       state_file=str(tmp_path / "state"), algorithm="weighted-random")
+    cfg = offline_config({"G": ["a"]}, state_file=str(tmp_path / "state"), algorithm="weighted-random")
     bal = Balancer(cfg)
     assert bal._selector.algorithm == "weighted-random"
     bal.apply_config(dataclasses.replace(cfg, algorithm="two-choices"))

@@ -8,14 +8,14 @@ import random
 import time
 
 from conftest import Clock
-from lbserver.config import DEFAULT_RULES, Group, Node, Rule, ServerConfig
+from lbserver.config import DEFAULT_RULES, Node, Rule, ServerConfig
 from lbserver.core import balancer, poller
 from lbserver.core.balancer import Balancer
 from lbserver.core.health import NodeRecord, record_success
 from lbserver.core.history import History
 from lbserver.core.selection import Selector, Snapshot
 from lbserver.core.slicing import STEP_NODES, run_sliced, run_whole
-from tests.cluster import fake_agent
+from tests.cluster import fake_agent, offline_config
 
 EVERY_STEP = functools.partial(run_sliced, budget=0.0)  # gives the loop back after every step
 
@@ -59,10 +59,8 @@ SESSIONS = Rule("NBSESSIONS", weight=1, capacity=10, per_session=1)
 
 
 def _cluster(sessions: dict[str, int], at: float, groups: int = 1) -> tuple[ServerConfig, dict[str, NodeRecord]]:
-    nodes = {n: Node(n, f"http://127.0.0.1:{8001 + i}", "127.0.0.1", 8001 + i) for i, n in enumerate(sessions)}
-    names = tuple(nodes)
-    cfg = ServerConfig(path="t.xml", nodes=nodes, default_group="G0", rules=(SESSIONS,),
-                       groups={f"G{g}": Group(f"G{g}", names[g:], g == 0) for g in range(groups)})
+    names = tuple(sessions)
+    cfg = offline_config({f"G{g}": names[g:] for g in range(groups)}, rules=(SESSIONS,))
     records = {}
     for n, count in sessions.items():
         records[n] = NodeRecord(n)
@@ -98,9 +96,7 @@ def test_picks_made_while_a_snapshot_is_prepared_count_as_with_an_install_at_onc
 
 
 def test_a_drain_made_during_a_sliced_install_is_not_undone(tmp_path, monkeypatch):
-    nodes = {n: Node(n, f"http://127.0.0.1:{8001 + i}", "127.0.0.1", 8001 + i) for i, n in enumerate("ab")}
-    cfg = ServerConfig(path="t.xml", nodes=nodes, groups={"G": Group("G", ("a", "b"), True)}, default_group="G",
-                       state_file=str(tmp_path / "state"), rules=DEFAULT_RULES)
+    cfg = offline_config({"G": ["a", "b"]}, state_file=str(tmp_path / "state"), rules=DEFAULT_RULES)
     bal = Balancer(cfg)
     monkeypatch.setattr(balancer, "run_sliced", EVERY_STEP)
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
-from conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
+from conftest import ROOT, python_cmd, wait_until
 from lbserver.core.selection import Selector, source_drain
 from lbserver.dns.decide import decide
 from lbserver.dns.service import candidates
 from lbserver.mgmt.status import health_word, why
 from test_selection import SESSIONS, make, state
-from tests.cluster import ask_many, lbctl, start_agent, start_balancer
+from tests.cluster import ask_many, lbctl, scripted_agent, start_agent, start_balancer
 
 AGENT_SAMPLE = 0.2  # tests.cluster's agents sample every 0.2 s
 POLL = 0.5          # and its balancer polls every 0.5 s
@@ -174,11 +173,8 @@ def test_user_reconnection_is_the_same_for_both_drains(procs, tmp_path):
             "users": ["alice"]}))
 
     script(False)
-    port = free_port("127.0.0.5")
-    fake = procs.start([sys.executable, "-m", "tests.fakeagent", "--listen", f"127.0.0.5:{port}",
-                        "--mode", "state", "--state", str(fake_state)])
-    wait_for_port("127.0.0.5", port, proc=fake)
-    bal = start_balancer(procs, tmp_path, {"PROD": [("xapp1", agent.url), ("fake", f"http://127.0.0.5:{port}")]})
+    fake = scripted_agent(procs, "127.0.0.5", "--mode", "state", "--state", str(fake_state))
+    bal = start_balancer(procs, tmp_path, {"PROD": [("xapp1", agent.url), ("fake", fake.address)]})
     bal.wait_health("fake", "up")
     assert {bal.ask("?user=alice") for _ in range(10)} == {"fake"}
 
