@@ -2,7 +2,7 @@
 
     python bench/bench_terminal.py [--duration 10] [--threads 1] [--connections 50] [--rounds 3]
                                    [--mode keep-alive|close|both] [--lbserver-config FILE]
-                                   [--algorithm two-choices|weighted-random]
+                                   [--algorithm two-choices|weighted-random] [--no-pin]
 
 Starts, on loopback ports:
 
@@ -19,6 +19,11 @@ Starts, on loopback ports:
 then runs ``wrk --latency`` against both, once with keep-alive and once with
 ``Connection: close``, and prints requests/s, p99 latency and the ratio
 (terminal service / nginx) for each mode. Needs ``nginx`` and ``wrk`` in PATH.
+
+With two CPUs or more, the server under test (lbserver or nginx alike) runs
+on the last CPU and wrk on the others: left to the scheduler, wrk and the
+server now and then share a CPU for a whole run, which halves that run's
+figure whichever server it is (``--no-pin`` to see it).
 """
 
 from __future__ import annotations
@@ -106,12 +111,28 @@ def start_cluster(tmp: str, env: dict, children: list, algorithm: str = "two-cho
     return str(path)
 
 
+def pinned(cpus: set[int] | None):
+    """A ``preexec_fn`` keeping a child (its threads and its own children too) on ``cpus``; None: anywhere."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def cpu_sets(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(servers' CPUs, wrk's CPUs): the last CPU for the server under test, the others for wrk; (None, None) unpinned."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
 def run_wrk(url: str, args: argparse.Namespace, close: bool) -> tuple[float, str]:
     """Requests/s and p99 latency text from one wrk run."""
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", url]
     if close:
         cmd[1:1] = ["-H", "Connection: close"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 30, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 30, check=True,
+                         preexec_fn=pinned(args.wrk_cpus)).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
@@ -134,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--harness", action="store_true", help="benchmark the bare terminal service instead")
     parser.add_argument("--algorithm", choices=("two-choices", "weighted-random"), default="two-choices",
                         help="the <lbservice algorithm> of the real balancer (default two-choices)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="let the scheduler place wrk and the servers (default: the server under test, lbserver "
+                             "or nginx, on the last CPU and wrk on the others, so that they never share one)")
     parser.add_argument("--no-uvloop", action="store_true", help="harness: asyncio's own loop even with uvloop installed")
     args = parser.parse_args(argv)
+    server_cpus, args.wrk_cpus = cpu_sets(args.pin)
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found in PATH (Debian packages nginx-light and wrk)")
@@ -149,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.lbserver_config:
                 host, lb_port = lbserver_address(args.lbserver_config)
                 lb = subprocess.Popen([sys.executable, "-m", "lbserver", "-f", "-c", args.lbserver_config],
-                                      env=env, stdout=subprocess.DEVNULL)
+                                      env=env, stdout=subprocess.DEVNULL, preexec_fn=pinned(server_cpus))
                 label = "lbserver"
             else:
                 host, lb_port = "127.0.0.1", free_port()
@@ -157,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
                        "--hosts", "host"]
                 if args.no_uvloop:
                     cmd.append("--no-uvloop")
-                lb = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+                lb = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, preexec_fn=pinned(server_cpus))
                 label = "terminal service"
             children.append(lb)
             ng_port = free_port()
             conf = Path(tmp, "nginx.conf")
             conf.write_text(NGINX_CONF.format(tmp=tmp, port=ng_port))
             ng = subprocess.Popen(["nginx", "-p", tmp, "-e", f"{tmp}/error.log", "-c", str(conf)],
-                                  stdout=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, preexec_fn=pinned(server_cpus))
             children.append(ng)
             wait_for_port(host, lb_port, lb)
             wait_for_port("127.0.0.1", ng_port, ng)
@@ -172,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             ng_url = f"http://127.0.0.1:{ng_port}/"
             modes = ["keep-alive", "close"] if args.mode == "both" else [args.mode]
             loop = "asyncio" if args.no_uvloop or importlib.util.find_spec("uvloop") is None else "uvloop"
-            print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {os.cpu_count()} CPUs, "
+            placed = (f"servers on CPU {','.join(map(str, sorted(server_cpus)))}, wrk on "
+                      f"{','.join(map(str, sorted(args.wrk_cpus)))}" if server_cpus else "unpinned")
+            print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {os.cpu_count()} CPUs ({placed}), "
                   f"event loop: {loop if not args.lbserver_config else 'as lbserver chooses'}")
             for mode in modes:
                 close = mode == "close"
