@@ -21,9 +21,9 @@ then runs ``wrk --latency`` against both, once with keep-alive and once with
 (terminal service / nginx) for each mode. Needs ``nginx`` and ``wrk`` in PATH.
 
 With two CPUs or more, the server under test (lbserver or nginx alike) runs
-on the last CPU and wrk on the others: left to the scheduler, wrk and the
-server now and then share a CPU for a whole run, which halves that run's
-figure whichever server it is (``--no-pin`` to see it).
+on the last CPU and wrk on the others: left to the scheduler, the two may
+share a CPU, and single runs of either server spread much wider
+(``--no-pin`` to see it).
 """
 
 from __future__ import annotations
