@@ -1,1 +1,1 @@
-"""Code shared by lbagent and lbserver: config loading, daemon runtime, version."""
+"""Code shared by lbagent and lbserver: config loading, daemon runtime, rate limits on log lines, version."""

@@ -42,8 +42,9 @@ from xmlrpc.server import SimpleXMLRPCDispatcher
 
 from defusedxml.xmlrpc import DefusedExpatParser
 
+from common.ratelimit import DenyLog, LogBudget
 from common.version import __version__
-from lbagent.access import DenyLog, LogBudget, is_allowed
+from lbagent.access import is_allowed
 from lbagent.config import AgentConfig
 from lbagent.linger import LingeringCloser
 from lbagent.sampler import Sample

@@ -5,7 +5,8 @@ import sys
 import threading
 
 from common.netutil import peer_address
-from lbagent.access import DenyLog, LogBudget, is_allowed
+from common.ratelimit import DenyLog, LogBudget
+from lbagent.access import is_allowed
 
 NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
 

@@ -529,17 +529,14 @@ class DnsArbiter:
                                error=error, health_problem=health_problem, previous=previous,
                                node_addresses=addresses, **base)
 
-        try:
-            if isinstance(prefetched, DnsError):
-                raise prefetched
-            current = prefetched  # the cycle's pipelined query (None only for a disabled alias, returned above)
-        except DnsError as exc:
-            msg = f"cannot read the current records ({where}): {exc}"
+        if isinstance(prefetched, DnsError):
+            msg = f"cannot read the current records ({where}): {prefetched}"
             log.warning("DNS arbiter: %s", msg)
             # Decide anyway so the report shows what would be published.
             decision = decide(alias.name, members, candidates, num_out=alias.num_out, best_hosts=alias.best_hosts,
                               extra_exclusions=extra)
             return report(ERROR, decision, self._known.get(alias.name, ()), msg)
+        current = prefetched  # the cycle's pipelined query (None only for a disabled alias, returned above)
         held = set(current.a | current.aaaa)
         self._known[alias.name] = current.addresses
         current_nodes = [m for m, addrs in addresses.items() if held & set(addrs)]

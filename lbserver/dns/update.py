@@ -33,7 +33,7 @@ import functools
 import ipaddress
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import TypeVar
 from dataclasses import dataclass
 
@@ -46,6 +46,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdata
 import dns.rdatatype
+import dns.rrset
 import dns.tsig
 import dns.update
 
@@ -373,29 +374,47 @@ def _rrsets(resp: dns.message.Message, name: dns.name.Name, server: str, port: i
     found: dict[int, set[str]] = {dns.rdatatype.A: set(), dns.rdatatype.AAAA: set()}
     ttls: dict[int, int] = {}
     try:
-        rcode = resp.rcode()
-        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            if rcode == dns.rcode.REFUSED:
-                raise DnsError("REFUSED", f"the server refused to answer for zone {zone!r}: "
-                                          "is it authoritative and does it allow queries from here?")
-            raise DnsError(dns.rcode.to_text(rcode), f"query for {name} answered {dns.rcode.to_text(rcode)}")
-        if not resp.flags & dns.flags.AA:
-            raise DnsError("not-authoritative",
-                           f"{server} port {port} answered for {name} without the authoritative (AA) flag: "
-                           f"it does not serve zone {zone!r} itself (a cache or resolver?); set <dns> server "
-                           "to the zone's primary server")
-        # A CNAME to a missing in-zone name answers NXDOMAIN: look for it first.
-        for rrset in resp.answer:
-            if rrset.rdtype == dns.rdatatype.CNAME and rrset.name == name:
-                raise DnsError("CNAME", f"{name} is a CNAME in the zone: address records cannot be "
-                                        "added beside it (the server ignores them); remove the CNAME")
-            if rrset.rdtype in found and rrset.name == name:
-                found[rrset.rdtype].update(str(ipaddress.ip_address(r.address)) for r in rrset)
-                ttls[rrset.rdtype] = rrset.ttl
+        for rrset in _checked_answer(resp, name, found.keys(), server, port, zone, addresses=True):
+            found[rrset.rdtype].update(str(ipaddress.ip_address(r.address)) for r in rrset)
+            ttls[rrset.rdtype] = rrset.ttl
     except Exception as exc:  # classified into one clear message
         raise _classify(exc, server, port, timeout, None) from None
     return RRsets(a=frozenset(found[dns.rdatatype.A]), aaaa=frozenset(found[dns.rdatatype.AAAA]),
                   a_ttl=ttls.get(dns.rdatatype.A), aaaa_ttl=ttls.get(dns.rdatatype.AAAA))
+
+
+def _checked_answer(resp: dns.message.Message, name: dns.name.Name, rdtypes: Collection[int], server: str,
+                    port: int, zone: str, *, addresses: bool) -> list[dns.rrset.RRset]:
+    """The RRsets of ``name`` with a type in ``rdtypes`` in the answer to a query for it; raise :class:`DnsError`.
+
+    The answer must be NOERROR or NXDOMAIN, carry the AA flag, and hold no
+    CNAME at ``name``. ``addresses`` (a query for an alias's A and AAAA
+    records) makes the messages more specific: what a REFUSED answer
+    suggests, that a non-authoritative server may be a cache, and why a
+    CNAME is in the way of address records.
+    """
+    rcode = resp.rcode()
+    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        if addresses and rcode == dns.rcode.REFUSED:
+            raise DnsError("REFUSED", f"the server refused to answer for zone {zone!r}: "
+                                      "is it authoritative and does it allow queries from here?")
+        raise DnsError(dns.rcode.to_text(rcode), f"query for {name} answered {dns.rcode.to_text(rcode)}")
+    if not resp.flags & dns.flags.AA:
+        cache = " (a cache or resolver?)" if addresses else ""
+        raise DnsError("not-authoritative",
+                       f"{server} port {port} answered for {name} without the authoritative (AA) flag: "
+                       f"it does not serve zone {zone!r} itself{cache}; set <dns> server to the zone's primary server")
+    found: list[dns.rrset.RRset] = []
+    # A CNAME to a missing in-zone name answers NXDOMAIN: such an answer still holds the CNAME.
+    for rrset in resp.answer:
+        if rrset.name != name:
+            continue
+        if rrset.rdtype == dns.rdatatype.CNAME:
+            beside = "address records cannot be added beside it (the server ignores them); " if addresses else ""
+            raise DnsError("CNAME", f"{name} is a CNAME in the zone: {beside}remove the CNAME")
+        if rrset.rdtype in rdtypes:
+            found.append(rrset)
+    return found
 
 
 Fence = Callable[[dns.update.UpdateMessage], None]
@@ -425,19 +444,8 @@ def query_records(server: str, port: int, zone: str, name: str, rdtype: str,
         q = dns.message.make_query(qname, wanted)
         q.flags &= ~dns.flags.RD
         resp = _tcp(q, server, port, timeout)
-        rcode = resp.rcode()
-        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            raise DnsError(dns.rcode.to_text(rcode), f"query for {qname} answered {dns.rcode.to_text(rcode)}")
-        if not resp.flags & dns.flags.AA:
-            raise DnsError("not-authoritative",
-                           f"{server} port {port} answered for {qname} without the authoritative (AA) flag: "
-                           f"it does not serve zone {zone!r} itself; set <dns> server to the zone's primary server")
-        found: list[dns.rdata.Rdata] = []
-        for rrset in resp.answer:
-            if rrset.rdtype == dns.rdatatype.CNAME and rrset.name == qname:
-                raise DnsError("CNAME", f"{qname} is a CNAME in the zone: remove the CNAME")
-            if rrset.rdtype == wanted and rrset.name == qname:
-                found.extend(rrset)
+        found = [rdata for rrset in _checked_answer(resp, qname, (wanted,), server, port, zone, addresses=False)
+                 for rdata in rrset]
     except Exception as exc:  # classified into one clear message
         raise _classify(exc, server, port, timeout, None) from None
     return tuple(found)

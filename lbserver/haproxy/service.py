@@ -25,6 +25,7 @@ import logging
 import socket
 from collections import Counter
 
+from common.ratelimit import DenyLog
 from lbserver.config import HaproxyAgent
 from lbserver.core.view import BalancerView
 from lbserver.haproxy.access import effective_allow, is_allowed
@@ -35,7 +36,7 @@ log = logging.getLogger("lbserver.haproxy")
 LOG_INTERVAL = 60.0
 """Seconds between two log lines about refused connections from one address, or about failed replies."""
 MAX_LOGGED = 1024
-"""Addresses remembered for :data:`LOG_INTERVAL`; beyond that the memory is cleared."""
+"""(cause, address) pairs remembered for :data:`LOG_INTERVAL`; when that many were logged within it, others are not."""
 
 
 class HaproxyAgentService:
@@ -47,7 +48,7 @@ class HaproxyAgentService:
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._replies: Replies | None = None
-        self._logged: dict[str, float] = {}
+        self._refusal_log = DenyLog(LOG_INTERVAL, MAX_LOGGED)  # keyed by (cause, address)
         self._last_error_log = -1e18
         self.answered = 0
         """Questions answered since start."""
@@ -98,14 +99,10 @@ class HaproxyAgentService:
         return replies.answer(parse_question(data))
 
     def _refuse(self, cause: str, host: str) -> None:
+        """Count a connection closed unanswered, and log it at most once a minute per cause and address."""
         self.refused[cause] += 1
-        now = self._loop.time()
-        key = f"{cause} {host}"
-        if now - self._logged.get(key, -LOG_INTERVAL) < LOG_INTERVAL:
+        if not self._refusal_log.should_log((cause, host), self._loop.time()):
             return
-        if len(self._logged) >= MAX_LOGGED:
-            self._logged.clear()
-        self._logged[key] = now
         if cause == "access":
             log.warning("agent-check connection from %s refused: not in <haproxy-agent> <allow> (without any "
                         "<allow>, loopback only)", host)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.netutil import peer_address
+from common.ratelimit import DenyLog
 from common.sockets import format_listen
 from lbserver.config import Peer, Peers
 from lbserver.core.view import SharedState
@@ -49,6 +50,8 @@ RESOLVE_INTERVAL = 300.0
 """Seconds between two look-ups of the peers' names."""
 LOG_INTERVAL = 60.0
 """Seconds between two log lines about refused datagrams from one source."""
+MAX_LOGGED = 1000
+"""(source, reason) pairs remembered for :data:`LOG_INTERVAL`; when that many were logged within it, others are not."""
 PARTS_PER_HEARTBEAT = 8
 """Parts of a many-part drained set sent at each heartbeat (about 64 KiB, well within a receive buffer)."""
 
@@ -111,7 +114,7 @@ class PeerService(asyncio.DatagramProtocol):
         self._wake: asyncio.Event | None = None
         self._resolved_at = -RESOLVE_INTERVAL
         self.refused_unknown: Counter = Counter()
-        self._logged: dict[tuple[str, str], float] = {}
+        self._refusal_log = DenyLog(LOG_INTERVAL, MAX_LOGGED)  # keyed by (source, reason)
         self.sent = 0
 
     # -- lifecycle ----------------------------------------------------------
@@ -257,16 +260,12 @@ class PeerService(asyncio.DatagramProtocol):
         log.debug("peer datagram error: %s", exc)
 
     def _refuse(self, state: PeerState | None, source: str, exc: BadMessage) -> None:
+        """Count a dropped datagram, and log it at most once a minute per source and reason."""
         if state is None:
             self.refused_unknown[exc.reason] += 1
         else:
             state.refused[exc.reason] += 1
-        now = time.monotonic()
-        key = (source, exc.reason)
-        if now - self._logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
-            if len(self._logged) > 1000:
-                self._logged.clear()
-            self._logged[key] = now
+        if self._refusal_log.should_log((source, exc.reason), time.monotonic()):
             log.warning("refused a peer message from %s: %s", source, exc)
 
     # -- status ---------------------------------------------------------------
