@@ -250,14 +250,15 @@ class TerminalService:
         return resp
 
     def _cache_answer(self, slot: int, host: str) -> bytes:
+        """Encode the answer ``host`` for requests of ``slot`` (see :func:`_slot`) and keep it."""
         cache = self._cache[slot]
         if len(cache) > 1024:  # answers are node names, so this only trips on odd callbacks
             cache.clear()
-        resp = cache[host] = self._build(200, host.encode() + b"\n", slot % 3, slot >= 3)
+        cache[host] = resp = self._build(200, host.encode() + b"\n", slot % 3, slot >= 3)
         return resp
 
     def _other(self, route: Route) -> bytes:
-        """Any request but a plain ``GET /``: not found, bad method, bad query, or the JSON answer."""
+        """Any request but a plain ``GET /`` or ``HEAD /``: not found, bad method, bad query, or the JSON answer."""
         req = route.req
         if req.path != b"/":
             return self._simple(404, "not found", req)
