@@ -57,6 +57,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found in PATH (Debian package wrk)")
     args.threads = 1
+    args.wrk_cpus = None  # run_wrk's placement: left to the scheduler, as the balancers are
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     children: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:

@@ -231,10 +231,10 @@ def test_state_is_weight_and_next_load():
     rules = (Rule("LOADAVG", 50.0, 1.0, per_cpu=True, per_session=0.1), Rule("MEMUSEDPCT", 30.0, 90.0),
              Rule("NBSESSIONS", 20.0, 10.0, per_cpu=True, per_session=1.0))
     comp = compensation({"NBPROC": 4, "CPUFREQ": 2400, "LOADAVG": 1.0, "MEMUSEDPCT": 40, "NBSESSIONS": 12}, rules)
-    carried = comp.carrying({60.0: 7.5})  # a term's base moves, so do its cuts
+    carried = comp.carrying({60.0: 7.5})  # a lagging rest moves that term's base
     full = compensation({"NBPROC": 1, "CPUFREQ": 2400, "LOADAVG": 3.0, "MEMUSEDPCT": 40, "NBSESSIONS": 12}, rules)
     for c in (comp, carried, full):  # full: over capacity before any terminal
-        for k in [*range(0, 60), 100, 400, 1e6, 2.5]:  # every segment of the straight lines, and their ends
+        for k in [*range(0, 60), 100, 400, 1e6, 2.5]:  # each term free, partly full and full, and the ends between
             weight, load = c.state(k)
             assert weight == pytest.approx(c.weight(k), abs=1e-9) and load == pytest.approx(c.load(k + 1))
             assert weight >= 0.0

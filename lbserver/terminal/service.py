@@ -61,7 +61,6 @@ class Route(NamedTuple):
     req: Request
     group: Optional[str] = None
     user: Optional[str] = None
-    json: bool = False
     error: Optional[HttpError] = None
     """A query that did not decode: answered with this status, the connection kept."""
     slot: int = -1
@@ -216,15 +215,15 @@ class TerminalService:
             return route
         req = parse_head(head)
         group = user = error = None
-        json_ = False
+        as_json = False
         if req.query:
             try:
                 group, user, fmt = parse_query(req.query)
-                json_ = wants_json(fmt)
+                as_json = wants_json(fmt)
             except HttpError as exc:  # the request itself was framed fine: keep the connection
                 error = exc.with_traceback(None)
-        plain = req.path == b"/" and req.method in (b"GET", b"HEAD") and error is None and not json_
-        route = Route(req, group, user, json_, error, _slot(req) if plain else -1)
+        plain = req.path == b"/" and req.method in (b"GET", b"HEAD") and error is None and not as_json
+        route = Route(req, group, user, error, _slot(req) if plain else -1)
         if len(self.routes) >= HEAD_CACHE:
             self.routes.clear()
         self.routes[head] = route
@@ -258,7 +257,11 @@ class TerminalService:
         return resp
 
     def _other(self, route: Route) -> bytes:
-        """Any request but a plain ``GET /`` or ``HEAD /``: not found, bad method, bad query, or the JSON answer."""
+        """Any request but a plain ``GET /`` or ``HEAD /``: not found, bad method, bad query, or the JSON answer.
+
+        What :meth:`route` left without a slot once the first three are
+        ruled out asks for ``format=json``.
+        """
         req = route.req
         if req.path != b"/":
             return self._simple(404, "not found", req)
