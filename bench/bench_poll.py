@@ -189,14 +189,13 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
         rss = proc_rss_mib(lb.pid)
         # Then as many cycles with a terminal (and the management reads) asking meanwhile.
         prober, reader = Prober(lb_port), Reader(mgmt)
-        prober.start()
-        if mgmt_reads:
-            reader.start()
+        probes = [prober, reader] if mgmt_reads else [prober]
+        for thread in probes:
+            thread.start()
         time.sleep(cycles * interval)
-        for thread in (prober, reader):
+        for thread in probes:
             thread.done.set()
-            if thread.is_alive():
-                thread.join()
+            thread.join()
         done = count1 - count0
         mean = (sum1 - sum0) / done
         # A cycle starts every max(interval, duration) seconds: the window's CPU

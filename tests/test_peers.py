@@ -6,7 +6,6 @@ import http.client
 import json
 import socket
 import statistics
-import subprocess
 import time
 import urllib.request
 import xmlrpc.client

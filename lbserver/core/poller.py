@@ -316,6 +316,7 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
     async def worker() -> None:
         for node in todo:  # one iterator shared by the workers: each node is polled once
             start = time.monotonic()
+            state = None
             try:
                 body = await fetch_body(node, timeout, max_bytes)
             except PollError as exc:
@@ -326,13 +327,12 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
             else:
                 key = _digest(body)
                 known = memo.get(node.name)
-                if known is None or known[0] != key:
+                if known is None or known[0] != key:  # new figures: the parser records the result
                     await unparsed.put((node.name, key, body, time.monotonic() - start))
                     continue
                 fresh[node.name] = known
-                results[node.name] = PollResult(node.name, known[1], None, time.monotonic() - start)
-                continue
-            results[node.name] = PollResult(node.name, None, error, time.monotonic() - start)
+                state, error = known[1], None
+            results[node.name] = PollResult(node.name, state, error, time.monotonic() - start)
 
     parsing = asyncio.ensure_future(parser())
     try:
