@@ -1,4 +1,4 @@
-"""The ``lbagent`` command: its third-party modules checked first, then :func:`lbagent.main.main`.
+"""The ``lbagent`` command: its third-party modules checked first, then :func:`lbagent.cli.main`.
 
 This module imports nothing but :mod:`common.deps`, so that a missing
 dependency is reported as such (``lbagent: cannot start: Python module lxml
@@ -17,7 +17,7 @@ REQUIRES = ("lxml", "psutil", "daemon", "defusedxml")
 
 
 def _load():
-    from lbagent.main import main  # noqa: PLC0415 (after the check)
+    from lbagent.cli import main  # noqa: PLC0415 (after the check)
 
     return main
 

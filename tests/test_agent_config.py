@@ -10,7 +10,7 @@ from conftest import ROOT, python_cmd
 from cluster import env_with_root
 from common.xmlconfig import ConfigError
 from lbagent import config
-from lbagent.main import main
+from lbagent.cli import main
 
 
 def write(tmp_path, body: str, name: str = "lbaconfig.xml") -> str:

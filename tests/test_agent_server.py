@@ -19,14 +19,14 @@ from contextlib import contextmanager
 import pytest
 
 from conftest import free_port, wait_until
-from lbagent import service as agent_service
+from lbagent import daemon as agent_daemon
 from lbagent.config import AgentConfig
 from lbagent.linger import LingeringCloser, linger_capacity
 from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher, ServerParts
 from common.netutil import hosts_overlap
 import common.sockets
 from common.sockets import listen_socket
-from lbagent.service import AgentService
+from lbagent.daemon import AgentService
 from lbagent.sampler import make_sample
 from lbagent.workers import WorkerPool
 from lbserver.config import Node
@@ -226,7 +226,7 @@ def test_reload_that_cannot_bind_an_overlapping_address_keeps_the_old_one(tmp_pa
             raise OSError(errno.EADDRINUSE, f"cannot listen on [{listen[0]}]:{port}: taken meanwhile")
         return listen_socket(listen, backlog)
 
-    monkeypatch.setattr(agent_service, "listen_socket", bind)
+    monkeypatch.setattr(agent_daemon, "listen_socket", bind)
     monkeypatch.setattr(common.sockets, "listen_socket", bind)
     service = AgentService()
     service.start(old)
@@ -351,7 +351,7 @@ def test_closer_whose_thread_ended_closes_at_once_and_fails_the_service(tmp_path
         assert conn.fileno() == -1 and closer.held == 0
         assert client.recv(100) == b""
 
-    monkeypatch.setattr(agent_service, "LingeringCloser", Ending)
+    monkeypatch.setattr(agent_daemon, "LingeringCloser", Ending)
     host = "127.0.0.52"
     service = AgentService()
     service.start(AgentConfig(path=str(tmp_path / "lbaconfig.xml"), listen=(host, free_port(host)),

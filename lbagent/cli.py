@@ -9,7 +9,7 @@ from common.runtime import DaemonSpec, make_parser, run
 from common.xmlconfig import ConfigError
 from lbagent import config as agent_config
 from lbagent import drain
-from lbagent.service import AgentService
+from lbagent.daemon import AgentService
 
 DESCRIPTION = """\
 lbagent runs on every application server of a mille-xterm (LTSP) site. It
