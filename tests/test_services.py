@@ -452,7 +452,7 @@ def test_install_layout(installed):
         script = d / "usr" / "bin" / name
         assert os.access(script, os.X_OK), script
         assert script.read_text().startswith(f"#!{sys.executable}\n")
-    assert (d / "usr/lib/mille-xterm/lbagent/main.py").is_file()
+    assert (d / "usr/lib/mille-xterm/lbagent/cli.py").is_file()
     assert (d / "usr/lib/mille-xterm/common/schemas/lbaconfig.rng").is_file()
     assert (d / "usr/lib/mille-xterm/lbserver/mgmt/static/dashboard.html").is_file()
     assert (d / "usr/lib/mille-xterm/lbclient/client.py").is_file()
@@ -552,7 +552,7 @@ def test_install_refuses_a_foreign_libdir(tmp_path):
     (foreign / "somepkg").rmdir()
     result = make("install", destdir=d, extra=("LIBDIR=/usr/lib/python3/dist-packages",))
     assert result.returncode == 0, result.stderr
-    assert (foreign / "lbagent/main.py").is_file()
+    assert (foreign / "lbagent/cli.py").is_file()
 
 
 # ------------------------------------------------------------ systemd units
