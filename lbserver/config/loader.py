@@ -31,7 +31,7 @@ from common.xmlconfig import ConfigError, Reader, parse_hostport
 from lbserver.config import tsigkey
 from lbserver.config.expr import Expr, ExprError, parse
 from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgent, Node, Peer, Peers, Poll, Require,
-                                   Rule, ServerConfig)
+                                   Rule, ServerConfig, agent_host_port)
 from lbserver.config.settings import (AGENT_PORTS, ALIAS, CONFIG_FILE, DEFAULT_PATH, DEFAULT_STATE_FILE, DNS, GROUP,
                                       HAPROXY_AGENT, HAPROXY_ALLOW, HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE, LEGACY_PATH,
                                       LOG, MGMTSERVICE, NODE, PEER, PEERS, POLL, REQUIRE, RULE, VARIABLE)
@@ -48,13 +48,10 @@ log = logging.getLogger(__name__)
 def _node_url(r: Reader, elem: etree._Element, raw: str) -> tuple[str, int]:
     """(host, port) of a <node address>, the port defaulting by scheme."""
     try:
-        parsed = urllib.parse.urlsplit(raw)
-        port = parsed.port
-    except ValueError:  # "http://[bad" raises in urlsplit itself, a bad port in .port
-        parsed, port = urllib.parse.urlsplit(""), -1
-    if parsed.scheme not in AGENT_PORTS or not parsed.hostname or port == -1:
-        raise r.error(elem, f"<node> attribute address={raw!r}: expected a URL such as http://10.0.0.1:8001")
-    return parsed.hostname, port or AGENT_PORTS[parsed.scheme]
+        return agent_host_port(raw)
+    except ValueError:
+        raise r.error(elem, f"<node> attribute address={raw!r}: expected a URL such as "
+                            f"http://10.0.0.1:{AGENT_PORTS['http']}") from None
 
 
 class _Credentials:
