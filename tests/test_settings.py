@@ -12,7 +12,7 @@ from lxml import etree
 
 from conftest import ROOT
 from common import settings as common_settings
-from common.settings import REGENERATE, Element, Setting, read, render_markdown
+from common.settings import REGENERATE, Element, Setting, read, read_all, render_markdown
 from common.xmlconfig import SCHEMA_DIR, ConfigError, Reader
 from lbagent import config as agent_config
 from lbagent import settings as agent_settings
@@ -170,6 +170,18 @@ def test_read_dispatches_on_kind_and_checks_bounds():
     listen = server_settings.LBSERVICE.listen
     assert read(r, _elem("<lbservice/>"), listen) == ("0.0.0.0", 8008)
     assert read(r, _elem('<lbservice listen="[::]:1"/>'), listen) == ("::", 1)
+
+
+def test_read_all_gives_every_declared_attribute_or_its_default():
+    r = Reader("f.xml")
+    poll = server_settings.POLL
+    assert read_all(r, None, poll) == {s.name: s.default for s in poll}  # an element left out
+    values = read_all(r, _elem('<poll interval="30" max-reply-bytes="2048"/>'), poll)
+    assert list(values) == [s.name for s in poll]
+    assert (values["interval"], values["max_reply_bytes"], values["rise"]) == (30.0, 2048, poll.rise.default)
+    assert read_all(r, _elem('<poll rise="3"/>'), poll, ("rise",)) == {"rise": 3}
+    with pytest.raises(ConfigError, match=r"^f.xml:1: <poll> attribute rise='0': must be at least 1$"):
+        read_all(r, _elem('<poll rise="0"/>'), poll)
 
 
 def test_server_messages_that_explain_their_bounds(tmp_path):
