@@ -2,9 +2,8 @@
 
 :func:`load` parses and validates a file (structure by the RELAX NG schema
 ``lbaconfig.rng``, attributes by their declarations, values and per-type
-attributes here) and returns an
-:class:`AgentConfig`, or raises :class:`~common.xmlconfig.ConfigError` with
-``FILE:LINE: message``. Every attribute, with its default and bounds, is
+attributes here) and returns an :class:`AgentConfig`, or raises
+:class:`~common.xmlconfig.ConfigError` with ``FILE:LINE: message``. Every attribute, with its default and bounds, is
 declared once in :mod:`lbagent.settings`: the file's attributes are checked
 against those declarations as it is parsed, the loader reads each element's
 through them (:func:`common.settings.read_all`), and the dataclasses take

@@ -243,5 +243,5 @@ class ServerConfig:
     log_level: str | None = LOG.level.default
 
 
-__all__ = ["Alias", "DEFAULT_RULES", "agent_host_port", "Dns", "Group", "HaproxyAgent", "Node", "Peer", "Peers", "Poll", "Require", "Rule",
-           "ServerConfig"]
+__all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "HaproxyAgent", "Node", "Peer", "Peers", "Poll", "Require", "Rule",
+           "ServerConfig", "agent_host_port"]
