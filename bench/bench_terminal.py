@@ -68,16 +68,16 @@ http {{
 
 
 def lbserver_address(config: str) -> tuple[str, int]:
-    """The terminal address from an lbsconfig.xml (``<lbservice listen>``, default port 8008)."""
-    import xml.etree.ElementTree as ET  # noqa: PLC0415 (only this mode needs it)
+    """The terminal address from an lbsconfig.xml (``<lbservice listen>``, its declared default if none)."""
+    from common.settings import read_all  # noqa: PLC0415 (only this mode needs them)
+    from common.xmlconfig import Reader, parse_file  # noqa: PLC0415
+    from lbserver.config.settings import LBSERVICE  # noqa: PLC0415
 
-    elem = ET.parse(config).getroot().find("lbservice")
-    listen = elem.get("listen", "0.0.0.0:8008") if elem is not None else "0.0.0.0:8008"
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
+    host, port = read_all(Reader(config), parse_file(config, "lbsconfig.rng").find("lbservice"), LBSERVICE,
+                          ("listen",))["listen"]
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
-    return host, int(port)
+    return host, port
 
 
 CLUSTER_AGENT = """<lbaconfig><agent listen="{ip}:{port}" sample-interval="5"/>

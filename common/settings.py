@@ -6,10 +6,15 @@ default, its bounds and what it means. The declarations of one element form
 an :class:`Element`, those of one file a :class:`ConfigFile`
 (:mod:`lbagent.settings`, :mod:`lbserver.config.settings`). From them:
 
-* the loaders read attributes with :func:`read`, which hands each kind to
-  the typed readers of :class:`common.xmlconfig.Reader`;
+* :func:`parse_config` checks every attribute of a file against its element's
+  declarations (the RELAX NG schema checks the structure only, so a new
+  attribute is declared here and nowhere else);
+* the loaders read all the attributes of an element at once with
+  :func:`read_all`, which hands each kind to the typed readers of
+  :class:`common.xmlconfig.Reader` through :func:`read`;
 * the configuration dataclasses take their field defaults
-  (``interval: float = POLL.interval.default``);
+  (``interval: float = POLL.interval.default``), and the services receive
+  those dataclasses rather than keeping defaults of their own;
 * :func:`render_markdown` writes the reference tables of docs/settings.md;
   :data:`REGENERATE` is the command that rewrites that file, and a test
   fails, printing it, when the file is stale;
@@ -25,6 +30,7 @@ interval, say) are the loaders' business, not the declarations'.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import keyword
 import sys
@@ -34,10 +40,12 @@ from typing import Any, Callable, Iterator
 from lxml import etree
 
 from common.sockets import format_listen
-from common.xmlconfig import Reader, parse_hostport
+from common.xmlconfig import Reader, parse_file, parse_hostport
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 """The level names a <log level> may give."""
+AGENT_PORT = 8001
+"""The agent's port: the default of its <agent listen>, and of a balancer's http <node address> that gives none."""
 
 REGENERATE = ".venv/bin/python -m common.settings lbserver.config.settings lbagent.settings > docs/settings.md"
 """The command that writes docs/settings.md (run from the top of the source tree)."""
@@ -135,12 +143,18 @@ class Element:
 
 @dataclass(frozen=True)
 class ConfigFile:
-    """All elements of one configuration file, in the order the documentation gives them."""
+    """All elements of one configuration file, in the order the documentation gives them.
+
+    ``schema`` names the RELAX NG schema, in ``common/schemas``, that checks
+    the file's structure (which element goes where); the attributes are
+    checked against the elements' declarations (:func:`check_attributes`).
+    """
 
     name: str
     program: str
     path: str
     doc: str
+    schema: str
     elements: tuple[Element, ...]
 
 
@@ -188,6 +202,52 @@ def read(reader: Reader, elem: etree._Element, setting: Setting, *, check: bool 
         raise reader.error(elem, f"<{elem.tag}> attribute {attr}={_number(value)}: "
                                  f"must be at most {_number(s.maximum)}")
     return value
+
+
+def read_all(reader: Reader, elem: etree._Element | None, element: Element,
+             names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every attribute ``element`` declares (or those of ``names``), read from ``elem`` by Python name.
+
+    An absent ``elem`` (an optional element left out) gives the defaults.
+    Raises :class:`~common.xmlconfig.ConfigError` as :func:`read` does, for
+    the first bad attribute in the order of the declarations.
+    """
+    settings = element.settings if names is None else tuple(getattr(element, n) for n in names)
+    if elem is None:
+        return {s.name: s.default for s in settings}
+    return {s.name: read(reader, elem, s) for s in settings}
+
+
+def check_attributes(reader: Reader, root: etree._Element, config_file: ConfigFile) -> None:
+    """Every attribute below ``root`` declared by its element, every required one given.
+
+    Raises :class:`~common.xmlconfig.ConfigError` at the first element, in
+    document order, with an unknown or a missing attribute. The root's own
+    attributes are the schema's business (it allows none).
+    """
+    declared = {(e.parent or root.tag, e.tag): e for e in config_file.elements}
+    for elem in root.iterdescendants(tag=etree.Element):
+        element = declared.get((elem.getparent().tag, elem.tag))
+        names = [s.attribute for s in element] if element is not None else []
+        for attr in elem.attrib:
+            if attr not in names:
+                close = difflib.get_close_matches(attr, names, 1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise reader.error(elem, f"<{elem.tag}> has unknown attribute {attr}{hint}")
+        missing = [s.attribute for s in element or () if s.required and elem.get(s.attribute) is None]
+        if missing:
+            raise reader.error(elem, f"<{elem.tag}> is missing attribute {', '.join(missing)}")
+
+
+def parse_config(path: str, config_file: ConfigFile) -> tuple[Reader, etree._Element]:
+    """Read ``path``, check its structure and its attributes; a :class:`Reader` for it and its root element.
+
+    Raises :class:`~common.xmlconfig.ConfigError` with ``FILE:LINE: message``.
+    """
+    root = parse_file(path, config_file.schema)
+    reader = Reader(path)
+    check_attributes(reader, root, config_file)
+    return reader, root
 
 
 # --- documentation -------------------------------------------------------

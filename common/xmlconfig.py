@@ -1,8 +1,9 @@
 """Safe XML configuration loading shared by lbagent and lbserver.
 
 Files are parsed with entity expansion, DTD loading and network access off,
-validated against a RELAX NG schema shipped in ``common/schemas``, and every
-problem is reported as one ``FILE:LINE: message`` line (:class:`ConfigError`).
+validated against a RELAX NG schema shipped in ``common/schemas`` (the
+structure: the attributes are checked against their declarations by
+:mod:`common.settings`), and every problem is reported as one ``FILE:LINE: message`` line (:class:`ConfigError`).
 The typed readers below turn attributes into Python values and raise the same
 kind of error, naming the element and attribute, when a value is wrong.
 """
@@ -50,35 +51,15 @@ def _schema(name: str) -> etree.RelaxNG:
     return etree.RelaxNG(etree.parse(path, _parser()))
 
 
-@lru_cache(maxsize=None)
-def _required_attributes(name: str) -> dict[str, tuple[str, ...]]:
-    """Per element name, the attributes the schema requires (not under <optional>)."""
-    ns = "{http://relaxng.org/ns/structure/1.0}"
-    required: dict[str, tuple[str, ...]] = {}
-    for elem in etree.parse(os.path.join(SCHEMA_DIR, name), _parser()).iter(ns + "element"):
-        attrs = tuple(a.get("name") for a in elem.findall(ns + "attribute"))
-        required[elem.get("name")] = required.get(elem.get("name"), ()) + attrs
-    return required
-
-
-def _describe_schema_error(err: etree._LogEntry, root: etree._Element, schema: str) -> str:
+def _describe_schema_error(err: etree._LogEntry) -> str:
     """Turn libxml2's RELAX NG wording into a message an admin can act on."""
     msg = err.message.rstrip(".")
     m = re.match(r"Expecting element (\S+), got (\S+)", msg)
     if m:
         return f"unexpected element <{m.group(2)}> here (expected <{m.group(1)}>)"
     m = re.match(r"Invalid attribute (\S+) for element (\S+)", msg)
-    if m:
+    if m:  # on the root element: the others take any attribute here (see common.settings.check_attributes)
         return f"<{m.group(2)}> has unknown attribute {m.group(1)}"
-    m = re.match(r"Element (\S+) failed to validate attributes", msg)
-    if m:
-        tag = m.group(1)
-        for elem in root.iter(tag):
-            if elem.sourceline == err.line:
-                missing = [a for a in _required_attributes(schema).get(tag, ()) if elem.get(a) is None]
-                if missing:
-                    return f"<{tag}> is missing attribute {', '.join(missing)}"
-        return f"<{tag}> has a missing or unknown attribute"
     m = re.match(r"Element (\S+) has extra content: (\S+)", msg)
     if m:
         return f"unexpected element <{m.group(2)}> inside <{m.group(1)}>"
@@ -112,7 +93,7 @@ def parse_bytes(data: bytes, path: str, schema: str) -> etree._Element:
         errors = list(validator.error_log)
         # libxml2 often reports a cascade; the deepest-line, first error is the cause.
         err = errors[0]
-        raise ConfigError(path, err.line, _describe_schema_error(err, root, schema))
+        raise ConfigError(path, err.line, _describe_schema_error(err))
     return root
 
 

@@ -1,11 +1,13 @@
 """lbaconfig.xml: the agent's configuration as typed, immutable objects.
 
 :func:`load` parses and validates a file (structure by the RELAX NG schema
-``lbaconfig.rng``, values and per-type attributes here) and returns an
-:class:`AgentConfig`, or raises :class:`~common.xmlconfig.ConfigError` with
-``FILE:LINE: message``. Every attribute, with its default and bounds, is
-declared once in :mod:`lbagent.settings`: the loader reads through those
-declarations and the dataclasses take their defaults from them.
+``lbaconfig.rng``, attributes by their declarations, values and per-type
+attributes here) and returns an :class:`AgentConfig`, or raises
+:class:`~common.xmlconfig.ConfigError` with ``FILE:LINE: message``. Every attribute, with its default and bounds, is
+declared once in :mod:`lbagent.settings`: the file's attributes are checked
+against those declarations as it is parsed, the loader reads each element's
+through them (:func:`common.settings.read_all`), and the dataclasses take
+their defaults from them.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from lxml import etree
 from common.builtins import BUILTIN_VARIABLES
 from common.netutil import Network
 from common.secretfile import SecretFileError, permission_problem, read_secret_file
-from common.settings import LOG_LEVELS, read
+from common.settings import LOG_LEVELS, parse_config, read, read_all
 from common.tls import TlsConfigError, server_context
-from common.xmlconfig import ConfigError, Reader, parse_file
-from lbagent.settings import AGENT, ALLOW, DEFAULT_PATH, LOG, VARIABLE, VARIABLE_TYPES
+from common.xmlconfig import ConfigError, Reader
+from lbagent.settings import AGENT, ALLOW, CONFIG_FILE, DEFAULT_PATH, LOG, VARIABLE, VARIABLE_TYPES
 from lbagent.values import BadValue, Value, parse_value
 
 VARIABLE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -95,10 +97,11 @@ def _warn_permissions(r: Reader, e: etree._Element, attr: str, path: str) -> Non
         log.warning("%s:%s: <%s> %s: %s", r.path, e.sourceline, e.tag, attr, problem)
 
 
-def _load_security(r: Reader, agent: etree._Element) -> dict:
-    """secret-file, tls-cert and tls-key of <agent>: read and checked now, so --check-config sees problems."""
+def _load_security(r: Reader, agent: etree._Element, values: dict) -> dict:
+    """secret-file, tls-cert and tls-key of <agent> (as ``values`` holds them): read and checked now, so
+    --check-config sees problems; the paths made absolute."""
     kw: dict = {}
-    secret_file = read(r, agent, AGENT.secret_file)
+    secret_file = values["secret_file"]
     if secret_file is not None:
         path = _config_relative(r, secret_file)
         try:
@@ -107,7 +110,7 @@ def _load_security(r: Reader, agent: etree._Element) -> dict:
             raise r.error(agent, f"<agent> secret-file: {exc}") from None
         _warn_permissions(r, agent, "secret-file", path)
         kw["secret_file"] = path
-    cert, key = read(r, agent, AGENT.tls_cert), read(r, agent, AGENT.tls_key)
+    cert, key = values["tls_cert"], values["tls_key"]
     if key is not None and cert is None:
         raise r.error(agent, "<agent> tls-key needs tls-cert (the agent's certificate, PEM)")
     if cert is not None:
@@ -140,27 +143,20 @@ def _load_variable(r: Reader, e: etree._Element) -> CustomVariable:
     for attr in needed:
         if e.get(attr) is None or not e.get(attr).strip():
             raise r.error(e, f"<variable name={name!r} type={vtype!r}> is missing attribute {attr}")
-    kw: dict = {}
-    if vtype == "command":
-        kw["command"] = read(r, e, VARIABLE.command)
-        kw["timeout"] = read(r, e, VARIABLE.timeout)
-    elif vtype == "process":
-        raw = read(r, e, VARIABLE.pattern)
+    kw = read_all(r, e, VARIABLE, tuple(s.name for s in VARIABLE if s.attribute in needed + optional))
+    if "path" in kw:
+        kw["path"] = kw["path"].strip()
+    if "pattern" in kw:
         try:
-            kw["pattern"] = re.compile(raw)
+            kw["pattern"] = re.compile(kw["pattern"])
         except re.error as exc:
-            raise r.error(e, f"<variable name={name!r}> attribute pattern={raw!r}: "
+            raise r.error(e, f"<variable name={name!r}> attribute pattern={kw['pattern']!r}: "
                              f"not a valid regular expression: {exc}") from None
-    elif vtype in ("disk", "file", "count"):
-        kw["path"] = r.required(e, VARIABLE.path.attribute)  # needed by these types, so read as required
-        if vtype == "count":
-            kw["timeout"] = read(r, e, VARIABLE.timeout)
-    else:
-        raw = read(r, e, VARIABLE.value)
+    if "value" in kw:
         try:
-            kw["value"] = parse_value(raw)
+            kw["value"] = parse_value(kw["value"])
         except BadValue as exc:
-            raise r.error(e, f"<variable name={name!r}> attribute value={raw!r}: {exc}") from None
+            raise r.error(e, f"<variable name={name!r}> attribute value={kw['value']!r}: {exc}") from None
     return CustomVariable(name=name, type=vtype, line=e.sourceline, **kw)
 
 
@@ -201,24 +197,15 @@ def _check_single(r: Reader, root: etree._Element) -> None:
 
 def load(path: str = DEFAULT_PATH) -> AgentConfig:
     """Load and validate lbaconfig.xml; raise ConfigError naming file and line."""
-    root = parse_file(path, "lbaconfig.rng")
-    r = Reader(path)
+    r, root = parse_config(path, CONFIG_FILE)
     _check_single(r, root)
-    kw: dict = {}
     agent = root.find("agent")
-    if agent is not None:
-        kw["listen"] = read(r, agent, AGENT.listen)
-        kw["sample_interval"] = read(r, agent, AGENT.sample_interval)
-        kw["max_request_bytes"] = read(r, agent, AGENT.max_request_bytes)
-        kw["request_timeout"] = read(r, agent, AGENT.request_timeout)
-        kw.update(_load_security(r, agent))
-        for setting in (AGENT.drain_file, AGENT.nologin_file):
-            value = read(r, agent, setting).strip()
-            kw[setting.name] = _config_relative(r, value) if value else None
-    logel = root.find("log")
-    if logel is not None:
-        kw["log_file"] = read(r, logel, LOG.file)
-        kw["log_level"] = read(r, logel, LOG.level)
+    kw = read_all(r, agent, AGENT)
+    kw.update(_load_security(r, agent, kw))
+    for name in ("drain_file", "nologin_file"):
+        value = kw[name].strip()
+        kw[name] = _config_relative(r, value) if value else None
+    kw.update({f"log_{name}": value for name, value in read_all(r, root.find("log"), LOG).items()})
     return AgentConfig(path=path, allow=_load_access(r, root), variables=_load_variables(r, root), **kw)
 
 

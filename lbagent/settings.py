@@ -1,15 +1,17 @@
 """lbaconfig.xml's settings: every attribute declared once.
 
 Each element's attributes are declared here with their kind, default, bounds
-and meaning (see :mod:`common.settings`). :mod:`lbagent.config` reads them
-through :func:`common.settings.read` and takes its dataclass defaults from
-them, and docs/settings.md is generated from :data:`CONFIG_FILE`. The
-structure of the file is the RELAX NG schema's (``common/schemas/lbaconfig.rng``).
+and meaning (see :mod:`common.settings`). A file's attributes are checked
+against them as it is parsed, :mod:`lbagent.config` reads each element's
+through :func:`common.settings.read_all` and takes its dataclass defaults
+from them, and docs/settings.md and lbaconfig.xml(5) are generated from
+:data:`CONFIG_FILE`. The structure of the file (which element goes where) is
+the RELAX NG schema's (``common/schemas/lbaconfig.rng``).
 """
 
 from __future__ import annotations
 
-from common.settings import LOG_LEVELS, ConfigFile, Element, Setting
+from common.settings import AGENT_PORT, LOG_LEVELS, ConfigFile, Element, Setting
 
 DEFAULT_PATH = "/etc/mille-xterm/lbaconfig.xml"
 
@@ -25,9 +27,9 @@ VARIABLE_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 AGENT = Element(
     "agent", "How the agent serves the balancers.",
-    Setting("listen", "listen", ("0.0.0.0", 8001),
-            "Address and port to serve on. Use [::]:8001 for IPv6, which also accepts IPv4 where the system "
-            "allows dual-stack sockets."),
+    Setting("listen", "listen", ("0.0.0.0", AGENT_PORT),
+            f"Address and port to serve on. Use [::]:{AGENT_PORT} for IPv6, which also accepts IPv4 where the "
+            "system allows dual-stack sockets."),
     Setting("sample-interval", "number", 5.0, "Seconds between two readings of the variables.", minimum=0.1),
     Setting("max-request-bytes", "integer", 64 * 1024,
             "Larger requests are refused with HTTP 413 before their body is read.", minimum=1024),
@@ -109,7 +111,7 @@ VARIABLE = Element(
 )
 
 CONFIG_FILE = ConfigFile(
-    name="lbaconfig.xml", program="lbagent", path=DEFAULT_PATH,
+    name="lbaconfig.xml", program="lbagent", path=DEFAULT_PATH, schema="lbaconfig.rng",
     doc="The agent's configuration. Every element is optional; top-level elements may come in any order, each "
         "at most once.",
     elements=(AGENT, LOG, ACCESS, ALLOW, VARIABLES, VARIABLE),

@@ -9,6 +9,7 @@ import sys
 from common import runtime
 from common.xmlconfig import ConfigError
 from lbserver import config as configmod
+from lbserver.config.settings import LBSERVICE
 
 DESCRIPTION = """\
 lbserver runs on each boot server. Every poll interval it asks every lbagent
@@ -20,7 +21,7 @@ it also publishes the best servers of each group behind DNS aliases by
 TSIG-signed dynamic update (the WMS load balancing arbiter).
 """
 
-EPILOG = """\
+EPILOG = f"""\
 modes:
   (default)            run as a daemon: detach, log to syslog, write PIDFILE
   -f                   run in the foreground, log to stderr (systemd, debugging)
@@ -41,7 +42,7 @@ signals:
                        is not read
   SIGTERM, SIGINT      stop cleanly and remove the pid file
 
-terminal protocol (port of <lbservice>, default 8008):
+terminal protocol (port of <lbservice>, default {LBSERVICE.listen.default[1]}):
   GET /                a server from the default group, as "host\\n"
   GET /?group=NAME     a server from group NAME (404 if unknown)
   GET /?user=NAME      the server NAME already has a session on, if any

@@ -172,9 +172,8 @@ class Daemon:
         core = self.core
         self._stopping = asyncio.Event()
         await core.cycle()
-        self.terminal = TerminalService(core.answer, idle_timeout=core.config.idle_timeout,
-                                        max_connections=core.config.max_connections,
-                                        responses=core.terminal_responses, details=core.answer_details)
+        self.terminal = TerminalService(core.answer, core.config, responses=core.terminal_responses,
+                                        details=core.answer_details)
         await self.terminal.start(self._sockets[TERMINAL])
         if HAPROXY in self._sockets:
             await self._start_haproxy(core.config.haproxy)
@@ -219,8 +218,7 @@ class Daemon:
             await self._rebind(TERMINAL, config.listen, self.terminal)
         if config.mgmt_listen != self._bound.get(MGMT):
             await self._move_mgmt(config.mgmt_listen)
-        self.terminal.idle_timeout = config.idle_timeout
-        self.terminal.max_connections = config.max_connections
+        self.terminal.configure(config)
         await self._move_peers(config.peers)
         await self._move_haproxy(config.haproxy)
         self.core.apply_config(config)

@@ -26,7 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lbserver.config import ServerConfig  # noqa: E402
 from lbserver.terminal.service import TerminalService, UnknownGroup, new_event_loop  # noqa: E402
+
+
+def terminal_config(**settings) -> ServerConfig:
+    """A configuration without nodes, with the given ``<lbservice>`` settings and the declared defaults."""
+    return ServerConfig(path="-", nodes={}, groups={}, default_group="", **settings)
 
 
 def make_answer(hosts: list[str], groups: dict[str, list[str]], alice: str):
@@ -71,8 +77,10 @@ def listen_socket(spec: str) -> socket.socket:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    settings = {k: v for k, v in (("idle_timeout", args.idle_timeout), ("max_connections", args.max_connections))
+                if v is not None}
     svc = TerminalService(make_answer(args.hosts.split(","), parse_groups(args.groups), args.alice_host),
-                          idle_timeout=args.idle_timeout, max_connections=args.max_connections)
+                          terminal_config(**settings))
     await svc.start(listen_socket(args.listen))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -89,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", default="host-a,host-b")
     parser.add_argument("--groups", action="append", default=[])
     parser.add_argument("--alice-host", default="alice-host")
-    parser.add_argument("--idle-timeout", type=float, default=10.0)
-    parser.add_argument("--max-connections", type=int, default=4096)
+    parser.add_argument("--idle-timeout", type=float, help="default: that of <lbservice>")
+    parser.add_argument("--max-connections", type=int, help="default: that of <lbservice>")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop even if uvloop is installed")
     args = parser.parse_args(argv)
     loop = asyncio.new_event_loop() if args.no_uvloop else new_event_loop()

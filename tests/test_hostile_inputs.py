@@ -34,6 +34,7 @@ from lbserver.tools import siteinfo
 from lbserver.core.health import validate_state
 from lbserver.core.poller import PollError, parse_reply
 from lbserver.terminal.service import TerminalService, _Connection
+from terminal_harness import terminal_config
 from lbserver.core.weights import evaluate
 
 # HOSTILE_EXAMPLES=5000 runs a deeper search; the default keeps the suite fast.
@@ -367,7 +368,7 @@ def test_connection_framing(stream, cuts):
             raise UnknownGroup(group)
         return "xapp1"
 
-    svc = TerminalService(answer, idle_timeout=5)
+    svc = TerminalService(answer, terminal_config(idle_timeout=5))
     conn = _Connection(svc)
     transport = _Transport()
     conn.connection_made(transport)
@@ -520,10 +521,13 @@ def test_siteinfo_importer(tmp_path, entries, junk, with_key):
         assert err.getvalue().strip().splitlines()[-1].startswith("error: ")
         assert out.getvalue() == ""
         return
-    # A configuration was written: it is a well-formed, schema-valid lbsconfig.xml.
-    from common.xmlconfig import parse_bytes
+    # A configuration was written: it is a well-formed lbsconfig.xml, its structure and attributes valid.
+    from common.settings import check_attributes
+    from common.xmlconfig import Reader, parse_bytes
+    from lbserver.config.settings import CONFIG_FILE
 
-    parse_bytes(out.getvalue().encode(), "imported.xml", "lbsconfig.rng")
+    check_attributes(Reader("imported.xml"), parse_bytes(out.getvalue().encode(), "imported.xml", "lbsconfig.rng"),
+                     CONFIG_FILE)
     assert "bGJzZWNyZXQ=" not in out.getvalue()  # the key goes to its own file only
     if with_key and key_out.exists():
         # With its key written, the imported file either loads or is refused as any config is.

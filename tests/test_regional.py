@@ -38,6 +38,15 @@ def test_a_site_document_becomes_nodes():
         group_nodes(SITE, {"groups": {}, "nodes": {}})
 
 
+def test_a_site_node_without_a_port_gets_the_port_of_its_scheme():
+    """As a <node address> would: 8001 for http, 443 for https."""
+    got = group_nodes(SITE, _doc(plain=_node(address="http://127.0.0.2"), tls=_node(address="https://127.0.0.3"),
+                                 given=_node(address="https://127.0.0.4:9443"), bad=_node(address="https://h:x")),
+                      now=5.0)
+    assert {r.node.name: (r.node.host, r.node.port) for r in got} == {
+        "plain": ("127.0.0.2", 8001), "tls": ("127.0.0.3", 443), "given": ("127.0.0.4", 9443)}
+
+
 @pytest.mark.parametrize("attrs, message", [
     ('from="ftp://site:8009"', "expected the URL of another lbserver"),
     ('from="http://site:8009" token-file="/nonexistent/token"', "token-file"),

@@ -12,6 +12,7 @@ import pytest
 
 from lbserver.terminal.service import HEAD_CACHE, TerminalService, UnknownGroup
 from tests.conftest import Procs, free_port, python_cmd, wait_for_port, wait_until
+from tests.terminal_harness import terminal_config
 
 IO_TIMEOUT = 5.0
 
@@ -374,7 +375,7 @@ def test_service_api_in_process():
                 raise UnknownGroup(group)
             return "one"
 
-        svc = TerminalService(first, idle_timeout=5, responses=statuses)
+        svc = TerminalService(first, terminal_config(idle_timeout=5), responses=statuses)
         await svc.start(sock)
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), IO_TIMEOUT)
 
@@ -405,7 +406,7 @@ def test_head_cache_stays_bounded_and_answers_each_head():
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         port = sock.getsockname()[1]
-        svc = TerminalService(lambda group, user: f"{group}-{user}", idle_timeout=5)
+        svc = TerminalService(lambda group, user: f"{group}-{user}", terminal_config(idle_timeout=5))
         await svc.start(sock)
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), IO_TIMEOUT)
         try:

@@ -12,6 +12,7 @@ import pytest
 from cluster import offline_balancer
 from lbserver.terminal.request import HttpError, decode_query, parse_query, wants_json
 from lbserver.terminal.service import TerminalService, UnknownGroup
+from terminal_harness import terminal_config
 
 IO_TIMEOUT = 5.0
 
@@ -41,7 +42,7 @@ def _serve(answer, details, requests: list[bytes]) -> list[tuple[int, dict, byte
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         port = sock.getsockname()[1]
-        svc = TerminalService(answer, details=details, responses=statuses)
+        svc = TerminalService(answer, terminal_config(), details=details, responses=statuses)
         await svc.start(sock)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         out = []

@@ -1,10 +1,11 @@
 """lbsconfig.xml: reading and checking a file into a :class:`ServerConfig`.
 
 :func:`load` parses and validates a file (structure by the RELAX NG schema,
-values and cross-references here) and returns a :class:`ServerConfig`, or
-raises :class:`~common.xmlconfig.ConfigError` with ``FILE:LINE: message``.
-Attributes are read through their declarations in
-:mod:`lbserver.config.settings`; the checks here are those no single
+attributes by their declarations in :mod:`lbserver.config.settings`, values
+and cross-references here) and returns a :class:`ServerConfig`, or raises
+:class:`~common.xmlconfig.ConfigError` with ``FILE:LINE: message``. Each
+element's attributes are read at once through their declarations
+(:func:`common.settings.read_all`); the checks here are those no single
 declaration states: names, URLs and e-mail addresses, references between
 elements, and secret, certificate and key files read now so that
 ``--check-config`` sees their problems.
@@ -24,16 +25,16 @@ from lxml import etree
 
 from common.builtins import BUILTIN_VARIABLES
 from common.secretfile import SecretFileError, permission_problem, read_secret_file
-from common.settings import read
+from common.settings import parse_config, read, read_all
 from common.tls import TlsConfigError, client_context
-from common.xmlconfig import ConfigError, Reader, parse_file, parse_hostport
+from common.xmlconfig import ConfigError, Reader, parse_hostport
 from lbserver.config import tsigkey
 from lbserver.config.expr import Expr, ExprError, parse
 from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgent, Node, Peer, Peers, Poll, Require,
-                                   Rule, ServerConfig)
-from lbserver.config.settings import (AGENT_PORTS, ALIAS, DEFAULT_PATH, DEFAULT_STATE_FILE, DNS, GROUP, HAPROXY_AGENT,
-                                      HAPROXY_ALLOW, HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE, LEGACY_PATH, LOG,
-                                      MGMTSERVICE, NODE, PEER, PEERS, POLL, REQUIRE, RULE, VARIABLE)
+                                   Rule, ServerConfig, agent_host_port)
+from lbserver.config.settings import (AGENT_PORTS, ALIAS, CONFIG_FILE, DEFAULT_PATH, DEFAULT_STATE_FILE, DNS, GROUP,
+                                      HAPROXY_AGENT, HAPROXY_ALLOW, HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE, LEGACY_PATH,
+                                      LOG, MGMTSERVICE, NODE, PEER, PEERS, POLL, REQUIRE, RULE, VARIABLE)
 
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -44,16 +45,13 @@ LEASE_HOLDER = re.compile(r"^[A-Za-z0-9._:\[\]@/-]{1,100}$")
 log = logging.getLogger(__name__)
 
 
-def _node_url(r: Reader, elem: etree._Element) -> tuple[str, int]:
-    raw = read(r, elem, NODE.address)
+def _node_url(r: Reader, elem: etree._Element, raw: str) -> tuple[str, int]:
+    """(host, port) of a <node address>, the port defaulting by scheme."""
     try:
-        parsed = urllib.parse.urlsplit(raw)
-        port = parsed.port
-    except ValueError:  # "http://[bad" raises in urlsplit itself, a bad port in .port
-        parsed, port = urllib.parse.urlsplit(""), -1
-    if parsed.scheme not in AGENT_PORTS or not parsed.hostname or port == -1:
-        raise r.error(elem, f"<node> attribute address={raw!r}: expected a URL such as http://10.0.0.1:8001")
-    return parsed.hostname, port or AGENT_PORTS[parsed.scheme]
+        return agent_host_port(raw)
+    except ValueError:
+        raise r.error(elem, f"<node> attribute address={raw!r}: expected a URL such as "
+                            f"http://10.0.0.1:{AGENT_PORTS['http']}") from None
 
 
 class _Credentials:
@@ -87,62 +85,63 @@ class _Credentials:
         return self._contexts[ca_file]
 
 
-def _node_security(r: Reader, n: etree._Element, poll: etree._Element | None, creds: _Credentials,
-                   tls: bool) -> dict:
-    """secret-file and tls-ca of a node, falling back to <poll>'s, read and checked."""
+def _node_security(r: Reader, n: etree._Element, node: dict, poll_elem: etree._Element | None, poll: dict,
+                   creds: _Credentials, tls: bool) -> dict:
+    """secret-file and tls-ca of a node (``node`` its attributes), falling back to <poll>'s, read and checked."""
     kw: dict = {}
-    own_secret = read(r, n, NODE.secret_file)
-    secret_elem = n if own_secret is not None else poll
-    poll_secret = read(r, poll, POLL.secret_file) if poll is not None else None
-    secret_file = own_secret if own_secret is not None else poll_secret
+    own_secret = node["secret_file"]
+    secret_elem = n if own_secret is not None else poll_elem
+    secret_file = own_secret if own_secret is not None else poll["secret_file"]
     if secret_file is not None:
         kw["secret_file"] = _config_relative(r, secret_file)
         kw["secret"] = creds.secret(secret_elem, kw["secret_file"])
-    own_ca = read(r, n, NODE.tls_ca)
+    own_ca = node["tls_ca"]
     if own_ca is not None and not tls:
         raise r.error(n, f"<node> tls-ca applies to https:// addresses only (address={n.get('address')!r})")
     if tls:
-        ca_elem = n if own_ca is not None else poll
-        ca = own_ca if own_ca is not None else (read(r, poll, POLL.tls_ca) if poll is not None else None)
+        ca_elem = n if own_ca is not None else poll_elem
+        ca = own_ca if own_ca is not None else poll["tls_ca"]
         kw["tls_ca"] = _config_relative(r, ca) if ca is not None else None
         kw["ssl_context"] = creds.context(ca_elem if ca is not None else n, kw["tls_ca"])
     return kw
 
 
 def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[str, Group], str]:
-    poll = root.find("poll")
+    poll_elem = root.find("poll")
+    poll = read_all(r, poll_elem, POLL)
     creds = _Credentials(r)
-    if poll is not None and read(r, poll, POLL.tls_ca) is not None:
-        creds.context(poll, _config_relative(r, read(r, poll, POLL.tls_ca)))  # checked even if no node uses it
+    if poll["tls_ca"] is not None:
+        creds.context(poll_elem, _config_relative(r, poll["tls_ca"]))  # checked even if no node uses it
     nodes: dict[str, Node] = {}
     groups: dict[str, Group] = {}
     default: str | None = None
     for g in root.find("nodes").iter("group"):
-        gname = read(r, g, GROUP.name)
+        group = read_all(r, g, GROUP)
+        gname = group["name"]
         if gname in groups:
             raise r.error(g, f"duplicate group name {gname!r} (first at line {groups[gname].line})")
         members: list[str] = []
-        source = read(r, g, GROUP.from_)
-        if source is not None:
-            groups[gname] = _remote_group(r, g, gname, source, creds)
+        if group["from_"] is not None:
+            groups[gname] = _remote_group(r, g, group, creds)
             if g.find("node") is not None:
-                raise r.error(g.find("node"), f"group {gname!r} takes its nodes from {source}: it has no <node>")
+                raise r.error(g.find("node"), f"group {gname!r} takes its nodes from {group['from_']}: it has no "
+                                              "<node>")
             if groups[gname].default:
                 if default is not None:
                     raise r.error(g, f"two default groups: {default!r} and {gname!r}")
                 default = gname
             continue
         for n in g.iter("node"):
-            name = read(r, n, NODE.name)
+            values = read_all(r, n, NODE)
+            name = values["name"]
             if not NODE_NAME.match(name):
                 raise r.error(n, f"<node> attribute name={name!r}: use letters, digits, '.', '_' and '-'")
             if name in members:
                 raise r.error(n, f"duplicate node name {name!r} in group {gname!r}")
-            host, port = _node_url(r, n)
-            address = read(r, n, NODE.address)
-            node = Node(name=name, address=address, host=host, port=port,
-                        ip=read(r, n, NODE.ip), ip6=read(r, n, NODE.ip6), line=n.sourceline,
-                        **_node_security(r, n, poll, creds, address.lower().startswith("https:")))
+            host, port = _node_url(r, n, values["address"])
+            values.update(_node_security(r, n, values, poll_elem, poll, creds,
+                                         values["address"].lower().startswith("https:")))
+            node = Node(**values, host=host, port=port, line=n.sourceline)
             prev = nodes.get(name)
             if prev is not None and (prev.address, prev.ip, prev.ip6, prev.secret_file, prev.tls_ca) != (
                     node.address, node.ip, node.ip6, node.secret_file, node.tls_ca):
@@ -152,19 +151,20 @@ def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[
             members.append(name)
         if not members:
             raise r.error(g, f"group {gname!r} has no <node>")
-        is_default = read(r, g, GROUP.default)
-        if is_default:
+        if group["default"]:
             if default is not None:
                 raise r.error(g, f"two default groups: {default!r} and {gname!r}")
             default = gname
-        groups[gname] = Group(name=gname, nodes=tuple(members), default=is_default, line=g.sourceline)
+        groups[gname] = Group(name=gname, nodes=tuple(members), default=group["default"], line=g.sourceline)
     if default is None:
         default = next(iter(groups))
     return nodes, groups, default
 
 
-def _remote_group(r: Reader, g: etree._Element, gname: str, source: str, creds: "_Credentials") -> Group:
-    """A <group from=...>: its URL checked, its token read now (a bad token file fails the load)."""
+def _remote_group(r: Reader, g: etree._Element, group: dict, creds: "_Credentials") -> Group:
+    """A <group from=...> (``group`` its attributes): its URL checked, its token read now (a bad token file fails
+    the load)."""
+    source = group["from_"]
     try:
         parsed = urllib.parse.urlsplit(source)
         parsed.port  # noqa: B018 (raises on a bad port)
@@ -173,13 +173,13 @@ def _remote_group(r: Reader, g: etree._Element, gname: str, source: str, creds: 
     if parsed is None or parsed.scheme != "http" or not parsed.hostname or parsed.query or parsed.fragment:
         raise r.error(g, f"<group> attribute from={source!r}: expected the URL of another lbserver's management "
                          "service, such as http://site-lbserver:8009")
-    token_file = read(r, g, GROUP.token_file)
+    token_file = group["token_file"]
     token = None
     if token_file is not None:
         token_file = _config_relative(r, token_file)
         token = creds.secret(g, token_file, "token-file")
-    return Group(name=gname, nodes=(), default=read(r, g, GROUP.default), line=g.sourceline,
-                 source=source.rstrip("/"), remote_group=read(r, g, GROUP.remote_group) or gname,
+    return Group(name=group["name"], nodes=(), default=group["default"], line=g.sourceline,
+                 source=source.rstrip("/"), remote_group=group["remote_group"] or group["name"],
                  token_file=token_file, token=token)
 
 
@@ -209,14 +209,15 @@ def _load_rules(r: Reader, root: etree._Element) -> tuple[tuple[Rule, ...], tupl
         return DEFAULT_RULES, ()
     seen: dict[str, int] = {}
     for e in elem:
-        name = read(r, e, (VARIABLE if e.tag == "variable" else REQUIRE).name)
+        values = read_all(r, e, VARIABLE if e.tag == "variable" else REQUIRE)
+        name = values["name"]
         if not VARIABLE_NAME.match(name):
             raise r.error(e, f"<{e.tag}> attribute name={name!r}: not a variable name")
         if e.tag == "variable":
             if name in seen:
                 raise r.error(e, f"duplicate rule for variable {name!r} (first at line {seen[name]})")
             seen[name] = e.sourceline
-            read(r, e, VARIABLE.custom)  # accepted, changes nothing
+            del values["custom"]  # accepted, changes nothing
             if name not in BUILTIN_VARIABLES:
                 log.warning("%s:%s: warning: rule variable %s is not a built-in: every agent must define it in "
                             "its lbaconfig.xml (built-ins are %s)", r.path, e.sourceline, name, ", ".join(BUILTIN_VARIABLES))
@@ -224,20 +225,11 @@ def _load_rules(r: Reader, root: etree._Element) -> tuple[tuple[Rule, ...], tupl
             if legacy is not None and (e.get("capacity") is not None or e.get("critical") is not None):
                 raise r.error(legacy, "give capacity and critical on <variable> or on its <rule>, not both")
             limits = legacy if legacy is not None else e
-            rules.append(Rule(
-                name=name,
-                weight=read(r, e, VARIABLE.weight),
-                capacity=_limit(r, limits, RULE.capacity.attribute, required=True),
-                critical=_limit(r, limits, RULE.critical.attribute, required=False),
-                per_cpu=read(r, e, VARIABLE.per_cpu),
-                per_session=read(r, e, VARIABLE.per_session),
-                line=e.sourceline,
-                lag=read(r, e, VARIABLE.lag),
-                kb_memory=legacy is not None,
-            ))
+            values["capacity"] = _limit(r, limits, RULE.capacity.attribute, required=True)
+            values["critical"] = _limit(r, limits, RULE.critical.attribute, required=False)
+            rules.append(Rule(**values, line=e.sourceline, kb_memory=legacy is not None))
         else:
-            req = Require(name=name, equals=read(r, e, REQUIRE.equals), min=read(r, e, REQUIRE.min),
-                          max=read(r, e, REQUIRE.max), line=e.sourceline)
+            req = Require(**values, line=e.sourceline)
             if req.equals is None and req.min is None and req.max is None:
                 raise r.error(e, "<require> needs equals, min or max")
             if req.min is not None and req.max is not None and req.min > req.max:
@@ -337,25 +329,31 @@ def _check_lease_time(r: Reader, elem: etree._Element, dns_cfg: "Dns", interval:
                             f"({interval:g} s): the writer renews the lease when half of it is left")
 
 
+def _relative_paths(r: Reader, values: dict, *names: str) -> dict:
+    """``values`` with the paths of ``names`` taken from the config file's directory; an empty one is None."""
+    return {**values, **{n: _config_relative(r, values[n]) if values[n] else None for n in names}}
+
+
 def _load_dns(r: Reader, elem: etree._Element, groups: dict[str, Group]) -> Dns:
-    zone = read(r, elem, DNS.zone).rstrip(".")
-    smtp_host, smtp_port = read(r, elem, DNS.smtp)
     ttl = read(r, elem, DNS.ttl, check=False)
     if ttl < DNS.ttl.minimum:
         raise r.error(elem, f"<dns> attribute ttl={ttl}: must be at least {DNS.ttl.minimum} seconds "
                             "(resolvers and caches misbehave with shorter TTLs)")
+    values = _relative_paths(r, read_all(r, elem, DNS), "key_file", "smtp_password_file", "alert_state_file")
+    values["smtp_host"], values["smtp_port"] = values.pop("smtp")
+    values["zone"] = values["zone"].rstrip(".")
+    values["lease"] = values["lease"].strip()
     aliases: list[Alias] = []
     for a in elem.iter("alias"):
-        name = read(r, a, ALIAS.name)
-        gname = read(r, a, ALIAS.group)
+        alias = read_all(r, a, ALIAS)
+        name, gname = alias["name"], alias["group"]
         if gname not in groups:
             raise r.error(a, f"<alias name={name!r}> names unknown group {gname!r}")
         if any(x.name == name for x in aliases):
             raise r.error(a, f"duplicate alias {name!r}")
         remote = groups[gname].source is not None
         size = len(groups[gname].nodes)
-        num_out = read(r, a, ALIAS.num_out)
-        best = read(r, a, ALIAS.best_hosts)
+        num_out, best = alias["num_out"], alias["best_hosts"]
         if num_out is not None and best is not None:
             raise r.error(a, f"<alias name={name!r}>: give num-out or best-hosts, not both")
         # A remote group's size is known at each poll only; the decision then keeps at least one node.
@@ -366,65 +364,33 @@ def _load_dns(r: Reader, elem: etree._Element, groups: dict[str, Group]) -> Dns:
             raise r.error(a, f"<alias name={name!r}> best-hosts={best}: must be -1 (all healthy) or at least 1")
         if num_out is None and best is None:
             # The original arbiter leaves one server out; a one-node group publishes it.
-            num_out, best = (1, None) if size > 1 or remote else (None, -1)
-        aliases.append(Alias(name=name, group=gname, enabled=read(r, a, ALIAS.enabled), num_out=num_out,
-                             best_hosts=best, health_url=read(r, a, ALIAS.health_url),
-                             health_max_age=read(r, a, ALIAS.health_max_age),
-                             line=a.sourceline))
-    password_file = read(r, elem, DNS.smtp_password_file)
-    state_file = read(r, elem, DNS.alert_state_file)
-    dns_cfg = Dns(
-        server=read(r, elem, DNS.server),
-        port=read(r, elem, DNS.port),
-        zone=zone,
-        key_file=_config_relative(r, read(r, elem, DNS.key_file)),
-        ttl=ttl,
-        timeout=read(r, elem, DNS.timeout),
-        key_name=read(r, elem, DNS.key_name),
-        key_algorithm=read(r, elem, DNS.key_algorithm),
-        contact=read(r, elem, DNS.contact),
-        smtp_host=smtp_host,
-        smtp_port=smtp_port,
-        smtp_starttls=read(r, elem, DNS.smtp_starttls),
-        smtp_user=read(r, elem, DNS.smtp_user),
-        smtp_password_file=_config_relative(r, password_file) if password_file else None,
-        mail_from=read(r, elem, DNS.mail_from),
-        alert_state_file=_config_relative(r, state_file) if state_file else None,
-        lease=read(r, elem, DNS.lease).strip(),
-        lease_time=read(r, elem, DNS.lease_time),
-        lease_holder=read(r, elem, DNS.lease_holder),
-        aliases=tuple(aliases),
-        line=elem.sourceline,
-    )
+            alias["num_out"], alias["best_hosts"] = (1, None) if size > 1 or remote else (None, -1)
+        aliases.append(Alias(**alias, line=a.sourceline))
+    dns_cfg = Dns(**values, aliases=tuple(aliases), line=elem.sourceline)
     _check_dns_extras(r, elem, dns_cfg)
     return dns_cfg
 
 
 def _load_peers(r: Reader, elem: etree._Element) -> Peers:
     """<peers> and its <peer> children; the secret file is read now, so a bad one fails the load."""
-    secret_file = read(r, elem, PEERS.secret_file)
-    kw: dict = {}
-    if secret_file:
-        kw["secret_file"] = _config_relative(r, secret_file)
-        kw["secret"] = _Credentials(r).secret(elem, kw["secret_file"])
-    listen = read(r, elem, PEERS.listen)
+    values = _relative_paths(r, read_all(r, elem, PEERS), "secret_file")
+    if values["secret_file"]:
+        values["secret"] = _Credentials(r).secret(elem, values["secret_file"])
+    default_port = values["listen"][1]  # a peer's port defaults to ours
     peers: list[Peer] = []
     for pe in elem.iter("peer"):
         raw = r.required(pe, PEER.address.attribute)
-        host, port = r._convert(pe, "address", raw, lambda s: parse_hostport(s, listen[1]), "HOST[:PORT]")
+        host, port = r._convert(pe, "address", raw, lambda s: parse_hostport(s, default_port), "HOST[:PORT]")
         peer = Peer(host=host, port=port, line=pe.sourceline)
         if peer in peers:
             raise r.error(pe, f"<peer> {peer.address} is listed twice")
         peers.append(peer)
-    return Peers(listen=listen, heartbeat=read(r, elem, PEERS.heartbeat), peers=tuple(peers),
-                 line=elem.sourceline, **kw)
+    return Peers(**values, peers=tuple(peers), line=elem.sourceline)
 
 
 def _load_haproxy(r: Reader, elem: etree._Element) -> HaproxyAgent:
     """<haproxy-agent> and its <allow> children; warns when it listens beyond loopback but allows only loopback."""
-    cfg = HaproxyAgent(listen=read(r, elem, HAPROXY_AGENT.listen),
-                       read_timeout=read(r, elem, HAPROXY_AGENT.read_timeout),
-                       max_connections=read(r, elem, HAPROXY_AGENT.max_connections),
+    cfg = HaproxyAgent(**read_all(r, elem, HAPROXY_AGENT),
                        allow=tuple(read(r, a, HAPROXY_ALLOW.from_) for a in elem.iter("allow")),
                        line=elem.sourceline)
     host = cfg.listen[0]
@@ -460,8 +426,7 @@ def default_path() -> str:
 
 def load(path: str = DEFAULT_PATH) -> ServerConfig:
     """Load and validate lbsconfig.xml; raise ConfigError naming file and line."""
-    root = parse_file(path, "lbsconfig.rng")
-    r = Reader(path)
+    r, root = parse_config(path, CONFIG_FILE)
     seen: dict[str, int] = {}
     for child in root:
         if child.tag in seen:
@@ -471,47 +436,28 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
         raise r.error(root, "missing element <nodes> (the application servers to balance)")
     nodes, groups, default = _load_nodes(r, root)
     rules, requires = _load_rules(r, root)
-    kw: dict = {}
-    svc = root.find("lbservice")
-    if svc is not None:
-        kw["listen"] = read(r, svc, LBSERVICE.listen)
-        kw["returns"] = read(r, svc, LBSERVICE.returns)
-        kw["algorithm"] = read(r, svc, LBSERVICE.algorithm)
-        kw["idle_timeout"] = read(r, svc, LBSERVICE.idle_timeout)
-        kw["max_connections"] = read(r, svc, LBSERVICE.max_connections)
-        read(r, svc, LBSERVICE.max_threads)  # checked, then ignored (see its declaration)
+    kw = read_all(r, root.find("lbservice"), LBSERVICE)
+    refresh_delay = kw.pop("refresh_delay")
+    del kw["max_threads"]  # checked, then ignored (see its declaration)
     slave = root.find("lbslave")
     if slave is not None and read(r, slave, LBSLAVE.is_slave):
         log.warning("%s:%s: <lbslave is-slave=\"true\"> is ignored: this balancer answers terminals itself; "
                     "make the balancers <peers> to share picks and drains", r.path, slave.sourceline)
-    mgmt = root.find("mgmtservice")
-    if mgmt is not None:
-        kw["mgmt_listen"] = read(r, mgmt, MGMTSERVICE.listen) if read(r, mgmt, MGMTSERVICE.enabled) else None
-        kw["token_file"] = read(r, mgmt, MGMTSERVICE.token_file)
-        if kw["token_file"]:
-            _check_token_file(r, mgmt, kw["token_file"])
-        kw["state_file"] = read(r, mgmt, MGMTSERVICE.state_file)
+    mgmt = read_all(r, root.find("mgmtservice"), MGMTSERVICE)
+    kw["mgmt_listen"] = mgmt.pop("listen") if mgmt.pop("enabled") else None
+    kw.update(mgmt)
+    if kw["token_file"]:
+        _check_token_file(r, root.find("mgmtservice"), kw["token_file"])
     poll = root.find("poll")
     if poll is not None:
-        secret_file, tls_ca = read(r, poll, POLL.secret_file), read(r, poll, POLL.tls_ca)
-        p = Poll(interval=read(r, poll, POLL.interval),
-                 timeout=read(r, poll, POLL.timeout),
-                 rise=read(r, poll, POLL.rise),
-                 fall=read(r, poll, POLL.fall),
-                 max_reply_bytes=read(r, poll, POLL.max_reply_bytes),
-                 secret_file=_config_relative(r, secret_file) if secret_file else None,
-                 tls_ca=_config_relative(r, tls_ca) if tls_ca else None)
+        p = Poll(**_relative_paths(r, read_all(r, poll, POLL), "secret_file", "tls_ca"))
         if p.timeout >= p.interval:
             raise r.error(poll, f"<poll> timeout={p.timeout:g} must be shorter than interval={p.interval:g}")
         kw["poll"] = p
-    elif svc is not None and read(r, svc, LBSERVICE.refresh_delay) is not None:
+    elif refresh_delay is not None:
         # The ltsp-cluster form: its refresh-delay is the poll interval, and a short one still gets a timeout.
-        interval = read(r, svc, LBSERVICE.refresh_delay)
-        kw["poll"] = Poll(interval=interval, timeout=min(POLL.timeout.default, interval / 2))
-    logel = root.find("log")
-    if logel is not None:
-        kw["log_file"] = read(r, logel, LOG.file)
-        kw["log_level"] = read(r, logel, LOG.level)
+        kw["poll"] = Poll(interval=refresh_delay, timeout=min(POLL.timeout.default, refresh_delay / 2))
+    kw.update({f"log_{name}": value for name, value in read_all(r, root.find("log"), LOG).items()})
     dns = root.find("dns")
     if dns is not None:
         kw["dns"] = _load_dns(r, dns, groups)

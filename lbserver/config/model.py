@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+import urllib.parse
 from dataclasses import dataclass, field
 
 from common.sockets import format_listen
 from lbserver.config.expr import Expr
-from lbserver.config.settings import (ALIAS, DNS, GROUP, HAPROXY_AGENT, LBSERVICE, LOG, MGMTSERVICE, NODE, PEERS, POLL,
-                                      REQUIRE, VARIABLE)
+from lbserver.config.settings import (AGENT_PORTS, ALIAS, DNS, GROUP, HAPROXY_AGENT, LBSERVICE, LOG, MGMTSERVICE, NODE,
+                                      PEERS, POLL, REQUIRE, VARIABLE)
 
 @dataclass(frozen=True)
 class Rule:
@@ -86,6 +87,19 @@ class Node:
     def answer_ip(self) -> str:
         """What ``$IP`` returns: the ``ip`` attribute, else the address's host."""
         return self.ip or self.host
+
+
+def agent_host_port(address: str) -> tuple[str, int]:
+    """The host and port of an agent's URL (a <node address>, or one a site balancer reports).
+
+    The port defaults by scheme (:data:`~lbserver.config.settings.AGENT_PORTS`).
+    Raises ValueError for anything but an http or https URL with a host.
+    """
+    url = urllib.parse.urlsplit(address)  # raises ValueError on "http://[bad"
+    port = url.port  # and on a bad port
+    if url.scheme not in AGENT_PORTS or not url.hostname:
+        raise ValueError(f"{address[:80]!r} is not an agent URL")
+    return url.hostname, port or AGENT_PORTS[url.scheme]
 
 
 @dataclass(frozen=True)
@@ -230,4 +244,4 @@ class ServerConfig:
 
 
 __all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "HaproxyAgent", "Node", "Peer", "Peers", "Poll", "Require", "Rule",
-           "ServerConfig"]
+           "ServerConfig", "agent_host_port"]

@@ -1,17 +1,18 @@
 """lbsconfig.xml's settings: every attribute declared once.
 
 Each element's attributes are declared here with their kind, default, bounds
-and meaning (see :mod:`common.settings`). The loader
-(:mod:`lbserver.config.loader`) reads them through
-:func:`common.settings.read`, the dataclasses of :mod:`lbserver.config.model`
-take their field defaults from them, and docs/settings.md is generated from
-:data:`CONFIG_FILE`. The structure of the file is the RELAX NG schema's
-(``common/schemas/lbsconfig.rng``).
+and meaning (see :mod:`common.settings`). A file's attributes are checked
+against them as it is parsed, the loader (:mod:`lbserver.config.loader`)
+reads each element's through :func:`common.settings.read_all`, the
+dataclasses of :mod:`lbserver.config.model` take their field defaults from
+them, and docs/settings.md and lbsconfig.xml(5) are generated from
+:data:`CONFIG_FILE`. The structure of the file (which element goes where) is
+the RELAX NG schema's (``common/schemas/lbsconfig.rng``).
 """
 
 from __future__ import annotations
 
-from common.settings import LOG_LEVELS, ConfigFile, Element, Setting
+from common.settings import AGENT_PORT, LOG_LEVELS, ConfigFile, Element, Setting
 from lbserver.config import tsigkey
 
 DEFAULT_PATH = "/etc/mille-xterm/lbsconfig.xml"
@@ -20,7 +21,7 @@ LEGACY_PATH = "/etc/ltsp/lbsconfig.xml"
 DEFAULT_STATE_FILE = "/var/lib/mille-xterm/lbserver.state"
 RETURNS = ("$IP", "$NAME", "$ADDRESS")
 """What <lbservice returns> may name."""
-AGENT_PORTS = {"http": 8001, "https": 443}
+AGENT_PORTS = {"http": AGENT_PORT, "https": 443}
 """The port of a <node address> that gives none, by scheme."""
 HEALTH_URL_SCHEMES = ("http", "https", "file")
 """The URL schemes an <alias health-url> may use."""
@@ -310,7 +311,7 @@ ALIAS = Element(
 )
 
 CONFIG_FILE = ConfigFile(
-    name="lbsconfig.xml", program="lbserver", path=DEFAULT_PATH,
+    name="lbsconfig.xml", program="lbserver", path=DEFAULT_PATH, schema="lbsconfig.rng",
     doc="The balancer's configuration. Every element but <nodes> is optional, and each appears at most once "
         "at the top level.",
     elements=(LBSERVICE, LBSLAVE, MGMTSERVICE, POLL, LOG, PEERS, PEER, HAPROXY_AGENT, HAPROXY_ALLOW, NODES, GROUP,

@@ -26,6 +26,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from lbserver.config import Group, Node
+from lbserver.config.model import agent_host_port
 from lbserver.core.health import validate_state
 from lbserver.core.poller import PollError, exchange
 
@@ -79,12 +80,10 @@ def _address(name: str, entry: dict) -> Node:
     address, ip = entry.get("address"), entry.get("ip")
     if not isinstance(address, str):
         raise ValueError("no address")
-    url = urllib.parse.urlsplit(address)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise ValueError(f"address {address[:80]!r} is not an agent URL")
+    host, port = agent_host_port(address)
     if ip is not None and (not isinstance(ip, str) or not 0 < len(ip) <= 255):
         raise ValueError("ip is not an address")
-    return Node(name=name, address=address, host=url.hostname, port=url.port or 8001, ip=ip)
+    return Node(name=name, address=address, host=host, port=port, ip=ip)
 
 
 def group_nodes(group: Group, doc: dict, now: float | None = None) -> list[RemoteNode]:

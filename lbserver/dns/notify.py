@@ -27,6 +27,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from common.atomicfile import write_atomic
+from lbserver.config.settings import DNS
 
 log = logging.getLogger("lbserver.dns.notify")
 
@@ -103,12 +104,12 @@ class MailSettings:
     """Where and how mails are sent (taken from ``<dns>``)."""
 
     contact: tuple[str, ...]
-    smtp_host: str = "localhost"
-    smtp_port: int = 25
-    starttls: bool = False
-    user: str | None = None
-    password_file: str | None = None
-    mail_from: str | None = None
+    smtp_host: str = DNS.smtp.default[0]
+    smtp_port: int = DNS.smtp.default[1]
+    starttls: bool = DNS.smtp_starttls.default
+    user: str | None = DNS.smtp_user.default
+    password_file: str | None = DNS.smtp_password_file.default
+    mail_from: str | None = DNS.mail_from.default
     timeout: float = 10.0
 
 

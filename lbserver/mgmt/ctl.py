@@ -10,14 +10,16 @@ import time
 import urllib.error
 import urllib.request
 
+from common.sockets import format_listen
+from lbserver.config.settings import MGMTSERVICE
 from lbserver.mgmt import routes
 from lbserver.mgmt.status import node_table
 
-DEFAULT_URL = "http://127.0.0.1:8009"
+DEFAULT_URL = "http://" + format_listen(MGMTSERVICE.listen.default)
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 lbctl talks to the management service of a running lbserver (the
-<mgmtservice> element of lbsconfig.xml, 127.0.0.1:8009 by default).
+<mgmtservice> element of lbsconfig.xml, {format_listen(MGMTSERVICE.listen.default)} by default).
 
 commands:
   status [NODE]  the nodes of every group: health, weight, share of terminals,

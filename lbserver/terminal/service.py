@@ -16,6 +16,10 @@ slowly) are closed by one periodic sweep over all connections rather than
 one timer each: a connection's clock starts when it opens or when its last
 request was answered, and bytes of an unfinished request do not restart it,
 so a request must be complete within ``idle_timeout`` seconds.
+
+Its settings, ``idle-timeout`` and ``max-connections`` of ``<lbservice>``,
+come from the :class:`~lbserver.config.ServerConfig` it is given (and given
+again on a reload): it keeps no default of its own.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import time
 from email.utils import formatdate
 from typing import Callable, Mapping, NamedTuple, Optional
 
+from lbserver.config import ServerConfig
 from lbserver.terminal.request import (MAX_HEAD, HttpError, Request, find_head_end, parse_head, parse_query,
                                        wants_json)
 from lbserver.core.selection import UnknownGroup
@@ -47,6 +52,8 @@ _REASONS = {
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     501: b"Not Implemented", 503: b"Service Unavailable", 505: b"HTTP Version Not Supported",
 }
+MAX_BACKLOG = 4096
+"""The deepest listen queue asked for, whatever max-connections allows (the kernel caps it too)."""
 HEAD_CACHE = 256
 """Distinct request heads whose meaning is kept (the cache is emptied when full)."""
 
@@ -92,16 +99,11 @@ class TerminalService:
     a callback: it is on every terminal's path).
     """
 
-    def __init__(self, answer: Answer, *, idle_timeout: float = 10.0, max_connections: int = 4096,
-                 responses: dict[int, int] | None = None, details: Details | None = None) -> None:
-        if idle_timeout <= 0:
-            raise ValueError("idle_timeout must be positive")
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+    def __init__(self, answer: Answer, config: ServerConfig, *, responses: dict[int, int] | None = None,
+                 details: Details | None = None) -> None:
         self._answer = answer
         self._details = details
-        self.idle_timeout = float(idle_timeout)
-        self.max_connections = int(max_connections)
+        self.configure(config)
         self.responses: dict[int, int] = {} if responses is None else responses
         """Responses sent, by HTTP status (the dict passed in, which the caller may read at any time)."""
         self.conns: set[_Connection] = set()
@@ -123,6 +125,11 @@ class TerminalService:
 
     # -- public API --------------------------------------------------------
 
+    def configure(self, config: ServerConfig) -> None:
+        """Take the settings of ``<lbservice>`` from ``config``; connections open now keep being served."""
+        self.idle_timeout = config.idle_timeout
+        self.max_connections = config.max_connections
+
     async def start(self, sock: socket.socket) -> None:
         """Serve on ``sock``, an already bound and listening TCP socket (IPv4 or IPv6)."""
         if self._server is not None:
@@ -132,7 +139,7 @@ class TerminalService:
         self.now = loop.time()
         self._refresh_date()
         # create_server() calls listen() again: keep the queue deep enough for a storm
-        backlog = max(128, min(self.max_connections, 4096))
+        backlog = max(128, min(self.max_connections, MAX_BACKLOG))
         self._server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=backlog)
         self._sweeper = loop.call_at(self.now + self._sweep_interval(), self._sweep)
 

@@ -73,6 +73,7 @@ from typing import Mapping, Sequence, TextIO
 
 from common.xmlconfig import ConfigError
 from lbserver.config import DEFAULT_RULES, Group, Node, Require, Rule, ServerConfig
+from lbserver.config.settings import AGENT_PORTS
 from lbserver.core.health import NodeRecord
 from lbserver.core.selection import DEFAULT_ALGORITHM, Selector, Snapshot
 from lbserver.core.weights import node_size
@@ -312,7 +313,8 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
 
 def _config(scenario: Scenario, rules: Sequence[Rule], requires: Sequence[Require]) -> ServerConfig:
     # Addresses are never contacted: the simulator has no sockets.
-    nodes = {s.name: Node(name=s.name, address=f"http://{s.name}:8001", host=s.name, port=8001)
+    port = AGENT_PORTS["http"]
+    nodes = {s.name: Node(name=s.name, address=f"http://{s.name}:{port}", host=s.name, port=port)
              for s in scenario.servers}
     group = Group(name=GROUP, nodes=tuple(nodes), default=True)
     return ServerConfig(path=scenario.path, nodes=nodes, groups={GROUP: group}, default_group=GROUP,

@@ -36,10 +36,10 @@ from lxml import etree
 from common.xmlconfig import parse_hostport
 
 from lbserver.config import EMAIL
+from lbserver.config.settings import AGENT_PORTS
 from lbserver.config.tsigkey import decode_secret, key_name_problem, normalize_algorithm, write_key_file
 
 DEFAULT_KEY_FILE = "/etc/mille-xterm/dns.key"
-AGENT_PORT = 8001
 # nsupdate -y KEYNAME:KEY, which the WMS arbiter ran, signs with hmac-md5 unless told otherwise.
 NSUPDATE_DEFAULT_ALGORITHM = "hmac-md5"
 
@@ -222,10 +222,10 @@ def _valid_host(host: str) -> bool:
 def _agent_url(host: str) -> str:
     try:
         if ipaddress.ip_address(host).version == 6:
-            return f"http://[{host}]:{AGENT_PORT}"
+            return f"http://[{host}]:{AGENT_PORTS['http']}"
     except ValueError:
         pass
-    return f"http://{host.rstrip('.')}:{AGENT_PORT}"
+    return f"http://{host.rstrip('.')}:{AGENT_PORTS['http']}"
 
 
 @dataclass
