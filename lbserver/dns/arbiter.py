@@ -182,7 +182,7 @@ class DnsArbiter:
         groups fed by another balancer change at each poll).
         """
         with self._cycle_lock:
-            with self._lock:
+            with self._lock:  # one consistent copy of what reconfigure() may swap while this cycle runs
                 dns, key, key_error, keeper = self._dns, self._key, self._key_error, self._lease
                 mailer, state_file = self._mailer, self._state_file
                 nodes = dict(self._nodes if nodes is None else nodes)
@@ -314,11 +314,14 @@ class DnsArbiter:
             lease = keeper.lost(dns)
         reports = []
         for plan in plans:
-            rep = plan.report if plan.records is None else settle(plan, outcomes[plan.alias], fence is not None)
-            if plan.records is not None and rep.result == UPDATED:
+            if plan.records is None:
+                reports.append(plan.report)
+                continue
+            rep = settle(plan, outcomes[plan.alias], fence is not None)
+            if rep.result == UPDATED:
                 log.info("DNS arbiter: %s now publishes %s (was %s)%s", rep.fqdn, ", ".join(rep.published),
                          ", ".join(rep.previous) or "nothing", " [fallback: no good node]" if rep.fallback else "")
-            elif plan.records is not None and rep.result == ERROR:
+            elif rep.result == ERROR:
                 log.warning("DNS arbiter: %s; the records stay as they are, retrying next cycle", rep.error)
             reports.append(rep)
         return reports, lease

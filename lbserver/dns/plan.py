@@ -98,7 +98,8 @@ def health_exclusions(alias: Alias, members: Sequence[str], nodes: Mapping[str, 
         return {}, f"cannot read the submission test page: {page} (results ignored this cycle)"
     notes: list[str] = []
     if page.problems:
-        shown = "; ".join(page.problems[:3]) + (f"; and {len(page.problems) - 3} more" if len(page.problems) > 3 else "")
+        more = len(page.problems) - 3
+        shown = "; ".join(page.problems[:3]) + (f"; and {more} more" if more > 0 else "")
         notes.append(f"{alias.health_url}: unparsable lines ignored: {shown}")
     pairs = [(m, nodes[m].host) for m in members if m in nodes]
     excl: dict[str, str] = {}
@@ -150,20 +151,28 @@ def _report(base: AliasReport, result: str, decision: AliasDecision, published: 
                    error=error, previous=previous)
 
 
+def _standby(base: AliasReport, decision: AliasDecision, current: RRsets, current_nodes: tuple[str, ...]
+             ) -> AliasReport:
+    # What the DNS holds (the writer's choice), and this balancer's own view of the exclusions.
+    return _report(base, STANDBY, replace(decision, published=current_nodes, spare=()), current.addresses)
+
+
 def plan_alias(alias: Alias, facts: CycleFacts) -> AliasPlan:
     """What ``alias`` publishes and reports this cycle, given ``facts``."""
     dns = facts.dns
-    base = AliasReport(alias=alias.name, fqdn=display_name(alias.name, dns.zone), group=alias.group,
-                       enabled=alias.enabled, result=DISABLED, checked_at=facts.now,
-                       last_change=facts.last_change.get(alias.name))
+    fqdn = display_name(alias.name, dns.zone)
+    last_change = facts.last_change.get(alias.name)
     if not alias.enabled:
-        return AliasPlan(base)
+        return AliasPlan(AliasReport(alias=alias.name, fqdn=fqdn, group=alias.group, enabled=False, result=DISABLED,
+                                     checked_at=facts.now, last_change=last_change))
     where = f"server {dns.server}:{dns.port} zone {dns.zone} alias {alias.name}"
     members = tuple(facts.groups.get(alias.group, ()))
     failed_tests, health_problem = health_exclusions(alias, members, facts.nodes, facts.pages.get(alias.name))
     addresses, no_address = member_addresses(members, facts.nodes, facts.addresses)
     extra = {**failed_tests, **no_address}  # no address outweighs a failed test: it can never be published
-    base = replace(base, health_problem=health_problem, node_addresses=addresses)
+    base = AliasReport(alias=alias.name, fqdn=fqdn, group=alias.group, enabled=True, result=ERROR,
+                       health_problem=health_problem, checked_at=facts.now, last_change=last_change,
+                       node_addresses=addresses)
     current = facts.records[alias.name]
     if isinstance(current, DnsError):
         msg = f"cannot read the current records ({where}): {current}"
@@ -182,10 +191,8 @@ def plan_alias(alias: Alias, facts: CycleFacts) -> AliasPlan:
         return AliasPlan(_report(base, ERROR, decision, current.addresses, error=msg), warning=msg)
     v4, v6 = split_families(wanted_addrs)
     wanted = RRsets(a=v4, aaaa=v6, ttl=dns.ttl)
-    # What the DNS holds (the writer's choice), and this balancer's own view of the exclusions.
-    standby = replace(_report(base, STANDBY, decision, current.addresses), published_nodes=current_nodes, spare=())
     if facts.role == STANDBY_ROLE:
-        return AliasPlan(standby)
+        return AliasPlan(_standby(base, decision, current, current_nodes))
     if facts.role == UNKNOWN:
         msg = f"not publishing ({where}): {facts.lease.problem if facts.lease else None}"
         return AliasPlan(_report(base, ERROR, decision, current.addresses, error=msg))
@@ -199,7 +206,7 @@ def plan_alias(alias: Alias, facts: CycleFacts) -> AliasPlan:
                        previous=current.addresses),
         records=wanted,
         if_failed=_report(base, ERROR, decision, current.addresses, error=f"update failed ({where})"),
-        if_fenced=standby)
+        if_fenced=_standby(base, decision, current, current_nodes))
 
 
 def settle(plan: AliasPlan, error: DnsError | None, fenced: bool) -> AliasReport:
