@@ -84,7 +84,7 @@ def run_once(path: str, out=sys.stdout) -> int:
     import logging  # noqa: PLC0415
 
     from lbserver.core.balancer import Balancer  # noqa: PLC0415
-    from lbserver.dns.arbiter import ERROR, format_reports  # noqa: PLC0415
+    from lbserver.dns.report import ERROR, format_reports  # noqa: PLC0415
     from lbserver.dns.service import DnsService  # noqa: PLC0415
     from lbserver.mgmt.status import build_status, format_table  # noqa: PLC0415
 

@@ -12,7 +12,9 @@ import dns.update
 from dnsfixture import NODES, write_config
 from lbserver import config
 from lbserver.dns.decide import Candidate
-from lbserver.dns.arbiter import DnsArbiter, format_reports, resolve_node
+from lbserver.dns.addresses import resolve_node
+from lbserver.dns.arbiter import DnsArbiter
+from lbserver.dns.report import format_reports
 from lbserver.dns.update import RRsets, needs_update, sort_addresses
 
 GROUPS = {"WMS": tuple(NODES)}

@@ -19,7 +19,9 @@ from dnsfixture import NODES, write_config
 from lbserver import config
 from lbserver.config.tsigkey import load_key
 from lbserver.dns import lease as leasemod
-from lbserver.dns.arbiter import DnsArbiter, format_reports, resolve_node
+from lbserver.dns.addresses import resolve_node
+from lbserver.dns.arbiter import DnsArbiter
+from lbserver.dns.report import format_reports
 from lbserver.dns.decide import Candidate
 from lbserver.dns.lease import (ACQUIRE, HOLD, RENEW, STANDBY, TAKEOVER, Lease, build_release, build_take,
                                 decide_lease, fence, lease_settings, lease_text, parse)

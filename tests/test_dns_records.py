@@ -13,7 +13,8 @@ import pytest
 from dnsfixture import NODES, NamedServer, write_config
 from lbserver import config
 from lbserver.dns.decide import NO_ADDRESS, Candidate
-from lbserver.dns.arbiter import DnsArbiter, resolve_node, unpublishable
+from lbserver.dns.addresses import resolve_node, unpublishable
+from lbserver.dns.arbiter import DnsArbiter
 from lbserver.config.tsigkey import load_key
 from lbserver.dns.update import DnsError, RRsets, differences, needs_update, query_current, replace_rrsets
 

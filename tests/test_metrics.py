@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lbserver.dns.arbiter import AliasReport
+from lbserver.dns.report import AliasReport
 from lbserver.dns.service import DnsService
 from lbserver.core.counters import DurationHistogram
 from lbserver.mgmt.aliases import NoAliases

@@ -47,7 +47,7 @@ class DnsService:
         self._busy = False
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns")
         self.reports: list = []
-        """The last cycle's :class:`~lbserver.dns.arbiter.AliasReport` per alias."""
+        """The last cycle's :class:`~lbserver.dns.report.AliasReport` per alias."""
         self.update_counts: dict[tuple[str, str], int] = {}
         """Alias evaluations so far, by (alias, result)."""
 
