@@ -77,6 +77,12 @@ def _get(url: str) -> str:
         return resp.read().decode()
 
 
+def _as_and_more_loaded(drawn: dict[str, float], loads: dict[str, float], node: str) -> tuple[float, float]:
+    """The chance of drawing a server as loaded as ``node`` (itself included), and one more loaded."""
+    return (sum(q for m, q in drawn.items() if loads[m] == loads[node]),
+            sum(q for m, q in drawn.items() if loads[m] > loads[node]))
+
+
 def two_choices_shares(drawn: dict[str, float], loads: dict[str, float]) -> dict[str, float]:
     """The share of terminals two-choices sends each server when nothing changes between picks.
 
@@ -87,9 +93,11 @@ def two_choices_shares(drawn: dict[str, float], loads: dict[str, float]) -> dict
 
         expected = drawn × (drawn of those as loaded + 2 × drawn of those more loaded)
     """
-    return {n: p * (sum(q for m, q in drawn.items() if loads[m] == loads[n])
-                    + 2 * sum(q for m, q in drawn.items() if loads[m] > loads[n]))
-            for n, p in drawn.items()}
+    shares = {}
+    for n, p in drawn.items():
+        same, more = _as_and_more_loaded(drawn, loads, n)
+        shares[n] = p * (same + 2 * more)
+    return shares
 
 
 def _explain(drawn: dict[str, float], loads: dict[str, float], expected: dict[str, float]) -> str:
@@ -99,13 +107,12 @@ def _explain(drawn: dict[str, float], loads: dict[str, float], expected: dict[st
              "thus gets the terminals for which it is drawn twice, or once with a more loaded server:",
              'expected = drawn x (drawn + 2 x the "drawn" of the more loaded servers)']
     for n, p in drawn.items():
-        worse = sum(q for m, q in drawn.items() if loads[m] > loads[n])
-        same = sum(q for m, q in drawn.items() if loads[m] == loads[n])
-        lines.append(f"  {n:8} {p:.1%} x ({same:.1%} + 2 x {worse:.1%}) = {expected[n]:.1%}")
-    lines += ['Weighted-random, the other algorithm, would send each server its "drawn" share. The',
-              "login-storm compensation (each terminal counting on its server until a poll shows its",
-              "load) has nothing to add here: the demo's rule gives terminals no per-session load, as",
-              "they open no session."]
+        same, more = _as_and_more_loaded(drawn, loads, n)
+        lines.append(f"  {n:8} {p:.1%} x ({same:.1%} + 2 x {more:.1%}) = {expected[n]:.1%}")
+    lines += ['Weighted-random, the other algorithm, would send each server its "drawn" share (SHARE in',
+              "lbctl's table below). The login-storm compensation (each terminal counting on its server",
+              "until a poll shows its load) has nothing to add here: the demo's rule gives terminals no",
+              "per-session load, as they open no session."]
     return "\n".join(lines)
 
 
@@ -157,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.terminals} terminals asked for a server:")
         print(f"  {'server':8} {'address':10} {'SIMLOAD':>7} {'weight':>7} {'drawn':>6} {'expected':>9} {'sent':>5}")
         for name, ip, load in SERVERS:
-            print(f"  {name:8} {ip:10} {load:>7} {status['nodes'][name]['weight']:>7.1f} {drawn[name]:>6.1%} "
-                  f"{expected[name]:>9.1%} {counts[ip]:>5}")
+            print(f"  {name:8} {ip:10} {load:>7} {status['nodes'][name]['weight']:>7.1f} {drawn.get(name, 0):>6.1%} "
+                  f"{expected.get(name, 0):>9.1%} {counts[ip]:>5}")
         print(f"\n{_explain(drawn, loads, expected)}\n")
         ctl = subprocess.run([sys.executable, "-m", "lbserver.mgmt.ctl", "--url", f"http://127.0.0.1:{mgmt_port}",
                               "status"], env=env, capture_output=True, text=True, timeout=10)
