@@ -122,6 +122,13 @@ def installed_packages() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if len(line.split()) > 1 and line.split()[1] != "un"]
 
 
+def purge(check: bool = True) -> None:
+    """``apt-get purge`` the packages installed: apt refuses the whole command when it knows one named nowhere."""
+    names = installed_packages()
+    if names:
+        run(*APT, "purge", *names, check=check)
+
+
 def port_taken(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -176,8 +183,7 @@ def machine():
         POLICY.chmod(0o755)
         for name in daemon_pids():
             run("service", name, "stop", check=False, timeout=60)
-        if installed_packages():
-            run(*APT, "purge", *PACKAGES, check=False)
+        purge(check=False)
         if saved is None:
             POLICY.unlink(missing_ok=True)
         else:
@@ -275,8 +281,7 @@ def test_install_start_upgrade_purge(built, machine, tmp_path):
     lines = install_lines()
     roles = set()
     for command, places in lines.items():  # each alone, where no mille-xterm package is installed
-        if installed_packages():
-            run(*APT, "purge", *PACKAGES)
+        purge()
         run_as_written(command, places, apt_conf)
         got = frozenset(installed_packages())
         assert got in ROLES, f"{', '.join(places)}: {command} installs {sorted(got)}, not the packages of one role"
@@ -337,7 +342,7 @@ def test_install_start_upgrade_purge(built, machine, tmp_path):
     assert wait_until(lambda: curl_terminal() == "127.0.0.1\n", timeout=60, what="a terminal after the upgrade")
 
     # 4. Purge: stopped, and nothing left.
-    run(*APT, "purge", *PACKAGES)
+    purge()
     assert not installed_packages()
     assert not installed_daemons()
     assert not [p for p in PORTS if port_taken(p)]
