@@ -4,11 +4,15 @@ The packages are built once for the module. lintian must report no error.
 Then, on this machine (root, Debian or Ubuntu; without systemd as PID 1 the
 SysV scripts run the daemons, with it ``service`` hands over to the units):
 
-1. ``apt-get install ./dist/*.deb`` with a policy-rc.d that refuses to start
-   services, so nothing listens beyond loopback: the user, the state
-   directory, the conffiles, the rc links, the unit links and the man pages
-   appear, and the installed lbagent run without Debian's Python modules
-   names the packages to install (exit 5);
+1. the install lines of the manual (README.md and docs/, see
+   :func:`install_lines`), run as written from the top of the tree, with a
+   policy-rc.d that refuses to start services, so nothing listens beyond
+   loopback: each line alone, from a machine without any mille-xterm package,
+   installs exactly the packages of one role (application server, boot
+   server, thin-client image), every role has a line, and once all are run
+   the user, the state directory, the conffiles, the rc links, the unit
+   links and the man pages appear, and the installed lbagent run without
+   Debian's Python modules names the packages to install (exit 5);
 2. the listen addresses are moved to 127.0.0.1, ``service lbagent start`` and
    ``service lbserver start``; the agent answers XML-RPC on 127.0.0.1:8001,
    the balancer sends a terminal to it (127.0.0.1:8008, and the LDM hook),
@@ -29,6 +33,7 @@ already there, or the loopback ports taken.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -47,6 +52,11 @@ ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteracti
        "HOME": os.environ.get("HOME", "/root")}
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", "-o", "Dpkg::Options::=--force-confold"]
 PORTS = (8001, 8008, 8009)
+MANUAL = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+ROLES = {frozenset({"mille-xterm-common", "mille-xterm-lbagent"}): "application server",
+         frozenset({"mille-xterm-common", "mille-xterm-lbserver"}): "boot server",
+         frozenset({"mille-xterm-lbclient"}): "thin-client image"}
+"""What each role's install line must install, and nothing more."""
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("apt-get"),
                                 reason="needs root and apt-get (Debian or Ubuntu): it builds and installs packages")
@@ -80,9 +90,43 @@ def built() -> list[Path]:
     return debs()
 
 
+def install_lines() -> dict[str, list[str]]:
+    """Each command of the manual's shell blocks that installs a package of ``dist/``, with where it is written.
+
+    A command written in several places (its comment aside) is one entry;
+    its places are ``FILE:LINE``.
+    """
+    lines: dict[str, list[str]] = {}
+    for doc in MANUAL:
+        fenced = False
+        for no, line in enumerate(doc.read_text().splitlines(), 1):
+            if line.lstrip().startswith("```"):
+                fenced = not fenced
+            elif fenced and "dist/mille-xterm-" in line and not line.lstrip().startswith("#"):
+                command = re.sub(r"\s+#.*$", "", line).strip()
+                lines.setdefault(command, []).append(f"{doc.relative_to(ROOT)}:{no}")
+    return lines
+
+
+def run_as_written(command: str, places: list[str], apt_conf: Path) -> None:
+    """Run a line of the manual verbatim from the top of the tree, answering yes should apt ask to go on."""
+    # The lock timeout comes from APT_CONFIG, not the line: the machine may be running apt for someone else.
+    result = subprocess.run(["sh", "-c", command], cwd=ROOT, input="Y\n", capture_output=True, text=True,
+                            timeout=300, env={**ENV, "APT_CONFIG": str(apt_conf)})
+    assert result.returncode == 0, f"{', '.join(places)}: {command} exited {result.returncode}:\n" \
+                                   f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
 def installed_packages() -> list[str]:
     out = run("dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n", *PACKAGES, check=False).stdout
     return [line.split()[0] for line in out.splitlines() if len(line.split()) > 1 and line.split()[1] != "un"]
+
+
+def purge(check: bool = True) -> None:
+    """``apt-get purge`` the packages installed: apt refuses the whole command when it knows one named nowhere."""
+    names = installed_packages()
+    if names:
+        run(*APT, "purge", *names, check=check)
 
 
 def port_taken(port: int) -> bool:
@@ -139,8 +183,7 @@ def machine():
         POLICY.chmod(0o755)
         for name in daemon_pids():
             run("service", name, "stop", check=False, timeout=60)
-        if installed_packages():
-            run(*APT, "purge", *PACKAGES, check=False)
+        purge(check=False)
         if saved is None:
             POLICY.unlink(missing_ok=True)
         else:
@@ -227,13 +270,25 @@ def test_package_contents(built, tmp_path):
     assert conffiles["mille-xterm-common"] == ["/etc/logrotate.d/mille-xterm"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_install_start_upgrade_purge(built, machine, tmp_path):
     old = version()
 
-    # 1. Install; the policy keeps the services from starting on 0.0.0.0.
+    # 1. Install with the manual's lines; the policy keeps the services from starting on 0.0.0.0.
     set_policy(DENY)
-    run(*APT, "install", *map(str, built))
+    apt_conf = tmp_path / "apt.conf"
+    apt_conf.write_text('DPkg::Lock::Timeout "120";\n')
+    lines = install_lines()
+    roles = set()
+    for command, places in lines.items():  # each alone, where no mille-xterm package is installed
+        purge()
+        run_as_written(command, places, apt_conf)
+        got = frozenset(installed_packages())
+        assert got in ROLES, f"{', '.join(places)}: {command} installs {sorted(got)}, not the packages of one role"
+        roles.add(ROLES[got])
+    assert roles == set(ROLES.values()), f"a role has no install line: {lines}"
+    for command, places in lines.items():  # every role on this one machine, for the rest of the test
+        run_as_written(command, places, apt_conf)
     assert sorted(installed_packages()) == sorted(PACKAGES)
     assert run("getent", "passwd", "mille-xterm").stdout.split(":")[5] == "/var/lib/mille-xterm"
     state = Path("/var/lib/mille-xterm")
@@ -287,7 +342,7 @@ def test_install_start_upgrade_purge(built, machine, tmp_path):
     assert wait_until(lambda: curl_terminal() == "127.0.0.1\n", timeout=60, what="a terminal after the upgrade")
 
     # 4. Purge: stopped, and nothing left.
-    run(*APT, "purge", *PACKAGES)
+    purge()
     assert not installed_packages()
     assert not installed_daemons()
     assert not [p for p in PORTS if port_taken(p)]

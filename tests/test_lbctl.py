@@ -33,10 +33,12 @@ def test_status_table_json_and_colour(three):
     assert lines[0].startswith("last poll ") and "3/3 agents answered" in lines[0]
     assert "group PROD (default)" in lines
     header = next(ln for ln in lines if "NODE" in ln).split()
-    assert header == ["NODE", "HEALTH", "WEIGHT", "SHARE", "LOAD", "MEM%", "SESS", "PICKS", "WHY"]
+    # SIMLOAD, the custom variable the rules weigh, has a column of its own.
+    assert header == ["NODE", "HEALTH", "WEIGHT", "SHARE", "LOAD", "MEM%", "SESS", "SIMLOAD", "PICKS", "WHY"]
     rows = {ln.split()[0]: ln.split() for ln in lines if ln.strip().startswith("xapp")}
     assert set(rows) == {"xapp1", "xapp2", "xapp3"}
     assert all(r[1] == "up" for r in rows.values())
+    assert [float(rows[n][7]) for n in ("xapp1", "xapp2", "xapp3")] == [10, 40, 70]
     assert float(rows["xapp1"][2]) > float(rows["xapp2"][2]) > float(rows["xapp3"][2])
 
     doc = json.loads(lbctl(bal.mgmt_url, "--json", "status").stdout)

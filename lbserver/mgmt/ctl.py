@@ -23,10 +23,11 @@ lbctl talks to the management service of a running lbserver (the
 
 commands:
   status [NODE]  the nodes of every group: health, weight, share of terminals,
-                 load, memory, sessions, and why a node is excluded; then the
-                 DNS aliases with their published addresses, and the peer
-                 balancers with their state; with NODE, that node in detail:
-                 each rule's value, capacity, critical and share of the weight
+                 load, memory, sessions, every other variable the rules weigh,
+                 and why a node is excluded; then the DNS aliases with their
+                 published addresses, and the peer balancers with their
+                 state; with NODE, that node in detail: each rule's value,
+                 capacity, critical and share of the weight
   drain NODE     send no new terminals to NODE and take it out of DNS aliases;
                  sessions already on it are untouched; survives restarts, and
                  reaches the balancer's <peers> at once

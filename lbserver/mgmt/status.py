@@ -118,6 +118,22 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
 
 
 COLUMNS = ("NODE", "HEALTH", "WEIGHT", "SHARE", "LOAD", "MEM%", "SESS", "PICKS", "WHY")
+COLUMN_VARIABLES = ("LOADAVG", "MEMUSEDPCT", "NBSESSIONS")
+"""The variables of LOAD, MEM% and SESS; every other rule variable gets a column of its own."""
+
+
+def rule_columns(status: dict[str, Any], names: Iterable[str]) -> list[str]:
+    """The rule variables of nodes ``names`` that no fixed column shows, in rule order.
+
+    A site weighing servers on a variable of its own must see that figure,
+    since it is the one the weights differ by.
+    """
+    extra: list[str] = []
+    for name in names:
+        for rule in status["nodes"][name].get("rules", ()):
+            if rule["name"] not in COLUMN_VARIABLES and rule["name"] not in extra:
+                extra.append(rule["name"])
+    return extra
 
 
 def node_table(status: dict[str, Any], names: Iterable[str], shares: Mapping[str, float] | None = None,
@@ -125,17 +141,20 @@ def node_table(status: dict[str, Any], names: Iterable[str], shares: Mapping[str
     """The nodes ``names`` of a /status document as aligned text lines, a header first.
 
     ``shares`` (a group's) fills the SHARE column; ``paint`` may colour the
-    health word (its width is measured before painting).
+    health word (its width is measured before painting). The variables of
+    :func:`rule_columns` come after SESS.
     """
-    rows = [COLUMNS]
+    names = list(names)
+    extra = rule_columns(status, names)
+    head = COLUMNS.index("PICKS")
+    rows = [(*COLUMNS[:head], *extra, *COLUMNS[head:])]
     for name in names:
         n = status["nodes"][name]
         v = n["variables"]
         share = (shares or {}).get(name)
         rows.append((name, n["health"], f"{n['weight']:.1f}", "-" if share is None else f"{share * 100:.0f}%",
-                     _fmt(v.get("LOADAVG")), _fmt(v.get("MEMUSEDPCT")), _fmt(v.get("NBSESSIONS")),
-                     str(n["picks"]), n["why"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+                     *(_fmt(v.get(x)) for x in (*COLUMN_VARIABLES, *extra)), str(n["picks"]), n["why"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, r in enumerate(rows):
         cells = [c.ljust(w) for c, w in zip(r, widths)]

@@ -1,11 +1,11 @@
 """A self-contained demonstration on loopback: three agents, one balancer, terminals.
 
 ``python -m lbserver.tools.demo`` starts three real lbagents on 127.0.0.2-4 (each
-reporting a different simulated load through a custom variable), a real
-lbserver polling them, then plays terminals asking where to log in and shows
-where they were sent next to the weights the balancer computed. Everything
-runs in a temporary directory and stops at the end (or on Ctrl-C with
-``--keep-running``).
+reporting a different simulated load through the custom variable SIMLOAD), a
+real lbserver polling them, then plays terminals asking where to log in and
+shows where they were sent next to what the default algorithm, two-choices,
+should send each server, and why. Everything runs in a temporary directory
+and stops at the end (or on Ctrl-C with ``--keep-running``).
 """
 
 from __future__ import annotations
@@ -77,6 +77,45 @@ def _get(url: str) -> str:
         return resp.read().decode()
 
 
+def _as_and_more_loaded(drawn: dict[str, float], loads: dict[str, float], node: str) -> tuple[float, float]:
+    """The chance of drawing a server as loaded as ``node`` (itself included), and one more loaded."""
+    return (sum(q for m, q in drawn.items() if loads[m] == loads[node]),
+            sum(q for m, q in drawn.items() if loads[m] > loads[node]))
+
+
+def two_choices_shares(drawn: dict[str, float], loads: dict[str, float]) -> dict[str, float]:
+    """The share of terminals two-choices sends each server when nothing changes between picks.
+
+    Each terminal draws two servers, each with probability ``drawn`` (its
+    weight over the total), and goes to the less loaded; the first drawn
+    wins a tie. So a server gets it when drawn first and the second is no
+    less loaded, or drawn second and the first more loaded::
+
+        expected = drawn × (drawn of those as loaded + 2 × drawn of those more loaded)
+    """
+    shares = {}
+    for n, p in drawn.items():
+        same, more = _as_and_more_loaded(drawn, loads, n)
+        shares[n] = p * (same + 2 * more)
+    return shares
+
+
+def _explain(drawn: dict[str, float], loads: dict[str, float], expected: dict[str, float]) -> str:
+    """Why each server's expected share is what it is, in words and figures."""
+    lines = ["Why: with the default algorithm, two-choices, each terminal draws two servers, each in",
+             'proportion to its weight (column "drawn"), and goes to the less loaded of the two. A server',
+             "thus gets the terminals for which it is drawn twice, or once with a more loaded server:",
+             'expected = drawn x (drawn + 2 x the "drawn" of the more loaded servers)']
+    for n, p in drawn.items():
+        same, more = _as_and_more_loaded(drawn, loads, n)
+        lines.append(f"  {n:8} {p:.1%} x ({same:.1%} + 2 x {more:.1%}) = {expected[n]:.1%}")
+    lines += ['Weighted-random, the other algorithm, would send each server its "drawn" share (SHARE in',
+              "lbctl's table below). The login-storm compensation (each terminal counting on its server",
+              "until a poll shows its load) has nothing to add here: the demo's rule gives terminals no",
+              "per-session load, as they open no session."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m lbserver.tools.demo", description=__doc__,
@@ -101,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                                           stderr=subprocess.DEVNULL))
             _wait_port(ip, port, procs[-1])
             nodes.append(f'      <node name="{name}" address="http://{ip}:{port}"/>')
-            print(f"agent  {name:6} on {ip}:{port}  simulated load {load}%")
+            print(f"agent  {name:6} on {ip}:{port}  SIMLOAD {load} (simulated load, %)")
         lb_port, mgmt_port = _free_port("127.0.0.1"), _free_port("127.0.0.1")
         cfg = os.path.join(tmp, "lbsconfig.xml")
         with open(cfg, "w") as fh:
@@ -119,14 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         counts: collections.Counter[str] = collections.Counter()
         for _ in range(args.terminals):
             counts[_get(f"http://127.0.0.1:{lb_port}/").strip()] += 1
-        shares = status["groups"]["DEMO"]["shares"]
+        drawn = status["groups"]["DEMO"]["shares"]
+        loads = {name: float(load) for name, _, load in SERVERS}
+        expected = two_choices_shares(drawn, loads)
         print(f"{args.terminals} terminals asked for a server:")
-        print(f"  {'server':8} {'address':10} {'load':>5} {'weight':>7} {'expected':>9} {'sent':>5}")
+        print(f"  {'server':8} {'address':10} {'SIMLOAD':>7} {'weight':>7} {'drawn':>6} {'expected':>9} {'sent':>5}")
         for name, ip, load in SERVERS:
-            node = status["nodes"][name]
-            print(f"  {name:8} {ip:10} {load:>4}% {node['weight']:>7.1f} {shares.get(name, 0) * 100:>8.1f}% "
-                  f"{counts[ip]:>5}")
-        print("\n(a less loaded server has a greater weight and receives more terminals)\n")
+            print(f"  {name:8} {ip:10} {load:>7} {status['nodes'][name]['weight']:>7.1f} {drawn.get(name, 0):>6.1%} "
+                  f"{expected.get(name, 0):>9.1%} {counts[ip]:>5}")
+        print(f"\n{_explain(drawn, loads, expected)}\n")
         ctl = subprocess.run([sys.executable, "-m", "lbserver.mgmt.ctl", "--url", f"http://127.0.0.1:{mgmt_port}",
                               "status"], env=env, capture_output=True, text=True, timeout=10)
         print(f"$ lbctl --url http://127.0.0.1:{mgmt_port} status\n{ctl.stdout.rstrip() or ctl.stderr.strip()}")
