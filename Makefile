@@ -20,13 +20,13 @@ test:
 
 bench:
 	$(BOOTSTRAP) --test
-	.venv/bin/python bench/bench_terminal.py
-	.venv/bin/python bench/bench_poll.py
-	.venv/bin/python bench/bench_agent.py --seconds 60
-	.venv/bin/python bench/bench_storm.py
-	.venv/bin/python bench/bench_pick.py
-	.venv/bin/python bench/bench_dns.py
-	.venv/bin/python bench/bench_peers.py
+	.venv/bin/python -m bench.bench_terminal
+	.venv/bin/python -m bench.bench_poll
+	.venv/bin/python -m bench.bench_agent --seconds 60
+	.venv/bin/python -m bench.bench_storm
+	.venv/bin/python -m bench.bench_pick
+	.venv/bin/python -m bench.bench_dns
+	.venv/bin/python -m bench.bench_peers
 
 # Built in a copy of the tree under build/deb, so the working tree stays clean.
 deb:

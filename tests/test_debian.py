@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, wait_until
+from tests.support import ROOT, wait_until
 
 PACKAGES = ("mille-xterm-common", "mille-xterm-lbagent", "mille-xterm-lbserver", "mille-xterm-lbclient")
 DIST = ROOT / "dist"
@@ -48,8 +48,9 @@ ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteracti
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", "-o", "Dpkg::Options::=--force-confold"]
 PORTS = (8001, 8008, 8009)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("apt-get"),
-                                reason="needs root and apt-get (Debian or Ubuntu): it builds and installs packages")
+pytestmark = [pytest.mark.system,
+              pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("apt-get"),
+                                 reason="needs root and apt-get (Debian or Ubuntu): it builds and installs packages")]
 
 
 def run(*cmd: str, timeout: float = 300, check: bool = True, **kw) -> subprocess.CompletedProcess:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 import subprocess
 
-from tests.conftest import ROOT, python_cmd
+import pytest
+
+from tests.support import ROOT, python_cmd
+
+pytestmark = pytest.mark.daemon
 
 
 def test_demo_sends_terminals_to_the_least_loaded_servers():

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.xmlconfig import ConfigError
-from conftest import ROOT
+from tests.support import ROOT
 from lbagent import config as agent_config
 from lbserver import config as server_config
 from lbserver.dns import healthurl
@@ -35,6 +35,8 @@ from lbserver.core.health import validate_state
 from lbserver.core.poller import PollError, parse_reply
 from lbserver.terminal.service import TerminalService, _Connection
 from lbserver.core.weights import evaluate
+
+pytestmark = pytest.mark.unit
 
 # HOSTILE_EXAMPLES=5000 runs a deeper search; the default keeps the suite fast.
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "200"))

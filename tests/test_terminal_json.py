@@ -9,9 +9,11 @@ from collections import Counter
 
 import pytest
 
-from cluster import offline_balancer
+from tests.support.cluster import offline_balancer
 from lbserver.terminal.request import HttpError, decode_query, parse_query, wants_json
 from lbserver.terminal.service import TerminalService, UnknownGroup
+
+pytestmark = pytest.mark.unit
 
 IO_TIMEOUT = 5.0
 
