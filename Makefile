@@ -1,6 +1,7 @@
 # mille-xterm load balancer
 #   make demo      set up and run the loopback demo (agents + balancer + terminals)
 #   make test      set up everything the tests need, then run them
+#   make quick     the fast tests alone (-m unit, under a minute), with nothing but the virtualenv
 #   make bench     the benchmarks, one after the other (several minutes)
 #   make deb       the Debian packages in dist/ (installs the build dependencies with apt-get)
 #   PYTHON=python3.12 make ...   the interpreter the virtualenv (.venv) is made with
@@ -8,7 +9,7 @@
 PYTHON ?= python3
 BOOTSTRAP = PYTHON="$(PYTHON)" scripts/bootstrap
 
-.PHONY: demo test bench deb clean
+.PHONY: demo test quick bench deb clean
 
 demo:
 	$(BOOTSTRAP)
@@ -17,6 +18,10 @@ demo:
 test:
 	$(BOOTSTRAP) --test
 	.venv/bin/python -m pytest -q
+
+quick:
+	$(BOOTSTRAP) --quick
+	.venv/bin/python -m pytest -q -m unit
 
 bench:
 	$(BOOTSTRAP) --test

@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         kinds = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
         if len(kinds) != 1:
             wrong.append(f"{item.nodeid}: {' and '.join(sorted(kinds)) or 'no kind marker'}")
-    if wrong and False:
+    if wrong:
         raise pytest.UsageError(
             "every test carries exactly one of the markers " + ", ".join(KINDS)
             + " (a module's pytestmark or the test's own decorator; see docs/development.md, Tests):\n  "
