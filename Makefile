@@ -1,6 +1,7 @@
 # mille-xterm load balancer
 #   make demo      set up and run the loopback demo (agents + balancer + terminals)
 #   make test      set up everything the tests need, then run them
+#   make quick     the fast tests alone (-m unit, under a minute), with nothing but the virtualenv
 #   make bench     the benchmarks, one after the other (several minutes)
 #   make deb       the Debian packages in dist/ (installs the build dependencies with apt-get)
 #   PYTHON=python3.12 make ...   the interpreter the virtualenv (.venv) is made with
@@ -8,7 +9,7 @@
 PYTHON ?= python3
 BOOTSTRAP = PYTHON="$(PYTHON)" scripts/bootstrap
 
-.PHONY: demo test bench deb clean
+.PHONY: demo test quick bench deb clean
 
 demo:
 	$(BOOTSTRAP)
@@ -18,15 +19,19 @@ test:
 	$(BOOTSTRAP) --test
 	.venv/bin/python -m pytest -q
 
+quick:
+	$(BOOTSTRAP) --quick
+	.venv/bin/python -m pytest -q -m unit
+
 bench:
 	$(BOOTSTRAP) --test
-	.venv/bin/python bench/bench_terminal.py
-	.venv/bin/python bench/bench_poll.py
-	.venv/bin/python bench/bench_agent.py --seconds 60
-	.venv/bin/python bench/bench_storm.py
-	.venv/bin/python bench/bench_pick.py
-	.venv/bin/python bench/bench_dns.py
-	.venv/bin/python bench/bench_peers.py
+	.venv/bin/python -m bench.bench_terminal
+	.venv/bin/python -m bench.bench_poll
+	.venv/bin/python -m bench.bench_agent --seconds 60
+	.venv/bin/python -m bench.bench_storm
+	.venv/bin/python -m bench.bench_pick
+	.venv/bin/python -m bench.bench_dns
+	.venv/bin/python -m bench.bench_peers
 
 # Built in a copy of the tree under build/deb, so the working tree stays clean.
 deb:

@@ -1,6 +1,6 @@
 """Many agent endpoints in one process, for poll-scale benchmarks.
 
-    python bench/agent_replicas.py --reply FILE --count 1000 [--blackhole 100] [--fresh] --port 8001
+    .venv/bin/python -m bench.agent_replicas --reply FILE --count 1000 [--blackhole 100] [--fresh] --port 8001
 
 Listens on 127.10.X.Y:PORT for COUNT loopback addresses and answers every
 XML-RPC request with the bytes of FILE (a real lbagent's get_state reply,
@@ -21,10 +21,7 @@ import resource
 import sys
 from typing import Callable
 
-
-def address(i: int) -> str:
-    """The i-th replica address, 127.10.0.1 onwards (skipping .0 and .255)."""
-    return f"127.10.{i // 254}.{i % 254 + 1}"
+from bench.support import replica_address
 
 
 class Replica(asyncio.Protocol):
@@ -71,7 +68,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for i in range(args.count):
         hole = i < args.blackhole
-        await loop.create_server(lambda h=hole: Replica(None if h else reply), address(i), args.port,
+        await loop.create_server(lambda h=hole: Replica(None if h else reply), replica_address(i), args.port,
                                  backlog=64, reuse_address=True)
     print("ready", flush=True)
     await asyncio.Event().wait()

@@ -36,10 +36,8 @@ import xmlrpc.client
 
 import psutil
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
+from bench.support import child_env, free_port, stop_all, wait_for_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.61"
 TARGET_P99_MS = 2.0
 TARGET_CPU_PCT = 0.5
@@ -180,7 +178,7 @@ def main() -> int:
                         "many-balancers window (default 10)")
     args = parser.parse_args()
 
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = child_env()
     procs: list[subprocess.Popen] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

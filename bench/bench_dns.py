@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """DNS aliases at scale: arbiter cycles against a real BIND, from 100 to 1,000 aliases.
 
-    .venv/bin/python bench/bench_dns.py [--aliases 100,300,1000] [--changed 100]
+    .venv/bin/python -m bench.bench_dns [--aliases 100,300,1000] [--changed 100]
 
 A private ``named`` (Debian bind9) serves one zone on a loopback port; the
 real DnsArbiter publishes ``--aliases`` aliases, each over 5 nodes of its
@@ -26,20 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' BIND fixture, as the test suite imports it
+import dns.message
+import dns.query
+import dns.rdatatype
 
-import dns.message  # noqa: E402
-import dns.query  # noqa: E402
-import dns.rdatatype  # noqa: E402
-
-from lbserver import config as configmod  # noqa: E402
-from lbserver.dns import update  # noqa: E402
-from lbserver.dns.arbiter import DnsArbiter  # noqa: E402
-from lbserver.dns.decide import Candidate  # noqa: E402
-import conftest  # noqa: E402,F401 (loads dnsfixture the way pytest does)
-from dnsfixture import NamedServer, write_config  # noqa: E402
+from bench.support import NamedServer, write_config
+from lbserver import config as configmod
+from lbserver.dns import update
+from lbserver.dns.arbiter import DnsArbiter
+from lbserver.dns.decide import Candidate
 
 PER_ALIAS = 5
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What telling a peer balancer about each pick costs on the terminal path.
 
-    python bench/bench_peers.py [--duration 5] [--rounds 3] [--connections 50]
+    .venv/bin/python -m bench.bench_peers [--duration 5] [--rounds 3] [--connections 50]
 
 Three real lbagents on 127.0.0.2-4; two real lbservers over them that are
 peers of each other (A is measured, B receives A's picks), and a third, C,
@@ -16,7 +16,6 @@ loop is busy). Needs wrk in PATH.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import statistics
@@ -25,11 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.probe import status as balancer_status  # noqa: E402
-from bench.bench_terminal import run_wrk, start_cluster  # noqa: E402
-from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
+from bench.support import child_env, free_port, run_wrk, start_cluster, stop_all, wait_for_port
+from bench.support import status as balancer_status
 
 
 def _server(tmp: str, base: str, name: str, peers: str, env: dict, children: list) -> tuple[int, int]:
@@ -56,9 +52,9 @@ def main() -> int:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found in PATH (Debian package wrk)")
-    args.threads = 1
-    args.wrk_cpus = None  # run_wrk's placement: left to the scheduler, as the balancers are
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # Placement left to the scheduler, as the balancers are.
+    wrk = {"threads": 1, "connections": args.connections, "duration": args.duration}
+    env = child_env()
     children: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         try:
@@ -71,8 +67,8 @@ def main() -> int:
             c_port, c_mgmt = _server(tmp, base, "c", "", env, children)
             with_peers, alone = [], []
             for _ in range(args.rounds):
-                with_peers.append(run_wrk(f"http://127.0.0.1:{a_port}/", args, False)[0])
-                alone.append(run_wrk(f"http://127.0.0.1:{c_port}/", args, False)[0])
+                with_peers.append(run_wrk(f"http://127.0.0.1:{a_port}/", **wrk)[0])
+                alone.append(run_wrk(f"http://127.0.0.1:{c_port}/", **wrk)[0])
             a, c = statistics.median(with_peers), statistics.median(alone)
             status = balancer_status(a_mgmt)
             picks = sum(n["picks"] for n in status["nodes"].values())

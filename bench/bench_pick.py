@@ -7,7 +7,7 @@ projected load), then times picks in batches, keeping the fastest batch of
 each (the least disturbed by other work on the machine). The reference is
 weighted-random, the original balancer's choice, measured in the same run.
 
-    python bench/bench_pick.py [--nodes 5,50,1000] [--repeat 40]
+    .venv/bin/python -m bench.bench_pick [--nodes 5,50,1000] [--repeat 40]
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ import gc
 import random
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from lbserver.config import DEFAULT_RULES, Group, Node, ServerConfig  # noqa: E402
 from lbserver.core.health import NodeRecord, record_success  # noqa: E402

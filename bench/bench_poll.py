@@ -1,6 +1,6 @@
 """Poll scale: one full poll cycle of 1000 agents, healthy and with 100 black-holed.
 
-    .venv/bin/python bench/bench_poll.py [--nodes 1000] [--blackhole 100] [--cycles 5] [--replies same|fresh|both]
+    .venv/bin/python -m bench.bench_poll [--nodes 1000] [--blackhole 100] [--cycles 5] [--replies same|fresh|both]
                                          [--mgmt-reads]
 
 A real lbagent's get_state reply is captured and served by 1000 loopback
@@ -39,11 +39,7 @@ import time
 import urllib.request
 import xmlrpc.client
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from bench.agent_replicas import address  # noqa: E402
-from bench.netwait import free_port, wait_for_port  # noqa: E402
-from bench.probe import poll_histogram, proc_rss_mib, status  # noqa: E402
+from bench.support import child_env, free_port, poll_histogram, proc_rss_mib, replica_address, status, wait_for_port
 
 PORT = 8001
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -76,7 +72,7 @@ async def floor_cycle(n: int, skip: int, timeout: float) -> float:
                % len(xmlrpc.client.dumps((), "get_state"))) + xmlrpc.client.dumps((), "get_state").encode()
 
     async def one(i: int) -> None:
-        r, w = await asyncio.open_connection(address(i), PORT)
+        r, w = await asyncio.open_connection(replica_address(i), PORT)
         w.write(request)
         await r.read()
         w.close()
@@ -159,7 +155,7 @@ class Prober(threading.Thread):
 def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles: int,
              interval: float, timeout: float, fresh: bool = False, mgmt_reads: bool = False) -> dict:
     """Measure ``cycles`` poll cycles of a real lbserver over ``nodes`` replicas."""
-    replicas = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "agent_replicas.py"), "--reply", reply,
+    replicas = subprocess.Popen([sys.executable, "-m", "bench.agent_replicas", "--reply", reply,
                                  "--count", str(nodes), "--blackhole", str(blackhole), "--port", str(PORT)]
                                 + (["--fresh"] if fresh else []), stdout=subprocess.PIPE, text=True, env=env)
     lb = None
@@ -167,7 +163,7 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
         assert replicas.stdout.readline().strip() == "ready"
         floor = min(asyncio.run(floor_cycle(nodes, blackhole, timeout)) for _ in range(3))
         lb_port, mgmt = free_port(), free_port()
-        members = "\n".join(f'<node name="n{i}" address="http://{address(i)}:{PORT}"/>' for i in range(nodes))
+        members = "\n".join(f'<node name="n{i}" address="http://{replica_address(i)}:{PORT}"/>' for i in range(nodes))
         cfg = os.path.join(tmp, f"lbs-{nodes}-{blackhole}.xml")
         with open(cfg, "w") as fh:
             fh.write(f"""<lbsconfig>
@@ -225,7 +221,7 @@ def main() -> int:
     parser.add_argument("--replies", choices=("same", "fresh", "both"), default="both",
                         help="healthy case: agents answer the same sample again, a new one each time, or both")
     args = parser.parse_args()
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = child_env()
     interval = args.timeout + 2
     with tempfile.TemporaryDirectory() as tmp:
         reply = capture_reply(tmp, env)

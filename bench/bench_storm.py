@@ -16,7 +16,7 @@ Then the compensation window on the scenario whose load average lags:
 counting each terminal until the agents' figures can show it, against
 forgetting every count at the next poll.
 
-    python bench/bench_storm.py [--seeds N] [--level-seeds N] [--estimate F] [--markdown]
+    .venv/bin/python -m bench.bench_storm [--seeds N] [--level-seeds N] [--estimate F] [--markdown]
 
 Scenarios (bench/): level.scenario, five like servers at 0/10/20/30/35 of
 40 sessions, no poll during the storm, with 50 logins (the storm fits) and
@@ -31,11 +31,8 @@ import argparse
 import dataclasses
 import statistics
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from bench.support import ROOT
 from lbserver.tools.simulate import ALGORITHMS, SHIPPED, load_scenario, run_scenario  # noqa: E402
 
 SETUPS = (("1", 1, True), ("2 shared", 2, True), ("2 unshared", 2, False))

@@ -1,6 +1,6 @@
 """Terminal service throughput against nginx, measured in the same run with wrk.
 
-    python bench/bench_terminal.py [--duration 10] [--threads 1] [--connections 50] [--rounds 3]
+    .venv/bin/python -m bench.bench_terminal [--duration 10] [--threads 1] [--connections 50] [--rounds 3]
                                    [--mode keep-alive|close|both] [--lbserver-config FILE]
                                    [--algorithm two-choices|weighted-random] [--no-pin]
 
@@ -11,7 +11,7 @@ Starts, on loopback ports:
   (two-choices, or ``--algorithm``) and per-session compensation; or ``lbserver -f -c FILE`` with
   ``--lbserver-config`` (its ``<lbservice listen>`` must be a loopback
   address); or, with ``--harness``, the bare terminal service
-  (``tests.terminal_harness``, a fixed answer function);
+  (``tests.support.terminal_harness``, a fixed answer function);
 * nginx (Debian nginx-light) as a non-daemon child with a temporary config:
   one worker, ``return 200 "host\\n";``, pid, logs and temp files in a
   temporary directory;
@@ -31,17 +31,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
+from bench.support import ROOT, child_env, cpu_sets, free_port, pinned, run_wrk, start_cluster, stop_all, wait_for_port
 
 NGINX_CONF = """\
 daemon off;
@@ -80,69 +76,6 @@ def lbserver_address(config: str) -> tuple[str, int]:
     return host, port
 
 
-CLUSTER_AGENT = """<lbaconfig><agent listen="{ip}:{port}" sample-interval="5"/>
-<access><allow from="127.0.0.0/8"/></access></lbaconfig>"""
-CLUSTER_SERVER = """<lbsconfig>
-  <lbservice listen="127.0.0.1:{port}" returns="$IP" algorithm="{algorithm}"/>
-  <mgmtservice listen="127.0.0.1:{mgmt}" state-file="{tmp}/state"/>
-  <poll interval="5" timeout="2"/>
-  <nodes><group name="PROD" default="true">{nodes}</group></nodes>
-</lbsconfig>"""
-
-
-def start_cluster(tmp: str, env: dict, children: list, algorithm: str = "two-choices") -> str:
-    """Three real agents on 127.0.0.2-4; return an lbsconfig.xml balancing them."""
-    nodes = []
-    for i in range(3):
-        ip = f"127.0.0.{i + 2}"
-        with socket.socket() as s:
-            s.bind((ip, 0))
-            port = s.getsockname()[1]
-        cfg = Path(tmp, f"agent{i}.xml")
-        cfg.write_text(CLUSTER_AGENT.format(ip=ip, port=port))
-        agent = subprocess.Popen([sys.executable, "-m", "lbagent", "-f", "-c", str(cfg)], env=env,
-                                 stderr=subprocess.DEVNULL)
-        children.append(agent)
-        wait_for_port(ip, port, agent)
-        nodes.append(f'<node name="xapp{i + 1}" address="http://{ip}:{port}"/>')
-    path = Path(tmp, "lbsconfig.xml")
-    path.write_text(CLUSTER_SERVER.format(port=free_port(), mgmt=free_port(), tmp=tmp, nodes="".join(nodes),
-                                          algorithm=algorithm))
-    return str(path)
-
-
-def pinned(cpus: set[int] | None):
-    """A ``preexec_fn`` keeping a child (its threads and its own children too) on ``cpus``; None: anywhere."""
-    if not cpus:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
-
-
-def cpu_sets(pin: bool) -> tuple[set[int] | None, set[int] | None]:
-    """(servers' CPUs, wrk's CPUs): the last CPU for the server under test, the others for wrk; (None, None) unpinned."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if not pin or len(cpus) < 2:
-        return None, None
-    return {cpus[-1]}, set(cpus[:-1])
-
-
-def run_wrk(url: str, args: argparse.Namespace, close: bool) -> tuple[float, str]:
-    """Requests/s and p99 latency text from one wrk run."""
-    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", url]
-    if close:
-        cmd[1:1] = ["-H", "Connection: close"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 30, check=True,
-                         preexec_fn=pinned(args.wrk_cpus)).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
-    if rps is None:
-        raise SystemExit(f"could not read wrk output:\n{out}")
-    if errors:
-        print(f"    note: {errors.group(0).strip()}  ({url})")
-    return float(rps.group(1)), p99.group(1) if p99 else "?"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
@@ -160,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
                              "or nginx, on the last CPU and wrk on the others, so that they never share one)")
     parser.add_argument("--no-uvloop", action="store_true", help="harness: asyncio's own loop even with uvloop installed")
     args = parser.parse_args(argv)
-    server_cpus, args.wrk_cpus = cpu_sets(args.pin)
+    server_cpus, wrk_cpus = cpu_sets(args.pin)
+    wrk = {"threads": args.threads, "connections": args.connections, "duration": args.duration, "cpus": wrk_cpus}
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found in PATH (Debian packages nginx-light and wrk)")
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = child_env()
     children: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="bench-terminal-") as tmp:
         try:
@@ -178,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 label = "lbserver"
             else:
                 host, lb_port = "127.0.0.1", free_port()
-                cmd = [sys.executable, "-m", "tests.terminal_harness", "--listen", f"{host}:{lb_port}",
+                cmd = [sys.executable, "-m", "tests.support.terminal_harness", "--listen", f"{host}:{lb_port}",
                        "--hosts", "host"]
                 if args.no_uvloop:
                     cmd.append("--no-uvloop")
@@ -198,15 +132,15 @@ def main(argv: list[str] | None = None) -> int:
             modes = ["keep-alive", "close"] if args.mode == "both" else [args.mode]
             loop = "asyncio" if args.no_uvloop or importlib.util.find_spec("uvloop") is None else "uvloop"
             placed = (f"servers on CPU {','.join(map(str, sorted(server_cpus)))}, wrk on "
-                      f"{','.join(map(str, sorted(args.wrk_cpus)))}" if server_cpus else "unpinned")
+                      f"{','.join(map(str, sorted(wrk_cpus)))}" if server_cpus else "unpinned")
             print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {os.cpu_count()} CPUs ({placed}), "
                   f"event loop: {loop if not args.lbserver_config else 'as lbserver chooses'}")
             for mode in modes:
                 close = mode == "close"
                 lb_runs, ng_runs = [], []
                 for _ in range(args.rounds):  # alternated, so a busy moment hits both
-                    lb_runs.append(run_wrk(lb_url, args, close))
-                    ng_runs.append(run_wrk(ng_url, args, close))
+                    lb_runs.append(run_wrk(lb_url, close=close, **wrk))
+                    ng_runs.append(run_wrk(ng_url, close=close, **wrk))
                 lb_rps, lb_p99 = sorted(lb_runs)[len(lb_runs) // 2]
                 ng_rps, ng_p99 = sorted(ng_runs)[len(ng_runs) // 2]
                 print(f"[{mode}] {label}: {lb_rps:10.0f} req/s  p99 {lb_p99}  "

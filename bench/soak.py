@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak: lbserver under a long run of terminal answers and poll cycles; is anything growing?
 
-    .venv/bin/python bench/soak.py [--answers 1000000] [--cycles 10000] [--plot soak.png]
+    .venv/bin/python -m bench.soak [--answers 1000000] [--cycles 10000] [--plot soak.png]
 
 Three real lbagents on 127.0.0.2-4 and a real ``lbserver -f`` polling them
 every 20 ms (so ``--cycles`` poll cycles take a few minutes). Meanwhile two
@@ -32,10 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.probe import poll_histogram, proc_rss_mib  # noqa: E402
-from bench.netwait import free_port, stop_all, wait_for_port  # noqa: E402
+from bench.support import child_env, free_port, poll_histogram, proc_rss_mib, stop_all, wait_for_port
 
 AGENT = """<lbaconfig><agent listen="{ip}:{port}" sample-interval="0.5"/>
 <access><allow from="127.0.0.0/8"/></access><log level="warning"/></lbaconfig>"""
@@ -88,7 +85,7 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=10_000)
     parser.add_argument("--plot", metavar="PNG", help="draw RSS, descriptors and latency over time")
     args = parser.parse_args()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = child_env()
     procs: dict[str, subprocess.Popen] = {}
     samples: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:

@@ -24,7 +24,9 @@ from lbserver.mgmt.auth import TokenFile, admin_allowed, host_allowed, is_loopba
 from lbserver.mgmt import http as mgmt_http
 from lbserver.mgmt.http import ManagementService
 from lbserver.core.drainstate import DrainState
-from tests.cluster import offline_balancer
+from tests.support.cluster import offline_balancer
+
+pytestmark = pytest.mark.unit
 
 REMOTE = "192.0.2.1"
 TOKEN = "s3cret-token-value"

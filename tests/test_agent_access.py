@@ -4,9 +4,13 @@ import ipaddress
 import sys
 import threading
 
+import pytest
+
 from common.netutil import peer_address
 from common.ratelimit import DenyLog, LogBudget
 from lbagent.access import is_allowed
+
+pytestmark = pytest.mark.unit
 
 NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
 

@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from conftest import ROOT, python_cmd
-from cluster import env_with_root
+from tests.support import ROOT, python_cmd
+from tests.support.cluster import env_with_root
 from common.xmlconfig import ConfigError
 from lbagent import config
 from lbagent.cli import main
@@ -41,6 +41,7 @@ FULL = """\
 """
 
 
+@pytest.mark.unit
 def test_full_config(tmp_path):
     cfg = config.load(write(tmp_path, FULL))
     assert cfg.listen == ("::", 8101)
@@ -59,6 +60,7 @@ def test_full_config(tmp_path):
     assert v["ROOM"].value == 3 and v["SITE"].value == "north"
 
 
+@pytest.mark.unit
 def test_defaults(tmp_path):
     cfg = config.load(write(tmp_path, "<lbaconfig/>"))
     assert cfg.listen == ("0.0.0.0", 8001)
@@ -70,6 +72,7 @@ def test_defaults(tmp_path):
     assert config.log_settings(cfg) == (None, None)
 
 
+@pytest.mark.unit
 def test_shipped_config_is_valid():
     cfg = config.load(str(ROOT / "etc" / "lbaconfig.xml"))
     assert cfg.listen == ("0.0.0.0", 8001) and cfg.sample_interval == 5
@@ -201,6 +204,7 @@ BROKEN = [
 ]
 
 
+@pytest.mark.unit
 def test_count_variable(tmp_path):
     cfg = config.load(write(tmp_path, """\
         <lbaconfig>
@@ -214,6 +218,7 @@ def test_count_variable(tmp_path):
     assert (jc.path, jc.timeout) == ("/var/glite/jobcontrol/jobdir/new", 7.5)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("body,line,fragment", BROKEN)
 def test_check_config_reports_file_and_line(tmp_path, capsys, body, line, fragment):
     path = write(tmp_path, body)
@@ -227,6 +232,7 @@ def test_check_config_reports_file_and_line(tmp_path, capsys, body, line, fragme
     assert fragment in err
 
 
+@pytest.mark.unit
 def test_doctype_refused(tmp_path):
     path = write(tmp_path, """\
         <?xml version="1.0"?>
@@ -236,11 +242,13 @@ def test_doctype_refused(tmp_path):
         config.load(path)
 
 
+@pytest.mark.unit
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read file"):
         config.load(str(tmp_path / "absent.xml"))
 
 
+@pytest.mark.daemon
 def test_check_config_command_line(tmp_path):
     """The real command: exit 0 on the shipped file, 1 with FILE:LINE on a broken one."""
     ok = subprocess.run(python_cmd("lbagent", "--check-config", "-c", str(ROOT / "etc" / "lbaconfig.xml")),
@@ -254,6 +262,7 @@ def test_check_config_command_line(tmp_path):
     assert res.stderr.strip() == f"{bad}:5: duplicate variable 'ROOM' (also defined at line 3)"
 
 
+@pytest.mark.daemon
 def test_help_describes_the_agent():
     res = subprocess.run(python_cmd("lbagent", "--help"), capture_output=True, text=True, timeout=30, env=env_with_root())
     assert res.returncode == 0

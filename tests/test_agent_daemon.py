@@ -16,31 +16,11 @@ import xmlrpc.client
 import psutil
 import pytest
 
-from conftest import free_port, python_cmd, wait_for_port, wait_until
+from tests.support import free_port, python_cmd, wait_for_port, wait_until
+from tests.support.agentclient import CLIENT_TIMEOUT, SourceTransport, proxy
 
-CLIENT_TIMEOUT = 5.0
+pytestmark = pytest.mark.daemon
 
-
-class SourceTransport(xmlrpc.client.Transport):
-    """xmlrpc.client transport connecting from a chosen local address, with a timeout."""
-
-    def __init__(self, source: str | None = None, timeout: float = CLIENT_TIMEOUT) -> None:
-        super().__init__()
-        self.source = source
-        self.timeout = timeout
-
-    def make_connection(self, host):
-        conn = http.client.HTTPConnection(host, timeout=self.timeout,
-                                          source_address=(self.source, 0) if self.source else None)
-        self._connection = host, conn
-        return conn
-
-
-def proxy(host: str, port: int, path: str = "/RPC2", source: str | None = None,
-          timeout: float = CLIENT_TIMEOUT) -> xmlrpc.client.ServerProxy:
-    shown = f"[{host}]" if ":" in host else host
-    return xmlrpc.client.ServerProxy(f"http://{shown}:{port}{path}",
-                                     transport=SourceTransport(source, timeout))
 
 
 def config_text(host: str, port: int, extra: str = "", agent_attrs: str = 'sample-interval="0.5"') -> str:
@@ -542,7 +522,7 @@ def test_refused_flood_leaves_workers_for_allowed_balancers(procs, tmp_path):
 
 
 def test_refused_tls_peer_is_hung_up_on_before_the_handshake(procs, tmp_path):
-    from tlsfixture import make_ca
+    from tests.support.tls import make_ca
     leaf = make_ca(tmp_path / "pki").issue(tmp_path / "pki", "agent", ips=("127.0.0.56",))
     agent = Agent(procs, tmp_path, "127.0.0.56", '<access><allow from="127.0.0.1/32"/></access>',
                   agent_attrs=f'sample-interval="0.5" tls-cert="{leaf.cert}" tls-key="{leaf.key}"')

@@ -8,6 +8,8 @@ from defusedxml import DTDForbidden
 from lbagent.rpc import GET_STATE_CALL, Dispatcher, plain_get_state, safe_loads
 from lbagent.sampler import make_sample
 
+pytestmark = pytest.mark.unit
+
 BOMB = b"""<?xml version="1.0"?>
 <!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>
 <methodCall><methodName>&lol2;</methodName></methodCall>"""

@@ -12,15 +12,15 @@ import textwrap
 
 import pytest
 
-from conftest import as_ordinary_user, free_port, python_cmd, wait_for_port, wait_until
-from cluster import env_with_root
+from tests.support import as_ordinary_user, free_port, python_cmd, wait_for_port, wait_until
+from tests.support.cluster import env_with_root
 from common.builtins import BUILTIN_VARIABLES
 from lbagent import config as agent_config
 from lbagent.drain import (DEFAULT_REASON, DrainFileError, DrainWatch, clean_reason, drain_variables, first_line,
                            remove_drain, write_drain)
 from lbagent.sampler import Sampler
 from lbagent.values import MAX_STRING
-from test_agent_daemon import proxy
+from tests.support.agentclient import proxy
 
 NOT_DRAINED = {"DRAINED": False, "DRAIN_REASON": ""}
 
@@ -39,6 +39,7 @@ def agent_config_file(tmp_path, attrs: str) -> str:
 
 # --- reading the files --------------------------------------------------------
 
+@pytest.mark.unit
 def test_absent_files_mean_not_drained(tmp_path):
     assert drain_variables(str(tmp_path / "drain"), str(tmp_path / "nologin")) == NOT_DRAINED
     assert drain_variables(None, None) == NOT_DRAINED
@@ -47,6 +48,7 @@ def test_absent_files_mean_not_drained(tmp_path):
     assert first_line(str(tmp_path / "file" / "drain")) is None
 
 
+@pytest.mark.unit
 def test_each_file_drains_with_its_first_line(tmp_path):
     drain, nologin = tmp_path / "drain", tmp_path / "nologin"
     nologin.write_text("System is going down for a kernel update.\nSecond line.\n")
@@ -63,6 +65,7 @@ def test_each_file_drains_with_its_first_line(tmp_path):
     assert drain_variables(str(drain), str(nologin)) == NOT_DRAINED
 
 
+@pytest.mark.unit
 def test_empty_files_have_a_default_reason(tmp_path):
     drain, nologin = tmp_path / "drain", tmp_path / "nologin"
     nologin.write_text("")
@@ -71,6 +74,7 @@ def test_empty_files_have_a_default_reason(tmp_path):
     assert drain_variables(str(drain), str(nologin)) == {"DRAINED": True, "DRAIN_REASON": "drained"}
 
 
+@pytest.mark.unit
 def test_reasons_are_cleaned_for_xml_rpc(tmp_path):
     f = tmp_path / "drain"
     f.write_bytes(b"\x1b[1mbold\x1b[0m \x00 caf\xc3\xa9 \xff\n")
@@ -79,12 +83,14 @@ def test_reasons_are_cleaned_for_xml_rpc(tmp_path):
     assert first_line(str(f)) == "x" * MAX_STRING
 
 
+@pytest.mark.unit
 def test_a_file_that_exists_but_cannot_be_read_still_drains(tmp_path):
     d = tmp_path / "drain"
     d.mkdir()  # a directory in the way: it exists, so the server is drained
     assert drain_variables(str(d), None) == {"DRAINED": True, "DRAIN_REASON": "drained"}
 
 
+@pytest.mark.unit
 def test_drain_watch_logs_changes_once(tmp_path, caplog):
     drain = tmp_path / "drain"
     watch = DrainWatch()
@@ -101,6 +107,7 @@ def test_drain_watch_logs_changes_once(tmp_path, caplog):
                         "no longer drained at the source: balancers may send new terminals here again"]
 
 
+@pytest.mark.unit
 def test_sampler_reports_the_drain_among_the_builtins(tmp_path):
     drain = tmp_path / "drain"
     cfg = agent_config.AgentConfig(path="t.xml", drain_file=str(drain), nologin_file=str(tmp_path / "nologin"))
@@ -116,6 +123,7 @@ def test_sampler_reports_the_drain_among_the_builtins(tmp_path):
 
 # --- configuration ------------------------------------------------------------
 
+@pytest.mark.unit
 def test_config_defaults_relative_paths_and_off(tmp_path):
     cfg = agent_config.load(agent_config_file(tmp_path, 'listen="127.0.0.1:8001"'))
     assert (cfg.drain_file, cfg.nologin_file) == ("/var/lib/mille-xterm/lbagent.drain", "/etc/nologin")
@@ -125,6 +133,7 @@ def test_config_defaults_relative_paths_and_off(tmp_path):
     assert cfg.nologin_file is None
 
 
+@pytest.mark.unit
 def test_a_custom_variable_may_not_take_a_drain_name(tmp_path):
     path = tmp_path / "lbaconfig.xml"
     path.write_text('<lbaconfig><variables><variable name="DRAINED" type="constant" value="true"/>'
@@ -135,6 +144,7 @@ def test_a_custom_variable_may_not_take_a_drain_name(tmp_path):
 
 # --- writing and removing -----------------------------------------------------
 
+@pytest.mark.unit
 def test_clean_reason():
     assert clean_reason(None) == clean_reason([]) == clean_reason(["  "]) == DEFAULT_REASON
     assert clean_reason(["kernel", "update\n", "tonight"]) == "kernel update tonight"
@@ -143,6 +153,7 @@ def test_clean_reason():
         clean_reason("x" * (MAX_STRING + 1))
 
 
+@pytest.mark.unit
 def test_write_creates_the_directory_and_replaces_atomically(tmp_path):
     path = tmp_path / "var" / "lib" / "mille-xterm" / "lbagent.drain"
     write_drain(str(path), "first")
@@ -156,6 +167,7 @@ def test_write_creates_the_directory_and_replaces_atomically(tmp_path):
     assert remove_drain(str(path)) is False
 
 
+@pytest.mark.unit
 def test_write_failure_names_the_file(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DrainFileError, match=r"cannot write the drain file .*/file/x\.drain: "):
@@ -164,6 +176,7 @@ def test_write_failure_names_the_file(tmp_path):
 
 # --- the command line ---------------------------------------------------------
 
+@pytest.mark.daemon
 def test_drain_and_enable_command(tmp_path):
     drain = tmp_path / "state" / "lbagent.drain"
     nologin = tmp_path / "nologin"
@@ -198,6 +211,7 @@ def test_drain_and_enable_command(tmp_path):
     assert res.stderr == f"lbagent: note: {nologin} exists, so the agent still reports DRAINED (nologin)\n"
 
 
+@pytest.mark.daemon
 def test_drain_command_errors(tmp_path):
     (tmp_path / "file").write_text("")
     cfg = agent_config_file(tmp_path, f'drain-file="{tmp_path}/file/lbagent.drain"')
@@ -218,6 +232,7 @@ def test_drain_command_errors(tmp_path):
     assert res.returncode == 2 and "--check-config does not go with" in res.stderr
 
 
+@pytest.mark.unit
 def test_drain_command_without_permission(tmp_path):
     """Permission denied: a clear message and exit 1 (run as an ordinary user when the tests run as root)."""
     prefix = as_ordinary_user()
@@ -250,6 +265,7 @@ def test_drain_command_without_permission(tmp_path):
         shutil.rmtree(top)
 
 
+@pytest.mark.daemon
 def test_help_mentions_drain():
     res = lbagent("--help")
     assert res.returncode == 0
@@ -259,6 +275,7 @@ def test_help_mentions_drain():
 
 # --- a running agent ----------------------------------------------------------
 
+@pytest.mark.daemon
 def test_running_agent_picks_up_both_files_without_reload(procs, tmp_path):
     drain, nologin = tmp_path / "lbagent.drain", tmp_path / "nologin"
     port = free_port("127.0.0.43")

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from conftest import free_port, wait_until
+from tests.support import free_port, wait_until
 from lbagent import daemon as agent_daemon
 from lbagent.config import AgentConfig
 from lbagent.linger import LingeringCloser, linger_capacity
@@ -31,6 +31,8 @@ from lbagent.sampler import make_sample
 from lbagent.workers import WorkerPool
 from lbserver.config import Node
 from lbserver.core.poller import build_request
+
+pytestmark = pytest.mark.unit
 
 
 class Exploding(Dispatcher):

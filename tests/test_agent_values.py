@@ -4,6 +4,8 @@ import pytest
 
 from lbagent.values import MAX_STRING, BadValue, first_line, parse_output, parse_value
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("text,expected", [
     ("42", 42),

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from conftest import as_ordinary_user, wait_until
-from cluster import env_with_root
+from tests.support import as_ordinary_user, wait_until
+from tests.support.cluster import env_with_root
 from lbagent import variables as variables_module
 from lbagent.config import AgentConfig, CustomVariable
 from lbagent.sampler import Sampler
@@ -24,6 +24,7 @@ from lbagent.variables import (MAX_COUNT, CustomSampler, RunningCommands, Stoppe
                                disk_used_pct, processes_running, read_file_value, run_command)
 
 
+@pytest.mark.unit
 def test_command_value_types():
     assert run_command("echo 12", 2) == 12
     assert run_command("printf '0.75\\nignored\\n'", 2) == 0.75
@@ -31,10 +32,12 @@ def test_command_value_types():
     assert run_command("echo north wing", 2) == "north wing"
 
 
+@pytest.mark.unit
 def test_command_runs_with_c_locale():
     assert run_command('echo "$LC_ALL"', 2) == "C"
 
 
+@pytest.mark.unit
 def test_command_failure_and_garbage():
     with pytest.raises(VariableProblem, match="exited with status 3"):
         run_command("echo 1; exit 3", 2)
@@ -44,6 +47,7 @@ def test_command_failure_and_garbage():
         run_command("true", 2)
 
 
+@pytest.mark.unit
 def test_hanging_command_is_killed_with_its_group():
     marker = "31.%d" % os.getpid()
     # The shell forks a pipeline: the group kill must take the grandchildren too.
@@ -58,11 +62,13 @@ def test_hanging_command_is_killed_with_its_group():
     wait_until(gone, timeout=5, what="sleep of the killed command gone")
 
 
+@pytest.mark.unit
 def test_endless_output_is_cut_off():
     with pytest.raises(VariableProblem, match="printed more than"):
         run_command("yes", 5)
 
 
+@pytest.mark.unit
 def test_file_value(tmp_path):
     f = tmp_path / "queue"
     f.write_text("17\nsecond line\n")
@@ -77,12 +83,14 @@ def test_file_value(tmp_path):
         read_file_value(str(fifo))  # and it did not block waiting for a writer
 
 
+@pytest.mark.unit
 def test_disk_value(tmp_path):
     assert disk_used_pct(str(tmp_path)) == pytest.approx(psutil.disk_usage(str(tmp_path)).percent, abs=0.5)
     with pytest.raises(VariableProblem, match="cannot stat"):
         disk_used_pct(str(tmp_path / "absent"))
 
 
+@pytest.mark.daemon
 def test_process_match_by_name_and_command_line():
     marker = f"lbagent-test-marker-{os.getpid()}"
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
@@ -99,6 +107,7 @@ def test_process_match_by_name_and_command_line():
     assert processes_running([by_cmd]) == {"MARK": False}
 
 
+@pytest.mark.unit
 def test_sampler_runs_commands_concurrently(tmp_path):
     """Each command waits for the other to have started: only concurrent runs both succeed."""
     a, b = tmp_path / "a", tmp_path / "b"
@@ -114,6 +123,7 @@ def test_sampler_runs_commands_concurrently(tmp_path):
         sampler.close()
 
 
+@pytest.mark.unit
 def test_sampler_leaves_out_failures_and_logs_once(caplog, tmp_path):
     variables = [
         CustomVariable(name="HANG", type="command", command="sleep 30", timeout=0.3),
@@ -140,6 +150,7 @@ def _running(marker: str) -> bool:
     return any(marker in " ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"]))
 
 
+@pytest.mark.unit
 def test_unexpected_error_still_kills_the_command(monkeypatch):
     """Whatever goes wrong while a command runs, it is not left running."""
     marker = "32.%d" % os.getpid()
@@ -156,6 +167,7 @@ def test_unexpected_error_still_kills_the_command(monkeypatch):
     wait_until(lambda: not _running(marker), timeout=5, what="the command gone")
 
 
+@pytest.mark.unit
 def test_close_kills_running_commands_at_once():
     """Closing the sampler does not wait for commands: a sample in progress ends promptly, and
     with Stopped rather than values missing the killed command."""
@@ -186,6 +198,7 @@ def test_close_kills_running_commands_at_once():
         thread.join(5)
 
 
+@pytest.mark.unit
 def test_stopping_mid_sample_publishes_nothing(tmp_path):
     """stop() while a sample waits on a command: the last complete sample stays current, for the
     requests still being served while the agent stops; the partial one is never published."""
@@ -211,6 +224,7 @@ def test_stopping_mid_sample_publishes_nothing(tmp_path):
         sampler.stop()
 
 
+@pytest.mark.unit
 def test_command_started_after_kill_all_is_killed_at_once():
     running = RunningCommands()
     running.kill_all()
@@ -226,6 +240,7 @@ def _fill(directory, names):
         (directory / name).write_text("job\n")
 
 
+@pytest.mark.unit
 def test_count_matches_like_the_shell(tmp_path):
     new = tmp_path / "jobdir" / "new"
     _fill(new, ["job1", "job2", "job3.lock", ".hidden", "x"])
@@ -249,6 +264,7 @@ def test_count_matches_like_the_shell(tmp_path):
     assert count_entries(str(tmp_path / "*" / "new"), 2) == 8
 
 
+@pytest.mark.unit
 def test_count_of_a_missing_directory_has_no_value(tmp_path):
     with pytest.raises(VariableProblem, match="cannot list .*absent: No such file or directory"):
         count_entries(str(tmp_path / "absent" / "*"), 2)
@@ -261,6 +277,7 @@ def test_count_of_a_missing_directory_has_no_value(tmp_path):
         count_entries(str(tmp_path / "plain"), 2)
 
 
+@pytest.mark.unit
 def test_count_of_an_unreadable_directory_has_no_value():
     """Permission denied, said as such (as an ordinary user when the tests run as root: root reads anything)."""
     top = tempfile.mkdtemp(prefix="lbagent-count-")  # pytest's own directory is private to its user
@@ -279,6 +296,7 @@ def test_count_of_an_unreadable_directory_has_no_value():
         shutil.rmtree(top)
 
 
+@pytest.mark.unit
 def test_count_is_bounded(tmp_path, monkeypatch):
     _fill(tmp_path, [f"job{i}" for i in range(50)])
     assert count_entries(str(tmp_path / "*"), 2, cap=20) == 20  # stops counting at the cap
@@ -290,6 +308,7 @@ def test_count_is_bounded(tmp_path, monkeypatch):
         count_entries(str(tmp_path / "*"), 0)
 
 
+@pytest.mark.unit
 def test_sampler_counts_and_logs_a_missing_directory_once(caplog, tmp_path):
     queue = tmp_path / "workload_manager" / "jobdir" / "new"
     variables = [CustomVariable(name="WMQUEUE", type="count", path=str(queue / "*"), timeout=2),
@@ -310,6 +329,7 @@ def test_sampler_counts_and_logs_a_missing_directory_once(caplog, tmp_path):
         sampler.close()
 
 
+@pytest.mark.unit
 def test_a_count_that_hangs_is_not_started_again(monkeypatch, caplog):
     """A listing stuck in the kernel (a dead NFS server) holds one thread, not one more per sample."""
     release = threading.Event()

@@ -2,8 +2,12 @@
 
 import threading
 
-from conftest import wait_until
+import pytest
+
+from tests.support import wait_until
 from lbagent.workers import WorkerPool
+
+pytestmark = pytest.mark.unit
 
 
 def test_workers_are_reused():

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from lbserver.dns.decide import NO_ADDRESS, Candidate, decide, publish_count
 
+pytestmark = pytest.mark.unit
+
 MEMBERS = ("wms01", "wms02", "wms03", "wms04")
 
 

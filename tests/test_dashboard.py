@@ -18,10 +18,12 @@ from pathlib import Path
 
 import lxml.html
 
+import pytest
+
 from lbserver.mgmt.api import Api
 from lbserver.mgmt.dashboard import TEMPLATE, content_security_policy, embed_json
-from tests.cluster import start_agent, start_balancer
-from tests.conftest import ARTIFACTS, wait_until
+from tests.support.cluster import start_agent, start_balancer
+from tests.support import ARTIFACTS, wait_until
 
 # Debian's package "chromium", or Ubuntu's "chromium-browser" (scripts/bootstrap --test installs one).
 BROWSERS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
@@ -54,6 +56,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.unit
 def test_embedded_json_cannot_end_its_script_element():
     doc = {"why": "</script><script>alert(1)</script><!-- & \u2028"}
     text = embed_json(doc)
@@ -61,6 +64,7 @@ def test_embedded_json_cannot_end_its_script_element():
     assert json.loads(text) == doc
 
 
+@pytest.mark.unit
 def test_policy_allows_exactly_the_inline_script_and_style():
     template = TEMPLATE.read_text(encoding="utf-8")
     scripts = re.findall(r"<script>(.*?)</script>", template, re.S)
@@ -74,6 +78,7 @@ def test_policy_allows_exactly_the_inline_script_and_style():
     assert "@import" not in template and "url(" not in template
 
 
+@pytest.mark.unit
 def test_render_embeds_escaped_status(tmp_path):
     from tests.test_admin import offline_balancer
 
@@ -90,6 +95,7 @@ def test_render_embeds_escaped_status(tmp_path):
     assert csp.startswith("default-src 'none'")
 
 
+@pytest.mark.system
 def test_live_dashboard_in_chromium(procs, tmp_path):
     hostile = f'<variable name="NOTE" type="constant" value="{HOSTILE_VALUE.replace("<", "&lt;").replace(">", "&gt;").replace(chr(34), "&quot;")}"/>'
     agents = [start_agent(procs, tmp_path, f"xapp{i + 1}", f"127.0.0.{i + 2}", load, extra=hostile if i == 0 else "")

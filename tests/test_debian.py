@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, wait_until
+from tests.support import ROOT, wait_until
 
 PACKAGES = ("mille-xterm-common", "mille-xterm-lbagent", "mille-xterm-lbserver", "mille-xterm-lbclient")
 DIST = ROOT / "dist"
@@ -58,8 +58,9 @@ ROLES = {frozenset({"mille-xterm-common", "mille-xterm-lbagent"}): "application 
          frozenset({"mille-xterm-lbclient"}): "thin-client image"}
 """What each role's install line must install, and nothing more."""
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("apt-get"),
-                                reason="needs root and apt-get (Debian or Ubuntu): it builds and installs packages")
+pytestmark = [pytest.mark.system,
+              pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("apt-get"),
+                                 reason="needs root and apt-get (Debian or Ubuntu): it builds and installs packages")]
 
 
 def run(*cmd: str, timeout: float = 300, check: bool = True, **kw) -> subprocess.CompletedProcess:

@@ -6,7 +6,11 @@ import math
 import re
 import subprocess
 
-from tests.conftest import ROOT, python_cmd
+import pytest
+
+from tests.support import ROOT, python_cmd
+
+pytestmark = pytest.mark.daemon
 
 TERMINALS = 400
 ROW = re.compile(r"^\s+(xapp\d)\s+127\.0\.0\.\d+\s+(\d+)\s+[\d.]+\s+([\d.]+)%\s+([\d.]+)%\s+(\d+)$", re.M)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from common import deps
-from conftest import ROOT
+from tests.support import ROOT
 from lbagent import entry as agent_entry
 from lbserver import entry as server_entry
 
@@ -42,6 +42,7 @@ def _run(python: str, *args: str, **env: str) -> subprocess.CompletedProcess:
                           env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **env})
 
 
+@pytest.mark.daemon
 @pytest.mark.parametrize("prog,config", [("lbagent", "lbaconfig.xml"), ("lbserver", "lbsconfig.xml")])
 def test_daemon_names_the_missing_module(bare_python, prog, config):
     result = _run(bare_python, "-m", prog, "--check-config", "-c", str(ROOT / "etc" / config))
@@ -53,6 +54,7 @@ def test_daemon_names_the_missing_module(bare_python, prog, config):
     assert "invalid configuration" not in line
 
 
+@pytest.mark.unit
 def test_one_missing_module_reads_as_the_package_to_install(monkeypatch):
     monkeypatch.setattr(deps, "_debian_python", lambda: True)
     assert deps.missing_message("lbagent", {"lxml": ""}) == \
@@ -65,18 +67,21 @@ def test_one_missing_module_reads_as_the_package_to_install(monkeypatch):
                                            "python-daemon"
 
 
+@pytest.mark.unit
 def test_a_module_missing_under_a_dependency_is_named(tmp_path, monkeypatch):
     (tmp_path / "outer_dep.py").write_text("import lockfile_not_here_either\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert deps.unimportable(["outer_dep", "json"]) == {"lockfile_not_here_either": ""}
 
 
+@pytest.mark.unit
 def test_run_guarded_runs_the_real_entry_point_with_its_arguments():
     seen = []
     assert deps.run_guarded("x", ("json",), lambda: lambda argv: seen.append(argv) or 7, ["-v"]) == 7
     assert seen == [["-v"]]
 
 
+@pytest.mark.unit
 def test_a_missing_module_of_the_project_itself_is_not_hidden():
     def load():
         return importlib.import_module("lbagent.no_such_module").main
@@ -88,6 +93,7 @@ def test_a_missing_module_of_the_project_itself_is_not_hidden():
 # ------------------------------------------------------------ make install
 
 
+@pytest.mark.system
 def test_make_install_refuses_an_interpreter_without_the_modules(bare_python, tmp_path):
     result = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "install", f"DESTDIR={tmp_path}/root",
                              "PREFIX=/usr", f"SYSTEM_PYTHON={bare_python}"], capture_output=True, text=True,
@@ -113,6 +119,7 @@ def destdir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("action,verb", [("start", "not started"), ("restart", "not restarted")])
 def test_init_script_reports_a_missing_module_not_a_bad_config(destdir, bare_python, tmp_path, action, verb):
     # The installed lbagent, run by an interpreter that lacks its modules.
@@ -160,6 +167,7 @@ def _control_fields() -> dict[str, str]:
     return out
 
 
+@pytest.mark.unit
 def test_each_daemon_lists_every_module_it_imports():
     common = _third_party_imports("common")
     assert common <= set(agent_entry.REQUIRES) and common <= set(server_entry.REQUIRES)
@@ -168,6 +176,7 @@ def test_each_daemon_lists_every_module_it_imports():
     assert _third_party_imports("lbclient") == set()  # the standard library only
 
 
+@pytest.mark.unit
 def test_setup_py_and_debian_control_name_the_same_modules():
     setup = (ROOT / "setup.py").read_text()
     block = setup[setup.index("install_requires=["):setup.index("]", setup.index("install_requires=["))]
@@ -185,6 +194,7 @@ def test_setup_py_and_debian_control_name_the_same_modules():
     assert "python3-" not in lbclient
 
 
+@pytest.mark.unit
 def test_debian_changelog_is_at_the_version_of_common_version_py():
     from common.version import __version__
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 import dns.query
 import dns.rcode
 import dns.update
 
-from dnsfixture import NODES, write_config
+from tests.support.dns import NODES, write_config
 from lbserver import config
 from lbserver.dns.decide import Candidate
 from lbserver.dns.addresses import resolve_node
@@ -43,6 +45,7 @@ def arbiter_for(tmp_path, named, aliases, **kw):
 ALICE = '    <alias name="wms-alice" group="WMS" num-out="1"/>'
 
 
+@pytest.mark.system
 def test_first_publish_leaves_the_worst_out(tmp_path, named_server):
     arb, _ = arbiter_for(tmp_path, named_server, ALICE)
     serial0 = named_server.soa_serial()
@@ -58,6 +61,7 @@ def test_first_publish_leaves_the_worst_out(tmp_path, named_server):
     assert "wms-alice.lbtest.example" in table and "192.0.2.11 (wms01)" in table and "wms04: spare" in table
 
 
+@pytest.mark.system
 def test_unchanged_set_sends_no_update(tmp_path, named_server):
     arb, _ = arbiter_for(tmp_path, named_server, ALICE)
     assert arb.run_cycle(healthy(), GROUPS)[0].result == "updated"
@@ -70,6 +74,7 @@ def test_unchanged_set_sends_no_update(tmp_path, named_server):
     assert named_server.soa_serial() == serial
 
 
+@pytest.mark.system
 def test_unhealthy_node_leaves_and_comes_back(tmp_path, named_server):
     arb, _ = arbiter_for(tmp_path, named_server, ALICE)
     arb.run_cycle(healthy(), GROUPS)
@@ -83,6 +88,7 @@ def test_unhealthy_node_leaves_and_comes_back(tmp_path, named_server):
     assert named_server.dig("wms-alice") == ["192.0.2.11", "192.0.2.12"]
 
 
+@pytest.mark.system
 def test_all_bad_keeps_one_address(tmp_path, named_server):
     arb, _ = arbiter_for(tmp_path, named_server, ALICE)
     arb.run_cycle(healthy(), GROUPS)
@@ -94,6 +100,7 @@ def test_all_bad_keeps_one_address(tmp_path, named_server):
     assert "FALLBACK" in format_reports([rep])
 
 
+@pytest.mark.system
 def test_best_hosts_and_several_aliases(tmp_path, named_server):
     aliases = ('    <alias name="wms-best" group="WMS" best-hosts="2"/>\n'
                '    <alias name="wms-all" group="WMS" best-hosts="-1"/>\n'
@@ -108,6 +115,7 @@ def test_best_hosts_and_several_aliases(tmp_path, named_server):
     assert reps["wms-off"].result == "disabled"
 
 
+@pytest.mark.system
 def test_a_and_aaaa_replaced_together(tmp_path, named_server):
     arb, _ = arbiter_for(tmp_path, named_server, ALICE,
                          extra_node_attrs={"wms01": 'ip="192.0.2.111" ip6="2001:db8::11"',
@@ -121,6 +129,7 @@ def test_a_and_aaaa_replaced_together(tmp_path, named_server):
     assert named_server.dig("wms-alice") == ["192.0.2.13"]
 
 
+@pytest.mark.system
 def test_failed_submission_test_excludes_its_node(tmp_path, named_server):
     page = tmp_path / "submission.txt"
     now = int(time.time())
@@ -143,6 +152,7 @@ def write_key(path, name, secret_b64, algorithm="hmac-sha256"):
     return path
 
 
+@pytest.mark.system
 def test_wrong_key_gives_clear_error_and_no_change(tmp_path, named_server):
     arb, _ = arbiter_for(tmp_path, named_server, ALICE)
     arb.run_cycle(healthy(), GROUPS)
@@ -162,6 +172,7 @@ def test_wrong_key_gives_clear_error_and_no_change(tmp_path, named_server):
     assert named_server.dig("wms-alice") == before and named_server.soa_serial() == serial
 
 
+@pytest.mark.system
 def test_server_down_then_back(tmp_path, named_server):
     arb, _ = arbiter_for(tmp_path, named_server, ALICE)
     arb.run_cycle(healthy(), GROUPS)
@@ -178,6 +189,7 @@ def test_server_down_then_back(tmp_path, named_server):
     assert named_server.dig("wms-alice") == ["192.0.2.12", "192.0.2.13"]
 
 
+@pytest.mark.system
 def test_cname_at_alias_is_reported(tmp_path, named_server):
     arb, cfg = arbiter_for(tmp_path, named_server, ALICE)
     from lbserver.config.tsigkey import load_key
@@ -189,6 +201,7 @@ def test_cname_at_alias_is_reported(tmp_path, named_server):
     assert rep.result == "error" and "CNAME" in rep.error
 
 
+@pytest.mark.system
 def test_reconfigure_keeps_working(tmp_path, named_server):
     arb, _ = arbiter_for(tmp_path, named_server, ALICE)
     arb.run_cycle(healthy(), GROUPS)
@@ -199,6 +212,7 @@ def test_reconfigure_keeps_working(tmp_path, named_server):
     assert rep.result == "updated" and named_server.dig("wms-alice") == ["192.0.2.11"]
 
 
+@pytest.mark.system
 def test_resolve_node_uses_attributes_then_host(tmp_path, named_server):
     cfg = config.load(str(write_config(tmp_path / "c.xml", named_server, ALICE,
                                        nodes={"wms01": "localhost", "wms02": "192.0.2.12"},
@@ -207,6 +221,7 @@ def test_resolve_node_uses_attributes_then_host(tmp_path, named_server):
     assert resolve_node(cfg.nodes["wms02"]) == ("192.0.2.12", "2001:db8::12")
 
 
+@pytest.mark.system
 def test_key_file_vanishing_is_reported_then_recovered(tmp_path, named_server):
     key = tmp_path / "k.key"
     key.write_text(named_server.key_file.read_text())
@@ -223,6 +238,7 @@ def test_key_file_vanishing_is_reported_then_recovered(tmp_path, named_server):
     assert rep.result == "updated" and len(named_server.dig("wms-alice")) == 3
 
 
+@pytest.mark.unit
 def test_needs_update_compares_sets_and_ttl():
     a = frozenset({"192.0.2.1", "192.0.2.2"})
     assert not needs_update(RRsets(a, ttl=60), RRsets(frozenset(sorted(a)), ttl=60))

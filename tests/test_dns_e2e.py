@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.cluster import server_xml, start_agent, start_balancer, stop
-from tests.conftest import ROOT, free_port, python_cmd, wait_until
+import pytest
+
+from tests.support.cluster import server_xml, start_agent, start_balancer, stop
+from tests.support import ROOT, free_port, python_cmd, wait_until
+
+pytestmark = pytest.mark.system
 
 
 def dns_element(named, smtp, alias_attrs: str = 'num-out="1"', lease: str = 'lease-time="60"') -> str:

@@ -10,6 +10,8 @@ from common.xmlconfig import ConfigError
 from lbserver import config
 from lbserver.config.tsigkey import KeyFileError, load_key, parse_key_text, permission_warning, write_key_file
 
+pytestmark = pytest.mark.unit
+
 SECRET = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"  # base64 of b"secret" * 4 + ...
 
 

@@ -14,8 +14,8 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from conftest import Clock
-from dnsfixture import NODES, write_config
+from tests.support.doubles import Clock
+from tests.support.dns import NODES, write_config
 from lbserver import config
 from lbserver.config.tsigkey import load_key
 from lbserver.dns import lease as leasemod
@@ -40,6 +40,7 @@ def rec(text: str) -> tuple[bytes, ...]:
 
 # -- parsing -------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_a_well_formed_record_is_read():
     lease = parse([rec("holder=boot1:8008 expires=1764500000")])
     assert (lease.holder, lease.expires, lease.problem) == ("boot1:8008", 1764500000.0, None)
@@ -64,6 +65,7 @@ def test_a_well_formed_record_is_read():
     ([rec("holder=a expires=5"), rec("holder=b expires=6")],
      "2 TXT records at the lease name instead of one ('holder=a expires=5', 'holder=b expires=6')"),
 ])
+@pytest.mark.unit
 def test_a_malformed_record_is_a_problem_never_a_crash(records, expected):
     lease = parse(records)
     assert lease.problem is not None and lease.problem.startswith(expected), lease.problem
@@ -73,6 +75,7 @@ def test_a_malformed_record_is_a_problem_never_a_crash(records, expected):
     assert d.action == STANDBY and "unknown balancer" in d.reason
 
 
+@pytest.mark.unit
 def test_a_huge_record_is_shown_shortened():
     lease = parse([(b"x" * 200, b"y" * 200)])
     assert lease.problem is not None and len(lease.problem) < 200 and "..." in lease.problem
@@ -84,10 +87,12 @@ def own(expires: float, holder: str = "boot1:8008") -> Lease:
     return parse([rec(lease_text(holder, expires))])
 
 
+@pytest.mark.unit
 def test_free_lease_is_acquired():
     assert decide_lease(Lease(), "boot1:8008", T0, LEASE_TIME).action == ACQUIRE
 
 
+@pytest.mark.unit
 def test_own_lease_is_renewed_only_when_half_is_gone():
     lease = own(T0 + 20)
     mine = frozenset({lease.text})
@@ -97,6 +102,7 @@ def test_own_lease_is_renewed_only_when_half_is_gone():
     assert expired.action == RENEW  # still exactly what we wrote: nobody took it, renew it
 
 
+@pytest.mark.unit
 def test_another_balancer_lease_is_respected_until_it_expires():
     lease = own(T0 + 20, holder="boot2:8008")
     d = decide_lease(lease, "boot1:8008", T0, LEASE_TIME)
@@ -106,6 +112,7 @@ def test_another_balancer_lease_is_respected_until_it_expires():
     assert d.action == TAKEOVER and "expired" in d.reason
 
 
+@pytest.mark.unit
 def test_a_record_naming_me_that_i_did_not_write():
     lease = own(T0 + 20)
     # A restart: claimed at once, with a fresh record, so that this process wrote the one it holds.
@@ -118,6 +125,7 @@ def test_a_record_naming_me_that_i_did_not_write():
     assert decide_lease(lease, "boot1:8008", T0 + 21, LEASE_TIME, trust_name=False).action == TAKEOVER
 
 
+@pytest.mark.unit
 def test_an_unreadable_record_is_taken_over_once_it_stayed_the_same_for_a_lease_time():
     lease = parse([rec("garbage")])
     assert decide_lease(lease, "a", T0, LEASE_TIME, unreadable_for=LEASE_TIME - 1).action == STANDBY
@@ -125,6 +133,7 @@ def test_an_unreadable_record_is_taken_over_once_it_stayed_the_same_for_a_lease_
     assert d.action == TAKEOVER and "garbage" in d.reason
 
 
+@pytest.mark.unit
 def test_lease_text_and_settings():
     assert lease_text("boot1:8008", 1764500000.2) == "holder=boot1:8008 expires=1764500001"
     base = dict(server="127.0.0.1", port=53, zone="example.org", key_file="k")
@@ -151,6 +160,7 @@ def _rr(rrset) -> tuple:
             rrset.ttl, sorted(r.to_text() for r in rrset))
 
 
+@pytest.mark.unit
 def test_take_from_nothing_requires_that_no_record_exists(key):
     upd = build_take("example.org", "_lbserver-lease", key, Lease(), "holder=a expires=5", 60)
     assert [_rr(r) for r in upd.prerequisite] == [("_lbserver-lease.example.org.", "NONE", "TXT", 0, [])]
@@ -158,6 +168,7 @@ def test_take_from_nothing_requires_that_no_record_exists(key):
                                              ['"holder=a expires=5"'])]
 
 
+@pytest.mark.unit
 def test_take_over_requires_exactly_the_records_read(key):
     seen = parse([rec("holder=b expires=5"), (b"junk", b"more")])
     upd = build_take("example.org", "_lbserver-lease", key, seen, "holder=a expires=9", 60)
@@ -171,6 +182,7 @@ def test_take_over_requires_exactly_the_records_read(key):
         ("_lbserver-lease.example.org.", "IN", "TXT", 60, ['"holder=a expires=9"'])]    # add ours
 
 
+@pytest.mark.unit
 def test_release_and_fence_require_our_record(key):
     upd = build_release("example.org", "_lbserver-lease", key, "holder=a expires=9")
     assert [_rr(r) for r in upd.prerequisite] == [
@@ -192,6 +204,7 @@ def _load(tmp_path, named, dns_attrs: str, poll: str = ""):
     return config.load(str(path))
 
 
+@pytest.mark.system
 def test_lease_configuration(tmp_path, named_server):
     cfg = _load(tmp_path, named_server, "")
     assert (cfg.dns.lease, cfg.dns.lease_time, cfg.dns.lease_holder) == ("_lbserver-lease", None, None)
@@ -210,6 +223,7 @@ def test_lease_configuration(tmp_path, named_server):
     ('lease-time="0"', "lease-time"),
     ('lease-time="15"', "lease-time=15 must be at least twice the poll interval (10 s)"),
 ])
+@pytest.mark.system
 def test_bad_lease_configuration_is_refused(tmp_path, named_server, attrs, message):
     with pytest.raises(config.ConfigError, match=r"lbsconfig.xml:\d+: ") as exc:
         _load(tmp_path, named_server, attrs)
@@ -237,6 +251,7 @@ def lease_records(named) -> list[str]:
     return sorted(b"".join(r.strings).decode() for rrset in resp.answer for r in rrset)
 
 
+@pytest.mark.system
 def test_one_writer_the_other_stands_by_then_takes_over_at_expiry(tmp_path, named_server):
     clock = Clock(T0)
     a = arbiter(tmp_path, named_server, "boot1", clock)
@@ -276,6 +291,7 @@ def test_one_writer_the_other_stands_by_then_takes_over_at_expiry(tmp_path, name
     assert named_server.dig("wms-alice") == ["192.0.2.12", "192.0.2.13"]
 
 
+@pytest.mark.system
 def test_a_frozen_writer_that_resumes_cannot_write(tmp_path, named_server):
     """Fencing: a's cycle is interrupted between reading its lease and writing; b takes over meanwhile."""
     clock_a, clock_b = Clock(T0), Clock(T0)
@@ -303,6 +319,7 @@ def test_a_frozen_writer_that_resumes_cannot_write(tmp_path, named_server):
     assert lease_records(named_server)[0].startswith("holder=boot2 ")
 
 
+@pytest.mark.system
 def test_a_lost_race_means_standby(tmp_path, named_server, monkeypatch):
     clock = Clock(T0)
     a = arbiter(tmp_path, named_server, "boot1", clock)
@@ -323,6 +340,7 @@ def test_a_lost_race_means_standby(tmp_path, named_server, monkeypatch):
     assert named_server.dig("wms-alice") == ["192.0.2.12", "192.0.2.13"]
 
 
+@pytest.mark.system
 def test_release_lets_the_standby_take_over_at_once(tmp_path, named_server):
     clock = Clock(T0)
     a = arbiter(tmp_path, named_server, "boot1", clock)
@@ -338,6 +356,7 @@ def test_release_lets_the_standby_take_over_at_once(tmp_path, named_server):
     assert lease_records(named_server)[0].startswith("holder=boot2 ")
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("records", [["garbage"], ["holder=boot9"], ["holder=boot9 expires=1", "x"]])
 def test_an_unreadable_lease_record_blocks_for_one_lease_time_then_is_taken_over(tmp_path, named_server, records):
     assert named_server.update(*[("add", "_lbserver-lease", 60, "TXT", f'"{r}"') for r in records]) == 0
@@ -355,6 +374,7 @@ def test_an_unreadable_lease_record_blocks_for_one_lease_time_then_is_taken_over
     assert "lease" not in a._tracker.active
 
 
+@pytest.mark.system
 def test_two_balancers_with_one_name_do_not_both_write(tmp_path, named_server):
     clock = Clock(T0)
     a = arbiter(tmp_path, named_server, "boot1", clock)
@@ -369,6 +389,7 @@ def test_two_balancers_with_one_name_do_not_both_write(tmp_path, named_server):
     assert named_server.dig("wms-alice") == ["192.0.2.12", "192.0.2.13"]
 
 
+@pytest.mark.system
 def test_refused_lease_publishes_without_it_and_says_so(tmp_path, named_server):
     named_server.stop()
     named_server.write_conf(
@@ -387,6 +408,7 @@ def test_refused_lease_publishes_without_it_and_says_so(tmp_path, named_server):
     assert "writes the aliases without a lease" in format_reports([rep])
 
 
+@pytest.mark.system
 def test_no_lease_when_turned_off(tmp_path, named_server):
     a = arbiter(tmp_path, named_server, "boot1", Clock(T0), dns_attrs='lease=""')
     [rep] = a.run_cycle(healthy(), GROUPS)
@@ -395,6 +417,7 @@ def test_no_lease_when_turned_off(tmp_path, named_server):
     assert format_reports([rep]).startswith("ALIAS")
 
 
+@pytest.mark.system
 def test_no_enabled_alias_holds_no_lease(tmp_path, named_server):
     clock = Clock(T0)
     a = arbiter(tmp_path, named_server, "boot1", clock)
@@ -409,6 +432,7 @@ def test_no_enabled_alias_holds_no_lease(tmp_path, named_server):
     assert lease_records(named_server) == []  # given back: another balancer may publish
 
 
+@pytest.mark.system
 def test_renewals_with_the_defaults_bump_the_serial_every_second_cycle(tmp_path, named_server):
     """An hour of 10 s cycles (the default poll interval, so a 30 s lease), with up to 0.9 s of jitter."""
     clock = Clock(T0)

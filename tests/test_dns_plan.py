@@ -13,6 +13,8 @@ from lbserver.dns.lease import LeaseStatus
 from lbserver.dns.plan import AliasPlan, CycleFacts, plan_alias, settle
 from lbserver.dns.update import DnsError, RRsets
 
+pytestmark = pytest.mark.unit
+
 NOW = 1_700_000_000.0
 ALIAS = Alias(name="wms-alice", group="WMS")
 DNS = Dns(server="127.0.0.1", port=5300, zone="lbtest.example", key_file="dns.key", ttl=60, aliases=(ALIAS,))

@@ -10,7 +10,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from dnsfixture import NODES, NamedServer, write_config
+from tests.support.dns import NODES, NamedServer, write_config
 from lbserver import config
 from lbserver.dns.decide import NO_ADDRESS, Candidate
 from lbserver.dns.addresses import resolve_node, unpublishable
@@ -38,6 +38,7 @@ def signed_update(named: NamedServer, *changes: tuple) -> None:
 
 # -- CNAME at the alias --------------------------------------------------------
 
+@pytest.mark.system
 def test_cname_to_a_missing_name_is_reported_not_updated(tmp_path, named_server):
     # The server answers NXDOMAIN (the target does not exist) with the CNAME in the answer.
     signed_update(named_server, ("add", "wms-alice", 300, "CNAME", "gone.lbtest.example."))
@@ -51,6 +52,7 @@ def test_cname_to_a_missing_name_is_reported_not_updated(tmp_path, named_server)
     assert named_server.dig("wms-alice") == ["gone.lbtest.example."]  # still only the CNAME, no address
 
 
+@pytest.mark.system
 def test_update_is_read_back_and_a_silently_ignored_one_is_an_error(named_server):
     # The server answers NOERROR to address records beside a CNAME but ignores them (RFC 2136 3.4.2.2).
     signed_update(named_server, ("add", "wms-alice", 300, "CNAME", "gone.lbtest.example."))
@@ -64,6 +66,7 @@ def test_update_is_read_back_and_a_silently_ignored_one_is_an_error(named_server
     assert named_server.dig("wms-bob") == ["192.0.2.11"]
 
 
+@pytest.mark.unit
 def test_differences_name_each_rrset():
     a = frozenset({"192.0.2.1"})
     assert differences(RRsets(a, a_ttl=60), RRsets(a, ttl=60)) == []
@@ -73,6 +76,7 @@ def test_differences_name_each_rrset():
 
 # -- TTL per family ------------------------------------------------------------
 
+@pytest.mark.unit
 def test_ttl_is_compared_per_family():
     a, aaaa = frozenset({"192.0.2.1"}), frozenset({"2001:db8::1"})
     wanted = RRsets(a, aaaa, ttl=60)
@@ -82,6 +86,7 @@ def test_ttl_is_compared_per_family():
     assert not needs_update(RRsets(a, a_ttl=60), RRsets(a, ttl=60))  # an empty family has no TTL to compare
 
 
+@pytest.mark.system
 def test_aaaa_ttl_differing_from_a_ttl_is_corrected(tmp_path, named_server):
     attrs = {"wms01": 'ip6="2001:db8::11"'}
     arb, _ = arbiter_for(tmp_path, named_server, '    <alias name="wms-alice" group="WMS" best-hosts="1"/>',
@@ -110,6 +115,7 @@ class CachingServer(NamedServer):
             f"forwarders {{ 127.0.0.1 port {primary.port}; }}; }};\n")
 
 
+@pytest.mark.system
 def test_answers_of_a_caching_server_are_refused(tmp_path, named_server):
     signed_update(named_server, ("add", "wms-alice", 120, "A", "192.0.2.11"))
     cache = CachingServer(tmp_path / "cache", named_server)
@@ -129,6 +135,7 @@ def test_answers_of_a_caching_server_are_refused(tmp_path, named_server):
 
 # -- node addresses ------------------------------------------------------------
 
+@pytest.mark.system
 def test_link_local_node_is_excluded_not_published(tmp_path, named_server):
     nodes = {**NODES, "wms05": "[fe80::1%eth0]"}
     arb, cfg = arbiter_for(tmp_path, named_server, '    <alias name="wms-alice" group="WMS" best-hosts="-1"/>',
@@ -142,6 +149,7 @@ def test_link_local_node_is_excluded_not_published(tmp_path, named_server):
     assert named_server.dig("wms-alice") == sorted(NODES.values())
 
 
+@pytest.mark.unit
 def test_unpublishable_addresses():
     assert "link-local" in unpublishable("fe80::1")
     assert "link-local" in unpublishable("169.254.1.1")
@@ -152,6 +160,7 @@ def test_unpublishable_addresses():
 
 # -- submission test page ------------------------------------------------------
 
+@pytest.mark.system
 def test_future_and_stale_page_lines_do_not_break_the_alias(tmp_path, named_server):
     page = tmp_path / "submission.txt"
     now = int(time.time())

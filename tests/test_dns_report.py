@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lbserver.dns.lease import LeaseStatus
 from lbserver.dns.report import AliasReport, alert_conditions, cleared_text
+
+pytestmark = pytest.mark.unit
 
 
 def report(alias: str, result: str, **kw) -> AliasReport:

@@ -24,10 +24,12 @@ import dns.rdatatype
 import lxml.html
 import pytest
 
-from faultkit import LogCapture
+from tests.support.faults import LogCapture
 from lbserver.dns.lease import parse
-from tests.cluster import Balancer, PageServer, lbctl, server_xml, start_agent, start_balancer
-from tests.conftest import ROOT, free_port, python_cmd, wait_until
+from tests.support.cluster import Balancer, PageServer, lbctl, server_xml, start_agent, start_balancer
+from tests.support import ROOT, free_port, python_cmd, wait_until
+
+pytestmark = pytest.mark.system
 
 POLL_INTERVAL = 1.0
 POLL = f'interval="{POLL_INTERVAL:g}" timeout="0.5" rise="1" fall="1"'

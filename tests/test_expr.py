@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from lbserver.config.expr import Const, EvalError, ExprError, evaluate, parse
 
+pytestmark = pytest.mark.unit
+
 VARS = {"CPUFREQ": 2000, "NBPROC": 4, "MEMTOTAL": 8192, "NBX11SESS": 12, "TEXT": "busy", "FLAG": True}
 
 

@@ -13,9 +13,13 @@ import signal
 import time
 import xmlrpc.client
 
-from faultkit import Allowed, LogCapture, TerminalLoop
-from tests.cluster import restart_agent, scripted_agent, start_agent, start_balancer, stop
-from tests.conftest import python_cmd, wait_for_port, wait_until
+import pytest
+
+from tests.support.faults import Allowed, LogCapture, TerminalLoop
+from tests.support.cluster import restart_agent, scripted_agent, start_agent, start_balancer, stop
+from tests.support import python_cmd, wait_for_port, wait_until
+
+pytestmark = pytest.mark.daemon
 
 POLL = 'interval="0.5" timeout="0.4" rise="2" fall="2"'
 # fall=2 polls 0.5 s apart, each up to 0.4 s, plus one interval of phase and

@@ -13,9 +13,13 @@ import re
 import signal
 import xmlrpc.client
 
-from faultkit import LogCapture
-from tests.cluster import agent_xml, server_xml, start_agent, start_balancer
-from tests.conftest import wait_until
+import pytest
+
+from tests.support.faults import LogCapture
+from tests.support.cluster import agent_xml, server_xml, start_agent, start_balancer
+from tests.support import wait_until
+
+pytestmark = pytest.mark.daemon
 
 REFUSED = "reload refused, keeping the running configuration: "
 

@@ -21,9 +21,13 @@ import resource
 import threading
 import time
 
-from faultkit import LogCapture, fd_count, rss_kib
-from tests.cluster import Balancer, server_xml, start_agent
-from tests.conftest import free_port, python_cmd, wait_for_port, wait_until
+import pytest
+
+from tests.support.faults import LogCapture, fd_count, rss_kib
+from tests.support.cluster import Balancer, server_xml, start_agent
+from tests.support import free_port, python_cmd, wait_for_port, wait_until
+
+pytestmark = pytest.mark.daemon
 
 IDLE = 2.0
 GOOD, SILENT, DRIP = 1800, 100, 100

@@ -11,10 +11,14 @@ import re
 import subprocess
 import threading
 
-from dnsfixture import start_smtp
-from faultkit import LogCapture
-from tests.cluster import start_agent, start_balancer, stop
-from tests.conftest import free_port, wait_until
+import pytest
+
+from tests.support.dns import start_smtp
+from tests.support.faults import LogCapture
+from tests.support.cluster import start_agent, start_balancer, stop
+from tests.support import free_port, wait_until
+
+pytestmark = pytest.mark.system
 
 POLL = 'interval="0.5" timeout="0.4" rise="1" fall="1"'
 

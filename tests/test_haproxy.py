@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster import lbctl, restart_agent, start_agent, start_balancer, stop
+from tests.support.cluster import lbctl, restart_agent, start_agent, start_balancer, stop
 from common.netutil import raise_nofile_limit
-from conftest import ARTIFACTS, ROOT, Procs, chi2, free_port, python_cmd, wait_for_port, wait_until
+from tests.support import ARTIFACTS, ROOT, Procs, free_port, python_cmd, wait_for_port, wait_until
+from tests.support.stats import chi2
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 EXAMPLE = ROOT / "etc" / "examples" / "haproxy-xrdp.cfg"
@@ -194,6 +195,7 @@ def farm(tmp_path_factory):
 
 # -- the tests ---------------------------------------------------------------
 
+@pytest.mark.system
 def test_haproxy_weights_follow_lbserver(farm):
     farm.wait_in_step(BASE)
     stat = farm.stat()
@@ -207,6 +209,7 @@ def test_haproxy_weights_follow_lbserver(farm):
     farm.wait_in_step(BASE)
 
 
+@pytest.mark.system
 def test_sessions_spread_by_the_weights(farm):
     weights = farm.wait_in_step(BASE)
     held = []
@@ -236,6 +239,7 @@ def _timed_drain(farm, node: str) -> tuple[float, float]:
     return t2 - t0, t2 - t1
 
 
+@pytest.mark.system
 def test_lbctl_drain_reaches_haproxy_and_enable_brings_it_back(farm):
     farm.wait_in_step(BASE)
     # Give xapp2 a session first: leastconn sends the first ones to xapp1, so hold them.
@@ -290,6 +294,7 @@ def test_lbctl_drain_reaches_haproxy_and_enable_brings_it_back(farm):
     print(report)
 
 
+@pytest.mark.system
 def test_drain_at_the_source_reaches_haproxy(farm):
     farm.wait_in_step(BASE)
     agent = farm.agents["xapp1"]
@@ -307,6 +312,7 @@ def test_drain_at_the_source_reaches_haproxy(farm):
     farm.wait_in_step(BASE)
 
 
+@pytest.mark.system
 def test_a_dead_agent_marks_the_server_down_and_a_restart_brings_it_back(farm):
     farm.wait_in_step(BASE)
     agent = farm.agents["xapp3"]
@@ -335,6 +341,7 @@ def test_a_dead_agent_marks_the_server_down_and_a_restart_brings_it_back(farm):
           f"(poll interval {poll['interval']} s, timeout {poll['timeout']} s, fall {poll['fall']})")
 
 
+@pytest.mark.system
 def test_junk_slow_and_foreign_clients_do_not_disturb_the_agent_port(farm):
     farm.wait_in_step(BASE)
     port = farm.agent_port
@@ -376,6 +383,7 @@ def test_junk_slow_and_foreign_clients_do_not_disturb_the_agent_port(farm):
     assert all(row["agent_status"] == "L7OK" for row in farm.stat().values())
 
 
+@pytest.mark.system
 def test_the_terminal_port_answers_json_for_scripts(farm):
     farm.wait_in_step(BASE)
     url = farm.bal.url
@@ -398,6 +406,7 @@ def test_the_terminal_port_answers_json_for_scripts(farm):
     assert farm.bal.ask("?format=text") in NODES
 
 
+@pytest.mark.daemon
 def test_reload_moves_and_stops_the_agent_port(procs, tmp_path):
     agent = start_agent(procs, tmp_path, "solo", "127.0.0.24", 0.0)
     old, new = free_port(), free_port()

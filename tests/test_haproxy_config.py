@@ -12,6 +12,8 @@ from lbserver import config as configmod
 from lbserver.config import HaproxyAgent
 from lbserver.config.settings import HAPROXY_AGENT
 
+pytestmark = pytest.mark.unit
+
 NODES = '<nodes><group name="G"><node name="a" address="http://10.0.0.1"/></group></nodes>'
 
 

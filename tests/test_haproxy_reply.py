@@ -11,6 +11,8 @@ from lbserver.haproxy.access import LOOPBACK, effective_allow, is_allowed
 from lbserver.haproxy.reply import (MAX_LINE, Question, Replies, clean, line_end, parse_question, percent,
                                     reply)
 
+pytestmark = pytest.mark.unit
+
 
 def view(name: str, weight: float = 10.0, size: float = 1.0, healthy: bool = True, drained_by=(),
          drain_reason: str = "", reasons=(), up: bool | None = True) -> NodeView:

@@ -7,10 +7,14 @@ import ipaddress
 import socket
 import time
 
+import pytest
+
 from lbserver.config import HaproxyAgent
 from lbserver.core.selection import NodeView, Snapshot
 from lbserver.haproxy.service import HaproxyAgentService
-from tests.cluster import SnapshotView
+from tests.support.doubles import SnapshotView
+
+pytestmark = pytest.mark.unit
 
 IO_TIMEOUT = 5.0
 

@@ -7,6 +7,8 @@ import pytest
 from lbserver.core.health import MAX_STRING, MAX_USERS, MAX_VARIABLES, NodeRecord, record_failure, record_success, \
     validate_state
 
+pytestmark = pytest.mark.unit
+
 STATE = {"hostname": "xapp1", "agent_version": "1.0", "sampled_at": 1700000000.5,
          "variables": {"NBPROC": 4, "LOADAVG": 0.5, "GDM": True, "ROOM": "B12"}, "users": ["alice"]}
 

@@ -8,10 +8,12 @@ import time
 
 import pytest
 
-from conftest import free_port
+from tests.support import free_port
 from lbserver.dns.healthurl import HealthFetchError, fetch, format_time, match_hosts, match_nodes, parse_page, \
     parse_timestamp
-from tests.cluster import PageServer
+from tests.support.cluster import PageServer
+
+pytestmark = pytest.mark.unit
 
 NOW = 1_700_000_000.0
 

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.xmlconfig import ConfigError
-from conftest import ROOT
+from tests.support import ROOT
 from lbagent import config as agent_config
 from lbserver import config as server_config
 from lbserver.dns import healthurl
@@ -34,8 +34,10 @@ from lbserver.tools import siteinfo
 from lbserver.core.health import validate_state
 from lbserver.core.poller import PollError, parse_reply
 from lbserver.terminal.service import TerminalService, _Connection
-from terminal_harness import terminal_config
+from tests.support.terminal_harness import terminal_config
 from lbserver.core.weights import evaluate
+
+pytestmark = pytest.mark.unit
 
 # HOSTILE_EXAMPLES=5000 runs a deeper search; the default keeps the suite fast.
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "200"))

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from lbserver.terminal.request import MAX_BODY, MAX_HEAD, HttpError, decode_query, find_head_end, parse_head
 
+pytestmark = pytest.mark.unit
+
 
 def parse(raw: bytes):
     start, end = find_head_end(raw)

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.daemon
+
 ROOT = Path(__file__).resolve().parent.parent
 LINT = str(Path(sys.executable).with_name("lint-imports"))
 

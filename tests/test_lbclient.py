@@ -16,7 +16,7 @@ import pytest
 
 from lbclient import client as lbclient
 from lbclient.client import ServerError, build_request, parse_response, parse_server, valid_host
-from tests.conftest import ROOT, Procs, free_port, python_cmd, wait_for_port
+from tests.support import ROOT, Procs, free_port, python_cmd, wait_for_port
 
 CLIENT = ROOT / "lbclient" / "client.py"
 GET_HOSTS = ROOT / "etc" / "ldm" / "get_hosts"
@@ -33,22 +33,26 @@ GET_HOSTS = ROOT / "etc" / "ldm" / "get_hosts"
     ("fd00::2", ("fd00::2", 8008)),
     (" boot2 ", ("boot2", 8008)),
 ])
+@pytest.mark.unit
 def test_parse_server(spec, expected):
     assert parse_server(spec) == expected
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("spec", ["", ":80", "host:", "host:0", "host:70000", "host:x", "[::1", "[::1]x", "[]:80"])
 def test_parse_server_rejects(spec):
     with pytest.raises(ValueError):
         parse_server(spec)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text", ["xapp1", "xapp1.example.org", "xapp1.example.org.", "10.0.0.1", "fd00::1",
                                   "a-b.c_d", "1host"])
 def test_valid_host(text):
     assert valid_host(text)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text", ["", "a b", "a\tb", "-x", "x-", "a..b", "<html>", "x" * 64 + ".org",
                                   "1.2.3", "999.1.1.1", "a" * 256, "host;rm", "é.org"])
 def test_invalid_host(text):
@@ -59,6 +63,7 @@ def ok(body: bytes, head: bytes = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\
     return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
+@pytest.mark.unit
 def test_parse_response_good():
     assert parse_response(ok(b"xapp2\n")) == "xapp2"
     assert parse_response(ok(b"10.0.0.2\r\n")) == "10.0.0.2"
@@ -78,12 +83,14 @@ def test_parse_response_good():
     (b"SSH-2.0-OpenSSH_9.2\r\n", "incomplete"),
     (b"garbage\r\n\r\nxapp1\n", "not an HTTP response"),
 ])
+@pytest.mark.unit
 def test_parse_response_rejects(data, why):
     with pytest.raises(ServerError) as info:
         parse_response(data)
     assert why in str(info.value)
 
 
+@pytest.mark.unit
 def test_build_request_encodes_query():
     req = build_request("boot1", 8008, "lab one", "Jérôme&co")
     line = req.split(b"\r\n")[0]
@@ -92,6 +99,7 @@ def test_build_request_encodes_query():
     assert build_request("::1", 8008).startswith(b"GET / HTTP/1.0\r\nHost: [::1]:8008\r\n")
 
 
+@pytest.mark.unit
 def test_servers_from_env_and_default():
     assert lbclient.servers_from(None, {"LBSERVER": "boot1, [::1]:9"}) == [("boot1", 8008), ("::1", 9)]
     assert lbclient.servers_from(None, {}) == [("localhost", 8008)]
@@ -109,6 +117,7 @@ def imported_modules(path: Path) -> set[str]:
     return modules
 
 
+@pytest.mark.unit
 def test_standard_library_only():
     """The client must run when copied alone into a thin-client image."""
     modules = imported_modules(CLIENT)
@@ -118,6 +127,7 @@ def test_standard_library_only():
     assert not any(isinstance(n, (ast.NamedExpr, ast.JoinedStr, ast.AnnAssign)) for n in ast.walk(tree))
 
 
+@pytest.mark.unit
 def test_package_imports_nothing_of_the_project():
     """lbclient/ is its own top-level package: standard library, and itself, only."""
     files = sorted((ROOT / "lbclient").glob("*.py"))
@@ -129,6 +139,7 @@ def test_package_imports_nothing_of_the_project():
         assert modules <= allowed, (path.name, modules - allowed)
 
 
+@pytest.mark.unit
 def test_version_follows_the_project():
     """client.py cannot import common.version; its own VERSION must match it."""
     from common.version import __version__
@@ -143,7 +154,7 @@ def harness():
     """The terminal service harness; yields its port."""
     procs = Procs()
     port = free_port()
-    proc = procs.start(python_cmd("tests.terminal_harness", "--listen", f"127.0.0.1:{port}",
+    proc = procs.start(python_cmd("tests.support.terminal_harness", "--listen", f"127.0.0.1:{port}",
                                   "--hosts", "host-a", "--groups", "g1:x,y;g2:z"))
     wait_for_port("127.0.0.1", port, proc=proc)
     try:
@@ -168,6 +179,7 @@ def run_client(copied: Path, *args: str, env: dict[str, str] | None = None, time
                           timeout=timeout, env=full_env)
 
 
+@pytest.mark.daemon
 def test_client_asks_group_and_user(harness, copied_client):
     s = f"127.0.0.1:{harness}"
     assert run_client(copied_client, "-s", s, "-g", "g2").stdout == "z\n"
@@ -177,9 +189,10 @@ def test_client_asks_group_and_user(harness, copied_client):
     assert run_client(copied_client, "-s", s).stdout == "host-a\n"
 
 
+@pytest.mark.daemon
 def test_client_env_lbserver_and_ipv6(procs, copied_client):
     port = free_port("::1")
-    proc = procs.start(python_cmd("tests.terminal_harness", "--listen", f"[::1]:{port}", "--hosts", "v6host"))
+    proc = procs.start(python_cmd("tests.support.terminal_harness", "--listen", f"[::1]:{port}", "--hosts", "v6host"))
     wait_for_port("::1", port, proc=proc)
     assert run_client(copied_client, "-s", f"[::1]:{port}").stdout == "v6host\n"
     result = run_client(copied_client, env={"LBSERVER": f"127.0.0.1:{free_port()} [::1]:{port}"})
@@ -187,6 +200,7 @@ def test_client_env_lbserver_and_ipv6(procs, copied_client):
     assert "refused" in result.stderr.lower()
 
 
+@pytest.mark.daemon
 def test_client_falls_over_to_next_server(harness, copied_client):
     dead = free_port()
     result = run_client(copied_client, "-s", f"127.0.0.1:{dead}", "-s", f"127.0.0.1:{harness}", "-g", "g2")
@@ -194,6 +208,7 @@ def test_client_falls_over_to_next_server(harness, copied_client):
     assert result.stderr.count("\n") == 1 and f"127.0.0.1:{dead}" in result.stderr
 
 
+@pytest.mark.daemon
 def test_client_unknown_group_and_none_answering(harness, copied_client):
     result = run_client(copied_client, "-s", f"127.0.0.1:{harness}", "-g", "nosuch")
     assert result.returncode == 1 and result.stdout == ""
@@ -247,6 +262,7 @@ class BadServer:
     (b"HTTP/1.0 200 OK\r\n\r\n" + b"a" * 300, "longer than 255"),
     (b"\x00\x01\x02", "incomplete"),
 ])
+@pytest.mark.daemon
 def test_client_rejects_bad_answers(harness, copied_client, reply, why):
     bad = BadServer(reply)
     try:
@@ -258,6 +274,7 @@ def test_client_rejects_bad_answers(harness, copied_client, reply, why):
     assert why in result.stderr
 
 
+@pytest.mark.daemon
 def test_client_timeout_bounded(harness, copied_client):
     mute = BadServer(None)
     try:
@@ -272,6 +289,7 @@ def test_client_timeout_bounded(harness, copied_client):
     assert elapsed < 5  # 0.5 s for the mute one plus interpreter start-up
 
 
+@pytest.mark.daemon
 def test_client_help_and_usage_errors(copied_client):
     help_text = run_client(copied_client, "--help")
     assert help_text.returncode == 0
@@ -282,6 +300,7 @@ def test_client_help_and_usage_errors(copied_client):
     assert run_client(copied_client, "-t", "0").returncode == 2
 
 
+@pytest.mark.daemon
 def test_python_m_lbclient(harness, tmp_path):
     """``python3 -m lbclient``, the package installed (here: on PYTHONPATH), from any directory."""
     env = {k: v for k, v in os.environ.items() if k != "LBSERVER"}
@@ -295,6 +314,7 @@ def test_python_m_lbclient(harness, tmp_path):
     assert (asked.returncode, asked.stdout, asked.stderr) == (0, "z\n", "")
 
 
+@pytest.mark.daemon
 def test_client_py_copied_alone_runs_as_a_script(harness, tmp_path):
     """``python3 client.py`` next to nothing else: -S leaves out site-packages (where the project
     may be installed), so only the standard library and the file's own directory are importable."""
@@ -319,11 +339,13 @@ def get_hosts(copied: Path, env: dict[str, str]):
     return subprocess.run(["sh", str(GET_HOSTS)], capture_output=True, text=True, timeout=20, env=base)
 
 
+@pytest.mark.unit
 def test_get_hosts_is_executable():
     assert os.access(GET_HOSTS, os.X_OK)
     assert GET_HOSTS.read_text().startswith("#!/bin/sh")
 
 
+@pytest.mark.daemon
 def test_get_hosts_asks_balancer(harness, copied_client):
     result = get_hosts(copied_client, {"LB_SERVERS": f"127.0.0.1:{free_port()} 127.0.0.1:{harness}",
                                        "LB_GROUP": "g2", "LDM_SERVER": "fallback1"})
@@ -332,6 +354,7 @@ def test_get_hosts_asks_balancer(harness, copied_client):
     assert result.stdout == "alice-host\n"
 
 
+@pytest.mark.unit
 def test_get_hosts_falls_back_to_ldm_server(copied_client):
     dead = f"127.0.0.1:{free_port()}"
     result = get_hosts(copied_client, {"LB_SERVERS": dead, "LB_TIMEOUT": "0.5", "LDM_SERVER": "xapp1 xapp2"})

@@ -10,8 +10,10 @@ import subprocess
 
 import pytest
 
-from tests.cluster import ask_many, lbctl, start_agent, start_balancer, stop
-from tests.conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
+from tests.support.cluster import ask_many, lbctl, start_agent, start_balancer, stop
+from tests.support import ROOT, free_port, python_cmd, wait_for_port, wait_until
+
+pytestmark = pytest.mark.daemon
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from tests.cluster import ask_many, restart_agent, scripted_agent, start_agent, start_balancer, stop
-from tests.conftest import ROOT, chi2, free_port, python_cmd, wait_for_port, wait_until
+from tests.support.cluster import ask_many, restart_agent, scripted_agent, start_agent, start_balancer, stop
+from tests.support import ROOT, free_port, python_cmd, wait_for_port, wait_until
+from tests.support.stats import chi2
 
 # Upper 1e-6 points of the chi-square distribution, by degrees of freedom. The
 # live balancer draws from an unseeded generator, so the test must not fail
@@ -31,6 +32,7 @@ def three(procs, tmp_path):
     return agents, bal
 
 
+@pytest.mark.daemon
 def test_distribution_of_each_algorithm_and_a_reload_that_changes_it(three):
     agents, bal = three
     status = bal.status()
@@ -54,6 +56,7 @@ def test_distribution_of_each_algorithm_and_a_reload_that_changes_it(three):
     assert counts["xapp1"] > counts["xapp2"] > counts["xapp3"]
 
 
+@pytest.mark.system
 def test_curl_lbclient_groups_and_bad_requests(three):
     agents, bal = three
     out = subprocess.run(["curl", "-sS", "--max-time", "5", "-i", bal.url + "/?group=B"],
@@ -75,6 +78,7 @@ def test_curl_lbclient_groups_and_bad_requests(three):
     assert bal.ask() in {"xapp1", "xapp2", "xapp3"}
 
 
+@pytest.mark.daemon
 def test_user_affinity(procs, tmp_path):
     agent = start_agent(procs, tmp_path, "xapp1", "127.0.0.2", 0)
     state = tmp_path / "fake.json"
@@ -89,6 +93,7 @@ def test_user_affinity(procs, tmp_path):
     assert ask_many(bal.port, 200, "/?user=bob")["xapp1"] > 150
 
 
+@pytest.mark.daemon
 def test_agent_death_fall_and_rise(three, procs):
     agents, bal = three
     stop(agents[1].proc)
@@ -103,6 +108,7 @@ def test_agent_death_fall_and_rise(three, procs):
     assert "xapp2" in ask_many(bal.port, 300)
 
 
+@pytest.mark.daemon
 def test_bad_agents_do_not_delay_others(procs, tmp_path):
     good = start_agent(procs, tmp_path, "good", "127.0.0.2", 0)
     members = [("good", good.url)]
@@ -127,6 +133,7 @@ def test_bad_agents_do_not_delay_others(procs, tmp_path):
     assert set(ask_many(bal.port, 100)) == {"good"}
 
 
+@pytest.mark.daemon
 def test_all_down_answers_last_good(three):
     agents, bal = three
     for a in agents:
@@ -137,6 +144,7 @@ def test_all_down_answers_last_good(three):
     assert len(answers) == 1 and answers <= {"xapp1", "xapp2", "xapp3"}
 
 
+@pytest.mark.daemon
 def test_sighup_reload_and_bad_config(three, tmp_path, procs):
     agents, bal = three
     extra = start_agent(procs, tmp_path, "xapp4", "127.0.0.6", 0)
@@ -169,6 +177,7 @@ def _read_available(proc: subprocess.Popen) -> bytes:
     return _buffers[proc.pid]
 
 
+@pytest.mark.daemon
 def test_check_config_seed_example_and_errors(tmp_path):
     seed = tmp_path / "seed.xml"
     seed.write_text("""<?xml version="1.0"?>
@@ -226,10 +235,11 @@ def test_check_config_seed_example_and_errors(tmp_path):
     assert f"{typo}:4: warning: rule variable LOADAVERAGE is not a built-in" in res.stderr
 
 
+@pytest.mark.daemon
 def test_once_prints_table(procs, tmp_path):
     a = start_agent(procs, tmp_path, "xapp1", "127.0.0.2", 20)
     bal_cfg = tmp_path / "once.xml"
-    from tests.cluster import server_xml
+    from tests.support.cluster import server_xml
 
     bal_cfg.write_text(server_xml(free_port(), free_port(), {"PROD": [("xapp1", a.url),
                                                                      ("gone", "http://127.0.0.7:9")]}, tmp_path))
@@ -243,6 +253,7 @@ def test_once_prints_table(procs, tmp_path):
     assert row["gone"][1] == "down" and "refused" in " ".join(row["gone"])
 
 
+@pytest.mark.daemon
 def test_reload_moves_the_terminal_port_even_onto_an_overlapping_address(three):
     agents, bal = three
     text = bal.config.read_text()

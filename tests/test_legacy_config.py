@@ -10,8 +10,8 @@ import pytest
 from lbserver import config as configmod
 from lbserver.config import loader
 from lbserver.config.expr import Expr
-from tests.cluster import Balancer, lbctl, start_agent
-from tests.conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
+from tests.support.cluster import Balancer, lbctl, start_agent
+from tests.support import ROOT, free_port, python_cmd, wait_for_port, wait_until
 
 # The form published in LTSP cluster tutorials (only the addresses are this machine's).
 LEGACY = """<?xml version="1.0"?>
@@ -43,6 +43,7 @@ def write(tmp: Path, listen: str, nodes: str = '<node address="http://127.0.0.2:
     return path
 
 
+@pytest.mark.unit
 def test_the_legacy_form_loads(tmp_path, caplog):
     cfg = configmod.load(str(write(tmp_path, "*:8008", refresh="0.5")))
     assert cfg.listen == ("0.0.0.0", 8008)                      # *:PORT is every address
@@ -66,6 +67,7 @@ def test_the_legacy_form_loads(tmp_path, caplog):
     ('<variable name="X" weight="1" capacity="4-4"/>', "must be greater than 0"),
     ('<variable name="X" weight="1" capacity="1/(2-2)"/>', "division by zero"),
 ])
+@pytest.mark.unit
 def test_bad_expressions_are_located(tmp_path, rule, message):
     path = write(tmp_path, "127.0.0.1:8008", extra=rule)
     with pytest.raises(configmod.ConfigError) as info:
@@ -73,6 +75,7 @@ def test_bad_expressions_are_located(tmp_path, rule, message):
     assert info.value.line == 17 and message in str(info.value), str(info.value)
 
 
+@pytest.mark.daemon
 def test_the_old_default_path_is_read_when_the_new_one_is_absent(tmp_path, monkeypatch):
     new, old = tmp_path / "mille-xterm" / "lbsconfig.xml", tmp_path / "ltsp" / "lbsconfig.xml"
     monkeypatch.setattr(loader, "DEFAULT_PATH", str(new))
@@ -92,6 +95,7 @@ def _rule(status_node: dict, name: str) -> dict:
     return next(r for r in status_node["rules"] if r["name"] == name)
 
 
+@pytest.mark.daemon
 def test_a_legacy_file_runs_against_real_agents_and_explains_every_weight(procs, tmp_path):
     sessions = {"xapp1": 3, "xapp2": 100000}  # xapp2 is far over its expression critical
     agents = [start_agent(procs, tmp_path, name, f"127.0.0.{i + 2}", 0,

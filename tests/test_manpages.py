@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from tests.support import ROOT
 
 GEN = ROOT / "scripts" / "gen-man"
 PAGES = ("lbagent.8", "lbserver.8", "lbctl.8", "lbclient.1", "lbaconfig.xml.5", "lbsconfig.xml.5")
@@ -34,6 +34,7 @@ def page_text(name: str) -> str:
     return (ROOT / "man" / name).read_text()
 
 
+@pytest.mark.daemon
 def test_man_pages_are_current():
     result = subprocess.run([sys.executable, str(GEN), "--check"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
@@ -42,6 +43,7 @@ def test_man_pages_are_current():
     assert sorted(page.filename for page in gen_man.PAGES) == sorted(PAGES)
 
 
+@pytest.mark.unit
 def test_a_stale_page_is_named_with_the_command(tmp_path, monkeypatch):
     monkeypatch.setattr(gen_man, "MAN_DIR", tmp_path)
     for name in PAGES:
@@ -52,6 +54,7 @@ def test_a_stale_page_is_named_with_the_command(tmp_path, monkeypatch):
     assert (tmp_path / "lbctl.8").read_text() == page_text("lbctl.8")
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("name", PAGES)
 def test_page_renders_without_warnings(name, tmp_path):
     path = ROOT / "man" / name
@@ -66,6 +69,7 @@ def test_page_renders_without_warnings(name, tmp_path):
     assert all(ord(c) < 128 for c in path.read_text())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("page", [p for p in gen_man.PAGES if isinstance(p, gen_man.CommandPage)],
                          ids=lambda p: p.filename)
 def test_command_page_has_every_option_and_section(page):
@@ -83,6 +87,7 @@ def test_command_page_has_every_option_and_section(page):
         assert "\\fB5\\fR\na Python module it needs is missing" in exit_status
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("page", [p for p in gen_man.PAGES if isinstance(p, gen_man.ConfigPage)],
                          ids=lambda p: p.filename)
 def test_config_page_has_every_attribute(page):
@@ -95,6 +100,7 @@ def test_config_page_has_every_attribute(page):
         assert f"\n.SH {section}\n" in text
 
 
+@pytest.mark.unit
 def test_examples_are_loaded_before_a_page_is_written():
     page = next(p for p in gen_man.PAGES if isinstance(p, gen_man.ConfigPage) and p.filename == "lbsconfig.xml.5")
     broken = gen_man.ConfigPage(page.module, page.summary, page.description, page.files,
@@ -103,6 +109,7 @@ def test_examples_are_loaded_before_a_page_is_written():
         gen_man.render(broken)
 
 
+@pytest.mark.unit
 def test_help_sections_are_read_as_written():
     blocks = gen_man.blocks("Some prose\non two lines.\n\nexit status: 0 fine\n\nfiles:\n  /a   the a file\n"
                             "       continued\n  /b   the b file\n\nexamples:\n  cmd --x\n")
@@ -115,6 +122,7 @@ def test_help_sections_are_read_as_written():
     assert re.fullmatch(r"\\fB\\-c\\fR \\fIFILE\\fR", gen_man.fonts("-c FILE"))
 
 
+@pytest.mark.system
 def test_make_install_puts_the_pages_in_mandir(tmp_path):
     if not shutil.which("make"):
         pytest.skip("no make")

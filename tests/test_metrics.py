@@ -15,8 +15,8 @@ from lbserver.core.counters import DurationHistogram
 from lbserver.mgmt.aliases import NoAliases
 from lbserver.mgmt.metrics import render_metrics
 from lbserver.mgmt.peers import NoPeers
-from tests.cluster import offline_balancer, offline_config, start_agent, start_balancer
-from tests.conftest import wait_until
+from tests.support.cluster import offline_balancer, offline_config, start_agent, start_balancer
+from tests.support import wait_until
 
 
 def parse(text: str) -> dict:
@@ -30,6 +30,7 @@ def samples(family, name: str | None = None) -> dict:
     return {tuple(s.labels.values()): s.value for s in family.samples if s.name == name}
 
 
+@pytest.mark.unit
 def test_duration_histogram_is_cumulative():
     h = DurationHistogram((0.1, 1.0))
     for d in (0.05, 0.1, 0.5, 3.0):
@@ -39,6 +40,7 @@ def test_duration_histogram_is_cumulative():
     assert h.total == pytest.approx(3.65)
 
 
+@pytest.mark.unit
 def test_names_follow_conventions_and_dns_part_is_optional(tmp_path):
     bal = offline_balancer(tmp_path)
     text = render_metrics(bal, NoAliases(), NoPeers()).decode()
@@ -86,6 +88,7 @@ def _metrics(url: str) -> dict:
         return parse(resp.read().decode())
 
 
+@pytest.mark.daemon
 def test_live_metrics_match_status(procs, tmp_path):
     loads = {"xapp1": 20.0, "xapp2": 60.0}
     agents = [start_agent(procs, tmp_path, name, f"127.0.0.{i + 2}", load) for i, (name, load) in enumerate(loads.items())]
@@ -147,6 +150,7 @@ def test_live_metrics_match_status(procs, tmp_path):
     assert later >= count + 2
 
 
+@pytest.mark.unit
 def test_node_lines_are_what_prometheus_client_writes():
     """The per-node families, written directly, against the client's own exposition of the same samples."""
     from prometheus_client import CollectorRegistry, generate_latest

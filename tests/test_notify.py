@@ -9,13 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import free_port
-from dnsfixture import NODES, start_smtp, write_config
+from tests.support import free_port
+from tests.support.dns import NODES, start_smtp, write_config
 from lbserver import config
 from lbserver.dns.decide import Candidate
 from lbserver.dns.arbiter import DnsArbiter
 from lbserver.dns.notify import AlertTracker, Change, Mailer, MailSettings, compose
-from tlsfixture import make_ca
+from tests.support.tls import make_ca
 
 # The test server takes AUTH without TLS on loopback; aiosmtpd warns about that.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -45,6 +45,7 @@ def body(msg) -> str:
     return msg.get_content() if hasattr(msg, "get_content") else msg.get_payload(decode=True).decode()
 
 
+@pytest.mark.unit
 def test_tracker_reports_changes_only():
     t = AlertTracker()
     assert [c.raised for c in t.update({"a": "A down"})] == [True]
@@ -53,6 +54,7 @@ def test_tracker_reports_changes_only():
     assert {(c.key, c.raised, c.message) for c in ch} == {("b", True, "B down"), ("a", False, "A back")}
 
 
+@pytest.mark.unit
 def test_tracker_state_file_round_trip(tmp_path):
     t = AlertTracker()
     t.update({"excluded/x/wms01": "m"})
@@ -62,6 +64,7 @@ def test_tracker_state_file_round_trip(tmp_path):
     assert AlertTracker.load(str(tmp_path / "bad.json")).active == {}
 
 
+@pytest.mark.unit
 def test_compose_mail():
     s = MailSettings(contact=("a@example.org",), mail_from="lb@example.org")
     msg = compose(s, [Change("k", True, "alias x: node y excluded (down)", 0.0),
@@ -72,6 +75,7 @@ def test_compose_mail():
     assert "TABLE" in text
 
 
+@pytest.mark.system
 def test_one_mail_per_change_and_batching(tmp_path, named_server, smtp_server):
     arb = make(tmp_path, named_server, smtp_server)
     arb.run_cycle(cands(), GROUPS)
@@ -96,6 +100,7 @@ def test_one_mail_per_change_and_batching(tmp_path, named_server, smtp_server):
     assert len(smtp_server.messages) == 2
 
 
+@pytest.mark.system
 def test_fallback_and_dns_failure_mails(tmp_path, named_server, smtp_server):
     arb = make(tmp_path, named_server, smtp_server)
     arb.run_cycle(cands(), GROUPS)
@@ -115,6 +120,7 @@ def test_fallback_and_dns_failure_mails(tmp_path, named_server, smtp_server):
     assert "RESOLVED  alias wms-alice: DNS works again" in text
 
 
+@pytest.mark.system
 def test_smtp_down_is_not_fatal_and_mail_follows_later(tmp_path, named_server, caplog):
     port = free_port()
     arb = make(tmp_path, named_server, SimpleNamespace(port=port))  # nothing listens there yet
@@ -131,6 +137,7 @@ def test_smtp_down_is_not_fatal_and_mail_follows_later(tmp_path, named_server, c
         ctl.stop()
 
 
+@pytest.mark.system
 def test_smtp_login_with_password_file(tmp_path, named_server, smtp_auth_server, caplog):
     pw = tmp_path / "smtp.pw"
     pw.write_text("s3cret pw\n")
@@ -144,6 +151,7 @@ def test_smtp_login_with_password_file(tmp_path, named_server, smtp_auth_server,
     assert named_server.secret_b64 not in caplog.text
 
 
+@pytest.mark.system
 def test_wrong_smtp_password_is_logged_not_fatal(tmp_path, named_server, smtp_auth_server, caplog):
     pw = tmp_path / "smtp.pw"
     pw.write_text("wrong\n")
@@ -156,6 +164,7 @@ def test_wrong_smtp_password_is_logged_not_fatal(tmp_path, named_server, smtp_au
     assert smtp_auth_server.messages == []
 
 
+@pytest.mark.system
 def test_cron_mode_state_file_prevents_repeats(tmp_path, named_server, smtp_server):
     state = tmp_path / "alerts.json"
     extra = f'alert-state-file="{state}"'
@@ -170,6 +179,7 @@ def test_cron_mode_state_file_prevents_repeats(tmp_path, named_server, smtp_serv
     assert len(msgs) == 2 and "node wms02 is good again" in body(msgs[1])
 
 
+@pytest.mark.system
 def test_no_contact_no_mail(tmp_path, named_server, smtp_server):
     cfg = config.load(str(write_config(tmp_path / "c.xml", named_server, ALICE,
                                        dns_attrs=f'smtp="127.0.0.1:{smtp_server.port}"')))
@@ -180,6 +190,7 @@ def test_no_contact_no_mail(tmp_path, named_server, smtp_server):
     assert m.send([Change("k", True, "x", 0.0)]) and m.pending == []
 
 
+@pytest.mark.system
 def test_starttls_to_a_server_that_requires_it(tmp_path, named_server, caplog, monkeypatch):
     """Mail goes out over STARTTLS, verifying the relay's certificate; without it the relay refuses."""
     ca = make_ca(tmp_path / "ca")

@@ -20,8 +20,8 @@ from lbserver.peers.message import (BAD_MAC, GARBAGE, MAX_MESSAGE, MAX_NAMES, MA
 from lbserver.config import Peer
 from lbserver.peers.service import RATE, PeerState
 from lbserver.tools.simulate import water_filling
-from tests.cluster import Balancer, server_xml, start_agent, stop
-from tests.conftest import free_port, python_cmd, wait_for_port, wait_until
+from tests.support.cluster import Balancer, server_xml, start_agent, stop
+from tests.support import free_port, python_cmd, wait_for_port, wait_until
 
 SECRET = b"peer-secret-for-tests"
 LOADS = {"xapp1": 0, "xapp2": 10, "xapp3": 20, "xapp4": 30, "xapp5": 35}  # of 40 sessions each
@@ -37,6 +37,7 @@ STORM_RULES = f'<variable name="SIMLOAD" custom="true" weight="100" capacity="{C
 # -- the wire format, without sockets ---------------------------------------
 
 
+@pytest.mark.unit
 def test_messages_round_trip_signed_and_unsigned():
     msg = Message(sender="ab12", seq=7, ts=1000.5, picks={"xapp1": 2}, drains=Drains(frozenset({"xapp2"}), 999.0))
     part = Message(sender="ab12", seq=8, ts=1000.5, drains=Drains(frozenset({"xapp3"}), 999.0, 2, 3))
@@ -49,6 +50,7 @@ def test_messages_round_trip_signed_and_unsigned():
 LONG = "application-server-{:05d}.computer-lab.example-school.org"  # 56 characters
 
 
+@pytest.mark.unit
 def test_picks_and_drains_are_split_to_fit_a_datagram():
     picks = {LONG.format(i): i + 1 for i in range(3000)}
     chunks = split_picks(picks)
@@ -70,6 +72,7 @@ def test_picks_and_drains_are_split_to_fit_a_datagram():
         split_drains((LONG.format(i) for i in range(MAX_PARTS * 140)), 1.0)
 
 
+@pytest.mark.unit
 def test_drain_parts_are_put_back_together():
     old = split_drains(frozenset(LONG.format(i) for i in range(1000)), 100.0)
     new = split_drains(frozenset(LONG.format(i) for i in range(500, 1600)), 200.0)
@@ -93,6 +96,7 @@ def test_drain_parts_are_put_back_together():
     (encode(Message(sender="a", seq=1, ts=1.0), None), SECRET, UNSIGNED),
     (encode(Message(sender="a", seq=1, ts=1.0), b"another secret"), SECRET, BAD_MAC),
 ])
+@pytest.mark.unit
 def test_bad_datagrams_are_named(data, secret, reason):
     with pytest.raises(BadMessage) as info:
         decode(data, secret)
@@ -109,12 +113,14 @@ def test_bad_datagrams_are_named(data, secret, reason):
     {"id": "a", "seq": 1, "ts": 1, "drains": {"nodes": [], "at": 1, "part": True, "of": 2}},
     {"id": "a", "seq": 1, "ts": float("nan")},
 ])
+@pytest.mark.unit
 def test_malformed_bodies_are_refused(doc):
     body = json.dumps(doc).encode()
     with pytest.raises(BadMessage):
         decode(b"LBP1" + bytes(32) + body, None)
 
 
+@pytest.mark.unit
 def test_replay_guard_refuses_repeats_and_stale_signed_messages():
     guard = ReplayGuard(window=30)
     guard.check(Message(sender="a", seq=1, ts=100.0), now=100.0, signed=True)
@@ -130,6 +136,7 @@ def test_replay_guard_refuses_repeats_and_stale_signed_messages():
     guard.check(Message(sender="a-restarted", seq=1, ts=101.0), now=101.0, signed=True)  # a new boot id
 
 
+@pytest.mark.unit
 def test_a_flooding_peer_is_cut_to_the_rate_limit():
     state = PeerState(Peer("127.0.0.1", 8010))
     now = state.refilled
@@ -248,6 +255,7 @@ def five(procs, tmp_path):
     return [(a.name, a.url) for a in agents]
 
 
+@pytest.mark.daemon
 def test_one_balancer_places_a_storm_like_water(procs, tmp_path, five):
     """0/10/20/30/35 of 40 sessions: 50 logins <= 8 % misplaced, 150 logins <= 1.03 worst/ideal (means of storms)."""
     a = _start(procs, tmp_path / "a", five)
@@ -263,6 +271,7 @@ def test_one_balancer_places_a_storm_like_water(procs, tmp_path, five):
     assert seed_misplaced > misplaced and seed_worst > worst
 
 
+@pytest.mark.daemon
 def test_a_storm_split_across_two_peers_lands_as_on_one_balancer(procs, tmp_path, five):
     """The same storms, split across two balancers, with <peers> and without (same run)."""
     pa, pb = free_port(), free_port()
@@ -289,6 +298,7 @@ def test_a_storm_split_across_two_peers_lands_as_on_one_balancer(procs, tmp_path
     assert shared < alone
 
 
+@pytest.mark.daemon
 def test_an_lbctl_drain_holds_on_the_peer_also_after_restarts(procs, tmp_path, five):
     members = five[:3]
     pa, pb = free_port(), free_port()
@@ -315,6 +325,7 @@ def test_an_lbctl_drain_holds_on_the_peer_also_after_restarts(procs, tmp_path, f
     a.wait_health("xapp3", "drained", timeout=5)
 
 
+@pytest.mark.daemon
 def test_a_drained_set_of_thousands_reaches_the_peer_in_parts(procs, tmp_path, five):
     # Three thousand long names do not fit one datagram (23 parts): the
     # peer, started after the set last changed, gets them only from the
@@ -334,6 +345,7 @@ def test_a_drained_set_of_thousands_reaches_the_peer_in_parts(procs, tmp_path, f
     assert len(json.loads((tmp_path / "a" / "lbserver.state").read_text())["drained"]) == 3000
 
 
+@pytest.mark.daemon
 def test_hostile_peer_traffic_is_dropped_and_counted(procs, tmp_path, five):
     secret_file = tmp_path / "peers.secret"
     secret_file.write_text(SECRET.decode() + "\n")

@@ -12,10 +12,11 @@ from lbserver.config import DEFAULT_RULES, Node, ServerConfig
 from lbserver.core import health, poller
 from lbserver.core.poller import poll_all
 from lbserver.core.selection import Snapshot
-from tests.cluster import fake_agent, offline_config, scripted_agent, write_state
-from tests.conftest import free_port
+from tests.support.cluster import fake_agent, offline_config, scripted_agent, write_state
+from tests.support import free_port
 
 
+@pytest.mark.daemon
 def test_unchanged_reply_keeps_its_state_and_a_new_sample_is_parsed(procs, tmp_path):
     node, state_file = fake_agent(procs, tmp_path, "127.0.0.31", time.time())
     dead_port = free_port("127.0.0.32")  # nothing listens there
@@ -52,6 +53,7 @@ def figures(load: float) -> dict:
     return {"NBPROC": 2, "CPUFREQ": 2000, "LOADAVG": load, "MEMUSEDPCT": 20, "NBSESSIONS": 1}
 
 
+@pytest.mark.unit
 def test_snapshot_weighs_again_only_what_changed():
     cfg = offline_config({"G": ["a", "b"]}, rules=DEFAULT_RULES)
     records = {}
@@ -76,6 +78,7 @@ def test_snapshot_weighs_again_only_what_changed():
 
 
 # The task deadline where this interpreter has asyncio.timeout (3.11+); wait_for everywhere.
+@pytest.mark.daemon
 @pytest.mark.parametrize("deadline", ["wait_for"] + (["task deadline"] if poller._deadline is not None else []))
 def test_silent_agent_times_out_either_way(procs, monkeypatch, deadline):
     """The poll timeout bounds a black-holed agent, with asyncio.timeout or (Python 3.10) wait_for."""

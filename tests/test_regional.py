@@ -8,8 +8,8 @@ from lbserver import config as configmod
 from lbserver.config import Group
 from lbserver.core.poller import PollError
 from lbserver.core.remote import group_nodes
-from tests.cluster import Balancer, lbctl, server_xml, start_agent, start_balancer, stop
-from tests.conftest import free_port, python_cmd, wait_for_port
+from tests.support.cluster import Balancer, lbctl, server_xml, start_agent, start_balancer, stop
+from tests.support import free_port, python_cmd, wait_for_port
 
 SITE = Group(name="REGION", nodes=(), source="http://127.0.0.1:9", remote_group="WMS")
 
@@ -24,6 +24,7 @@ def _node(up=True, **kw) -> dict:
     return {**base, **kw}
 
 
+@pytest.mark.unit
 def test_a_site_document_becomes_nodes():
     got = group_nodes(SITE, _doc(a=_node(), b=_node(up=False, why="agent down: refused"),
                                  c=_node(drained_by=["admin"]), d=_node(address="not a url"),
@@ -38,6 +39,7 @@ def test_a_site_document_becomes_nodes():
         group_nodes(SITE, {"groups": {}, "nodes": {}})
 
 
+@pytest.mark.unit
 def test_a_site_node_without_a_port_gets_the_port_of_its_scheme():
     """As a <node address> would: 8001 for http, 443 for https."""
     got = group_nodes(SITE, _doc(plain=_node(address="http://127.0.0.2"), tls=_node(address="https://127.0.0.3"),
@@ -51,6 +53,7 @@ def test_a_site_node_without_a_port_gets_the_port_of_its_scheme():
     ('from="ftp://site:8009"', "expected the URL of another lbserver"),
     ('from="http://site:8009" token-file="/nonexistent/token"', "token-file"),
 ])
+@pytest.mark.unit
 def test_bad_remote_groups_are_refused(tmp_path, attrs, message):
     path = tmp_path / "l.xml"
     path.write_text(f'<lbsconfig><nodes><group name="R" {attrs}/></nodes></lbsconfig>')
@@ -62,6 +65,7 @@ def test_bad_remote_groups_are_refused(tmp_path, attrs, message):
         configmod.load(str(path))
 
 
+@pytest.mark.daemon
 def test_a_regional_balancer_answers_from_a_site_and_follows_it(procs, tmp_path):
     site_dir, region_dir = tmp_path / "site", tmp_path / "region"
     site_dir.mkdir()

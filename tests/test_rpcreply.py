@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from lbserver.core import rpcreply
 from lbserver.core.poller import loads_body  # importing it guards xmlrpc.client as the poller does
 
+pytestmark = pytest.mark.unit
+
 
 PLAIN_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="<>&"), max_size=12)
 ANY_TEXT = st.text(max_size=12)  # controls, CR, markup characters, non-ASCII: the reference's to judge

@@ -22,12 +22,12 @@ import pytest
 
 from common.secretfile import SecretFileError, permission_problem, read_secret_file
 from common.xmlconfig import ConfigError
-from conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
+from tests.support import ROOT, free_port, python_cmd, wait_for_port, wait_until
 from lbagent import config as agentconfig
 from lbagent.rpc import basic_auth_ok
 from lbserver import config as serverconfig
 from lbserver.core.poller import build_request, parse_reply, PollError
-from tests.cluster import Balancer
+from tests.support.cluster import Balancer
 
 AGENT_SECRET = "agent-Secret-7f3a9c"
 TOKEN = "admin-Token-51d2e8"
@@ -47,6 +47,7 @@ def run_check(module: str, path: Path) -> subprocess.CompletedProcess:
 
 # -- secret files ---------------------------------------------------------------
 
+@pytest.mark.unit
 def test_read_secret_file(tmp_path):
     f = tmp_path / "s"
     f.write_text(f"  {AGENT_SECRET}  \nsecond line ignored\n")
@@ -63,6 +64,7 @@ def test_read_secret_file(tmp_path):
         read_secret_file(str(tmp_path / "missing"))
 
 
+@pytest.mark.unit
 def test_permission_problem(tmp_path):
     f = secret_file(tmp_path / "s", AGENT_SECRET)
     assert permission_problem(str(f)) is None
@@ -92,6 +94,7 @@ def test_permission_problem(tmp_path):
     ("Basic not*base64", False),
     (f"Bearer {AGENT_SECRET}", False),
 ])
+@pytest.mark.unit
 def test_basic_auth_ok(header, ok):
     assert basic_auth_ok(header, AGENT_SECRET) is ok
 
@@ -104,6 +107,7 @@ def agent_xml(tmp_path: Path, attrs: str) -> Path:
     return path
 
 
+@pytest.mark.unit
 def test_agent_secret_file_config(tmp_path, caplog):
     secret_file(tmp_path / "agent.secret", AGENT_SECRET)
     cfg = agentconfig.load(str(agent_xml(tmp_path, 'secret-file="agent.secret"')))  # relative to the config
@@ -127,8 +131,9 @@ def test_agent_secret_file_config(tmp_path, caplog):
         agentconfig.load(str(agent_xml(tmp_path, 'secret-file="empty"')))
 
 
+@pytest.mark.daemon
 def test_agent_tls_config_errors(tmp_path):
-    from tlsfixture import make_ca
+    from tests.support.tls import make_ca
     ca = make_ca(tmp_path / "pki")
     leaf = ca.issue(tmp_path / "pki", "agent", ips=("127.0.0.1",))
     other = ca.issue(tmp_path / "pki", "other", ips=("127.0.0.1",))
@@ -158,6 +163,7 @@ def server_xml_text(tmp_path: Path, poll_attrs: str, nodes: str) -> Path:
     return path
 
 
+@pytest.mark.unit
 def test_balancer_secret_defaults_and_overrides(tmp_path, caplog):
     secret_file(tmp_path / "all.secret", AGENT_SECRET)
     secret_file(tmp_path / "one.secret", "another-secret", mode=0o604)
@@ -183,8 +189,9 @@ def test_balancer_secret_defaults_and_overrides(tmp_path, caplog):
     assert b"Authorization" not in build_request(cfg2.nodes["a"])
 
 
+@pytest.mark.daemon
 def test_balancer_security_config_errors(tmp_path):
-    from tlsfixture import make_ca
+    from tests.support.tls import make_ca
     ca = make_ca(tmp_path / "pki")
     secret_file(tmp_path / "ok.secret", AGENT_SECRET)
     cfg = serverconfig.load(str(server_xml_text(
@@ -221,6 +228,7 @@ def test_balancer_security_config_errors(tmp_path):
         serverconfig.load(str(path))
 
 
+@pytest.mark.daemon
 def test_check_config_warns_on_loose_secret_files_without_showing_them(tmp_path):
     secret_file(tmp_path / "agent.secret", AGENT_SECRET, mode=0o644)
     res = run_check("lbagent", agent_xml(tmp_path, 'secret-file="agent.secret"'))
@@ -241,6 +249,7 @@ QUADRATIC = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "' + b"a" * 50000 + 
              + b"</string></value></param></params></methodResponse>")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("body, words", [(XXE, "EntitiesForbidden"), (QUADRATIC, "EntitiesForbidden")])
 def test_balancer_parser_refuses_external_and_quadratic_entities(body, words):
     reply = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
@@ -258,6 +267,7 @@ def raw_http(host: str, port: int, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.daemon
 def test_agent_refuses_external_entities_and_unauthenticated_bodies(procs, tmp_path):
     secret_file(tmp_path / "agent.secret", AGENT_SECRET)
     host, port = "127.0.0.51", free_port("127.0.0.51")
@@ -292,9 +302,10 @@ def test_agent_refuses_external_entities_and_unauthenticated_bodies(procs, tmp_p
     assert AGENT_SECRET not in text
 
 
+@pytest.mark.daemon
 def test_balancer_reports_bomb_huge_and_xxe_agents_clearly(procs, tmp_path):
     """Extends test_lbserver's bad-agent test with the exact error each hostile agent earns."""
-    from tests.cluster import scripted_agent, start_agent, start_balancer
+    from tests.support.cluster import scripted_agent, start_agent, start_balancer
     good = start_agent(procs, tmp_path, "good", "127.0.0.52", 0)
     members = [("good", good.url)]
     for i, mode in enumerate(("bomb", "huge")):
@@ -312,9 +323,10 @@ def test_balancer_reports_bomb_huge_and_xxe_agents_clearly(procs, tmp_path):
 
 # -- secrets never leak ---------------------------------------------------------------
 
+@pytest.mark.daemon
 def test_secrets_never_appear_in_logs_status_or_errors(procs, tmp_path):
     """Agent secret, admin token and TSIG key in one running balancer: grep everything it shows."""
-    from tests.cluster import start_agent
+    from tests.support.cluster import start_agent
     secret_file(tmp_path / "agent.secret", AGENT_SECRET)
     secret_file(tmp_path / "wrong.secret", "wrong-" + AGENT_SECRET, mode=0o644)  # warned about
     secret_file(tmp_path / "admin.token", TOKEN, mode=0o644)
@@ -382,6 +394,7 @@ def _status_of(call) -> int:
         return exc.errcode
 
 
+@pytest.mark.unit
 def test_tsig_and_token_errors_do_not_show_the_secret(tmp_path, caplog):
     from lbserver.config.tsigkey import KeyFileError, load_key
     from lbserver.mgmt.auth import read_token

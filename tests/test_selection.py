@@ -11,40 +11,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Clock, chi2
+from tests.support.doubles import Clock
+from tests.support.stats import chi2
 from lbserver.config import Require, Rule
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord, record_failure, record_success
 from lbserver.core.selection import FORGET_AFTER, MAX_SAMPLE_AGE, EmptyGroup, Selector, Snapshot, UnknownGroup, figures_time
-from tests.cluster import offline_config
+from tests.support.cluster import offline_config
+from tests.support.doubles import SESSIONS
+from tests.support.doubles import agent_state as state
+from tests.support.doubles import snapshot_of as make
+
+pytestmark = pytest.mark.unit
 
 # Chi-square critical values at p = 0.001 by degrees of freedom (standard tables).
 CHI2_001 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}
-
-SESSIONS = Rule("NBSESSIONS", weight=1, capacity=10, per_session=1)
-
-
-def state(**variables) -> dict:
-    users = variables.pop("users", [])
-    return {"hostname": "h", "agent_version": "t", "sampled_at": 0.0,
-            "variables": {"NBPROC": 1, "CPUFREQ": 1000, **variables}, "users": list(users)}
-
-
-def make(groups: dict[str, list[str]], states: dict[str, dict | None], rules=(), requires=(),
-         drained=frozenset(), default=None, at: float = 0.0) -> Snapshot:
-    """A snapshot from node states (None: agent down), polled and sampled at ``at``."""
-    names = {n for ms in groups.values() for n in ms}
-    cfg = offline_config(groups, nodes=sorted(names), default=default, rules=tuple(rules), requires=tuple(requires))
-    records = {}
-    for n, s in states.items():
-        rec = NodeRecord(n)
-        if s is None:
-            record_failure(rec, "connection refused", at, 2)
-        else:
-            record_success(rec, {**s, "sampled_at": at}, at, 2)
-        records[n] = rec
-    return Snapshot.build(cfg, records, drained=frozenset(drained), now=123.0)
-
 
 # --- Fenwick ----------------------------------------------------------------
 

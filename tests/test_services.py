@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, wait_for_port, wait_until
+from tests.support import ROOT, free_port, wait_for_port, wait_until
+
+pytestmark = pytest.mark.system
 
 BINARIES = ("lbagent", "lbserver", "lbclient", "lbctl")
 

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 from lxml import etree
 
-from conftest import ROOT
+from tests.support import ROOT
 from common import settings as common_settings
 from common.settings import REGENERATE, Element, Setting, read, read_all, render_markdown
 from common.xmlconfig import SCHEMA_DIR, ConfigError, Reader
@@ -25,6 +25,7 @@ FILES = (server_settings.CONFIG_FILE, agent_settings.CONFIG_FILE)
 RNG = "{http://relaxng.org/ns/structure/1.0}"
 
 
+@pytest.mark.unit
 def test_docs_settings_md_is_current():
     expected = render_markdown(*FILES)
     current = DOCS.read_text() if DOCS.exists() else ""
@@ -32,6 +33,7 @@ def test_docs_settings_md_is_current():
                                 f"    {REGENERATE}"
 
 
+@pytest.mark.daemon
 def test_the_regeneration_command_prints_the_docs():
     argv = REGENERATE.split(">")[0].split()[1:]  # the command without its interpreter and redirection
     out = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
@@ -57,6 +59,7 @@ def _schema_elements(schema: str) -> tuple[set[tuple[str, str]], list[str]]:
     (server_settings.CONFIG_FILE, "lbsconfig"),
     (agent_settings.CONFIG_FILE, "lbaconfig"),
 ])
+@pytest.mark.unit
 def test_the_schema_places_the_declared_elements_and_names_no_attribute(config_file, root):
     """Attributes are declared in the code alone: the schema places elements and lets any attribute through."""
     pairs, attributes = _schema_elements(config_file.schema)
@@ -68,6 +71,7 @@ def test_the_schema_places_the_declared_elements_and_names_no_attribute(config_f
             assert s.doc and s.doc.endswith(".") and "`" not in s.doc, (e.tag, s.attribute)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("load,text,line,message", [
     (server_config.load, '<lbsconfig>\n<lbservice idle-timout="5"/>\n<nodes><group name="G">'
                          '<node name="a" address="http://10.0.0.1"/></group></nodes></lbsconfig>',
@@ -99,6 +103,7 @@ def _field_defaults(cls) -> dict:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
+@pytest.mark.unit
 def test_server_loader_and_dataclasses_default_alike(tmp_path):
     write_key_file(str(tmp_path / "dns.key"), "lbkey", "hmac-sha256", "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0")
     path = tmp_path / "lbsconfig.xml"
@@ -133,6 +138,7 @@ def test_server_loader_and_dataclasses_default_alike(tmp_path):
     assert cfg.dns.port == server_settings.DNS.port.default
 
 
+@pytest.mark.unit
 def test_agent_loader_and_dataclasses_default_alike(tmp_path):
     path = tmp_path / "lbaconfig.xml"
     path.write_text('<lbaconfig><agent/><log/><variables><variable name="X" type="command" command="true"/>'
@@ -147,6 +153,7 @@ def _elem(xml: str) -> etree._Element:
     return etree.fromstring(xml)
 
 
+@pytest.mark.unit
 def test_read_dispatches_on_kind_and_checks_bounds():
     r = Reader("f.xml")
     port = Setting("port", "integer", 53, "A port.", minimum=1, maximum=65535, element="dns")
@@ -172,6 +179,7 @@ def test_read_dispatches_on_kind_and_checks_bounds():
     assert read(r, _elem('<lbservice listen="[::]:1"/>'), listen) == ("::", 1)
 
 
+@pytest.mark.unit
 def test_read_all_gives_every_declared_attribute_or_its_default():
     r = Reader("f.xml")
     poll = server_settings.POLL
@@ -184,6 +192,7 @@ def test_read_all_gives_every_declared_attribute_or_its_default():
         read_all(r, _elem('<poll rise="0"/>'), poll)
 
 
+@pytest.mark.unit
 def test_server_messages_that_explain_their_bounds(tmp_path):
     write_key_file(str(tmp_path / "dns.key"), "lbkey", "hmac-sha256", "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0")
     base = ('<lbsconfig><nodes><group name="G"><node name="a" address="http://10.0.0.1:8001"/></group></nodes>'
@@ -201,6 +210,7 @@ def test_server_messages_that_explain_their_bounds(tmp_path):
         assert info.value.message == message
 
 
+@pytest.mark.unit
 def test_element_gives_its_settings_by_python_name():
     assert server_settings.POLL.max_reply_bytes.attribute == "max-reply-bytes"
     assert agent_settings.ALLOW.from_.attribute == "from"
@@ -213,6 +223,7 @@ def test_element_gives_its_settings_by_python_name():
     assert common_settings.LOG_LEVELS == agent_config.LOG_LEVELS
 
 
+@pytest.mark.unit
 def test_algorithm_and_lag_are_read(tmp_path):
     path = tmp_path / "lbsconfig.xml"
     body = ('<lbsconfig><lbservice {}/><nodes><group name="G"><node name="a" address="http://10.0.0.1"/></group>'

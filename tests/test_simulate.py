@@ -14,6 +14,8 @@ from common.xmlconfig import ConfigError
 from lbserver.tools.simulate import (ALGORITHMS, _variables, load_scenario, main_simulate, parse_scenario, run_scenario,
                                      water_filling)
 
+pytestmark = pytest.mark.unit
+
 REFERENCE = Path(__file__).resolve().parent.parent / "bench" / "storm.scenario"
 LEVEL = Path(__file__).resolve().parent.parent / "bench" / "level.scenario"
 

@@ -12,6 +12,8 @@ from lbserver import config
 from lbserver.config.tsigkey import format_bind_key, load_key
 from lbserver.tools.siteinfo import main_import, parse_siteinfo
 
+pytestmark = pytest.mark.unit
+
 SECRET = "bGJzZWNyZXRsYnNlY3JldGxic2VjcmV0bGJzZWNyZXQ="
 
 # As a site following the WMS arbiter's documentation would have written it.

@@ -7,7 +7,9 @@ import functools
 import random
 import time
 
-from conftest import Clock
+import pytest
+
+from tests.support.doubles import Clock
 from lbserver.config import DEFAULT_RULES, Node, Rule, ServerConfig
 from lbserver.core import balancer, poller
 from lbserver.core.balancer import Balancer
@@ -15,7 +17,7 @@ from lbserver.core.health import NodeRecord, record_success
 from lbserver.core.history import History
 from lbserver.core.selection import Selector, Snapshot
 from lbserver.core.slicing import STEP_NODES, run_sliced, run_whole
-from tests.cluster import fake_agent, offline_config
+from tests.support.cluster import fake_agent, offline_config
 
 EVERY_STEP = functools.partial(run_sliced, budget=0.0)  # gives the loop back after every step
 
@@ -42,6 +44,7 @@ async def _with_ticker(log: list[str], work):
         tick.cancel()
 
 
+@pytest.mark.unit
 def test_whole_runs_every_step_at_once_and_sliced_gives_the_loop_back():
     log: list[str] = []
     assert run_whole(_steps(log, 3)) == "done" and log == ["step 0", "step 1", "step 2"]
@@ -73,6 +76,7 @@ def _snapshot(sessions: dict[str, int], at: float, groups: int = 1) -> Snapshot:
     return Snapshot.build(*_cluster(sessions, at, groups), now=at)
 
 
+@pytest.mark.unit
 def test_picks_made_while_a_snapshot_is_prepared_count_as_with_an_install_at_once():
     start = _snapshot({"a": 0, "b": 3, "c": 6}, at=1.0, groups=2)
     later = _snapshot({"a": 2, "b": 4, "c": 6}, at=2.0, groups=2)  # figures sampled before the picks below
@@ -95,6 +99,7 @@ def test_picks_made_while_a_snapshot_is_prepared_count_as_with_an_install_at_onc
     assert [sliced.pick().node for _ in range(20)] == [whole.pick().node for _ in range(20)]
 
 
+@pytest.mark.unit
 def test_a_drain_made_during_a_sliced_install_is_not_undone(tmp_path, monkeypatch):
     cfg = offline_config({"G": ["a", "b"]}, state_file=str(tmp_path / "state"), rules=DEFAULT_RULES)
     bal = Balancer(cfg)
@@ -111,6 +116,7 @@ def test_a_drain_made_during_a_sliced_install_is_not_undone(tmp_path, monkeypatc
     assert bal.snapshot.nodes["a"].drained            # built again with the drain
 
 
+@pytest.mark.daemon
 def test_new_replies_are_parsed_one_slice_at_a_time(procs, tmp_path, monkeypatch):
     agent, _ = fake_agent(procs, tmp_path, "127.0.0.33", time.time())
     # Twenty nodes behind one agent: every reply is new to the poll, so each is parsed.
@@ -127,6 +133,7 @@ def test_new_replies_are_parsed_one_slice_at_a_time(procs, tmp_path, monkeypatch
     assert all("tick" in log[a:b] for a, b in zip(parses, parses[1:]))  # the loop turned between any two
 
 
+@pytest.mark.unit
 def test_sliced_steps_pause_every_few_dozen_nodes_and_give_the_same_result():
     cfg, records = _cluster({f"n{i}": i % 9 for i in range(300)}, at=1.0, groups=3)
     steps = Snapshot.build_steps(cfg, records, now=1.0)

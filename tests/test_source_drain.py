@@ -8,13 +8,17 @@ import subprocess
 import time
 from types import SimpleNamespace
 
-from conftest import ROOT, python_cmd, wait_until
+import pytest
+
+from tests.support import ROOT, python_cmd, wait_until
 from lbserver.core.selection import Selector, source_drain
 from lbserver.dns.decide import decide
 from lbserver.dns.service import candidates
 from lbserver.mgmt.status import health_word, why
-from test_selection import SESSIONS, make, state
-from tests.cluster import ask_many, lbctl, scripted_agent, start_agent, start_balancer
+from tests.support.doubles import SESSIONS
+from tests.support.doubles import agent_state as state
+from tests.support.doubles import snapshot_of as make
+from tests.support.cluster import ask_many, lbctl, scripted_agent, start_agent, start_balancer
 
 AGENT_SAMPLE = 0.2  # tests.cluster's agents sample every 0.2 s
 POLL = 0.5          # and its balancer polls every 0.5 s
@@ -26,6 +30,7 @@ def drained_state(reason: str = "kernel update tonight", **variables) -> dict:
 
 # --- the snapshot and the selector --------------------------------------------
 
+@pytest.mark.unit
 def test_source_drain_reads_the_agent_variables():
     assert source_drain({}) is None
     assert source_drain({"DRAINED": False, "DRAIN_REASON": ""}) is None
@@ -34,6 +39,7 @@ def test_source_drain_reads_the_agent_variables():
     assert source_drain({"DRAINED": True}) == ""
 
 
+@pytest.mark.unit
 def test_a_source_drained_node_is_drained_like_an_admin_drained_one():
     snap = make({"G": ["a", "b", "c", "d"]},
                 {"a": state(NBSESSIONS=0), "b": drained_state(NBSESSIONS=0),
@@ -54,6 +60,7 @@ def test_a_source_drained_node_is_drained_like_an_admin_drained_one():
     assert {sel.pick("G").node for _ in range(50)} == {"a"}
 
 
+@pytest.mark.unit
 def test_user_on_a_source_drained_node_is_answered_as_for_an_admin_drain():
     """``?user=`` takes a user back to his own session on a drained node, whoever drained it."""
     for states, admin in (({"b": drained_state(NBSESSIONS=1, users=["alice"])}, ()),
@@ -72,6 +79,7 @@ def test_user_on_a_source_drained_node_is_answered_as_for_an_admin_drain():
     assert (sel.pick("G", user="alice").node, sel.pick("G", user="alice").reason) == ("b", "user")
 
 
+@pytest.mark.unit
 def test_a_source_drained_node_is_no_dns_candidate():
     snap = make({"WMS": ["wms01", "wms02", "wms03"]},
                 {"wms01": state(), "wms02": drained_state(), "wms03": state()})
@@ -110,6 +118,7 @@ def wait_drained(bal, node: str, since: float, why_text: str) -> dict:
     return status
 
 
+@pytest.mark.daemon
 def test_drain_at_the_source_reaches_the_balancer_and_lbctl(procs, tmp_path):
     agents = [start_agent(procs, tmp_path, f"xapp{i + 1}", f"127.0.0.{i + 2}", load)
               for i, load in enumerate((10, 40, 70))]
@@ -161,6 +170,7 @@ def test_drain_at_the_source_reaches_the_balancer_and_lbctl(procs, tmp_path):
     assert "xapp1" in ask_many(bal.port, 400)
 
 
+@pytest.mark.daemon
 def test_user_reconnection_is_the_same_for_both_drains(procs, tmp_path):
     """A scripted agent reports alice's session: ?user=alice still reaches it while drained, by either means."""
     agent = start_agent(procs, tmp_path, "xapp1", "127.0.0.2", 50)

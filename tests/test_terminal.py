@@ -1,4 +1,4 @@
-"""The terminal service as a real process (tests.terminal_harness), talked to by curl and raw sockets."""
+"""The terminal service as a real process (tests.support.terminal_harness), talked to by curl and raw sockets."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 import pytest
 
 from lbserver.terminal.service import HEAD_CACHE, TerminalService, UnknownGroup
-from tests.conftest import Procs, free_port, python_cmd, wait_for_port, wait_until
-from tests.terminal_harness import terminal_config
+from tests.support import Procs, free_port, python_cmd, wait_for_port, wait_until
+from tests.support.terminal_harness import terminal_config
 
 IO_TIMEOUT = 5.0
 
@@ -20,7 +20,7 @@ IO_TIMEOUT = 5.0
 def start_harness(procs: Procs, *extra: str, host: str = "127.0.0.1") -> int:
     port = free_port(host)
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    proc = procs.start(python_cmd("tests.terminal_harness", "--listen", listen, "--hosts", "host-a,host-b",
+    proc = procs.start(python_cmd("tests.support.terminal_harness", "--listen", listen, "--hosts", "host-a,host-b",
                                   "--groups", "g1:x,y;g2:z", *extra))
     wait_for_port(host, port, proc=proc)
     return port
@@ -112,6 +112,7 @@ def raw(port):
 
 # -- the contract, through curl ---------------------------------------------
 
+@pytest.mark.system
 def test_default_group_round_robin(port):
     url = f"http://127.0.0.1:{port}/"
     result = curl("-i", url)
@@ -122,6 +123,7 @@ def test_default_group_round_robin(port):
     assert bodies == {"host-a\n", "host-b\n"}
 
 
+@pytest.mark.system
 def test_group_user_and_both(port):
     base = f"http://127.0.0.1:{port}/"
     assert curl_status(base + "?group=g2") == (200, "z\n")
@@ -131,12 +133,14 @@ def test_group_user_and_both(port):
     assert curl_status(base + "?user=alice&group=g2") == (200, "alice-host\n")
 
 
+@pytest.mark.system
 def test_query_decoding_end_to_end(port):
     status, body = curl_status(f"http://127.0.0.1:{port}/", "-G", "--data-urlencode", "group=echo",
                                "--data-urlencode", "user=Jé rôme+1")
     assert (status, body) == (200, "echo|Jé rôme+1\n")
 
 
+@pytest.mark.system
 def test_unknown_group_is_404_and_failing_answer_is_503(port):
     base = f"http://127.0.0.1:{port}/"
     status, body = curl_status(base + "?group=nosuch")
@@ -146,6 +150,7 @@ def test_unknown_group_is_404_and_failing_answer_is_503(port):
     assert curl_status(base + "?group=g2") == (200, "z\n")  # still serving
 
 
+@pytest.mark.system
 def test_other_paths_and_methods(port):
     base = f"http://127.0.0.1:{port}"
     assert curl_status(base + "/favicon.ico")[0] == 404
@@ -154,6 +159,7 @@ def test_other_paths_and_methods(port):
     assert curl_status(base + "/?group=%zz")[0] == 400
 
 
+@pytest.mark.system
 def test_head(port):
     result = curl("-I", f"http://127.0.0.1:{port}/?user=alice")
     assert result.stdout.startswith("HTTP/1.1 200")
@@ -161,6 +167,7 @@ def test_head(port):
     assert "alice-host" not in result.stdout
 
 
+@pytest.mark.system
 def test_ipv6_listener(procs):
     port = start_harness(procs, host="::1")
     assert curl("-g", f"http://[::1]:{port}/?group=g2").stdout == "z\n"
@@ -168,6 +175,7 @@ def test_ipv6_listener(procs):
 
 # -- connection handling, through raw sockets -------------------------------
 
+@pytest.mark.daemon
 def test_keep_alive_http11_then_close(raw):
     c = raw()
     for expected in (b"z\n", b"z\n"):
@@ -181,6 +189,7 @@ def test_keep_alive_http11_then_close(raw):
     assert c.closed_by_server()
 
 
+@pytest.mark.daemon
 def test_http10_default_close_and_keep_alive(raw):
     c = raw()
     c.send(b"GET /?group=g2 HTTP/1.0\r\n\r\n")
@@ -194,6 +203,7 @@ def test_http10_default_close_and_keep_alive(raw):
     assert c.response()[2] == b"alice-host\n"
 
 
+@pytest.mark.daemon
 def test_pipelined_answers_in_order(raw):
     c = raw()
     c.send(b"GET /?group=g2 HTTP/1.1\r\n\r\n"
@@ -210,6 +220,7 @@ def test_pipelined_answers_in_order(raw):
     assert c.closed_by_server()
 
 
+@pytest.mark.daemon
 def test_pipelined_across_segments(raw):
     c = raw()
     c.send(b"GET /?group=g2 HTTP/1.1\r\n\r\nGET /?user=al")
@@ -219,6 +230,7 @@ def test_pipelined_across_segments(raw):
     assert c.response()[2] == b"alice-host\n"
 
 
+@pytest.mark.daemon
 def test_thousands_pipelined_in_one_write_all_answered_in_order(port):
     """More pipelined requests than one batch: all answered, in order, as the client reads."""
     n = 5000
@@ -234,6 +246,7 @@ def test_thousands_pipelined_in_one_write_all_answered_in_order(port):
     assert data.count(b"\r\n\r\nz\n") == n
 
 
+@pytest.mark.system
 def test_junk_gets_400_and_next_connection_served(raw, port):
     c = raw()
     c.send(b"\x16\x03\x01\x02\x00junk that is not http\r\n\r\n")
@@ -243,6 +256,7 @@ def test_junk_gets_400_and_next_connection_served(raw, port):
     assert curl_status(f"http://127.0.0.1:{port}/?group=g2") == (200, "z\n")
 
 
+@pytest.mark.system
 def test_silent_client_does_not_delay_others(raw, port):
     silent = raw()
     dripping = raw()
@@ -254,6 +268,7 @@ def test_silent_client_does_not_delay_others(raw, port):
     assert silent.response()[2] == b"z\n"
 
 
+@pytest.mark.daemon
 def test_oversized_head_rejected(raw):
     c = raw()
     c.send(b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * 9000)  # never-ending header
@@ -265,6 +280,7 @@ def test_oversized_head_rejected(raw):
     assert c.response()[0] == 431
 
 
+@pytest.mark.daemon
 def test_body_discarded_then_next_request(raw):
     c = raw()
     body = b"x" * 5000
@@ -274,6 +290,7 @@ def test_body_discarded_then_next_request(raw):
     assert c.response()[::2] == (200, b"z\n")
 
 
+@pytest.mark.daemon
 def test_known_head_alone_in_a_read_then_its_body(raw):
     """A head seen before takes the cached path; its body, read later, is still discarded."""
     c = raw()
@@ -285,6 +302,7 @@ def test_known_head_alone_in_a_read_then_its_body(raw):
         assert c.response()[::2] == (200, b"z\n")
 
 
+@pytest.mark.daemon
 def test_repeated_bad_query_answered_each_time_on_an_open_connection(raw):
     c = raw()
     for _ in range(3):
@@ -295,6 +313,7 @@ def test_repeated_bad_query_answered_each_time_on_an_open_connection(raw):
     assert c.closed_by_server()
 
 
+@pytest.mark.daemon
 def test_chunked_and_huge_bodies_refused(raw):
     c = raw()
     c.send(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
@@ -305,6 +324,7 @@ def test_chunked_and_huge_bodies_refused(raw):
     assert c.response()[0] == 413
 
 
+@pytest.mark.daemon
 def test_lbclient_against_harness(port):
     out = subprocess.run(python_cmd("lbclient", "-s", f"127.0.0.1:{port}", "-g", "g2"),
                          capture_output=True, text=True, timeout=10)
@@ -313,6 +333,7 @@ def test_lbclient_against_harness(port):
 
 # -- timeouts and limits (own harness each) ---------------------------------
 
+@pytest.mark.daemon
 def test_idle_timeouts(procs, raw):
     port = start_harness(procs, "--idle-timeout", "0.5")
     silent = raw(port)
@@ -340,6 +361,7 @@ def test_idle_timeouts(procs, raw):
     assert time.monotonic() - started < 8
 
 
+@pytest.mark.daemon
 def test_max_connections(procs, raw):
     port = start_harness(procs, "--max-connections", "3")
 
@@ -361,6 +383,7 @@ def test_max_connections(procs, raw):
 
 # -- the Python API, in process on a real socket ------------------------------
 
+@pytest.mark.unit
 def test_service_api_in_process():
     statuses: dict[int, int] = {}
 
@@ -400,6 +423,7 @@ def test_service_api_in_process():
     assert statuses == {200: 2, 404: 1}
 
 
+@pytest.mark.unit
 def test_head_cache_stays_bounded_and_answers_each_head():
     async def scenario() -> None:
         sock = socket.socket()

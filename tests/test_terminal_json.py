@@ -9,10 +9,12 @@ from collections import Counter
 
 import pytest
 
-from cluster import offline_balancer
+from tests.support.cluster import offline_balancer
 from lbserver.terminal.request import HttpError, decode_query, parse_query, wants_json
 from lbserver.terminal.service import TerminalService, UnknownGroup
-from terminal_harness import terminal_config
+from tests.support.terminal_harness import terminal_config
+
+pytestmark = pytest.mark.unit
 
 IO_TIMEOUT = 5.0
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, python_cmd, wait_for_port, wait_until
-from tests.cluster import Balancer
-from tlsfixture import make_ca
+from tests.support import free_port, python_cmd, wait_for_port, wait_until
+from tests.support.cluster import Balancer
+from tests.support.tls import make_ca
+
+pytestmark = pytest.mark.daemon
 
 SECRET = "tls-Agent-Secret-93be"
 

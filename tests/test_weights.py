@@ -10,6 +10,8 @@ from lbserver.config import Require, Rule
 from lbserver.config.expr import parse as parse_expr
 from lbserver.core.weights import compensation, evaluate, node_size, rule_lag
 
+pytestmark = pytest.mark.unit
+
 BASE = {"NBPROC": 4, "CPUFREQ": 2000}   # size 8 core-GHz
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from conftest import ROOT, free_port, python_cmd, wait_for_port, wait_until
-from cluster import env_with_root
+from tests.support import ROOT, free_port, python_cmd, wait_for_port, wait_until
+from tests.support.cluster import env_with_root
 from common.builtins import BUILTIN_VARIABLES
 from lbagent import config as agent_config
 from lbserver import config as server_config
@@ -52,6 +52,7 @@ def _variables(root) -> dict[str, etree._Element]:
     return {v.get("name"): v for v in root.iter("variable")}
 
 
+@pytest.mark.daemon
 def test_agent_profile_passes_check_config():
     res = subprocess.run(python_cmd("lbagent", "--check-config", "-c", str(AGENT_PROFILE)),
                          capture_output=True, text=True, timeout=30, env=env_with_root())
@@ -59,6 +60,7 @@ def test_agent_profile_passes_check_config():
     assert "configuration OK" in res.stdout
 
 
+@pytest.mark.unit
 def test_agent_profile_patterns_match_the_daemons_only():
     cfg = agent_config.load(str(AGENT_PROFILE))
     patterns = {v.name: v.pattern for v in cfg.variables if v.type == "process"}
@@ -102,6 +104,7 @@ def _profile_in(tmp_path, port: int):
     return cfg, queues
 
 
+@pytest.mark.daemon
 def test_a_real_agent_reports_the_wms_profile(procs, tmp_path):
     port = free_port(IP)
     cfg, queues = _profile_in(tmp_path, port)
@@ -179,6 +182,7 @@ def _server_config(tmp_path):
     return server_config.load(str(path))
 
 
+@pytest.mark.daemon
 def test_server_profile_checks_and_names_the_agent_profiles_variables(tmp_path):
     cfg = _server_config(tmp_path)
     res = subprocess.run(python_cmd("lbserver", "--check-config", "-c", str(tmp_path / "lbsconfig-wms.xml")),
@@ -198,6 +202,7 @@ def test_server_profile_checks_and_names_the_agent_profiles_variables(tmp_path):
     assert all(re.match(r"10\.", cfg.nodes[n].address.split("//")[1]) for n in cfg.nodes)
 
 
+@pytest.mark.unit
 def test_importer_writes_the_server_profiles_rules():
     """lbserver --import-siteinfo and etc/examples/lbsconfig-wms.xml carry the same WMS metric."""
     rules = etree.parse(str(SERVER_PROFILE)).getroot().find("rules")
@@ -206,6 +211,7 @@ def test_importer_writes_the_server_profiles_rules():
     assert (ROOT / siteinfo.WMS_AGENT_PROFILE) == AGENT_PROFILE
 
 
+@pytest.mark.unit
 def test_the_manual_shows_the_same_rules():
     text = (ROOT / "docs" / "dns.md").read_text()
     section = text.split("### The WMS metric", 1)[1]
@@ -215,6 +221,7 @@ def test_the_manual_shows_the_same_rules():
     assert "etc/examples/lbaconfig-wms.xml" in (ROOT / "docs" / "agent.md").read_text()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.xml")), ids=lambda p: p.name)
 def test_every_example_names_what_it_is_for(path):
     text = path.read_text()

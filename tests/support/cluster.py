@@ -19,8 +19,7 @@ from pathlib import Path
 from lbserver import config as configmod
 from lbserver.config import Group, Node, ServerConfig
 from lbserver.core.balancer import Balancer as BalancerService
-from lbserver.core.selection import Snapshot
-from tests.conftest import Procs, free_port, python_cmd, wait_for_port, wait_until
+from tests.support.processes import Procs, free_port, python_cmd, wait_for_port, wait_until
 
 
 @dataclass
@@ -156,9 +155,9 @@ def server_xml(lb_port: int, mgmt_port: int, groups: dict[str, list[tuple[str, s
 
 
 def scripted_agent(procs: Procs, ip: str, *args: str) -> Node:
-    """A ``tests.fakeagent`` on ``ip`` started with ``args`` (its ``--mode`` and what that needs); its Node."""
+    """A ``tests.support.fakeagent`` on ``ip`` started with ``args`` (its ``--mode`` and what that needs); its Node."""
     port = free_port(ip)
-    proc = procs.start([sys.executable, "-m", "tests.fakeagent", "--listen", f"{ip}:{port}", *args])
+    proc = procs.start([sys.executable, "-m", "tests.support.fakeagent", "--listen", f"{ip}:{port}", *args])
     wait_for_port(ip, port, proc=proc)
     return Node(name=ip, address=f"http://{ip}:{port}", host=ip, port=port)
 
@@ -252,12 +251,6 @@ def offline_config(groups: Mapping[str, Sequence[str]], nodes: Sequence[str] | N
                         groups={g: Group(g, tuple(ms), g == default) for g, ms in groups.items()},
                         default_group=default, **fields)
 
-
-@dataclass
-class SnapshotView:
-    """A stand-in for the balancer where a reader needs only ``snapshot``, set by the test."""
-
-    snapshot: Snapshot
 
 
 class PageServer:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,10 +29,9 @@ import dns.rdatatype
 import dns.update
 import pytest
 
-from conftest import free_port, wait_until
+from tests.support.processes import free_port, require_program, wait_until
 from lbserver.config.tsigkey import load_key
 
-NAMED = shutil.which("named") or "/usr/sbin/named"
 ZONE = "lbtest.example"
 KEY_NAME = "lbkey"
 
@@ -55,6 +53,7 @@ class NamedServer:
     """A private ``named`` serving ZONE; start/stop/restart keep the zone (and its journal)."""
 
     def __init__(self, workdir: Path) -> None:
+        require_program("named")
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_udp_tcp_port()
@@ -98,7 +97,7 @@ class NamedServer:
         """Start named and return once it answers the zone's SOA over TCP."""
         assert self.proc is None or self.proc.poll() is not None
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([NAMED, "-g", "-n", "1", "-c", str(self.dir / "named.conf")],
+        self.proc = subprocess.Popen([require_program("named"), "-g", "-n", "1", "-c", str(self.dir / "named.conf")],
                                      stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
         log.close()
 

@@ -1,6 +1,6 @@
 """A misbehaving (or scripted) agent peer for balancer tests, run as a real process.
 
-    python -m tests.fakeagent --listen 127.0.0.9:PORT --mode MODE [--state FILE]
+    python -m tests.support.fakeagent --listen 127.0.0.9:PORT --mode MODE [--state FILE]
 
 modes:
   state      a well-formed get_state reply read from FILE (JSON) at every call,

@@ -1,6 +1,6 @@
 """Run the terminal service alone with a fixed, deterministic answer function.
 
-    python -m tests.terminal_harness --listen 127.0.0.1:PORT --hosts a,b --groups g1:x,y
+    python -m tests.support.terminal_harness --listen 127.0.0.1:PORT --hosts a,b --groups g1:x,y
 
 Answers (all deterministic, so tests can assert exact bodies):
 
@@ -22,12 +22,9 @@ import itertools
 import signal
 import socket
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lbserver.config import ServerConfig  # noqa: E402
-from lbserver.terminal.service import TerminalService, UnknownGroup, new_event_loop  # noqa: E402
+from lbserver.config import ServerConfig
+from lbserver.terminal.service import TerminalService, UnknownGroup, new_event_loop
 
 
 def terminal_config(**settings) -> ServerConfig:

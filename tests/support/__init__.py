@@ -1,0 +1,31 @@
+"""What the tests share, imported as an ordinary package (``from tests.support import ...``).
+
+* :mod:`~tests.support.processes`: starting real processes, waiting for them
+  (re-exported here: ``Procs``, ``wait_for_port``, ``wait_until``, ...);
+* :mod:`~tests.support.cluster`: small clusters of real lbagents and an lbserver;
+* :mod:`~tests.support.dns`: a real BIND 9 and a real SMTP server on loopback;
+* :mod:`~tests.support.tls`: throwaway certificate authorities;
+* :mod:`~tests.support.faults`: log capture, a checking terminal loop, /proc figures;
+* :mod:`~tests.support.doubles`: the stand-ins unit tests use (a hand-moved clock, a fixed snapshot);
+* :mod:`~tests.support.stats`: the chi-square the placement tests judge by;
+* :mod:`~tests.support.fakeagent` and :mod:`~tests.support.terminal_harness`:
+  programs run as processes (``python -m tests.support.fakeagent``).
+
+The fixtures (``procs``, ``named_server``, ``smtp_server``) are registered by
+tests/conftest.py, which holds nothing else but the test markers' rules.
+"""
+
+from tests.support.processes import (
+    ARTIFACTS,
+    ROOT,
+    Procs,
+    as_ordinary_user,
+    free_port,
+    python_cmd,
+    require_program,
+    wait_for_port,
+    wait_until,
+)
+
+__all__ = ["ARTIFACTS", "ROOT", "Procs", "as_ordinary_user", "free_port", "python_cmd", "require_program",
+           "wait_for_port", "wait_until"]
