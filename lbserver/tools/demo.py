@@ -15,13 +15,13 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
+
+from common.portwait import NotListening, free_port, wait_for_port
 
 SERVERS = (("xapp1", "127.0.0.2", 15), ("xapp2", "127.0.0.3", 45), ("xapp3", "127.0.0.4", 75))
 
@@ -53,23 +53,11 @@ SERVER_XML = """<?xml version="1.0"?>
 """
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: {proc.args[2]} exited early with status {proc.returncode}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"demo: nothing listening on {host}:{port} after {timeout:.0f} s")
+def _wait_port(host: str, port: int, proc: subprocess.Popen) -> None:
+    try:
+        wait_for_port(host, port, 15.0, proc)
+    except NotListening as exc:
+        raise SystemExit(f"demo: {exc}") from None
 
 
 def _get(url: str) -> str:
@@ -132,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         nodes = []
         for name, ip, load in SERVERS:
-            port = _free_port(ip)
+            port = free_port(ip)
             path = os.path.join(tmp, f"{name}.xml")
             with open(path, "w") as fh:
                 fh.write(AGENT_XML.format(ip=ip, port=port, load=load))
@@ -141,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             _wait_port(ip, port, procs[-1])
             nodes.append(f'      <node name="{name}" address="http://{ip}:{port}"/>')
             print(f"agent  {name:6} on {ip}:{port}  SIMLOAD {load} (simulated load, %)")
-        lb_port, mgmt_port = _free_port("127.0.0.1"), _free_port("127.0.0.1")
+        lb_port, mgmt_port = free_port("127.0.0.1"), free_port("127.0.0.1")
         cfg = os.path.join(tmp, "lbsconfig.xml")
         with open(cfg, "w") as fh:
             fh.write(SERVER_XML.format(lb_port=lb_port, mgmt_port=mgmt_port, tmp=tmp, nodes="\n".join(nodes)))
