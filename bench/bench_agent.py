@@ -36,7 +36,7 @@ import xmlrpc.client
 
 import psutil
 
-from bench.support import child_env, free_port, stop_all, wait_for_port
+from bench.support import child_env, free_port, stop_children, wait_for_port
 
 HOST = "127.0.0.61"
 TARGET_P99_MS = 2.0
@@ -252,7 +252,7 @@ def main() -> int:
             print("1/s and back-to-back latencies: connect to last reply byte on a raw socket, as the balancer's "
                   "poller reads it; the xmlrpc.client and stress rows include that client's own parsing.")
     finally:
-        stop_all(procs)
+        stop_children(procs)
     return 0
 
 

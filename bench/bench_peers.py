@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.support import child_env, free_port, run_wrk, start_cluster, stop_all, wait_for_port
+from bench.support import child_env, free_port, run_wrk, start_cluster, stop_children, wait_for_port
 from bench.support import status as balancer_status
 
 
@@ -79,7 +79,7 @@ def main() -> int:
             print(f"ratio with/without: {a / c:.3f}; cost per pick: {(1 / a - 1 / c) * 1e6:+.1f} us")
             print(f"datagrams sent: {sent} for {picks} picks ({sent / max(picks, 1):.4f} per pick, heartbeats included)")
         finally:
-            stop_all(children)
+            stop_children(children)
     return 0
 
 

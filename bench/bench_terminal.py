@@ -37,7 +37,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.support import ROOT, child_env, cpu_sets, free_port, pinned, run_wrk, start_cluster, stop_all, wait_for_port
+from bench.support import (ROOT, child_env, cpu_sets, free_port, pinned, run_wrk, start_cluster, stop_children,
+                           wait_for_port)
 
 NGINX_CONF = """\
 daemon off;
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"(runs: {', '.join(f'{r:.0f}' for r, _ in ng_runs)})")
                 print(f"[{mode}] ratio {label}/nginx (medians of {args.rounds}): {lb_rps / ng_rps:.2f}")
         finally:
-            stop_all(children)
+            stop_children(children)
     return 0
 
 

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.support import child_env, free_port, poll_histogram, proc_rss_mib, stop_all, wait_for_port
+from bench.support import child_env, free_port, poll_histogram, proc_rss_mib, stop_children, wait_for_port
 
 AGENT = """<lbaconfig><agent listen="{ip}:{port}" sample-interval="0.5"/>
 <access><allow from="127.0.0.0/8"/></access><log level="warning"/></lbaconfig>"""
@@ -154,7 +154,7 @@ def main() -> int:
             for c in clients:
                 c.join(timeout=30)
         finally:
-            stop_all(list(procs.values()))
+            stop_children(list(procs.values()))
     report(samples, args)
     return 0
 

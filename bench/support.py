@@ -3,7 +3,7 @@
 Every script in bench/ runs from the top of the source tree as a module
 (``.venv/bin/python -m bench.bench_terminal``) and imports what it shares
 from here, never from another script. Readiness comes from
-:mod:`common.portwait`, the loop the demo and the tests use too; the real
+the loops of :mod:`common.children`, which the demo and the tests use too; the real
 BIND of the DNS benchmark is the tests' own (:mod:`tests.support.dns`).
 Loopback only. No threads of its own.
 """
@@ -18,15 +18,16 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from common import portwait
-from common.portwait import free_port
+import common.children
+from common.children import free_port
+from common.children import stop_children
 from tests.support.dns import NamedServer, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 """The top of the source tree."""
 
 __all__ = ["ROOT", "NamedServer", "cpu_sets", "child_env", "free_port", "pinned", "poll_histogram",
-           "proc_rss_mib", "replica_address", "run_wrk", "start_cluster", "status", "stop_all", "wait_for_port",
+           "proc_rss_mib", "replica_address", "run_wrk", "start_cluster", "status", "stop_children", "wait_for_port",
            "write_config"]
 
 
@@ -38,22 +39,9 @@ def child_env(**extra: str) -> dict[str, str]:
 def wait_for_port(host: str, port: int, proc: subprocess.Popen | None = None, timeout: float = 15.0) -> None:
     """Return once ``host:port`` accepts connections; end the benchmark, saying why, if ``proc`` dies or time runs out."""
     try:
-        portwait.wait_for_port(host, port, timeout, proc)
-    except portwait.NotListening as exc:
+        common.children.wait_for_port(host, port, timeout, proc)
+    except common.children.NotListening as exc:
         raise SystemExit(str(exc)) from None
-
-
-def stop_all(children) -> None:
-    """SIGTERM every child still running, then wait for each (SIGKILL after 10 s)."""
-    for child in children:
-        if child.poll() is None:
-            child.terminate()
-    for child in children:
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 def replica_address(i: int) -> str:

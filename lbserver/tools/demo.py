@@ -21,7 +21,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from common.portwait import NotListening, free_port, wait_for_port
+from common.children import NotListening, free_port, stop_children, wait_for_port
 
 SERVERS = (("xapp1", "127.0.0.2", 15), ("xapp2", "127.0.0.3", 45), ("xapp3", "127.0.0.4", 75))
 
@@ -165,14 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_children(procs, 5.0)
 
 
 if __name__ == "__main__":

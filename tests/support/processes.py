@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from common import portwait
-from common.portwait import free_port
+import common.children
+from common.children import free_port, stop_children
 
 ROOT = Path(__file__).resolve().parents[2]
 """The top of the source tree."""
@@ -33,8 +32,8 @@ __all__ = ["ARTIFACTS", "ROOT", "Procs", "as_ordinary_user", "free_port", "pytho
 def wait_for_port(host: str, port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
     """Return once ``host:port`` accepts connections; fail, with ``proc``'s stderr, if it exits first or time runs out."""
     try:
-        portwait.wait_for_port(host, port, timeout, proc)
-    except portwait.NotListening as exc:
+        common.children.wait_for_port(host, port, timeout, proc)
+    except common.children.NotListening as exc:
         said = proc.stderr.read() if proc is not None and exc.returncode is not None and proc.stderr else ""
         raise AssertionError(f"{exc}: {said}" if said else str(exc)) from None
 
@@ -73,15 +72,7 @@ class Procs:
 
     def stop_all(self) -> None:
         """SIGTERM every process still running, then SIGKILL those not gone within 5 s."""
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_children(self.procs, 5.0)
 
 
 def python_cmd(module: str, *args: str) -> list[str]:

@@ -1,9 +1,9 @@
-"""Waiting until a freshly started daemon listens: one loop for the demo, the tests and the benchmarks.
+"""Child daemons of the demo, the tests and the benchmarks: waiting until one listens, stopping them all.
 
-Each of them starts real daemons as child processes and must know when a
-port accepts connections, and must not wait out a timeout when the child
-has already died (a bad config, a port in use). No threads: the caller's
-own thread polls.
+Each of them starts real daemons as child processes, must know when a port
+accepts connections without waiting out a timeout when the child has already
+died (a bad config, a port in use), and must leave none behind. No threads:
+the caller's own thread polls.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 
 
 class NotListening(Exception):
@@ -60,3 +61,17 @@ def _program(proc: subprocess.Popen) -> str:
     if len(args) >= 3 and args[1] == "-m":
         return str(args[2])
     return str(args[0]) if args else "process"
+
+
+def stop_children(children: Iterable[subprocess.Popen], timeout: float = 10.0) -> None:
+    """SIGTERM every child still running, then wait for each; SIGKILL one not gone within ``timeout`` seconds."""
+    children = list(children)
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
