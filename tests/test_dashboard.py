@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import struct
 import subprocess
@@ -24,29 +23,10 @@ from lbserver.mgmt.api import Api
 from lbserver.mgmt.dashboard import TEMPLATE, content_security_policy, embed_json
 from tests.support.cluster import start_agent, start_balancer
 from tests.support import ARTIFACTS, wait_until
+from tests.support.browser import chromium
 
-# Debian's package "chromium", or Ubuntu's "chromium-browser" (scripts/bootstrap --test installs one).
-BROWSERS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
-CHROMIUM = next((path for path in BROWSERS if os.access(path, os.X_OK)), BROWSERS[0])
-# Tests run as root in CI, where chromium's sandbox cannot start: --no-sandbox.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
 HOSTILE_GROUP = "LAB <img src=x onerror=alert(1)>"
 HOSTILE_VALUE = '<img src=x onerror="document.title=\'pwned\'">'
-
-
-def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run headless chromium once with a fresh profile; fail on a non-zero exit."""
-    assert os.access(CHROMIUM, os.X_OK), (
-        f"no headless browser: neither {' nor '.join(BROWSERS)} exists; "
-        "install Debian's chromium (or Ubuntu's chromium-browser), e.g. with scripts/bootstrap --test")
-    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
-    profile.mkdir()
-    res = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                         capture_output=True, text=True, timeout=90)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return res
 
 
 def png_size(path: Path) -> tuple[int, int]:

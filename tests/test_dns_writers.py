@@ -26,6 +26,7 @@ import pytest
 
 from tests.support.faults import LogCapture
 from lbserver.dns.lease import parse
+from tests.support.browser import chromium
 from tests.support.cluster import Balancer, PageServer, lbctl, server_xml, start_agent, start_balancer
 from tests.support import ROOT, free_port, python_cmd, wait_until
 
@@ -276,7 +277,6 @@ HOSTILE = "<img/src=x/onerror=document.title='pwned'>"
 
 
 def test_the_lease_in_status_lbctl_metrics_and_dashboard(procs, tmp_path, named_server):
-    from tests.test_dashboard import chromium
 
     # Another "balancer" holds the lease for an hour, under a name that is markup: it must stay text.
     expires = int(time.time()) + 3600

@@ -15,7 +15,6 @@ import asyncio
 import csv
 import io
 import json
-import shutil
 import socket
 import statistics
 import subprocess
@@ -27,20 +26,16 @@ import pytest
 
 from tests.support.cluster import lbctl, restart_agent, start_agent, start_balancer, stop
 from common.netutil import raise_nofile_limit
-from tests.support import ARTIFACTS, ROOT, Procs, free_port, python_cmd, wait_for_port, wait_until
+from tests.support import (ARTIFACTS, ROOT, Procs, free_port, python_cmd, require_program, wait_for_port,
+                           wait_until)
 from tests.support.stats import chi2
 
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 EXAMPLE = ROOT / "etc" / "examples" / "haproxy-xrdp.cfg"
 NODES = {"xapp1": ("127.0.0.21", 10.0), "xapp2": ("127.0.0.22", 40.0), "xapp3": ("127.0.0.23", 70.0)}
 """name -> (address of its app server and agent, the SIMLOAD it starts with)."""
 BASE = {"xapp1": 100, "xapp2": 67, "xapp3": 33}
 """The agent-check percentages of those loads: lbserver weights 90, 60 and 30."""
 CHI2_001_DF2 = 13.816  # chi-square at p = 0.001, 2 degrees of freedom
-
-pytestmark = pytest.mark.skipif(not Path(HAPROXY).exists(),
-                                reason="haproxy is not installed (scripts/bootstrap --test installs it)")
-
 
 # -- stand-ins for the application servers ------------------------------------
 
@@ -155,9 +150,10 @@ class Farm:
         self.sock = tmp / "haproxy.sock"
         self.cfg = tmp / "haproxy.cfg"
         self.cfg.write_text(haproxy_config(self.frontend, self.agent_port, self.app_addr, self.sock))
-        check = subprocess.run([HAPROXY, "-c", "-f", str(self.cfg)], capture_output=True, text=True, timeout=30)
+        haproxy = require_program("haproxy")
+        check = subprocess.run([haproxy, "-c", "-f", str(self.cfg)], capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stdout + check.stderr
-        self.haproxy = self.procs.start([HAPROXY, "-db", "-f", str(self.cfg)])
+        self.haproxy = self.procs.start([haproxy, "-db", "-f", str(self.cfg)])
         wait_for_port("127.0.0.1", self.frontend, proc=self.haproxy)
         wait_until(lambda: self.sock.exists() and show_stat(self.sock), what="HAProxy's stats socket")
         self.users = 0

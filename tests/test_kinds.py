@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, require_program
 from tests.support.kinds import allowed, kind_guard
 
 
@@ -42,3 +42,10 @@ def test_a_test_without_a_kind_is_refused_before_anything_runs(tmp_path):
     assert res.returncode == 4, res.stdout + res.stderr  # pytest's usage error
     assert "test_probe.py::test_unmarked: no kind marker" in res.stderr
     assert "test_marked" not in res.stderr and "ran" not in res.stdout
+
+
+@pytest.mark.unit
+def test_a_missing_program_is_named_with_its_package_and_how_to_install_it(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name, path=None: None)  # a machine without BIND
+    with pytest.raises(pytest.fail.Exception, match=r"needs named \(Debian package bind9\).*make test"):
+        require_program("named")
