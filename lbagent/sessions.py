@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import psutil
 
 from lbagent.config import SessionSource
+from lbagent.variables import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -314,9 +315,11 @@ class SessionSampler:
         self._problems: dict[str, str | None] = {}
         # Sources submitted and not finished: one stuck (a hung file system) is not started again.
         self._running: dict[str, Future] = {}
+        self._closed = False
 
     def close(self) -> None:
         """Stop the threads without waiting for a source still reading."""
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _note(self, source: SessionSource, problem: str | None) -> None:
@@ -330,7 +333,12 @@ class SessionSampler:
         self._problems[source.kind] = problem
 
     def sample(self, sources: Sequence[SessionSource]) -> list[dict]:
-        """The sessions of every source that could be read this time, at most :data:`MAX_SESSIONS`."""
+        """The sessions of every source that could be read this time, at most :data:`MAX_SESSIONS`.
+
+        Raises :class:`~lbagent.variables.Stopped` once :meth:`close` has been called.
+        """
+        if self._closed:
+            raise Stopped
         futures: dict[str, Future] = {}
         outcomes: dict[str, str | None] = {}
         for source in sources:

@@ -115,8 +115,8 @@ SESSIONS = Element(
     "Where the agent finds the sessions it reports (get_state's sessions and users, NBSESSIONS and NBUSERS): "
     "one child element per source, read in the background at every sample, each bounded by its timeout. "
     "Without this element the agent reads utmp alone. A source that fails or overruns is logged once and "
-    "leaves the others' sessions reported. At most 10000 sessions are reported; NBSESSIONS and NBUSERS count "
-    "them all.")
+    "leaves the others' sessions reported. At most 10000 sessions are reported, and NBSESSIONS and NBUSERS "
+    "count those.")
 
 UTMP = Element(
     "utmp", "Login sessions recorded in utmp (LDM, ssh, a console, and whatever else logs there): active.",
