@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import grp
 import os
 import socket
 import sqlite3
@@ -19,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.support import free_port, python_cmd, require_program, wait_for_port, wait_until
@@ -217,7 +219,7 @@ def test_display_servers_of_users_and_their_viewers(procs, tmp_path):
         state = rpc.get_state()
         assert state["users"] == ["daemon", "nobody"]
         nobody = next(s for s in state["sessions"] if s["user"] == "nobody")
-        assert nobody["since"] == pytest.approx(__import__("psutil").Process(xvnc.pid).create_time(), abs=0.01)
+        assert nobody["since"] == pytest.approx(psutil.Process(xvnc.pid).create_time(), abs=0.01)
         with socket.create_connection((HOST, port)):  # a viewer attaches
             wait_until(lambda: ("nobody", "process", "active") in sessions_of(rpc.get_state()),
                        what="the Xvnc with a viewer active")
@@ -247,7 +249,7 @@ def test_x2go_sessions_from_x2goservers_own_database(procs, tmp_path):
     require_program("x2godbadmin")
     db_dir = tmp_path / "x2go"
     db_dir.mkdir()
-    os.chown(db_dir, 0, __import__("grp").getgrnam("x2gouser").gr_gid)
+    os.chown(db_dir, 0, grp.getgrnam("x2gouser").gr_gid)
     db_dir.chmod(0o770)
     tmp_path.chmod(0o755)
     # The agent, and x2goserver's scripts after it, see db_dir as /var/lib/x2go: the machine's is left alone.
