@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lxml import etree
 
@@ -26,7 +26,7 @@ from common.secretfile import SecretFileError, permission_problem, read_secret_f
 from common.settings import LOG_LEVELS, parse_config, read, read_all
 from common.tls import TlsConfigError, server_context
 from common.xmlconfig import ConfigError, Reader
-from lbagent.settings import AGENT, ALLOW, CONFIG_FILE, DEFAULT_PATH, LOG, VARIABLE, VARIABLE_TYPES
+from lbagent.settings import AGENT, ALLOW, CONFIG_FILE, DEFAULT_PATH, LOG, PROCESS, UTMP, VARIABLE, VARIABLE_TYPES, X2GO
 from lbagent.values import BadValue, Value, parse_value
 
 VARIABLE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -57,6 +57,27 @@ class CustomVariable:
 
 
 @dataclass(frozen=True)
+class SessionSource:
+    """One child of ``<sessions>``: where some of the sessions are found.
+
+    ``kind`` is the element's name (utmp, process or x2go); ``path`` is the
+    utmp file or x2goserver's database, ``names`` the process names.
+    """
+
+    kind: str
+    line: int = 0
+    timeout: float = UTMP.timeout.default
+    path: str | None = None
+    names: tuple[str, ...] = ()
+
+
+DEFAULT_SESSIONS = (SessionSource("utmp", path=UTMP.file.default),)
+"""The sources without a <sessions> element: utmp alone, as before sessions had sources."""
+
+_SESSION_ELEMENTS = {"utmp": (UTMP, "file"), "process": (PROCESS, None), "x2go": (X2GO, "db")}
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole of lbaconfig.xml."""
 
@@ -81,6 +102,8 @@ class AgentConfig:
     """Drain at the source: DRAINED while this file exists; None: not checked."""
     nologin_file: str | None = AGENT.nologin_file.default
     """Likewise for the system's nologin file; None: not checked."""
+    sessions: tuple[SessionSource, ...] = DEFAULT_SESSIONS
+    """Where sessions are found (the children of <sessions>)."""
 
 
 def _config_relative(r: Reader, path: str) -> str:
@@ -175,6 +198,40 @@ def _load_variables(r: Reader, root: etree._Element) -> tuple[CustomVariable, ..
     return tuple(out)
 
 
+def _load_sessions(r: Reader, root: etree._Element) -> tuple[SessionSource, ...]:
+    elem = root.find("sessions")
+    if elem is None:
+        return DEFAULT_SESSIONS
+    out: list[SessionSource] = []
+    seen: dict[str, int] = {}
+    for e in elem.iterchildren(tag=etree.Element):
+        if e.tag in seen:
+            raise r.error(e, f"<{e.tag}> given twice in <sessions> (first at line {seen[e.tag]}); merge them into one")
+        seen[e.tag] = e.sourceline
+        element, path_attr = _SESSION_ELEMENTS[e.tag]
+        kw = read_all(r, e, element)
+        source = SessionSource(e.tag, line=e.sourceline, timeout=kw["timeout"])
+        if path_attr is not None:
+            path = kw[path_attr].strip()
+            if not path:
+                raise r.error(e, f"<{e.tag}> attribute {path_attr} is empty")
+            source = replace(source, path=_config_relative(r, path))
+        else:
+            names = tuple(kw["names"].split())
+            if not names:
+                raise r.error(e, "<process> attribute names is empty: give process names such as Xvnc Xorg")
+            bad = [n for n in names if len(n) > 15]
+            if bad:
+                # The kernel keeps 15 characters of a process name: a longer one would never match.
+                raise r.error(e, f"<process> name {bad[0]!r} is longer than the 15 characters the kernel keeps")
+            source = replace(source, names=names)
+        out.append(source)
+    if not out:
+        raise r.error(elem, "<sessions> has no source: give <utmp/>, <process names=\"...\"/> or <x2go/> "
+                            "(remove <sessions> to read utmp alone)")
+    return tuple(out)
+
+
 def _load_access(r: Reader, root: etree._Element) -> tuple[Network, ...] | None:
     elem = root.find("access")
     if elem is None:
@@ -188,7 +245,7 @@ def _load_access(r: Reader, root: etree._Element) -> tuple[Network, ...] | None:
 
 def _check_single(r: Reader, root: etree._Element) -> None:
     """The top-level elements may come in any order, but each at most once."""
-    for tag in ("agent", "log", "access", "variables"):
+    for tag in ("agent", "log", "access", "variables", "sessions"):
         found = root.findall(tag)
         if len(found) > 1:
             raise r.error(found[1], f"<{tag}> given twice (first at line {found[0].sourceline}); "
@@ -206,7 +263,8 @@ def load(path: str = DEFAULT_PATH) -> AgentConfig:
         value = kw[name].strip()
         kw[name] = _config_relative(r, value) if value else None
     kw.update({f"log_{name}": value for name, value in read_all(r, root.find("log"), LOG).items()})
-    return AgentConfig(path=path, allow=_load_access(r, root), variables=_load_variables(r, root), **kw)
+    return AgentConfig(path=path, allow=_load_access(r, root), variables=_load_variables(r, root),
+                       sessions=_load_sessions(r, root), **kw)
 
 
 def log_settings(config: AgentConfig) -> tuple[str | None, str | None]:
@@ -214,5 +272,5 @@ def log_settings(config: AgentConfig) -> tuple[str | None, str | None]:
     return config.log_file, config.log_level
 
 
-__all__ = ["AgentConfig", "ConfigError", "CustomVariable", "DEFAULT_PATH", "LOG_LEVELS", "VARIABLE_TYPES", "load",
-           "log_settings"]
+__all__ = ["AgentConfig", "ConfigError", "CustomVariable", "DEFAULT_PATH", "DEFAULT_SESSIONS", "LOG_LEVELS",
+           "SessionSource", "VARIABLE_TYPES", "load", "log_settings"]

@@ -78,8 +78,8 @@ class Builtins:
                 return _r(min(100.0, max(0.0, 100.0 * dbusy / dtotal)))
         return _r(100.0 * busy / total) if total > 0 else 0.0
 
-    def read(self) -> tuple[dict[str, int | float], list[str]]:
-        """Return (built-in variables, sorted distinct names of logged-in users)."""
+    def read(self) -> dict[str, int | float]:
+        """The built-in variables but NBUSERS and NBSESSIONS, which come from the sessions."""
         load1, load5, load15 = os.getloadavg()
         vm = psutil.virtual_memory()
         swap = psutil.swap_memory()
@@ -87,11 +87,6 @@ class Builtins:
             disk = _r(psutil.disk_usage(self.disk_path).percent)
         except OSError:
             disk = 0.0
-        try:
-            sessions = psutil.users()
-        except OSError:
-            sessions = []
-        users = sorted({s.name for s in sessions if s.name})
         values: dict[str, int | float] = {
             "NBPROC": self.nbproc,
             "CPUFREQ": self.cpufreq,
@@ -105,8 +100,6 @@ class Builtins:
             "MEMUSEDPCT": _r(vm.percent),
             "SWAPUSEDPCT": _r(swap.percent),
             "DISKUSEDPCT": disk,
-            "NBUSERS": len(users),
-            "NBSESSIONS": len(sessions),
             "UPTIME": max(0, int(time.time() - psutil.boot_time())),
         }
-        return values, users
+        return values

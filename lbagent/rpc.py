@@ -8,8 +8,10 @@ their 403 at once and never occupy a worker. Requests only read the
 sampler's current sample, whose marshalled reply is built once per sample.
 A plain get_state() call (no TLS, no secret) already waiting whole when its
 connection is accepted, as a balancer's usually is, is answered right there
-in the accept loop, without a worker; anything else, or anything not there
-yet, goes to a worker.
+in the accept loop, without a worker (a large reply, of many sessions, with
+the connection's send buffer widened and what the kernel does not take at
+once sent by a worker); anything else, or anything not there yet, goes to a
+worker.
 
 With ``tls-cert`` the TLS handshake runs in the connection's worker thread
 under the same deadline (never in the accept loop, where one silent client
@@ -57,8 +59,11 @@ GET_STATE_CALL = xmlrpc.client.dumps((), "get_state").encode()
 """The get_state() call as lbserver and xmlrpc.client send it, byte for byte."""
 INLINE_PEEK_BYTES = 2048  # a plain get_state() call is about 300 bytes
 INLINE_MAX_REPLY = 8192
-"""Bytes of reply the accept loop sends itself: half the smallest send buffer of a fresh connection, so
-one non-blocking send always takes it whole; a larger reply (many sessions) goes to a worker."""
+"""Bytes of reply the accept loop sends as they are: half the smallest send buffer of a fresh connection, so
+one non-blocking send always takes it whole."""
+INLINE_LARGE_REPLY = 1024 * 1024
+"""Up to this size (many sessions) the accept loop first widens the connection's send buffer to the reply's
+size; what a non-blocking send still leaves is sent by a worker."""
 DRAIN_BYTES = 1024 * 1024   # read and dropped after a refusal, so the client sees the answer
 DRAIN_SECONDS = 1.0
 AUTH_REALM = "lbagent"
@@ -183,7 +188,8 @@ class Dispatcher(SimpleXMLRPCDispatcher):
 
     def get_state(self) -> dict:
         """get_state() -> struct: hostname, agent_version, sampled_at (epoch seconds),
-        variables {NAME: value} and users [name], as of the latest sample."""
+        variables {NAME: value}, users [name] and sessions [{user, kind, state, since, info}],
+        as of the latest sample."""
         return self._sample().state
 
     def ping(self) -> bool:
@@ -582,19 +588,38 @@ class AgentHTTPServer(socketserver.TCPServer):
         if sample is None or not plain_get_state(data):
             return False
         answer = http_reply(200, sample.response, "text/xml")
-        if len(answer) > INLINE_MAX_REPLY:
+        if len(answer) > INLINE_LARGE_REPLY:
             return False
         try:
             request.recv(len(data), socket.MSG_DONTWAIT)  # what the peek saw: it is all there
+            if len(answer) > INLINE_MAX_REPLY:
+                request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(answer))
             request.setblocking(False)
-            sent = request.send(answer)  # a fresh connection's send buffer takes it whole
+            sent = request.send(answer)  # a fresh connection's send buffer takes a short answer whole
         except OSError as exc:
             log.debug("connection ended before its answer: %s", exc)
-            sent = -1
-        if sent != len(answer):
-            log.debug("answer to a plain get_state() not sent whole (%d bytes)", sent)
+            sent = len(answer)
+        if sent < len(answer) and self._send_rest(request, memoryview(answer)[sent:]):
+            return True
         self.shutdown_request(request)
         return True
+
+    def _send_rest(self, request: socket.socket, rest: memoryview) -> bool:
+        """Hand the end of a large inline answer to a worker, under the request deadline; False when all are busy."""
+        timeout = self.config.request_timeout
+
+        def job() -> None:
+            token = self.parts.deadlines.add(request, timeout)
+            try:
+                request.settimeout(timeout)
+                request.sendall(rest)
+            except OSError as exc:
+                log.debug("answer to a plain get_state() not sent whole: %s", exc)
+            finally:
+                self.parts.deadlines.cancel(token)
+                self.shutdown_request(request)
+
+        return self.parts.workers.submit(job)
 
     def _answer_at_once(self, request: socket.socket, answer: bytes) -> None:
         """Send ``answer`` without blocking and leave the close to the lingerer.

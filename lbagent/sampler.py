@@ -1,6 +1,6 @@
 """Background sampling: one immutable :class:`Sample` at a time, swapped atomically.
 
-The sampler thread reads built-in and custom variables every
+The sampler thread reads built-in and custom variables and the sessions every
 ``sample-interval`` seconds and replaces :attr:`Sampler.current` with a new
 frozen object; request threads only read that attribute (a single reference
 load, atomic in CPython), so they never wait for sampling.
@@ -19,6 +19,7 @@ from common.version import __version__
 from lbagent.config import AgentConfig
 from lbagent.drain import DrainWatch
 from lbagent.metrics import Builtins
+from lbagent.sessions import SessionSampler
 from lbagent.values import Value
 from lbagent.variables import CustomSampler, Stopped
 
@@ -39,7 +40,8 @@ class Sample:
     """The same, marshalled once as an XML-RPC methodResponse (UTF-8)."""
 
 
-def make_sample(hostname: str, sampled_at: float, variables: dict[str, Value], users: list[str]) -> Sample:
+def make_sample(hostname: str, sampled_at: float, variables: dict[str, Value], users: list[str],
+                sessions: list[dict] = ()) -> Sample:
     """Build a :class:`Sample`: the ``get_state`` reply and its marshalled response."""
     state = {
         "hostname": hostname,
@@ -47,6 +49,7 @@ def make_sample(hostname: str, sampled_at: float, variables: dict[str, Value], u
         "sampled_at": round(sampled_at, 3),
         "variables": dict(variables),
         "users": list(users),
+        "sessions": list(sessions),
     }
     response = xmlrpc.client.dumps((state,), methodresponse=True, encoding="utf-8")
     return Sample(state=state, response=response.encode("utf-8", "xmlcharrefreplace"))
@@ -60,6 +63,7 @@ class Sampler:
         self._builtins = Builtins()
         self._drain = DrainWatch()
         self._custom = CustomSampler()
+        self._sessions = SessionSampler()
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -73,10 +77,14 @@ class Sampler:
         requests still being served while the agent stops.
         """
         config = self._config
-        values, users = self._builtins.read()
+        values = self._builtins.read()
+        sessions = self._sessions.sample(config.sessions)
+        users = sorted({s["user"] for s in sessions})
+        values["NBUSERS"] = len(users)
+        values["NBSESSIONS"] = len(sessions)
         values.update(self._drain.read(config.drain_file, config.nologin_file))
         values.update(self._custom.sample(config.variables))
-        sample = make_sample(socket.gethostname(), time.time(), values, users)
+        sample = make_sample(socket.gethostname(), time.time(), values, users, sessions)
         if self._stopping:
             raise Stopped
         self.current = sample
@@ -98,6 +106,7 @@ class Sampler:
         self._stopping = True
         self._wake.set()
         self._custom.close()  # a sample in progress then ends at once, without those commands
+        self._sessions.close()
         if self._thread is not None:
             self._thread.join(timeout=STOP_WAIT)
             if self._thread.is_alive():

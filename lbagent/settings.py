@@ -110,11 +110,52 @@ VARIABLE = Element(
     parent="variables",
 )
 
+SESSIONS = Element(
+    "sessions",
+    "Where the agent finds the sessions it reports (get_state's sessions and users, NBSESSIONS and NBUSERS): "
+    "one child element per source, read in the background at every sample, each bounded by its timeout. "
+    "Without this element the agent reads utmp alone. A source that fails or overruns is logged once and "
+    "leaves the others' sessions reported. At most 10000 sessions are reported, and NBSESSIONS and NBUSERS "
+    "count those.")
+
+UTMP = Element(
+    "utmp", "Login sessions recorded in utmp (LDM, ssh, a console, and whatever else logs there): active.",
+    Setting("file", "path", "/var/run/utmp", "The utmp file to read."),
+    Setting("timeout", "number", 2.0, "Seconds the reading may take; past it the source reports nothing.",
+            positive=True),
+    parent="sessions",
+)
+
+PROCESS = Element(
+    "process",
+    "The owner of a running process of one of these names has a session here (an Xvnc or Xorg started by "
+    "xrdp-sesman, an x2goagent, an nxagent). Processes of root are not sessions. A session is disconnected "
+    "when the agent can tell no viewer is attached (an Xvnc whose RFB port has no connection, an Xorg of "
+    "xrdp whose display socket has none), active otherwise.",
+    Setting("names", "text", doc="Process names, separated by spaces, as ps -C takes them (e.g. Xvnc Xorg).",
+            required=True),
+    Setting("timeout", "number", 2.0, "Seconds the reading may take; past it the source reports nothing.",
+            positive=True),
+    parent="sessions",
+)
+
+X2GO = Element(
+    "x2go",
+    "x2goserver's session list, read from its SQLite session database: running sessions are active, "
+    "suspended ones disconnected, finished ones not reported. Each session's info is its line as "
+    "x2golistsessions prints it. The database is readable by root and the group x2gouser only.",
+    Setting("db", "path", "/var/lib/x2go/x2go_sessions", "x2goserver's SQLite session database."),
+    Setting("timeout", "number", 2.0, "Seconds the reading may take; past it the source reports nothing.",
+            positive=True),
+    parent="sessions",
+)
+
 CONFIG_FILE = ConfigFile(
     name="lbaconfig.xml", program="lbagent", path=DEFAULT_PATH, schema="lbaconfig.rng",
     doc="The agent's configuration. Every element is optional; top-level elements may come in any order, each "
         "at most once.",
-    elements=(AGENT, LOG, ACCESS, ALLOW, VARIABLES, VARIABLE),
+    elements=(AGENT, LOG, ACCESS, ALLOW, VARIABLES, VARIABLE, SESSIONS, UTMP, PROCESS, X2GO),
 )
 
-__all__ = ["ACCESS", "AGENT", "ALLOW", "CONFIG_FILE", "DEFAULT_PATH", "LOG", "VARIABLE", "VARIABLES", "VARIABLE_TYPES"]
+__all__ = ["ACCESS", "AGENT", "ALLOW", "CONFIG_FILE", "DEFAULT_PATH", "LOG", "PROCESS", "SESSIONS", "UTMP", "VARIABLE",
+           "VARIABLES", "VARIABLE_TYPES", "X2GO"]

@@ -22,7 +22,7 @@ from tests.support import free_port, wait_until
 from lbagent import daemon as agent_daemon
 from lbagent.config import AgentConfig
 from lbagent.linger import LingeringCloser, linger_capacity
-from lbagent.rpc import AgentHTTPServer, Deadlines, Dispatcher, ServerParts
+from lbagent.rpc import INLINE_LARGE_REPLY, AgentHTTPServer, Deadlines, Dispatcher, ServerParts
 from common.netutil import hosts_overlap
 import common.sockets
 from common.sockets import listen_socket
@@ -199,17 +199,21 @@ def test_plain_call_without_the_secret_is_refused_not_answered_inline(monkeypatc
         assert exchange(host, port, authed).startswith(b"HTTP/1.0 200 ")
 
 
-def test_a_reply_too_large_for_the_accept_loop_goes_whole_through_a_worker(monkeypatch):
+def test_a_large_reply_arrives_whole_and_one_over_the_inline_limit_goes_through_a_worker(monkeypatch):
     host = "127.0.0.56"
-    sample = make_sample("app1", 1.0, {}, [f"user{i:05d}" for i in range(5000)])  # about 200 KB of sessions
     request = build_request(Node("app1", "http://127.0.0.56:1", "127.0.0.56", 1))
-    pool = CountingPool(max_workers=4)
     accept_once_readable(monkeypatch)
-    with serving(host, Dispatcher(lambda: sample), workers=pool) as port:
-        answers = [exchange(host, port, request) for _ in range(3)]
-    assert pool.submitted == 3
-    for answer in answers:
-        assert answer.partition(b"\r\n\r\n")[2] == sample.response
+    large = make_sample("app1", 1.0, {}, [f"user{i:05d}" for i in range(5000)])  # about 200 KB of sessions
+    huge = make_sample("app1", 1.0, {}, [f"user{i:05d}" for i in range(30000)])  # over INLINE_LARGE_REPLY
+    assert len(large.response) < INLINE_LARGE_REPLY < len(huge.response)
+    for sample in (large, huge):
+        pool = CountingPool(max_workers=4)
+        with serving(host, Dispatcher(lambda: sample), workers=pool) as port:
+            answers = [exchange(host, port, request) for _ in range(3)]
+        if sample is huge:
+            assert pool.submitted == 3
+        for answer in answers:
+            assert answer.partition(b"\r\n\r\n")[2] == sample.response
 
 
 def test_reload_that_cannot_bind_an_overlapping_address_keeps_the_old_one(tmp_path, monkeypatch, caplog):
