@@ -153,8 +153,8 @@ class Snapshot:
 
     @classmethod
     def build_job(cls, config: ServerConfig, records: Mapping[str, NodeRecord],
-                 drained: frozenset[str] = frozenset(), now: float | None = None,
-                 weighings: dict[str, Weighing] | None = None) -> Job[Snapshot]:
+                  drained: frozenset[str] = frozenset(), now: float | None = None,
+                  weighings: dict[str, Weighing] | None = None) -> Job[Snapshot]:
         """:meth:`build` as a :class:`~lbserver.core.slicing.Job` over the configured nodes."""
         views: dict[str, NodeView] = {}
         rules, requires = config.rules, config.requires
@@ -291,19 +291,32 @@ class _GroupState:
 
     ``tree`` holds the weights (compensated), ``loads`` each node's
     projected load once one more terminal weighs on it, in the same order.
+    Filled a node at a time by :meth:`add`, then :meth:`seal` builds the
+    tree (in one go: it is O(n)).
     """
 
-    __slots__ = ("names", "tree", "cum_sizes", "loads")
+    __slots__ = ("names", "tree", "cum_sizes", "loads", "_weights")
 
-    def __init__(self, views: list[NodeView], loads: list[float]) -> None:
-        self.names = [v.name for v in views]
-        self.tree = Fenwick(v.weight for v in views)
-        self.loads = loads
-        acc, cum = 0.0, []
-        for s in (v.size for v in views):
-            acc += s
-            cum.append(acc)
-        self.cum_sizes = cum
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.loads: list[float] = []
+        self.cum_sizes: list[float] = []
+        self._weights: list[float] = []
+        self.tree = Fenwick()
+
+    def add(self, view: NodeView, load: float) -> int:
+        """Take one more selectable node, whose projected load is ``load``; return its index."""
+        cum = self.cum_sizes
+        cum.append((cum[-1] if cum else 0.0) + view.size)
+        self.names.append(view.name)
+        self.loads.append(load)
+        self._weights.append(view.weight)
+        return len(cum) - 1
+
+    def seal(self) -> None:
+        """Build the tree of the weights added."""
+        self.tree = Fenwick(self._weights)
+        self._weights = []
 
     def by_size(self, rng: random.Random) -> int:
         """An index drawn in proportion to size (weighted-random's overflow rule)."""
@@ -393,10 +406,11 @@ class Prepared(NamedTuple):
 class _State:
     """What a :class:`Selector`'s picks read, for one snapshot: built aside, installed by one assignment.
 
-    Frozen, so a pick sees all of one snapshot's state or all of the
-    next's, never a mix. What it holds does change with each pick (the
-    terminals sent, the weights and loads they make), and
-    :meth:`Selector.commit` carries that over to the next state.
+    Frozen: it is replaced whole, never attribute by attribute, so a pick
+    sees all of one snapshot's state or all of the next's, never a mix.
+    What it holds does change with each pick (the terminals sent, the
+    weights and loads they make), and :meth:`Selector.commit` carries that
+    over to the next state.
     """
 
     snapshot: Snapshot | None
@@ -407,9 +421,6 @@ class _State:
     compensation: dict[str, Compensation]  # selectable node -> its compensation, carrying what lagging rules miss
     base: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]]  # the same as figures and rules gave it
     last_good: dict[str, str]
-
-
-_NO_STATE = _State(None, {}, {}, {}, {}, {}, {}, {})
 
 
 class Selector:
@@ -444,7 +455,7 @@ class Selector:
         self._rng = rng or random.Random()
         self.algorithm = algorithm
         self._clock = clock
-        self._state = _NO_STATE
+        self._state = _State(None, {}, {}, {}, {}, {}, {}, {})
         self._counts: dict[str, int] = {}  # a plain dict: a Counter's += costs twice as much per pick
 
     @property
@@ -484,34 +495,34 @@ class Selector:
         """
         nodes, rules = snapshot.nodes, snapshot.rules
         known = self._state.base
-        selectable: dict[str, list[NodeView]] = {g: [] for g in snapshot.groups}
+        groups = {g: _GroupState() for g in snapshot.groups}
+        members: dict[str, list[tuple[_GroupState, int]]] = {}
         base: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]] = {}
+        best: dict[str, NodeView] = {}  # what snapshot.ranked(g)[0] is, without the sort
 
-        def take(members: Iterable[tuple[str, str]]) -> None:
-            for group, name in members:
+        def base_of(view: NodeView) -> tuple[Mapping, tuple[Rule, ...], Compensation]:
+            k = known.get(view.name)
+            if k is not None and k[0] is view.variables and k[1] is rules:
+                return k  # the same figures under the same rules (see Snapshot.build's weighings)
+            return view.variables, rules, compensation(view.variables, rules)
+
+        def take(pairs: Iterable[tuple[str, str]]) -> None:
+            for g, name in pairs:
                 view = nodes[name]
                 if not view.selectable:
                     continue
-                selectable[group].append(view)
                 if name not in base:
-                    k = known.get(name)
-                    if k is not None and k[0] is view.variables and k[1] is rules:
-                        base[name] = k  # the same figures under the same rules (see Snapshot.build's weighings)
-                    else:
-                        base[name] = (view.variables, rules, compensation(view.variables, rules))
+                    base[name] = base_of(view)
+                state = groups[g]
+                load = base[name][2].load(1)  # with no terminal pending; commit redoes the nodes that have some
+                members.setdefault(name, []).append((state, state.add(view, load)))
+                if g not in best or _rank_key(view) < _rank_key(best[g]):
+                    best[g] = view
 
         def prepared() -> Prepared:
-            groups: dict[str, _GroupState] = {}
-            members: dict[str, list[tuple[_GroupState, int]]] = {}
-            best: dict[str, str] = {}
-            for g, views in selectable.items():
-                # With no terminal pending; commit redoes the nodes that have some.
-                state = groups[g] = _GroupState(views, [base[v.name][2].load(1) for v in views])
-                for i, name in enumerate(state.names):
-                    members.setdefault(name, []).append((state, i))
-                if views:
-                    best[g] = min(views, key=_rank_key).name  # what snapshot.ranked(g)[0] is, without the sort
-            return Prepared(snapshot, groups, members, base, best)
+            for state in groups.values():
+                state.seal()
+            return Prepared(snapshot, groups, members, base, {g: v.name for g, v in best.items()})
 
         return Job(((g, n) for g, names in snapshot.groups.items() for n in names), take, prepared)
 
