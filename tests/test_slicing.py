@@ -120,7 +120,8 @@ def test_a_drain_made_during_a_sliced_install_is_not_undone(tmp_path, monkeypatc
         await install
 
     asyncio.run(drain_meanwhile())
-    assert bal.snapshot.nodes["a"].drained            # built again with the drain
+    assert bal.snapshot.nodes["a"].drained            # the drain's snapshot stands: the stale build was dropped
+    assert bal._selector.snapshot is bal.snapshot     # and the terminals are answered from it
 
 
 def test_new_replies_are_parsed_one_slice_at_a_time(procs, tmp_path, monkeypatch):

@@ -319,7 +319,8 @@ class Balancer:
         (see :class:`~lbserver.core.selection.Selector`); a drain or reload
         in the middle of a storm keeps every count.
         """
-        self._install(run_whole(self._selector.prepare_job(run_whole(self._build_job(now)))))
+        snapshot = run_whole(self._build_job(now))
+        self._install(run_whole(self._selector.prepare_job(snapshot)))
 
     def _build_job(self, now: float | None) -> Job[Snapshot]:
         return Snapshot.build_job(self._config, self._records, frozenset(self._drain.nodes), now or time.time(),
