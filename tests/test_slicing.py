@@ -165,7 +165,6 @@ NODE = st.fixed_dictionaries({
     "user": st.sampled_from([None, "ann", "bob"]),
 })
 
-
 COUNT = st.one_of(st.integers(0, 3 * STEP_NODES + 2), st.sampled_from([STEP_NODES - 1, STEP_NODES, STEP_NODES + 1,
                                                                            2 * STEP_NODES + 1]))
 """How many nodes: none to a few chunks, and just around a chunk's end."""
@@ -203,13 +202,11 @@ def _selector_state(sel: Selector) -> dict:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(specs=CLUSTER, earlier=CLUSTER,
-       picks=st.integers(0, 30), seed=st.integers(0, 2 ** 32))
+@given(specs=CLUSTER, earlier=CLUSTER, picks=st.integers(0, 30), seed=st.integers(0, 2 ** 32))
 def test_sliced_jobs_give_what_the_whole_ones_give(specs, earlier, picks, seed):
     cfg, records, drained = _random_cluster(specs, at=100.0)
-    snaps = [Snapshot.build(cfg, records, drained, now=100.0),
-             asyncio.run(EVERY_STEP(Snapshot.build_job(cfg, records, drained, now=100.0)))]
-    whole_snap, sliced_snap = snaps
+    whole_snap = Snapshot.build(cfg, records, drained, now=100.0)
+    sliced_snap = asyncio.run(EVERY_STEP(Snapshot.build_job(cfg, records, drained, now=100.0)))
     for attr in ("nodes", "groups", "default_group", "built_at", "rules", "requires", "unreported"):
         assert getattr(sliced_snap, attr) == getattr(whole_snap, attr), attr
     assert all(sliced_snap.nodes_with_user(u) == whole_snap.nodes_with_user(u) for u in ("ann", "bob"))

@@ -27,7 +27,7 @@ SLICE = 0.005
 """Seconds of work between two returns to the loop: a terminal waits about this long at most."""
 
 STEP_NODES = 64
-"""Items handled in one go by :func:`run_sliced` (where it may give the loop back)."""
+"""Items a job handles between two points where :func:`run_sliced` may give the loop back (see :attr:`Job.step`)."""
 
 
 @dataclass(frozen=True)
