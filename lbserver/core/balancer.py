@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from lbserver.config import Node, Poll, ServerConfig
 from lbserver.core import health
@@ -35,8 +35,8 @@ from lbserver.core.drainstate import DrainState
 from lbserver.core.history import History
 from lbserver.core.poller import PollError, PollResult, Replies, poll_all
 from lbserver.core.remote import RemoteNode, fetch_group
-from lbserver.core.selection import Pick, Selector, Snapshot, Weighing
-from lbserver.core.slicing import STEP_NODES, Steps, run_sliced, run_whole
+from lbserver.core.selection import Pick, Prepared, Selector, Snapshot, Weighing
+from lbserver.core.slicing import Job, run_sliced, run_whole
 from lbserver.core.view import UnknownNode
 
 log = logging.getLogger("lbserver")
@@ -226,11 +226,11 @@ class Balancer:
             fetched = {g: f for g, f in fetched.items()
                        if g in cfg.groups and cfg.groups[g].source == polled.groups[g].source}
         results = {**results, **self._merge_remote(fetched)}
-        failed = await run_sliced(self._record_steps(results, now, cfg.poll))
+        failed = await run_sliced(self._record_job(results, now, cfg.poll))
         await self._install_sliced(now)
         self._last_cycle = CycleInfo(started, time.time() - started, len(results), failed)
         self.poll_histogram.observe(self._last_cycle.duration)
-        await run_sliced(self.history.add_steps(self._snapshot, now, cfg.poll.interval))
+        await run_sliced(self.history.add_job(self._snapshot, now, cfg.poll.interval))
         for name in set(self._snapshot.unreported) - self._unreported_logged:
             log.warning("rule variable %s is reported by no agent (a typo in lbsconfig.xml, or missing from every "
                         "lbaconfig.xml): the rule makes every node unhealthy", name)
@@ -241,27 +241,29 @@ class Balancer:
             except Exception:  # an observer's bug must not stop polling
                 log.exception("after-cycle observer failed")
 
-    def _record_steps(self, results: Mapping[str, PollResult], now: float, poll: Poll) -> Steps[int]:
+    def _record_job(self, results: Mapping[str, PollResult], now: float, poll: Poll) -> Job[int]:
         """Update each node's record from its poll result (logging ups and downs); return how many failed."""
         failed = 0
-        for count, (name, res) in enumerate(results.items(), 1):
-            if name not in self._config.nodes:  # reloaded between two steps, and no longer configured
-                continue
-            rec = self._records.setdefault(name, health.NodeRecord(name=name))
-            if res.state is not None:
-                if res.state is not rec.last_state:
-                    self._weighings.pop(name, None)  # new figures: weigh again, and let the old ones go now
-                change = health.record_success(rec, res.state, now, poll.rise)
-            else:
-                failed += 1
-                change = health.record_failure(rec, res.error, now, poll.fall)
-            if change == "down":
-                log.warning("node %s is down: %s", name, rec.last_error)
-            elif change == "up":
-                log.info("node %s is up", name)
-            if not count % STEP_NODES:
-                yield
-        return failed
+
+        def record(polled: Iterable[tuple[str, PollResult]]) -> None:
+            nonlocal failed
+            for name, res in polled:
+                if name not in self._config.nodes:  # reloaded while this was sliced, and no longer configured
+                    continue
+                rec = self._records.setdefault(name, health.NodeRecord(name=name))
+                if res.state is not None:
+                    if res.state is not rec.last_state:
+                        self._weighings.pop(name, None)  # new figures: weigh again, and let the old ones go now
+                    change = health.record_success(rec, res.state, now, poll.rise)
+                else:
+                    failed += 1
+                    change = health.record_failure(rec, res.error, now, poll.fall)
+                if change == "down":
+                    log.warning("node %s is down: %s", name, rec.last_error)
+                elif change == "up":
+                    log.info("node %s is up", name)
+
+        return Job(results.items(), record, lambda: failed)
 
     async def _fetch_remote(self, cfg: ServerConfig) -> dict[str, list[RemoteNode] | PollError]:
         """Read every remote group's site balancer at once; a failure is returned, not raised."""
@@ -317,33 +319,35 @@ class Balancer:
         (see :class:`~lbserver.core.selection.Selector`); a drain or reload
         in the middle of a storm keeps every count.
         """
-        self._installs += 1
-        self._snapshot = run_whole(self._build_steps(now))
-        self._selector.install(self._snapshot)
+        snapshot = run_whole(self._build_job(now))
+        self._install(run_whole(self._selector.prepare_job(snapshot)))
 
-    def _build_steps(self, now: float | None) -> Steps[Snapshot]:
-        return Snapshot.build_steps(self._config, self._records, frozenset(self._drain.nodes), now or time.time(),
-                                    self._weighings)
+    def _build_job(self, now: float | None) -> Job[Snapshot]:
+        return Snapshot.build_job(self._config, self._records, frozenset(self._drain.nodes), now or time.time(),
+                                  self._weighings)
+
+    def _install(self, prepared: Prepared) -> None:
+        self._installs += 1
+        self._snapshot = prepared.snapshot
+        self._selector.commit(prepared)
 
     async def _install_sliced(self, now: float) -> None:
         """:meth:`install_snapshot` after a poll, giving the loop back every few milliseconds.
 
         Terminals are answered meanwhile from the snapshot in force (see
-        :mod:`lbserver.core.slicing`). A drain, enable or reload installed
-        meanwhile makes this build stale (it read the drained set and the
-        configuration before), so the build starts over; after three such
-        tries it is done at once.
+        :mod:`lbserver.core.slicing`). A drain, an enable or a reload can
+        install a snapshot meanwhile; this build read the drained set and
+        the configuration before it, so installing it would undo that.
+        It is dropped instead, and nothing is lost: the snapshot installed
+        meanwhile was built from the same records (this cycle wrote them
+        before this build began), with the newer drained set or
+        configuration.
         """
-        for _ in range(3):
-            installs = self._installs
-            snapshot = await run_sliced(self._build_steps(now))
-            prepared = await run_sliced(self._selector.prepare_steps(snapshot))
-            if installs == self._installs:
-                self._installs += 1
-                self._snapshot = snapshot
-                self._selector.commit(prepared)
-                return
-        self.install_snapshot(now)
+        installs = self._installs
+        snapshot = await run_sliced(self._build_job(now))
+        prepared = await run_sliced(self._selector.prepare_job(snapshot))
+        if installs == self._installs:
+            self._install(prepared)
 
     # -- terminals --------------------------------------------------------
 

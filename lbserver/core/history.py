@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Iterable
 
-from lbserver.core.slicing import STEP_NODES, Steps, run_whole
+from lbserver.core.slicing import Job, run_whole
 
 WINDOW_SECONDS = 3600.0
 MAX_POINTS = 720
@@ -21,22 +21,26 @@ class History:
 
     def add(self, snapshot: Any, now: float, interval: float) -> None:
         """Record the snapshot; keep at most one point per hour/MAX_POINTS so memory stays bounded."""
-        run_whole(self.add_steps(snapshot, now, interval))
+        run_whole(self.add_job(snapshot, now, interval))
 
-    def add_steps(self, snapshot: Any, now: float, interval: float) -> Steps[None]:
-        """:meth:`add` as :data:`~lbserver.core.slicing.Steps`, pausing every few dozen nodes."""
+    def add_job(self, snapshot: Any, now: float, interval: float) -> Job[None]:
+        """:meth:`add` as a :class:`~lbserver.core.slicing.Job` over the snapshot's nodes."""
         if now - self._last < max(interval, WINDOW_SECONDS / MAX_POINTS) * 0.999 and self.points:
-            return
+            return Job((), lambda nodes: None, lambda: None)  # too soon after the last point
         self._last = now
-        row = {}
-        for count, (name, v) in enumerate(snapshot.nodes.items(), 1):
-            load = v.variables.get("LOADAVG")
-            row[name] = (round(v.weight, 3), load if isinstance(load, (int, float)) else None, v.selectable)
-            if not count % STEP_NODES:
-                yield
-        self.points.append((now, row))
-        while self.points and self.points[0][0] < now - WINDOW_SECONDS:
-            self.points.popleft()
+        row: dict[str, tuple[float, float | None, bool]] = {}
+
+        def take(nodes: Iterable[tuple[str, Any]]) -> None:
+            for name, v in nodes:
+                load = v.variables.get("LOADAVG")
+                row[name] = (round(v.weight, 3), load if isinstance(load, (int, float)) else None, v.selectable)
+
+        def append() -> None:
+            self.points.append((now, row))
+            while self.points and self.points[0][0] < now - WINDOW_SECONDS:
+                self.points.popleft()
+
+        return Job(snapshot.nodes.items(), take, append)
 
     def copy(self) -> "History":
         """A copy holding this history's points as they are now (a point never changes once added)."""

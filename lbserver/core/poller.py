@@ -38,14 +38,14 @@ import ssl
 import time
 import xmlrpc.client
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import defusedxml.xmlrpc
 
 from common.tls import client_context
 from lbserver.config import Node
 from lbserver.core import rpcreply
-from lbserver.core.slicing import Steps, run_sliced
+from lbserver.core.slicing import Job, run_sliced
 
 log = logging.getLogger(__name__)
 
@@ -298,20 +298,26 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
         fresh[name] = (key, state)
         return state, None
 
-    def parse_from(item: tuple[str, bytes, bytes, float] | None) -> Steps[bool]:
-        """Parse ``item`` and what waits after it; False once the end mark (None) is reached."""
-        while item is not None:
-            name, key, body, elapsed = item
+    def parse_each(items: Iterable[tuple[str, bytes, bytes, float]]) -> None:
+        for name, key, body, elapsed in items:
             results[name] = PollResult(name, *parse(name, key, body), elapsed)
-            yield
+
+    ended = False
+
+    def waiting(item: tuple[str, bytes, bytes, float] | None) -> Iterator[tuple[str, bytes, bytes, float]]:
+        """``item`` and the replies queued after it, until the queue is empty or the end mark (None) is met."""
+        nonlocal ended
+        while item is not None:
+            yield item
             if unparsed.empty():
-                return True
+                return
             item = unparsed.get_nowait()
-        return False
+        ended = True
 
     async def parser() -> None:
-        while await run_sliced(parse_from(await unparsed.get())):
-            pass
+        # One reply per chunk: a large one may take milliseconds to parse.
+        while not ended:
+            await run_sliced(Job(waiting(await unparsed.get()), parse_each, lambda: None, step=1))
 
     async def worker() -> None:
         for node in todo:  # one iterator shared by the workers: each node is polled once

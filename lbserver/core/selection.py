@@ -8,10 +8,11 @@ terminals already sent to each node), and answers :meth:`Selector.pick`.
 
 Threading: a Selector is meant to be used from one thread (the daemon's
 asyncio loop), so it takes no locks; :meth:`Selector.install` replaces the
-whole per-snapshot state in one assignment. A poll cycle builds and
-prepares the next snapshot in steps (:meth:`Snapshot.build_steps`,
-:meth:`Selector.prepare_steps`) that give the loop back between them, and
-picks go on meanwhile; :meth:`Selector.commit` then swaps it in at once.
+whole per-snapshot state (one frozen object) in one assignment. A poll
+cycle builds and prepares the next snapshot as jobs
+(:meth:`Snapshot.build_job`, :meth:`Selector.prepare_job`) run in slices
+of the loop's time (:mod:`lbserver.core.slicing`), and picks go on
+meanwhile; :meth:`Selector.commit` then swaps it in at once.
 Snapshots themselves are immutable and may be shared freely.
 """
 
@@ -23,13 +24,13 @@ import random
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 from lbserver.config import Require, Rule, ServerConfig
 from lbserver.config.settings import ALGORITHMS
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord
-from lbserver.core.slicing import STEP_NODES, Steps, run_whole
+from lbserver.core.slicing import Job, run_whole
 from lbserver.core.weights import Compensation, RuleResult, Verdict, compensation, evaluate, rule_lag
 
 REASONS = ("weighted", "user", "overflow", "last-good")
@@ -148,33 +149,36 @@ class Snapshot:
         weighing again a node whose state and rules are the very objects
         of the last build; it is left holding this build's.
         """
-        return run_whole(cls.build_steps(config, records, drained, now, weighings))
+        return run_whole(cls.build_job(config, records, drained, now, weighings))
 
     @classmethod
-    def build_steps(cls, config: ServerConfig, records: Mapping[str, NodeRecord],
-                    drained: frozenset[str] = frozenset(), now: float | None = None,
-                    weighings: dict[str, Weighing] | None = None) -> Steps[Snapshot]:
-        """:meth:`build` as :data:`~lbserver.core.slicing.Steps`, pausing every :data:`STEP_NODES` nodes."""
+    def build_job(cls, config: ServerConfig, records: Mapping[str, NodeRecord],
+                  drained: frozenset[str] = frozenset(), now: float | None = None,
+                  weighings: dict[str, Weighing] | None = None) -> Job[Snapshot]:
+        """:meth:`build` as a :class:`~lbserver.core.slicing.Job` over the configured nodes."""
         views: dict[str, NodeView] = {}
         rules, requires = config.rules, config.requires
         memo = weighings if weighings is not None else {}
         kept: dict[str, Weighing] = {}
-        for count, name in enumerate(config.nodes, 1):
-            rec = records.get(name)
-            state = rec.last_state if rec is not None else None
-            w = memo.get(name)
-            if w is None or w.state is not state or w.rules is not rules or w.requires is not requires:
-                w = weigh(state, rules, requires)
-            kept[name] = w
-            views[name] = node_view(name, rec, w, name in drained)
-            if not count % STEP_NODES:
-                yield
-        if weighings is not None:
-            weighings.clear()
-            weighings.update(kept)
-        groups = {g.name: g.nodes for g in config.groups.values()}
-        return cls(views, groups, config.default_group, time.time() if now is None else now,
-                   config.rules, config.requires)
+
+        def weigh_nodes(names: Iterable[str]) -> None:
+            for name in names:
+                rec = records.get(name)
+                state = rec.last_state if rec is not None else None
+                w = memo.get(name)
+                if w is None or w.state is not state or w.rules is not rules or w.requires is not requires:
+                    w = weigh(state, rules, requires)
+                kept[name] = w
+                views[name] = node_view(name, rec, w, name in drained)
+
+        def snapshot() -> Snapshot:
+            if weighings is not None:
+                weighings.clear()
+                weighings.update(kept)
+            groups = {g.name: g.nodes for g in config.groups.values()}
+            return cls(views, groups, config.default_group, time.time() if now is None else now, rules, requires)
+
+        return Job(config.nodes, weigh_nodes, snapshot)
 
     def group_nodes(self, group: str | None = None) -> tuple[str, ...]:
         """The node names of ``group`` (default group when None), in file order."""
@@ -287,19 +291,32 @@ class _GroupState:
 
     ``tree`` holds the weights (compensated), ``loads`` each node's
     projected load once one more terminal weighs on it, in the same order.
+    Filled a node at a time by :meth:`add`, then :meth:`seal` builds the
+    tree (in one go: it is O(n)).
     """
 
-    __slots__ = ("names", "tree", "cum_sizes", "loads")
+    __slots__ = ("names", "tree", "cum_sizes", "loads", "_weights")
 
-    def __init__(self, views: list[NodeView]) -> None:
-        self.names = [v.name for v in views]
-        self.tree = Fenwick(v.weight for v in views)
-        self.loads = [0.0] * len(views)
-        acc, cum = 0.0, []
-        for s in (v.size for v in views):
-            acc += s
-            cum.append(acc)
-        self.cum_sizes = cum
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.loads: list[float] = []
+        self.cum_sizes: list[float] = []
+        self._weights: list[float] = []
+        self.tree = Fenwick()
+
+    def add(self, view: NodeView, load: float) -> int:
+        """Take one more selectable node, whose projected load is ``load``; return its index."""
+        cum = self.cum_sizes
+        cum.append((cum[-1] if cum else 0.0) + view.size)
+        self.names.append(view.name)
+        self.loads.append(load)
+        self._weights.append(view.weight)
+        return len(cum) - 1
+
+    def seal(self) -> None:
+        """Build the tree of the weights added."""
+        self.tree = Fenwick(self._weights)
+        self._weights = []
 
     def by_size(self, rng: random.Random) -> int:
         """An index drawn in proportion to size (weighted-random's overflow rule)."""
@@ -375,14 +392,35 @@ class _Unseen:
         return not self.times and not self.carried
 
 
-class _Prepared(NamedTuple):
-    """A snapshot made ready for a :class:`Selector` (see :meth:`Selector.prepare_steps`)."""
+class Prepared(NamedTuple):
+    """A snapshot made ready for a :class:`Selector` (see :meth:`Selector.prepare_job`)."""
 
     snapshot: Snapshot
     groups: dict[str, _GroupState]
     members: dict[str, list[tuple[_GroupState, int]]]
     base: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]]
     best: dict[str, str]  # per group, its best node: the last good one from now on
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What a :class:`Selector`'s picks read, for one snapshot: built aside, installed by one assignment.
+
+    Frozen: it is replaced whole, never attribute by attribute, so a pick
+    sees all of one snapshot's state or all of the next's, never a mix.
+    What it holds does change with each pick (the terminals sent, the
+    weights and loads they make), and :meth:`Selector.commit` carries that
+    over to the next state.
+    """
+
+    snapshot: Snapshot | None
+    groups: dict[str, _GroupState]
+    members: dict[str, list[tuple[_GroupState, int]]]  # node -> its place in each group's sampling structures
+    unseen: dict[str, _Unseen]
+    weights: dict[str, float]  # node -> weight with the terminals its figures do not show
+    compensation: dict[str, Compensation]  # selectable node -> its compensation, carrying what lagging rules miss
+    base: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]]  # the same as figures and rules gave it
+    last_good: dict[str, str]
 
 
 class Selector:
@@ -417,14 +455,7 @@ class Selector:
         self._rng = rng or random.Random()
         self.algorithm = algorithm
         self._clock = clock
-        self._snapshot: Snapshot | None = None
-        self._groups: dict[str, _GroupState] = {}
-        self._members: dict[str, list[tuple[_GroupState, int]]] = {}
-        self._unseen: dict[str, _Unseen] = {}
-        self._weights: dict[str, float] = {}
-        self._compensation: dict[str, Compensation] = {}
-        self._base_compensation: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]] = {}
-        self._last_good: dict[str, str] = {}
+        self._state = _State(None, {}, {}, {}, {}, {}, {}, {})
         self._counts: dict[str, int] = {}  # a plain dict: a Counter's += costs twice as much per pick
 
     @property
@@ -442,7 +473,7 @@ class Selector:
     @property
     def snapshot(self) -> Snapshot | None:
         """The snapshot in force (None before the first install)."""
-        return self._snapshot
+        return self._state.snapshot
 
     def install(self, snapshot: Snapshot) -> None:
         """Put a new snapshot in force.
@@ -453,60 +484,58 @@ class Selector:
         sent later keep counting in full. A rebuild without new figures (a
         failed poll, a drain, a reload) changes no count.
         """
-        self.commit(run_whole(self.prepare_steps(snapshot)))
+        self.commit(run_whole(self.prepare_job(snapshot)))
 
-    def prepare_steps(self, snapshot: Snapshot) -> Steps[_Prepared]:
-        """The work of :meth:`install` that picks do not change, as :data:`~lbserver.core.slicing.Steps`.
+    def prepare_job(self, snapshot: Snapshot) -> Job[Prepared]:
+        """The work of :meth:`install` that picks do not change, as a :class:`~lbserver.core.slicing.Job`.
 
-        Picks may go on between the steps (they use the snapshot in force);
-        :meth:`commit` then accounts for every terminal sent until then.
+        It goes through each group's members. Picks may go on while it is
+        run in slices (they use the snapshot in force); :meth:`commit` then
+        accounts for every terminal sent until then.
         """
-        groups: dict[str, _GroupState] = {}
+        nodes, rules = snapshot.nodes, snapshot.rules
+        known = self._state.base
+        groups = {g: _GroupState() for g in snapshot.groups}
         members: dict[str, list[tuple[_GroupState, int]]] = {}
-        best: dict[str, str] = {}
-        nodes = snapshot.nodes
-        for g, names in snapshot.groups.items():
-            views: list[NodeView] = []
-            for count, name in enumerate(names, 1):
-                view = nodes[name]
-                if view.selectable:
-                    views.append(view)
-                if not count % STEP_NODES:
-                    yield
-            if views:
-                best[g] = min(views, key=_rank_key).name  # what snapshot.ranked(g)[0] is, without the sort
-            yield
-            state = groups[g] = _GroupState(views)
-            yield
-            for i, v in enumerate(views):
-                members.setdefault(v.name, []).append((state, i))
-                if not (i + 1) % STEP_NODES:
-                    yield
         base: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]] = {}
-        for count, (node, places) in enumerate(members.items(), 1):
-            variables = snapshot.nodes[node].variables
-            known = self._base_compensation.get(node)
-            if known is not None and known[0] is variables and known[1] is snapshot.rules:
-                c = known[2]  # the same figures under the same rules (see Snapshot.build's weighings)
-            else:
-                c = compensation(variables, snapshot.rules)
-            base[node] = (variables, snapshot.rules, c)
-            load = c.load(1)  # with no terminal pending; commit redoes the nodes that have some
-            for state, i in places:
-                state.loads[i] = load
-            if not count % STEP_NODES:
-                yield
-        return _Prepared(snapshot, groups, members, base, best)
+        best: dict[str, NodeView] = {}  # what snapshot.ranked(g)[0] is, without the sort
 
-    def commit(self, prepared: _Prepared) -> None:
+        def base_of(view: NodeView) -> tuple[Mapping, tuple[Rule, ...], Compensation]:
+            k = known.get(view.name)
+            if k is not None and k[0] is view.variables and k[1] is rules:
+                return k  # the same figures under the same rules (see Snapshot.build's weighings)
+            return view.variables, rules, compensation(view.variables, rules)
+
+        def take(pairs: Iterable[tuple[str, str]]) -> None:
+            for g, name in pairs:
+                view = nodes[name]
+                if not view.selectable:
+                    continue
+                if name not in base:
+                    base[name] = base_of(view)
+                state = groups[g]
+                load = base[name][2].load(1)  # with no terminal pending; commit redoes the nodes that have some
+                members.setdefault(name, []).append((state, state.add(view, load)))
+                if g not in best or _rank_key(view) < _rank_key(best[g]):
+                    best[g] = view
+
+        def prepared() -> Prepared:
+            for state in groups.values():
+                state.seal()
+            return Prepared(snapshot, groups, members, base, {g: v.name for g, v in best.items()})
+
+        return Job(((g, n) for g, names in snapshot.groups.items() for n in names), take, prepared)
+
+    def commit(self, prepared: Prepared) -> None:
         """Put a prepared snapshot in force, with the terminals sent to each node until now."""
-        snapshot, groups, members, base = prepared.snapshot, prepared.groups, prepared.members, prepared.base
+        snapshot, members, base = prepared.snapshot, prepared.members, prepared.base
+        old = self._state
         now = self._clock()
-        last_good = {g: n for g, n in self._last_good.items() if g in snapshot.groups and n in snapshot.members(g)}
+        last_good = {g: n for g, n in old.last_good.items() if g in snapshot.groups and n in snapshot.members(g)}
         last_good.update(prepared.best)
         lags = frozenset(lag for lag in (rule_lag(r) for r in snapshot.rules if r.per_session > 0) if lag > 0)
         unseen: dict[str, _Unseen] = {}
-        for name, u in self._unseen.items():
+        for name, u in old.unseen.items():
             view = snapshot.nodes.get(name)
             if view is None:
                 continue
@@ -526,10 +555,7 @@ class Selector:
                 if weight != state.tree[i]:
                     state.tree.set(i, weight)
                 state.loads[i] = load
-        # Swap everything at once so a pick never sees half of each snapshot.
-        (self._snapshot, self._groups, self._members, self._unseen, self._weights,
-         self._compensation, self._base_compensation, self._last_good) = (
-            snapshot, groups, members, unseen, weights, comp, base, last_good)
+        self._state = _State(snapshot, prepared.groups, members, unseen, weights, comp, base, last_good)
 
     def pick(self, group: str | None = None, user: str | None = None) -> Pick:
         """Choose a node of ``group`` (the default group when None) for a new terminal.
@@ -537,25 +563,26 @@ class Selector:
         Raises UnknownGroup for a group the snapshot does not know and
         EmptyGroup for a group without nodes; otherwise always answers.
         """
-        snap = self._snapshot
+        cur = self._state
+        snap = cur.snapshot
         if snap is None:
             raise RuntimeError("no snapshot installed yet")
         g = snap.default_group if group is None else group
-        state = self._groups.get(g)
+        state = cur.groups.get(g)
         if state is None:
             raise UnknownGroup(g)
         if user is not None:
-            node = self._user_node(snap, g, user)
+            node = self._user_node(cur, g, user)
             if node is not None:
-                return self._returning(g, node, "user")
+                return self._returning(cur, g, node, "user")
         if not state.names:
-            node = self._last_good.get(g)
+            node = cur.last_good.get(g)
             if node is None:
                 members = snap.groups[g]
                 if not members:
                     raise EmptyGroup(g)
                 node = members[0]
-            return self._returning(g, node, "last-good")
+            return self._returning(cur, g, node, "last-good")
         rng = self._rng
         if self._two:
             pair = state.tree.sample_pair(rng)
@@ -575,25 +602,27 @@ class Selector:
         node = state.names[i]
         counts = self._counts
         counts[node] = counts.get(node, 0) + 1
-        self._last_good[g] = node
-        self._add(node, 1)
+        cur.last_good[g] = node
+        self._add(cur, node, 1)
         return _new_pick(Pick, (node, reason, g, True))
 
-    def _user_node(self, snap: Snapshot, group: str, user: str) -> str | None:
+    @staticmethod
+    def _user_node(cur: _State, group: str, user: str) -> str | None:
         # A drain stops new sessions only: a user going back to his own session
         # may, so a drained node of the group counts as long as it is healthy.
+        snap, weights = cur.snapshot, cur.weights
         members = snap.members(group)
         candidates = [n for n in snap.nodes_with_user(user) if n in members and snap.nodes[n].healthy]
         if not candidates:
             return None
-        return max(candidates, key=lambda n: (snap.nodes[n].selectable, self._weights.get(n, 0.0), n))
+        return max(candidates, key=lambda n: (snap.nodes[n].selectable, weights.get(n, 0.0), n))
 
-    def _returning(self, group: str, node: str, reason: str) -> Pick:
+    def _returning(self, cur: _State, group: str, node: str, reason: str) -> Pick:
         """A pick that opens no new session: back to the user's own, or a last resort."""
         counts = self._counts
         counts[node] = counts.get(node, 0) + 1
         if reason != "last-good":
-            self._last_good[group] = node
+            cur.last_good[group] = node
         return _new_pick(Pick, (node, reason, group, False))
 
     def add_pending(self, node: str, count: int = 1) -> bool:
@@ -603,53 +632,55 @@ class Selector:
         balancer's own picks, but are not counted in :meth:`pick_counts`.
         Returns False for a node the snapshot does not know.
         """
-        if self._snapshot is None or node not in self._snapshot.nodes:
+        cur = self._state
+        if cur.snapshot is None or node not in cur.snapshot.nodes:
             return False
         if count > 0:
-            self._add(node, count)
+            self._add(cur, node, count)
         return True
 
-    def _add(self, node: str, count: int) -> None:
-        u = self._unseen.get(node)
+    def _add(self, cur: _State, node: str, count: int) -> None:
+        u = cur.unseen.get(node)
         if u is None:
-            u = self._unseen[node] = _Unseen()
+            u = cur.unseen[node] = _Unseen()
         u.add(self._clock(), count)
-        comp = self._compensation.get(node)
+        comp = cur.compensation.get(node)
         if comp is not None and comp.terms:
             weight, load = comp.state(u.fresh)
-            self._weights[node] = weight
-            for state, i in self._members[node]:
+            cur.weights[node] = weight
+            for state, i in cur.members[node]:
                 state.tree.set(i, weight)
                 state.loads[i] = load
 
     def pending(self) -> dict[str, int]:
         """Terminals sent to each node after its figures were sampled (they count in full)."""
-        return {n: u.fresh for n, u in self._unseen.items() if u.fresh}
+        return {n: u.fresh for n, u in self._state.unseen.items() if u.fresh}
 
     def carried(self) -> dict[str, dict[float, float]]:
         """Per node and lag, the part of earlier terminals its lagging averages do not show yet."""
-        return {n: dict(u.carried) for n, u in self._unseen.items() if u.carried}
+        return {n: dict(u.carried) for n, u in self._state.unseen.items() if u.carried}
 
     def weight_now(self, node: str) -> float:
         """A node's weight including the terminals its figures do not show (0 if unknown)."""
-        return self._weights.get(node, 0.0)
+        return self._state.weights.get(node, 0.0)
 
     def projected_load(self, node: str, extra: int = 0) -> float | None:
         """A selectable node's projected load with ``extra`` more terminals (None if not selectable)."""
-        comp = self._compensation.get(node)
+        cur = self._state
+        comp = cur.compensation.get(node)
         if comp is None:
             return None
-        u = self._unseen.get(node)
+        u = cur.unseen.get(node)
         return comp.load((u.fresh if u is not None and comp.terms else 0) + extra)
 
     def last_good(self) -> dict[str, str]:
         """Each group's last known good node."""
-        return dict(self._last_good)
+        return dict(self._state.last_good)
 
     def pick_counts(self) -> dict[str, int]:
         """Total picks per node since this Selector was created (for metrics)."""
         return dict(self._counts)
 
 
-__all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "EmptyGroup", "NodeView", "Pick", "REASONS", "Selector", "Snapshot",
-           "UnknownGroup", "Weighing", "node_view", "source_drain", "weigh"]
+__all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "EmptyGroup", "NodeView", "Pick", "Prepared", "REASONS", "Selector",
+           "Snapshot", "UnknownGroup", "Weighing", "node_view", "source_drain", "weigh"]
