@@ -195,10 +195,11 @@ class PeerService(asyncio.DatagramProtocol):
         self._flush_scheduled = False
         picks, self._outbox = self._outbox, Counter()
         homes, self._homes_out = self._homes_out, {}
-        for chunk in split_picks(picks):
-            self._send(picks=chunk)
+        # The users first: a peer that has counted a pick then knows where its user went.
         for chunk in split_homes(homes):
             self._send(homes=chunk)
+        for chunk in split_picks(picks):
+            self._send(picks=chunk)
 
     def _send(self, picks: dict[str, int] | None = None, drains: Drains | None = None,
               homes: dict[str, str] | None = None) -> None:
