@@ -426,6 +426,12 @@ class Selector:
     * ``"weighted-random"``: one node drawn in proportion to its weight;
       once every node is full, one in proportion to its size.
 
+    A node with ``max-sessions`` whose sessions (its agent's count plus the
+    terminals sent since its figures) reach it weighs 0 in the draw and is
+    passed over in an overflow, until a snapshot shows room again. A
+    terminal naming a user goes back to his session first
+    (:meth:`pick`).
+
     ``clock`` gives the time of each pick, on the clock of the snapshots'
     ``sampled_at`` (wall-clock seconds; the simulator passes its own).
     """
@@ -563,6 +569,11 @@ class Selector:
     def pick(self, group: str | None = None, user: str | None = None) -> Pick:
         """Choose a node of ``group`` (the default group when None) for a new terminal.
 
+        A ``user`` with a session in the group goes back to it, by
+        :func:`~lbserver.core.sessions.return_home` (his sessions in the
+        snapshot, and the node he was last sent to for a new session until
+        its figures can show it); otherwise, once placed, that node is his.
+
         Raises UnknownGroup for a group the snapshot does not know and
         EmptyGroup for a group without nodes; otherwise always answers.
         """
@@ -594,8 +605,8 @@ class Selector:
                     n = len(state.names)
                     i, j, reason = int(rng.random() * n), int(rng.random() * n), "overflow"
                 else:
-                    n, ks = len(below[0]), below[0]
-                    i, j, reason = ks[int(rng.random() * n)], ks[int(rng.random() * n)], "overflow"
+                    ks = below[0]
+                    i, j, reason = ks[int(rng.random() * len(ks))], ks[int(rng.random() * len(ks))], "overflow"
             else:
                 (i, j), reason = pair, "weighted"
             loads = state.loads

@@ -21,8 +21,6 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 ACTIVE, DISCONNECTED = "active", "disconnected"
 STATES = (ACTIVE, DISCONNECTED)
-KINDS = ("utmp", "process", "x2go")
-"""The kinds of session the contract names; an agent may send others (a newer one), kept as they are."""
 MAX_SESSIONS = 10000
 """Sessions one reply may carry (as many as users)."""
 MAX_FIELD = 4096
@@ -57,6 +55,7 @@ def _entry(raw: object) -> Session:
     if not isinstance(raw, dict):
         raise ValueError(f"expected a struct, got {type(raw).__name__}")
     fields = {}
+    # Any kind is kept (utmp, process and x2go today): a newer agent's new kind places users all the same.
     for key in ("user", "kind", "info"):
         value = raw.get(key, "" if key == "info" else None)
         if not isinstance(value, str):
@@ -240,6 +239,6 @@ class PendingHomes:
         return len(self._homes)
 
 
-__all__ = ["ACTIVE", "DISCONNECTED", "Home", "KINDS", "MAX_SESSIONS", "PendingHomes", "STATES", "Session",
+__all__ = ["ACTIVE", "DISCONNECTED", "Home", "MAX_SESSIONS", "PendingHomes", "STATES", "Session",
            "at_limit", "check_sessions", "from_users", "index_homes", "limit_words", "node_sessions",
            "return_home", "session_count", "state_counts"]
