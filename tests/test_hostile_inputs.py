@@ -36,6 +36,7 @@ from lbserver.core.poller import PollError, parse_reply
 from lbserver.terminal.service import TerminalService, _Connection
 from tests.support.terminal_harness import terminal_config
 from lbserver.core.weights import evaluate
+from lbserver.core.selection import Snapshot, node_view, weigh
 
 pytestmark = pytest.mark.unit
 
@@ -399,6 +400,8 @@ ANY = st.recursive(SCALARS, lambda c: st.one_of(st.lists(c, max_size=4),
                                                 st.dictionaries(st.one_of(st.text(max_size=8), st.integers()), c,
                                                                 max_size=4)), max_leaves=20)
 VARNAMES = st.sampled_from(["NBPROC", "CPUFREQ", "LOADAVG", "MEMUSEDPCT", "NBSESSIONS", "GDM", "X"])
+SESSION_KEYS = st.sampled_from(["user", "kind", "state", "since", "info", "x"])
+SESSION_VALUES = st.one_of(SCALARS, st.sampled_from(["active", "disconnected", "utmp", "x2go", "bob"]))
 
 
 @st.composite
@@ -410,6 +413,9 @@ def replies(draw):
              "sampled_at": draw(st.one_of(st.floats(), st.integers(), st.integers(min_value=10**300), SCALARS)),
              "variables": draw(st.one_of(st.dictionaries(VARNAMES, SCALARS, max_size=7), ANY)),
              "users": draw(st.one_of(st.lists(st.text(max_size=8), max_size=4), ANY))}
+    if draw(st.booleans()):
+        reply["sessions"] = draw(st.one_of(
+            st.lists(st.one_of(st.dictionaries(SESSION_KEYS, SESSION_VALUES, max_size=6), ANY), max_size=4), ANY))
     for key in draw(st.sets(st.sampled_from(list(reply)), max_size=1)):
         del reply[key]
     return reply
@@ -421,8 +427,13 @@ def _check_reply(reply) -> None:
     except ValueError as exc:
         assert str(exc)
         return
-    assert set(state) == {"hostname", "agent_version", "sampled_at", "variables", "users"}
+    assert set(state) == {"hostname", "agent_version", "sampled_at", "variables", "users", "sessions",
+                          "sessions_error"}
     assert math.isfinite(state["sampled_at"])
+    # Whatever sessions pass are complete, and a node can be weighed, viewed and indexed from them.
+    view = node_view("n", None, weigh(state, (), ()))
+    assert all(isinstance(s.user, str) and s.user and math.isfinite(s.since) for s in state["sessions"] or ())
+    assert Snapshot({"n": view}, {"g": ("n",)}, "g", 0.0).nodes_with_user("nobody") == ()
     # What passes validation must weigh without error: a valid reply never breaks a cycle.
     verdict = evaluate(state["variables"], server_config.DEFAULT_RULES,
                        (server_config.Require(name="GDM", equals="true", min=None, max=None),

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lbserver.dns.report import AliasReport
 from lbserver.dns.service import DnsService
 from lbserver.core.counters import DurationHistogram
+from lbserver.core.sessions import Session
 from lbserver.mgmt.aliases import NoAliases
 from lbserver.mgmt.metrics import render_metrics
 from lbserver.mgmt.peers import NoPeers
@@ -165,7 +166,10 @@ def test_node_lines_are_what_prometheus_client_writes():
     records = {}
     for i, n in enumerate(names[:-1]):
         records[n] = NodeRecord(n)
+        sessions = (Session("bob", "x2go", "disconnected", 1.0), Session("amy", "utmp", "active", 2.0)) if i == 2 \
+            else None
         record_success(records[n], {"hostname": n, "agent_version": "t", "sampled_at": 5.0, "users": [],
+                                    "sessions": sessions,
                                     "variables": {"NBPROC": 4, "LOADAVG": 0.25 * i, "BIG": 1796057254.532,
                                                   "DRAINED": i == 1, "NAME": "not a number", 'odd"var': -1}},
                        5.0 + i, 1)
@@ -180,9 +184,10 @@ def test_node_lines_are_what_prometheus_client_writes():
     class Reference:
         def collect(self):
             fams = [CounterMetricFamily(name[:-len("_total")], text, labels=["node"]) if kind == "counter"
-                    else GaugeMetricFamily(name, text, labels=["node", "variable"] if "variable" in name else ["node"])
+                    else GaugeMetricFamily(name, text, labels=["node", "variable"] if "variable" in name
+                                           else ["node", "state"] if "sessions" in name else ["node"])
                     for name, kind, text in NODE_FAMILIES]
-            up, healthy, selectable, drained, weight, variable, seen, picks = fams
+            up, healthy, selectable, drained, weight, variable, seen, picks, sessions = fams
             for n, v in snap.nodes.items():
                 up.add_metric([n], 1.0 if v.up else 0.0)
                 healthy.add_metric([n], 1.0 if (v.up and v.healthy) else 0.0)
@@ -195,6 +200,9 @@ def test_node_lines_are_what_prometheus_client_writes():
                 for var, value in v.variables.items():
                     if isinstance(value, (int, float)):
                         variable.add_metric([n, var], float(value))
+                disconnected = sum(s.state == "disconnected" for s in v.sessions)
+                sessions.add_metric([n, "active"], len(v.sessions) - disconnected)
+                sessions.add_metric([n, "disconnected"], disconnected)
             yield from fams
 
     registry = CollectorRegistry(auto_describe=False)
@@ -204,3 +212,6 @@ def test_node_lines_are_what_prometheus_client_writes():
     assert samples(fams["lbserver_node_picks"], "lbserver_node_picks_total")[("quo\"te",)] == 7.0
     assert samples(fams["lbserver_node_variable"])[("back\\slash", "odd\"var")] == -1.0
     assert ("never-polled",) not in samples(fams["lbserver_node_last_success_timestamp_seconds"])
+    with_sessions = names[2]
+    assert samples(fams["lbserver_node_sessions"])[(with_sessions, "disconnected")] == 1.0
+    assert samples(fams["lbserver_node_sessions"])[(with_sessions, "active")] == 1.0

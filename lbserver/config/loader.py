@@ -139,12 +139,15 @@ def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[
             if name in members:
                 raise r.error(n, f"duplicate node name {name!r} in group {gname!r}")
             host, port = _node_url(r, n, values["address"])
+            if values["max_sessions"] is None:
+                values["max_sessions"] = group["max_sessions"]
             values.update(_node_security(r, n, values, poll_elem, poll, creds,
                                          values["address"].lower().startswith("https:")))
             node = Node(**values, host=host, port=port, line=n.sourceline)
             prev = nodes.get(name)
-            if prev is not None and (prev.address, prev.ip, prev.ip6, prev.secret_file, prev.tls_ca) != (
-                    node.address, node.ip, node.ip6, node.secret_file, node.tls_ca):
+            if prev is not None and (prev.address, prev.ip, prev.ip6, prev.secret_file, prev.tls_ca,
+                                     prev.max_sessions) != (node.address, node.ip, node.ip6, node.secret_file,
+                                                            node.tls_ca, node.max_sessions):
                 raise r.error(n, f"node {name!r} is defined differently at line {prev.line}; "
                                  "a node in several groups must have the same attributes")
             nodes.setdefault(name, node)
@@ -155,7 +158,8 @@ def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[
             if default is not None:
                 raise r.error(g, f"two default groups: {default!r} and {gname!r}")
             default = gname
-        groups[gname] = Group(name=gname, nodes=tuple(members), default=group["default"], line=g.sourceline)
+        groups[gname] = Group(name=gname, nodes=tuple(members), default=group["default"], line=g.sourceline,
+                              max_sessions=group["max_sessions"])
     if default is None:
         default = next(iter(groups))
     return nodes, groups, default
@@ -180,7 +184,7 @@ def _remote_group(r: Reader, g: etree._Element, group: dict, creds: "_Credential
         token = creds.secret(g, token_file, "token-file")
     return Group(name=group["name"], nodes=(), default=group["default"], line=g.sourceline,
                  source=source.rstrip("/"), remote_group=group["remote_group"] or group["name"],
-                 token_file=token_file, token=token)
+                 token_file=token_file, token=token, max_sessions=group["max_sessions"])
 
 
 def _limit(r: Reader, elem: etree._Element, attr: str, *, required: bool) -> float | Expr | None:

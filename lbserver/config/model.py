@@ -77,6 +77,8 @@ class Node:
     """CA file the agent's certificate must chain to (https:// only); None: the system's CAs."""
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
     """Client TLS context for an https:// address (shared by nodes with the same tls-ca)."""
+    max_sessions: int | None = NODE.max_sessions.default
+    """Sessions at which it takes no new one (its own ``max-sessions``, else its group's; None: no limit)."""
 
     @property
     def tls(self) -> bool:
@@ -117,6 +119,8 @@ class Group:
     token_file: str | None = GROUP.token_file.default
     token: str | None = field(default=None, repr=False, compare=False)
     """The other balancer's admin token, sent as ``Authorization: Bearer`` (None: none)."""
+    max_sessions: int | None = GROUP.max_sessions.default
+    """The ``max-sessions`` of its nodes that give none (None: no limit)."""
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,8 @@ GROUP = Element(
     Setting("token-file", "path", None,
             "With from: file holding the other balancer's admin token, sent as Authorization: Bearer. A "
             "relative path is taken from the directory of lbsconfig.xml."),
+    Setting("max-sessions", "integer", None,
+            "The max-sessions of the group's nodes that give none.", minimum=1, default_doc="no limit"),
     parent="nodes",
 )
 
@@ -187,6 +189,11 @@ NODE = Element(
     Setting("tls-ca", "path", None,
             "CA file that verifies this agent; https addresses only. A relative path is taken from the "
             "directory of lbsconfig.xml.", default_doc="the one of <poll>"),
+    Setting("max-sessions", "integer", None,
+            "Sessions at which the node takes no new one: its agent's count (its sessions, else NBSESSIONS) "
+            "plus the terminals sent there since its figures. A user returning to his own session still gets "
+            "in. A node in several groups must end up with the same limit in each.", minimum=1,
+            default_doc="the group's max-sessions, else no limit"),
     parent="group",
 )
 

@@ -75,7 +75,7 @@ class Balancer:
         self.terminal_responses: dict[int, int] = {}
         """Terminal answers by HTTP status, counted by the terminal service (see :meth:`response_counts`)."""
         self._observers: list[Callable[[], None]] = []
-        self._pick_observer: Callable[[str], None] | None = None
+        self._pick_observer: Callable[[str, str | None], None] | None = None
         self._unreported_logged: set[str] = set()
         self._cycle_mono = time.monotonic()
         self._wake: asyncio.Event | None = None
@@ -114,6 +114,10 @@ class Balancer:
         """Terminal requests answered, by HTTP status."""
         return dict(self.terminal_responses)
 
+    def sessions_now(self, node: str) -> int:
+        """A node's sessions as its ``max-sessions`` counts them: its agent's count plus the new ones sent since."""
+        return self._selector.sessions_now(node)
+
     # -- admin ------------------------------------------------------------
 
     def set_drained(self, node: str, drained: bool) -> bool:
@@ -128,14 +132,22 @@ class Balancer:
 
     # -- shared with peer balancers (lbserver.core.view.SharedState) -------
 
-    def on_pick(self, observer: Callable[[str], None] | None) -> None:
-        """Call ``observer(node)`` for every terminal sent to a node for a new session (None: stop)."""
+    def on_pick(self, observer: Callable[[str, str | None], None] | None) -> None:
+        """Call ``observer(node, user)`` for every terminal sent to a node for a new session (None: stop).
+
+        ``user`` is the user the terminal named (None: none).
+        """
         self._pick_observer = observer
 
     def count_remote_picks(self, picks: Mapping[str, int]) -> None:
         """Weigh terminals a peer sent to these nodes as if sent here, until their figures show them."""
         for node, count in picks.items():
             self._selector.add_pending(node, count)
+
+    def count_remote_homes(self, homes: Mapping[str, str]) -> None:
+        """Send each user back to the node a peer sent him to for a new session, until its figures show it."""
+        for user, node in homes.items():
+            self._selector.add_home(user, node)
 
     def drain_state(self) -> tuple[frozenset[str], float]:
         """The admin-drained nodes and when that set last changed."""
@@ -355,7 +367,7 @@ class Balancer:
         """Pick for one terminal, tell the pick observer, log a last resort (raises UnknownGroup)."""
         pick = self._selector.pick(group, user)
         if pick.new_session and self._pick_observer is not None:
-            self._pick_observer(pick.node)
+            self._pick_observer(pick.node, user)
         if pick.reason == "last-good":
             self._log_last_good(pick)
         return pick

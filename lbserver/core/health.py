@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lbserver.core.sessions import check_sessions
+
 MAX_VARIABLES = 1000
 MAX_USERS = 10000
 MAX_STRING = 4096
@@ -92,10 +94,14 @@ def validate_state(reply: object) -> dict:
     """Check that an agent's ``get_state()`` reply has the documented shape.
 
     Returns a new dict with exactly ``hostname``, ``agent_version`` (``""``
-    when the agent sent none), ``sampled_at``, ``variables`` and ``users``
-    (keys outside the contract are not kept, so the status page only ever
-    shows JSON-safe values). Raises ValueError naming the first problem; no
-    variable or user is dropped or repaired silently.
+    when the agent sent none), ``sampled_at``, ``variables``, ``users``,
+    ``sessions`` (a tuple of :class:`~lbserver.core.sessions.Session`, None
+    from an agent that sends none) and ``sessions_error`` (keys outside the
+    contract are not kept, so the status page only ever shows JSON-safe
+    values). Raises ValueError naming the first problem; no variable or
+    user is dropped or repaired silently. A bad entry of ``sessions`` is
+    the one exception: it is left out and named in ``sessions_error``
+    (see :func:`~lbserver.core.sessions.check_sessions`).
     """
     if not isinstance(reply, dict):
         raise ValueError(f"get_state reply: expected a struct, got {type(reply).__name__}")
@@ -134,8 +140,11 @@ def validate_state(reply: object) -> dict:
     for i, user in enumerate(users):
         _check_string(f"users[{i}]", user)
 
+    sessions, sessions_error = check_sessions(reply["sessions"]) if "sessions" in reply else (None, None)
+
     return {"hostname": hostname, "agent_version": version, "sampled_at": float(sampled_at),
-            "variables": dict(variables), "users": list(users)}
+            "variables": dict(variables), "users": list(users), "sessions": sessions,
+            "sessions_error": sessions_error}
 
 
 __all__ = ["MAX_STRING", "MAX_USERS", "MAX_VARIABLES", "NodeRecord", "record_failure",

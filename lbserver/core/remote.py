@@ -76,14 +76,14 @@ async def fetch_status(group: Group, timeout: float, max_bytes: int) -> dict:
     return doc
 
 
-def _address(name: str, entry: dict) -> Node:
+def _address(name: str, entry: dict, max_sessions: int | None) -> Node:
     address, ip = entry.get("address"), entry.get("ip")
     if not isinstance(address, str):
         raise ValueError("no address")
     host, port = agent_host_port(address)
     if ip is not None and (not isinstance(ip, str) or not 0 < len(ip) <= 255):
         raise ValueError("ip is not an address")
-    return Node(name=name, address=address, host=host, port=port, ip=ip)
+    return Node(name=name, address=address, host=host, port=port, ip=ip, max_sessions=max_sessions)
 
 
 def group_nodes(group: Group, doc: dict, now: float | None = None) -> list[RemoteNode]:
@@ -98,7 +98,7 @@ def group_nodes(group: Group, doc: dict, now: float | None = None) -> list[Remot
         if not isinstance(entry, dict) or not NODE_NAME.match(name):
             continue
         try:
-            node = _address(name, entry)
+            node = _address(name, entry, group.max_sessions)
         except ValueError:
             continue
         if entry.get("up") is not True:

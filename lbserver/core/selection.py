@@ -30,6 +30,8 @@ from lbserver.config import Require, Rule, ServerConfig
 from lbserver.config.settings import ALGORITHMS
 from lbserver.core.fenwick import Fenwick
 from lbserver.core.health import NodeRecord
+from lbserver.core.sessions import (Home, PendingHomes, Session, at_limit, index_homes, node_sessions, return_home,
+                                    session_count)
 from lbserver.core.slicing import Job, run_whole
 from lbserver.core.weights import Compensation, RuleResult, Verdict, compensation, evaluate, rule_lag
 
@@ -98,6 +100,12 @@ class NodeView:
     """Each rule's figures on this node (empty until the agent answered once)."""
     sampled_at: float | None = None
     """When the figures were measured, on this balancer's clock (None: never polled); see :data:`MAX_SAMPLE_AGE`."""
+    sessions: tuple[Session, ...] = ()
+    """The users' sessions its agent reports (see :mod:`lbserver.core.sessions`)."""
+    session_count: int = 0
+    """Its sessions as its agent counts them (:func:`~lbserver.core.sessions.session_count`)."""
+    max_sessions: int | None = None
+    """Its ``max-sessions`` (None: no limit)."""
 
     @property
     def selectable(self) -> bool:
@@ -112,7 +120,7 @@ def _rank_key(v: NodeView) -> tuple:
 class Snapshot:
     """The state of every node and group at one poll cycle (immutable)."""
 
-    __slots__ = ("nodes", "groups", "default_group", "built_at", "rules", "requires", "unreported", "_users",
+    __slots__ = ("nodes", "groups", "default_group", "built_at", "rules", "requires", "unreported", "_homes",
                  "_members")
 
     def __init__(self, nodes: Mapping[str, NodeView], groups: Mapping[str, tuple[str, ...]],
@@ -125,11 +133,7 @@ class Snapshot:
         self.built_at = built_at
         self.rules = tuple(rules)
         self.requires = tuple(requires)
-        users: dict[str, list[str]] = {}
-        for view in self.nodes.values():
-            for u in view.users:
-                users.setdefault(u, []).append(view.name)
-        self._users = MappingProxyType({u: tuple(ns) for u, ns in users.items()})
+        self._homes = index_homes((v.name, v.sessions) for v in self.nodes.values())
         reporting = [v.variables for v in self.nodes.values() if v.up]
         self.unreported: tuple[str, ...] = tuple(sorted(
             r.name for r in self.rules if reporting and not any(r.name in vs for vs in reporting)))
@@ -169,7 +173,7 @@ class Snapshot:
                 if w is None or w.state is not state or w.rules is not rules or w.requires is not requires:
                     w = weigh(state, rules, requires)
                 kept[name] = w
-                views[name] = node_view(name, rec, w, name in drained)
+                views[name] = node_view(name, rec, w, name in drained, config.nodes[name].max_sessions)
 
         def snapshot() -> Snapshot:
             if weighings is not None:
@@ -199,7 +203,11 @@ class Snapshot:
 
     def nodes_with_user(self, user: str) -> tuple[str, ...]:
         """Nodes whose agent reports a session of ``user`` (selectable or not)."""
-        return self._users.get(user, ())
+        return tuple(dict.fromkeys(h.node for h in self.homes(user)))
+
+    def homes(self, user: str) -> tuple[Home, ...]:
+        """The sessions of ``user`` on every node, as :func:`~lbserver.core.sessions.return_home` takes them."""
+        return self._homes.get(user, ())
 
 
 def source_drain(variables: Mapping) -> str | None:
@@ -219,21 +227,29 @@ class Weighing(NamedTuple):
     variables: Mapping
     users: frozenset
     verdict: Verdict
+    sessions: tuple[Session, ...] = ()
 
 
 def weigh(state: dict | None, rules: tuple[Rule, ...], requires: tuple[Require, ...]) -> Weighing:
     """Judge one validated agent ``state`` (None: no reply yet) under ``rules`` and ``requires``."""
     variables: Mapping = MappingProxyType(dict(state["variables"])) if state else MappingProxyType({})
     users = frozenset(state["users"]) if state else frozenset()
-    return Weighing(state, rules, requires, variables, users, evaluate(variables, rules, requires))
+    return Weighing(state, rules, requires, variables, users, evaluate(variables, rules, requires),
+                    node_sessions(state))
 
 
-def node_view(name: str, rec: NodeRecord | None, weighing: Weighing, drained: bool = False) -> NodeView:
-    """One node from its poll record (None: never polled) and :func:`weigh` of its state; ``drained``: by an admin."""
+def node_view(name: str, rec: NodeRecord | None, weighing: Weighing, drained: bool = False,
+              max_sessions: int | None = None) -> NodeView:
+    """One node from its poll record (None: never polled) and :func:`weigh` of its state.
+
+    ``drained``: by an admin; ``max_sessions``: its session limit (None: none).
+    """
     state = weighing.state
     variables, users, verdict = weighing.variables, weighing.users, weighing.verdict
     up = rec.up if rec is not None else None
     error = rec.last_error if rec is not None else None
+    if error is None and state:
+        error = state.get("sessions_error")  # bad session entries left out: named, the node kept
     # Without any reply the rules have nothing to judge: say only why there is none.
     reasons = list(verdict.reasons) if state else []
     if up is None:
@@ -249,7 +265,9 @@ def node_view(name: str, rec: NodeRecord | None, weighing: Weighing, drained: bo
                     drained_by=drained_by, drain_reason=at_source or "",
                     variables=variables, users=users, up=up, error=error,
                     last_success=rec.last_success if rec is not None else None,
-                    rules=verdict.rules if state else (), sampled_at=figures_time(rec))
+                    rules=verdict.rules if state else (), sampled_at=figures_time(rec),
+                    sessions=weighing.sessions, session_count=session_count(state),
+                    max_sessions=max_sessions)
 
 
 def figures_time(rec: NodeRecord | None) -> float | None:
@@ -421,6 +439,9 @@ class _State:
     compensation: dict[str, Compensation]  # selectable node -> its compensation, carrying what lagging rules miss
     base: dict[str, tuple[Mapping, tuple[Rule, ...], Compensation]]  # the same as figures and rules gave it
     last_good: dict[str, str]
+    limits: dict[str, int]  # selectable node with a max-sessions -> it
+    full: set[str]  # ... those at it: weight 0 in the trees, passed over in an overflow
+    below: dict[str, tuple[list[int], list[float]] | None]  # group -> see Selector._below_limit, filled on demand
 
 
 class Selector:
@@ -446,6 +467,12 @@ class Selector:
     * ``"weighted-random"``: one node drawn in proportion to its weight;
       once every node is full, one in proportion to its size.
 
+    A node with ``max-sessions`` whose sessions (its agent's count plus the
+    terminals sent since its figures) reach it weighs 0 in the draw and is
+    passed over in an overflow, until a snapshot shows room again. A
+    terminal naming a user goes back to his session first
+    (:meth:`pick`).
+
     ``clock`` gives the time of each pick, on the clock of the snapshots'
     ``sampled_at`` (wall-clock seconds; the simulator passes its own).
     """
@@ -455,8 +482,9 @@ class Selector:
         self._rng = rng or random.Random()
         self.algorithm = algorithm
         self._clock = clock
-        self._state = _State(None, {}, {}, {}, {}, {}, {}, {})
+        self._state = _State(None, {}, {}, {}, {}, {}, {}, {}, {}, set(), {})
         self._counts: dict[str, int] = {}  # a plain dict: a Counter's += costs twice as much per pick
+        self._pending_homes = PendingHomes()
 
     @property
     def algorithm(self) -> str:
@@ -555,10 +583,22 @@ class Selector:
                 if weight != state.tree[i]:
                     state.tree.set(i, weight)
                 state.loads[i] = load
-        self._state = _State(snapshot, prepared.groups, members, unseen, weights, comp, base, last_good)
+        limits = {n: v.max_sessions for n, v in snapshot.nodes.items() if v.max_sessions is not None and n in members}
+        full = {n for n, limit in limits.items()
+                if at_limit(snapshot.nodes[n].session_count + (unseen[n].fresh if n in unseen else 0), limit)}
+        for node in full:
+            for state, i in members[node]:
+                state.tree.set(i, 0.0)
+        self._pending_homes.settle(lambda n: snapshot.nodes[n].sampled_at)
+        self._state = _State(snapshot, prepared.groups, members, unseen, weights, comp, base, last_good, limits, full, {})
 
     def pick(self, group: str | None = None, user: str | None = None) -> Pick:
         """Choose a node of ``group`` (the default group when None) for a new terminal.
+
+        A ``user`` with a session in the group goes back to it, by
+        :func:`~lbserver.core.sessions.return_home` (his sessions in the
+        snapshot, and the node he was last sent to for a new session until
+        its figures can show it); otherwise, once placed, that node is his.
 
         Raises UnknownGroup for a group the snapshot does not know and
         EmptyGroup for a group without nodes; otherwise always answers.
@@ -587,8 +627,13 @@ class Selector:
         if self._two:
             pair = state.tree.sample_pair(rng)
             if pair is None:
-                n = len(state.names)
-                i, j, reason = int(rng.random() * n), int(rng.random() * n), "overflow"
+                below = self._below_limit(cur, g, state)
+                if below is None:
+                    n = len(state.names)
+                    i, j, reason = int(rng.random() * n), int(rng.random() * n), "overflow"
+                else:
+                    ks = below[0]
+                    i, j, reason = ks[int(rng.random() * len(ks))], ks[int(rng.random() * len(ks))], "overflow"
             else:
                 (i, j), reason = pair, "weighted"
             loads = state.loads
@@ -597,25 +642,53 @@ class Selector:
         else:
             i, reason = state.tree.sample(rng), "weighted"
             if i is None:
-                i, reason = state.by_size(rng), "overflow"
+                below = self._below_limit(cur, g, state)
+                if below is None:
+                    i, reason = state.by_size(rng), "overflow"
+                else:
+                    i, reason = rng.choices(below[0], below[1])[0], "overflow"
         # Counted as _returning counts, and weighing on the node: written out, as every new terminal comes here.
         node = state.names[i]
         counts = self._counts
         counts[node] = counts.get(node, 0) + 1
         cur.last_good[g] = node
         self._add(cur, node, 1)
+        if user is not None:
+            self._pending_homes.add(user, node, self._clock())
         return _new_pick(Pick, (node, reason, g, True))
 
-    @staticmethod
-    def _user_node(cur: _State, group: str, user: str) -> str | None:
-        # A drain stops new sessions only: a user going back to his own session
-        # may, so a drained node of the group counts as long as it is healthy.
-        snap, weights = cur.snapshot, cur.weights
-        members = snap.members(group)
-        candidates = [n for n in snap.nodes_with_user(user) if n in members and snap.nodes[n].healthy]
-        if not candidates:
+    def _user_node(self, cur: _State, group: str, user: str) -> str | None:
+        """The user's home in ``group`` by :func:`~lbserver.core.sessions.return_home`, or None."""
+        snap = cur.snapshot
+        found = snap.homes(user)
+        pending = self._pending_homes.get(user)
+        if pending is not None:
+            found = (*found, pending)
+        if not found:
             return None
-        return max(candidates, key=lambda n: (snap.nodes[n].selectable, weights.get(n, 0.0), n))
+        # A drain and a session limit stop new sessions only: a user going back to his own
+        # session may, so such a node of the group counts as long as it is healthy.
+        members, nodes, weights = snap.members(group), snap.nodes, cur.weights
+        return return_home(found, lambda n: n in members and nodes[n].healthy,
+                           lambda n: (nodes[n].selectable, weights.get(n, 0.0)))
+
+    @staticmethod
+    def _below_limit(cur: _State, group: str, state: _GroupState) -> tuple[list[int], list[float]] | None:
+        """The places in ``state`` of the nodes below their session limit, with their sizes, for an overflow.
+
+        None when none of the group is at its limit (draw among all, as
+        always) or every one is: then the terminal still gets an answer, an
+        overflow among all, as when every node is at capacity.
+        """
+        if not cur.full:
+            return None
+        if group not in cur.below:
+            full, cum = cur.full, state.cum_sizes
+            ks = [k for k, n in enumerate(state.names) if n not in full]
+            cur.below[group] = (ks, [cum[k] - (cum[k - 1] if k else 0.0) for k in ks]) \
+                if ks and len(ks) < len(state.names) else None
+        return cur.below[group]
+
 
     def _returning(self, cur: _State, group: str, node: str, reason: str) -> Pick:
         """A pick that opens no new session: back to the user's own, or a last resort."""
@@ -639,6 +712,26 @@ class Selector:
             self._add(cur, node, count)
         return True
 
+    def add_home(self, user: str, node: str) -> bool:
+        """Take ``node`` as ``user``'s home (a peer sent him there for a new session) until its figures can show it.
+
+        Returns False for a node the snapshot does not know.
+        """
+        snapshot = self._state.snapshot
+        if snapshot is None or node not in snapshot.nodes:
+            return False
+        self._pending_homes.add(user, node, self._clock())
+        return True
+
+    def sessions_now(self, node: str) -> int:
+        """A node's sessions: its agent's count plus the terminals sent there for a new one since its figures."""
+        cur = self._state
+        view = cur.snapshot.nodes.get(node) if cur.snapshot is not None else None
+        if view is None:
+            return 0
+        u = cur.unseen.get(node)
+        return view.session_count + (u.fresh if u is not None else 0)
+
     def _add(self, cur: _State, node: str, count: int) -> None:
         u = cur.unseen.get(node)
         if u is None:
@@ -651,6 +744,13 @@ class Selector:
             for state, i in cur.members[node]:
                 state.tree.set(i, weight)
                 state.loads[i] = load
+        limit = cur.limits.get(node)
+        if limit is not None and at_limit(cur.snapshot.nodes[node].session_count + u.fresh, limit):
+            if node not in cur.full:
+                cur.full.add(node)
+                cur.below.clear()
+            for state, i in cur.members[node]:
+                state.tree.set(i, 0.0)
 
     def pending(self) -> dict[str, int]:
         """Terminals sent to each node after its figures were sampled (they count in full)."""

@@ -69,12 +69,18 @@ class BalancerView(Protocol):
     def response_counts(self) -> Mapping[int, int]:
         """Terminal requests answered, by HTTP status."""
 
+    def sessions_now(self, node: str) -> int:
+        """``node``'s sessions: its agent's count plus the terminals sent there for a new one since its figures."""
+
 
 class SharedState(Protocol):
     """What balancers serving the same terminals share (:mod:`lbserver.peers`)."""
 
     def count_remote_picks(self, picks: Mapping[str, int]) -> None:
         """Weigh terminals a peer sent to these nodes as if sent here, until their figures show them."""
+
+    def count_remote_homes(self, homes: Mapping[str, str]) -> None:
+        """Take ``{user: node}`` a peer sent for new sessions as those users' homes, until the figures show them."""
 
     def drain_state(self) -> tuple[frozenset[str], float]:
         """The admin-drained nodes and when that set last changed (seconds since the epoch)."""

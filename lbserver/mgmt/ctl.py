@@ -167,6 +167,7 @@ def format_node(status: dict, name: str, colour: bool) -> str:
         raise CtlError(f"lbctl: no such node: {name} (known: {', '.join(status['nodes']) or 'none'})", 1)
     out = [f"node {name}: {paint(n['health'], colour)}" + (f" ({n['why']})" if n["why"] else ""),
            f"  address {n['address']}, groups {', '.join(n['groups'])}, picks {n['picks']}",
+           _sessions_line(n),
            f"  weight {n['weight']:.2f} = size {n['size']:.2f} x the sum of what each rule adds"]
     if n["rules"]:
         rows = [("RULE", "VALUE", "CAPACITY", "CRITICAL", "ADDS", "NOTE")]
@@ -181,6 +182,16 @@ def format_node(status: dict, name: str, colour: bool) -> str:
     if variables:
         out.append("  variables: " + ", ".join(f"{k}={v}" for k, v in sorted(variables.items())))
     return "\n".join(out) + "\n"
+
+
+def _sessions_line(n: dict) -> str:
+    """A node's sessions: active and disconnected, and its limit against what it counts."""
+    s = n.get("sessions") or {}
+    line = f"  sessions {s.get('active', 0)} active, {s.get('disconnected', 0)} disconnected"
+    if n.get("max_sessions"):
+        line += f"; max-sessions {n['max_sessions']}, counting {s.get('counted', 0)}" + \
+            (" (at the limit: no new session)" if n.get("at_session_limit") else "")
+    return line
 
 
 def _num(value: object) -> str:

@@ -37,6 +37,7 @@ class FrozenView:
         self._picks = dict(view.pick_counts())
         self._failures = {n: view.consecutive_failures(n) for n in self.snapshot.nodes}
         self._responses = dict(view.response_counts())
+        self._sessions = {n: view.sessions_now(n) for n in self.snapshot.nodes}
 
     def pick_counts(self) -> Mapping[str, int]:
         """Terminals sent to each node since start."""
@@ -49,6 +50,10 @@ class FrozenView:
     def response_counts(self) -> Mapping[int, int]:
         """Terminal requests answered, by HTTP status."""
         return self._responses
+
+    def sessions_now(self, node: str) -> int:
+        """``node``'s sessions as its ``max-sessions`` counts them."""
+        return self._sessions.get(node, 0)
 
 
 class FrozenAliases:

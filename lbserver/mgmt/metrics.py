@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from common.version import __version__
+from lbserver.core.sessions import STATES, state_counts
 
 if TYPE_CHECKING:
     from lbserver.core.view import BalancerView
@@ -126,6 +127,7 @@ NODE_FAMILIES = (
     ("lbserver_node_last_success_timestamp_seconds", "gauge",
      "when the node's agent last answered a poll, seconds since the epoch"),
     ("lbserver_node_picks_total", "counter", "terminals sent to the node"),
+    ("lbserver_node_sessions", "gauge", "users' sessions the node's agent reports, by state (active, disconnected)"),
 )
 """The per-node families: (name as exposed, type, help)."""
 
@@ -147,7 +149,7 @@ def _node_exposition(view: "BalancerView") -> str:
     snap = view.snapshot
     counts = view.pick_counts()
     lines: list[list[str]] = [[] for _ in NODE_FAMILIES]
-    up, healthy, selectable, drained, weight, variable, seen, picks = lines
+    up, healthy, selectable, drained, weight, variable, seen, picks, sessions = lines
     for name, v in (snap.nodes.items() if snap is not None else ()):
         node = _label(name)
         labels = f'{{node="{node}"}} '
@@ -157,6 +159,8 @@ def _node_exposition(view: "BalancerView") -> str:
         drained.append(f"lbserver_node_drained{labels}{'1.0' if v.drained else '0.0'}")
         weight.append(f"lbserver_node_weight{labels}{floatToGoString(v.weight)}")
         picks.append(f"lbserver_node_picks_total{labels}{floatToGoString(counts.get(name, 0))}")
+        for state, n in zip(STATES, state_counts(v.sessions)):
+            sessions.append(f'lbserver_node_sessions{{node="{node}",state="{state}"}} {floatToGoString(n)}')
         if v.last_success is not None:
             seen.append(f"lbserver_node_last_success_timestamp_seconds{labels}{floatToGoString(v.last_success)}")
         for var, value in v.variables.items():

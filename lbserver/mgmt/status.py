@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from common.version import __version__
+from lbserver.core.sessions import at_limit, limit_words, state_counts
 
 if TYPE_CHECKING:
     from lbserver.core.view import BalancerView
@@ -45,9 +46,15 @@ def drain_words(view) -> tuple[str, ...]:
     return tuple(words)
 
 
-def why(view) -> str:
-    """The reason a node is not selectable, or an empty string."""
-    return "; ".join((*drain_words(view), *view.reasons))
+def why(view, sessions_now: int | None = None) -> str:
+    """Why a node is passed over for new sessions, or an empty string.
+
+    ``sessions_now``: its sessions as its ``max-sessions`` counts them
+    (None: not known, the limit is not judged).
+    """
+    limit = (limit_words(sessions_now, view.max_sessions),) \
+        if sessions_now is not None and view.healthy and at_limit(sessions_now, view.max_sessions) else ()
+    return "; ".join((*drain_words(view), *view.reasons, *limit))
 
 
 def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
@@ -75,12 +82,14 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
     nodes: dict[str, Any] = {}
     for name, view in snap.nodes.items():
         node = cfg.nodes[name]
+        active, disconnected = state_counts(view.sessions)
+        counted = bal.sessions_now(name)
         nodes[name] = {
             "address": node.address,
             "ip": node.answer_ip,
             "groups": node_groups.get(name, []),
             "health": health_word(view),
-            "why": why(view),
+            "why": why(view, counted),
             "up": view.up,
             "healthy": view.healthy,
             "drained": view.drained,
@@ -94,6 +103,9 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
             "picks": picks.get(name, 0),
             "variables": dict(view.variables),
             "users": sorted(view.users),
+            "sessions": {"active": active, "disconnected": disconnected, "counted": counted},
+            "max_sessions": view.max_sessions,
+            "at_session_limit": at_limit(counted, view.max_sessions),
             "rules": [r.to_dict() for r in view.rules],
         }
     cycle = bal.last_cycle
@@ -119,7 +131,10 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
 
 COLUMNS = ("NODE", "HEALTH", "WEIGHT", "SHARE", "LOAD", "MEM%", "SESS", "PICKS", "WHY")
 COLUMN_VARIABLES = ("LOADAVG", "MEMUSEDPCT", "NBSESSIONS")
-"""The variables of LOAD, MEM% and SESS; every other rule variable gets a column of its own."""
+"""The variables of LOAD, MEM% and SESS; every other rule variable gets a column of its own.
+
+SESS shows the sessions as ``active/disconnected`` when the document has
+them, ``/limit`` added for a node with ``max-sessions``."""
 
 
 def rule_columns(status: dict[str, Any], names: Iterable[str]) -> list[str]:
@@ -153,7 +168,8 @@ def node_table(status: dict[str, Any], names: Iterable[str], shares: Mapping[str
         v = n["variables"]
         share = (shares or {}).get(name)
         rows.append((name, n["health"], f"{n['weight']:.1f}", "-" if share is None else f"{share * 100:.0f}%",
-                     *(_fmt(v.get(x)) for x in (*COLUMN_VARIABLES, *extra)), str(n["picks"]), n["why"]))
+                     _fmt(v.get("LOADAVG")), _fmt(v.get("MEMUSEDPCT")), _sessions_cell(n),
+                     *(_fmt(v.get(x)) for x in extra), str(n["picks"]), n["why"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, r in enumerate(rows):
@@ -167,6 +183,15 @@ def node_table(status: dict[str, Any], names: Iterable[str], shares: Mapping[str
 def format_table(status: dict[str, Any]) -> str:
     """Every node of a /status document as one text table (``lbserver --once``)."""
     return "\n".join(node_table(status, status["nodes"])) + "\n"
+
+
+def _sessions_cell(node: dict[str, Any]) -> str:
+    """``active/disconnected`` (and ``/max-sessions``), or NBSESSIONS from a document without sessions."""
+    s = node.get("sessions")
+    if not s:
+        return _fmt(node["variables"].get("NBSESSIONS"))
+    limit = node.get("max_sessions")
+    return f"{s['active']}/{s['disconnected']}" + (f" of {limit}" if limit else "")
 
 
 def _fmt(value: Any) -> str:

@@ -5,8 +5,11 @@ One UDP datagram is one message::
     b"LBP1" | 32-byte HMAC-SHA256 of the body (zeros when no secret) | body
 
 The body is compact JSON: ``{"id": sender's boot id, "seq": n, "ts": time,
-"picks": {node: count}, "drains": {"nodes": [...], "at": time}}``; picks and
-drains are optional. What does not fit one datagram is split by its encoded
+"picks": {node: count}, "homes": {user: node}, "drains": {"nodes": [...], "at": time}}``;
+picks, homes and drains are optional. ``homes`` names the users among the
+picks (those a terminal named), so a user sent somewhere by one balancer
+goes back there through the other; a balancer of an older version ignores
+the key, and one that sends none is simply not followed there. What does not fit one datagram is split by its encoded
 size (:func:`split_picks`, :func:`split_drains`): picks simply go in several
 messages, and a drained set too large for one goes in parts, each marked
 ``"part": k, "of": n`` beside ``"at"``, which the receiver puts back
@@ -76,6 +79,7 @@ class Message:
     ts: float
     picks: Mapping[str, int] = field(default_factory=dict)
     drains: Drains | None = None
+    homes: Mapping[str, str] = field(default_factory=dict)
 
 
 def _mac(secret: bytes | None, body: bytes) -> bytes:
@@ -87,6 +91,8 @@ def encode(msg: Message, secret: bytes | None) -> bytes:
     doc: dict = {"id": msg.sender, "seq": msg.seq, "ts": round(msg.ts, 6)}
     if msg.picks:
         doc["picks"] = dict(msg.picks)
+    if msg.homes:
+        doc["homes"] = dict(msg.homes)
     if msg.drains is not None:
         doc["drains"] = {"nodes": sorted(msg.drains.nodes), "at": msg.drains.at}
         if msg.drains.parts > 1:
@@ -119,6 +125,11 @@ def _runs(items: Iterable[_T], cost: Callable[[_T], int]) -> Iterator[list[_T]]:
 def split_picks(picks: Mapping[str, int]) -> list[dict[str, int]]:
     """``picks`` in as many chunks as it takes for each to fit one message."""
     return [dict(run) for run in _runs(picks.items(), lambda kv: len(json.dumps(kv[0])) + len(str(kv[1])) + 2)]
+
+
+def split_homes(homes: Mapping[str, str]) -> list[dict[str, str]]:
+    """``homes`` ({user: node}) in as many chunks as it takes for each to fit one message."""
+    return [dict(run) for run in _runs(homes.items(), lambda kv: len(json.dumps(kv[0])) + len(json.dumps(kv[1])) + 2)]
 
 
 def split_drains(nodes: Iterable[str], at: float) -> list[Drains]:
@@ -206,6 +217,10 @@ def decode(data: bytes, secret: bytes | None) -> Message:
         if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= 100000:
             raise BadMessage(MALFORMED, "a pick count is not a positive whole number")
         picks[_name(node)] = count
+    raw_homes = doc.get("homes", {})
+    if not isinstance(raw_homes, dict) or len(raw_homes) > MAX_NAMES:
+        raise BadMessage(MALFORMED, "homes is not a small object")
+    homes = {_name(user): _name(node) for user, node in raw_homes.items()}
     drains = None
     raw_drains = doc.get("drains")
     if raw_drains is not None:
@@ -217,7 +232,7 @@ def decode(data: bytes, secret: bytes | None) -> Message:
                 or not 0 <= part < parts <= MAX_PARTS:
             raise BadMessage(MALFORMED, "drains part is not k of n")
         drains = Drains(frozenset(_name(n) for n in raw_drains["nodes"]), _time(raw_drains.get("at")), part, parts)
-    return Message(sender=sender, seq=seq, ts=ts, picks=picks, drains=drains)
+    return Message(sender=sender, seq=seq, ts=ts, picks=picks, drains=drains, homes=homes)
 
 
 class ReplayGuard:

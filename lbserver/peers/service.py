@@ -9,6 +9,9 @@ datagram per peer once the loop is free (``call_soon``), so a login storm
 costs a counter increment per pick, and a dead, slow or flooding peer costs
 the terminal path nothing (a datagram to a dead peer is simply lost).
 
+A pick whose terminal named a user carries the user too (``homes``), so
+the peers send him to the same node until its figures show his session.
+
 Every ``heartbeat`` each peer also gets the drained set with its time, so a
 peer that missed a drain (it was down, a datagram was lost) catches up, and
 the silence of a peer shows as "unreachable". A set too large for one
@@ -40,7 +43,7 @@ from common.sockets import format_listen
 from lbserver.config import Peer, Peers
 from lbserver.core.view import SharedState
 from lbserver.peers.message import (FLOOD, UNKNOWN_SENDER, BadMessage, DrainParts, Drains, Message, ReplayGuard,
-                                    decode, encode, split_drains, split_picks)
+                                    decode, encode, split_drains, split_homes, split_picks)
 
 log = logging.getLogger("lbserver.peers")
 
@@ -105,6 +108,7 @@ class PeerService(asyncio.DatagramProtocol):
         self._boot_id = os.urandom(8).hex()
         self._seq = 0
         self._outbox: Counter[str] = Counter()
+        self._homes_out: dict[str, str] = {}
         self._drained: tuple[frozenset[str], float] | None = None  # the drained set as last split ...
         self._drains: list[Drains] = []                              # ... and its parts
         self._turn = 0                   # the next part a heartbeat sends
@@ -148,9 +152,17 @@ class PeerService(asyncio.DatagramProtocol):
 
     # -- sending ------------------------------------------------------------
 
-    def note_pick(self, node: str) -> None:
-        """Tell the peers that a terminal was sent to ``node`` (batched until the loop is free)."""
+    def note_pick(self, node: str, user: str | None = None) -> None:
+        """Tell the peers that a terminal was sent to ``node`` (batched until the loop is free).
+
+        ``user``, when the terminal named one, goes with it: the peers then
+        send him to ``node`` too (:meth:`SharedState.count_remote_homes
+        <lbserver.core.view.SharedState.count_remote_homes>`). A name a peer
+        would refuse (over 255 characters) is not sent.
+        """
         self._outbox[node] += 1
+        if user and len(user) <= 255:
+            self._homes_out[user] = node
         if not self._flush_scheduled and self._transport is not None:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -182,14 +194,20 @@ class PeerService(asyncio.DatagramProtocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         picks, self._outbox = self._outbox, Counter()
+        homes, self._homes_out = self._homes_out, {}
+        # The users first: a peer that has counted a pick then knows where its user went.
+        for chunk in split_homes(homes):
+            self._send(homes=chunk)
         for chunk in split_picks(picks):
             self._send(picks=chunk)
 
-    def _send(self, picks: dict[str, int] | None = None, drains: Drains | None = None) -> None:
+    def _send(self, picks: dict[str, int] | None = None, drains: Drains | None = None,
+              homes: dict[str, str] | None = None) -> None:
         if self._transport is None:
             return
         self._seq += 1
-        msg = Message(sender=self._boot_id, seq=self._seq, ts=time.time(), picks=picks or {}, drains=drains)
+        msg = Message(sender=self._boot_id, seq=self._seq, ts=time.time(), picks=picks or {}, drains=drains,
+                      homes=homes or {})
         try:
             data = encode(msg, self._secret)
         except ValueError as exc:  # cannot happen: split_picks and split_drains leave room
@@ -250,6 +268,8 @@ class PeerService(asyncio.DatagramProtocol):
         if msg.picks:
             state.picks_received += sum(msg.picks.values())
             self._shared.count_remote_picks(msg.picks)
+        if msg.homes:
+            self._shared.count_remote_homes(msg.homes)
         if msg.drains is not None:
             whole = state.drain_parts.add(msg.drains)
             if whole is not None:

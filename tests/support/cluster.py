@@ -129,15 +129,17 @@ class Balancer:
 def server_xml(lb_port: int, mgmt_port: int, groups: dict[str, list[tuple[str, str]]], tmp: Path,
                rules: str = '<variable name="SIMLOAD" custom="true" weight="100" capacity="100"/>',
                poll: str = 'interval="0.5" timeout="0.4" rise="2" fall="2"', extra: str = "",
-               lbservice: str = "") -> str:
+               lbservice: str = "", group_attrs: str = "") -> str:
     """An lbsconfig.xml on loopback; ``groups`` maps a group to (name, url) pairs, the first is default.
 
-    ``lbservice``: more attributes of <lbservice>, such as ``algorithm="weighted-random"``.
+    ``lbservice``: more attributes of <lbservice>, such as ``algorithm="weighted-random"``;
+    ``group_attrs``: more attributes of every <group>, such as ``max-sessions="2"``.
     """
     parts = []
     for i, (gname, members) in enumerate(groups.items()):
         nodes = "\n".join(f'      <node name="{n}" address="{u}"/>' for n, u in members)
-        parts.append(f'    <group name="{gname}" default="{"true" if i == 0 else "false"}">\n{nodes}\n    </group>')
+        parts.append(f'    <group name="{gname}" default="{"true" if i == 0 else "false"}" {group_attrs}>\n{nodes}\n'
+                     '    </group>')
     return f"""<?xml version="1.0"?>
 <lbsconfig>
   <lbservice listen="127.0.0.1:{lb_port}" returns="$NAME" idle-timeout="5" {lbservice}/>
