@@ -118,11 +118,14 @@ SESSIONS = Element(
     "leaves the others' sessions reported. At most 10000 sessions are reported, and NBSESSIONS and NBUSERS "
     "count those.")
 
+SOURCE_TIMEOUT = Setting("timeout", "number", 2.0,
+                         "Seconds the reading may take; past it the source reports nothing.", positive=True)
+"""The timeout every session source declares alike."""
+
 UTMP = Element(
     "utmp", "Login sessions recorded in utmp (LDM, ssh, a console, and whatever else logs there): active.",
     Setting("file", "path", "/var/run/utmp", "The utmp file to read."),
-    Setting("timeout", "number", 2.0, "Seconds the reading may take; past it the source reports nothing.",
-            positive=True),
+    SOURCE_TIMEOUT,
     parent="sessions",
 )
 
@@ -134,8 +137,7 @@ PROCESS = Element(
     "xrdp whose display socket has none), active otherwise.",
     Setting("names", "text", doc="Process names, separated by spaces, as ps -C takes them (e.g. Xvnc Xorg).",
             required=True),
-    Setting("timeout", "number", 2.0, "Seconds the reading may take; past it the source reports nothing.",
-            positive=True),
+    SOURCE_TIMEOUT,
     parent="sessions",
 )
 
@@ -145,8 +147,7 @@ X2GO = Element(
     "suspended ones disconnected, finished ones not reported. Each session's info is its line as "
     "x2golistsessions prints it. The database is readable by root and the group x2gouser only.",
     Setting("db", "path", "/var/lib/x2go/x2go_sessions", "x2goserver's SQLite session database."),
-    Setting("timeout", "number", 2.0, "Seconds the reading may take; past it the source reports nothing.",
-            positive=True),
+    SOURCE_TIMEOUT,
     parent="sessions",
 )
 
