@@ -203,7 +203,7 @@ class Daemon:
             await self.haproxy.stop()
 
     async def _start_mgmt(self) -> None:
-        self.mgmt = ManagementService(Api(self.core, self, self.dns, self))
+        self.mgmt = ManagementService(Api(self.core, self, self.dns, self, self))
         await self.mgmt.start(self._sockets[MGMT])
 
     async def _start_peers(self, config: Peers) -> None:
