@@ -86,7 +86,7 @@ class SessionMapService:
 
     def _done(self, fut: asyncio.Future) -> None:
         self._busy = False
-        if fut.exception() is not None:
+        if not fut.cancelled() and fut.exception() is not None:
             log.error("HAProxy session map sync failed", exc_info=fut.exception())
 
     def _forget(self) -> None:

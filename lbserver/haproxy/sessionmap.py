@@ -46,9 +46,6 @@ class Changes(NamedTuple):
     sets: dict[str, str]
     dels: tuple[str, ...]
 
-    def __len__(self) -> int:
-        return len(self.adds) + len(self.sets) + len(self.dels)
-
 
 def map_key(user: str) -> str | None:
     """The map key of ``user``: lower case, without a ``DOMAIN\\`` prefix; None for a name that is refused."""
