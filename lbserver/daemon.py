@@ -1,4 +1,4 @@
-"""The composition root: plugs the terminal, DNS, management, peers, HAProxy agent-check and session map services into the core.
+"""The composition root: plugs the terminal, DNS, management, peers and HAProxy services into the core.
 
 :class:`Daemon` is what :func:`common.runtime.run` drives (bind, start,
 reload, stop, failure). It owns the listening sockets and one thread running
@@ -6,8 +6,8 @@ the asyncio loop on which the core, the terminal service and the management
 service all live; the runtime's own thread reaches them only through that
 loop (reload, stop). The DNS arbiter's network work runs on its own worker
 thread (:mod:`lbserver.dns.service`), and so does the HAProxy session
-map's sync (:mod:`lbserver.haproxy.mapservice`); the management service renders
-its reads on the loop's executor threads (:mod:`lbserver.mgmt.frozen`).
+map's sync (:mod:`lbserver.haproxy.mapservice`); the management service
+renders its reads on the loop's executor threads (:mod:`lbserver.mgmt.frozen`).
 
 It is the only module that knows every part: the core never imports the
 services, and the services see the core only through

@@ -29,7 +29,8 @@ MAP_PATH = "/etc/haproxy/mille-xterm-sessions.map"
 NODES = {"xapp1": ("127.0.0.71", 0.0), "xapp2": ("127.0.0.72", 90.0), "xapp3": ("127.0.0.73", 50.0)}
 """name -> (address of its RDP server and agent, its SIMLOAD): xapp2 weighs least."""
 RULES = '<variable name="SIMLOAD" custom="true" weight="100" capacity="100"/>'
-HOSTILE = ["eve smith", "eve\tx", "x\nadd map m y 1", "a;del map m alice", "#c", 'q"t', "e\x7f", "é", "z" * 65, "cr\rx"]
+HOSTILE = ["eve smith", "eve\tx", "x\nadd map m y 1", "a;del map m alice", "#c", 'q"t', "e\x7f", "é", "z" * 65,
+           "cr\rx"]
 
 
 def session(user: str, state: str = "disconnected") -> dict:

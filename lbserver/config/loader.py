@@ -30,11 +30,11 @@ from common.tls import TlsConfigError, client_context
 from common.xmlconfig import ConfigError, Reader, parse_hostport
 from lbserver.config import tsigkey
 from lbserver.config.expr import Expr, ExprError, parse
-from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgent, HaproxyMap, Node, Peer, Peers, Poll, Require,
-                                   Rule, ServerConfig, agent_host_port)
+from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgent, HaproxyMap, Node, Peer, Peers,
+                                   Poll, Require, Rule, ServerConfig, agent_host_port)
 from lbserver.config.settings import (AGENT_PORTS, ALIAS, CONFIG_FILE, DEFAULT_PATH, DEFAULT_STATE_FILE, DNS, GROUP,
-                                      HAPROXY_AGENT, HAPROXY_ALLOW, HAPROXY_MAP, HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE, LEGACY_PATH,
-                                      LOG, MGMTSERVICE, NODE, PEER, PEERS, POLL, REQUIRE, RULE, VARIABLE)
+                                      HAPROXY_AGENT, HAPROXY_ALLOW, HAPROXY_MAP, HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE,
+                                      LEGACY_PATH, LOG, MGMTSERVICE, NODE, PEER, PEERS, POLL, REQUIRE, RULE, VARIABLE)
 
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from common.sockets import format_listen
 from lbserver.config.expr import Expr
-from lbserver.config.settings import (AGENT_PORTS, ALIAS, DNS, GROUP, HAPROXY_AGENT, HAPROXY_MAP, LBSERVICE, LOG, MGMTSERVICE,
-                                      NODE, PEERS, POLL, REQUIRE, VARIABLE)
+from lbserver.config.settings import (AGENT_PORTS, ALIAS, DNS, GROUP, HAPROXY_AGENT, HAPROXY_MAP, LBSERVICE, LOG,
+                                      MGMTSERVICE, NODE, PEERS, POLL, REQUIRE, VARIABLE)
 
 @dataclass(frozen=True)
 class Rule:
@@ -259,5 +259,5 @@ class ServerConfig:
     log_level: str | None = LOG.level.default
 
 
-__all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "HaproxyAgent", "HaproxyMap", "Node", "Peer", "Peers", "Poll", "Require", "Rule",
-           "ServerConfig", "agent_host_port"]
+__all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "HaproxyAgent", "HaproxyMap", "Node", "Peer", "Peers", "Poll",
+           "Require", "Rule", "ServerConfig", "agent_host_port"]

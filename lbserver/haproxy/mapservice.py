@@ -17,7 +17,9 @@ counted and logged (at most once a minute), and the next cycle starts
 over with a full comparison; terminals are answered all the while, since
 none of this runs on the loop. Refused user names (see
 :func:`~lbserver.haproxy.sessionmap.map_key`) are counted, and each is
-logged once.
+logged once (at most :data:`NAMES_LOGGED` lines a minute, and up to
+:data:`MAX_REMEMBERED` distinct names: beyond, new ones are not counted
+nor logged again).
 
 Threading: :meth:`kick` and :meth:`status` run on the loop thread; the
 sync on the worker. The worker replaces :attr:`SessionMapService.state`
@@ -33,6 +35,7 @@ import time
 from typing import Any
 
 from common.atomicfile import write_atomic
+from common.ratelimit import LogBudget
 from lbserver.config import HaproxyMap, ServerConfig
 from lbserver.core.selection import Snapshot
 from lbserver.core.view import BalancerView
@@ -45,7 +48,9 @@ log = logging.getLogger("lbserver.haproxy")
 LOG_INTERVAL = 60.0
 """Seconds between two log lines about failed syncs."""
 MAX_REMEMBERED = 10000
-"""Refused user names remembered as already logged (beyond it, new ones are counted, not logged)."""
+"""Distinct refused user names counted and remembered as logged."""
+NAMES_LOGGED = 20
+"""Log lines about refused user names per minute at most."""
 
 
 class SessionMapService:
@@ -61,6 +66,7 @@ class SessionMapService:
         self._pid: str | None = None
         self._sent: dict[str, str] | None = None  # what HAProxy holds, as far as this side knows
         self._refused_seen: set[str] = set()
+        self._names_log = LogBudget(NAMES_LOGGED, 60.0)
         self._last_error_log = -1e18
         self.state: dict[str, Any] = {}
         """The last sync: see :meth:`status`."""
@@ -127,13 +133,17 @@ class SessionMapService:
     def _note_refused(self, refused: list[str], config: HaproxyMap) -> None:
         seen = self._refused_seen
         for user in refused:
-            if user in seen:
+            if user in seen or len(seen) >= MAX_REMEMBERED:
                 continue
+            seen.add(user)
             self.refused_total += 1
-            if len(seen) < MAX_REMEMBERED:
-                seen.add(user)
+            verdict = self._names_log.take(time.monotonic())
+            if verdict == LogBudget.LOG:
                 log.warning("user name %s (group %s) left out of the HAProxy session map: it could break a map "
                             "line", ascii(user[:80]), config.group)
+            elif verdict == LogBudget.SUMMARY:
+                log.warning("more user names left out of the HAProxy session map are not logged this minute "
+                            "(lbctl status counts them)")
 
     def _write_file(self, config: HaproxyMap, wanted: dict[str, str]) -> str | None:
         """Rewrite the map file when its content changes; the error, or None."""
@@ -176,7 +186,10 @@ class SessionMapService:
         return len(todo)
 
     def status(self) -> dict[str, Any] | None:
-        """``{"group", "entries", "last_sync", "in_sync", "errors", "error", ...}``, or None without ``<haproxy-map>``."""
+        """The last sync's ``{"group", "entries", "last_sync", "in_sync", "errors", "error", ...}``.
+
+        None without ``<haproxy-map>``; before the first sync, ``last_sync`` is None.
+        """
         if self._config is None:
             return None
         return dict(self.state) or {"group": self._config.group, "socket": self._config.socket,

@@ -37,6 +37,8 @@ MAX_NAME = 64
 """Characters of a user name (domain included) at most; longer ones are refused."""
 _SAFE = re.compile(r"[A-Za-z0-9._@$+-]+")
 """What a map key may hold: no separator, quote, comment or escape character of the file or the runtime API."""
+_ADDRESS = re.compile(r"[A-Za-z0-9.:_-]+")
+"""What a map value may hold (an address or a host name); a node whose ``$IP`` is anything else gets no entry."""
 
 
 class Changes(NamedTuple):
@@ -74,7 +76,7 @@ def addresses(snapshot: Snapshot, group: str, answer: Mapping[str, str]) -> tupl
             continue
         if map_key(user) is None:
             refused.append(user)
-        else:
+        elif _ADDRESS.fullmatch(answer[node]):
             homes[user] = answer[node]
     return homes, refused
 

@@ -13,7 +13,7 @@ class SessionMapSource(Protocol):
     """The state of the HAProxy session map."""
 
     def session_map_status(self) -> dict[str, Any] | None:
-        """``{"group", "entries", "last_sync", "in_sync", "errors", "error", ...}``, or None without ``<haproxy-map>``."""
+        """``{"group", "entries", "last_sync", "in_sync", "errors", "error", ...}``; None without ``<haproxy-map>``."""
 
 
 class NoSessionMap:
