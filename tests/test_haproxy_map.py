@@ -207,13 +207,14 @@ def test_a_returning_user_reaches_his_session_through_the_map_drained_reloaded_a
 
 
 class Garbage:
-    """A unix socket server that answers every connection with a fixed text: a wrong runtime socket."""
+    """A unix socket server that is not HAProxy: answers ``text`` (closes at once for b""), or (None) stays mute."""
 
-    def __init__(self, path: Path, text: bytes) -> None:
+    def __init__(self, path: Path, text: bytes | None) -> None:
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.bind(str(path))
         self.sock.listen()
         self.text = text
+        self.held: list[socket.socket] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -222,11 +223,18 @@ class Garbage:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self.text is None:
+                self.held.append(conn)
+                continue
             with conn:
                 conn.sendall(self.text)
+                while self.text and conn.recv(4096):  # until the client gives up
+                    pass
 
     def close(self) -> None:
         self.sock.close()
+        for conn in self.held:
+            conn.close()
 
 
 @pytest.mark.daemon
@@ -254,17 +262,16 @@ def test_a_dead_or_wrong_runtime_socket_is_logged_and_retried_and_terminals_are_
         assert mapfile.read_text().splitlines()[1:] == ["alice 127.0.0.74"]
         assert bal.ask() == "xapp4"
 
-        # A socket that is not HAProxy's (or closes at once, or never answers).
-        for text in (b"hello, I am not HAProxy\n> ", b"", None):
-            server = Garbage(sock, text) if text is not None else None
-            if text is None:  # listens, never answers: the sync's timeout bounds it
-                silent = socket.socket(socket.AF_UNIX)
-                silent.bind(str(sock))
-                silent.listen(64)
+        # A socket that is not HAProxy's: answers something else, closes at once (a closed
+        # connection or a broken pipe, by timing), or never answers.
+        for text, why in ((b"\n> hello\n> ", "no Pid"), (b"", ""), (None, "timed out")):
+            server = Garbage(sock, text)
             before = bal.status()["haproxy_map"]["errors"]
-            wait_until(lambda: bal.status()["haproxy_map"]["errors"] >= before + 2, 10, what="more failed syncs")
+            smap = wait_until(lambda: (m := bal.status()["haproxy_map"])["errors"] >= before + 2 and m, 10,
+                              what="more failed syncs")
+            assert why in smap["error"], smap
             assert bal.ask() == "xapp4" and bal.proc.poll() is None
-            (server or silent).close()
+            server.close()
             sock.unlink()
         # One log line per minute at most, however many cycles failed.
         errors = [line for line in log.read_text().splitlines() if "HAProxy session map of group" in line]
