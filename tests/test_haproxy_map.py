@@ -126,11 +126,12 @@ class MapFarm:
                                         stdout=subprocess.DEVNULL, stderr=log)
         wait_for_port("127.0.0.1", bal.mgmt_port, timeout=20, proc=bal.proc)
 
-    def start_haproxy(self) -> None:
-        self.haproxy = self.procs.start([self.haproxy_bin, "-db", "-f", str(self.cfg)],
+    def start_haproxy(self, *args: str) -> None:
+        """Start HAProxy (``-sf PID``: as a reload, taking over from the process PID); wait for its runtime socket."""
+        self.haproxy = self.procs.start([self.haproxy_bin, "-db", "-f", str(self.cfg), *args],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port("127.0.0.1", self.frontend, proc=self.haproxy)
-        wait_until(lambda: self.sock.exists() and "pxname" in haproxy_cli(self.sock, "show stat"),
+        wait_until(lambda: self.sock.exists() and f"Pid: {self.haproxy.pid}\n" in haproxy_cli(self.sock, "show info"),
                    what="HAProxy's runtime socket")
 
     def held(self) -> dict[str, str]:
@@ -184,10 +185,11 @@ def test_a_returning_user_reaches_his_session_through_the_map_drained_reloaded_a
     out = lbctl(farm.bal.mgmt_url, "status")
     assert "HAProxy session map of group RDP" in out.stdout and "1 entries" in out.stdout, out.stdout
 
-    # HAProxy restarted while lbserver is away: the file alone brings alice home.
+    # HAProxy reloaded while lbserver is away: the file alone brings alice home.
     stop(farm.bal.proc)
-    stop(farm.haproxy)
-    farm.start_haproxy()
+    old = farm.haproxy
+    farm.start_haproxy("-sf", str(old.pid))
+    old.wait(timeout=10)
     assert farm.held() == {"alice": "127.0.0.72"}
     assert farm.server_of("alice") == "xapp2"
 
