@@ -1,12 +1,13 @@
-"""The composition root: plugs the terminal, DNS, management, peers and HAProxy agent-check services into the core.
+"""The composition root: plugs the terminal, DNS, management, peers and HAProxy services into the core.
 
 :class:`Daemon` is what :func:`common.runtime.run` drives (bind, start,
 reload, stop, failure). It owns the listening sockets and one thread running
 the asyncio loop on which the core, the terminal service and the management
 service all live; the runtime's own thread reaches them only through that
 loop (reload, stop). The DNS arbiter's network work runs on its own worker
-thread (:mod:`lbserver.dns.service`), and the management service renders
-its reads on the loop's executor threads (:mod:`lbserver.mgmt.frozen`).
+thread (:mod:`lbserver.dns.service`), and so does the HAProxy session
+map's sync (:mod:`lbserver.haproxy.mapservice`); the management service
+renders its reads on the loop's executor threads (:mod:`lbserver.mgmt.frozen`).
 
 It is the only module that knows every part: the core never imports the
 services, and the services see the core only through
@@ -32,6 +33,7 @@ from lbserver.config import HaproxyAgent, Peers, ServerConfig
 from lbserver.core.balancer import Balancer
 from lbserver.core.view import ReloadRefused
 from lbserver.dns.service import DnsService
+from lbserver.haproxy.mapservice import SessionMapService
 from lbserver.haproxy.service import HaproxyAgentService
 from lbserver.mgmt.api import Api
 from lbserver.mgmt.http import ManagementService
@@ -77,6 +79,7 @@ class Daemon:
         self.mgmt: ManagementService | None = None
         self.peers: PeerService | None = None
         self.haproxy: HaproxyAgentService | None = None
+        self.sessionmap: SessionMapService | None = None
         self._sockets: dict[str, socket.socket] = {}
         self._bound: dict[str, tuple[str, int]] = {}  # what each socket really listens on
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,6 +110,9 @@ class Daemon:
         self.dns = DnsService(self.core)
         self.dns.configure(config)
         self.core.after_cycle(self.dns.kick)
+        self.sessionmap = SessionMapService(self.core)
+        self.sessionmap.configure(config.haproxy_map)
+        self.core.after_cycle(self.sessionmap.kick)
         self._thread = threading.Thread(target=self._run, name="balancer", daemon=True)
         self._thread.start()
         self._ready.wait(config.poll.timeout + 30)
@@ -123,6 +129,8 @@ class Daemon:
             self._thread.join(timeout=15)
         if self.dns is not None:
             self.dns.close()
+        if self.sessionmap is not None:
+            self.sessionmap.close()
         for sock in self._sockets.values():
             sock.close()
 
@@ -195,7 +203,7 @@ class Daemon:
             await self.haproxy.stop()
 
     async def _start_mgmt(self) -> None:
-        self.mgmt = ManagementService(Api(self.core, self, self.dns, self))
+        self.mgmt = ManagementService(Api(self.core, self, self.dns, self, self))
         await self.mgmt.start(self._sockets[MGMT])
 
     async def _start_peers(self, config: Peers) -> None:
@@ -211,6 +219,10 @@ class Daemon:
         """The peer exchange's state for the management service (None without <peers>)."""
         return self.peers.peers_status() if self.peers is not None else None
 
+    def session_map_status(self) -> dict | None:
+        """The HAProxy session map's state for the management service (None without <haproxy-map>)."""
+        return self.sessionmap.status() if self.sessionmap is not None else None
+
     # -- configuration ----------------------------------------------------
 
     async def _reload(self, config: ServerConfig) -> None:
@@ -223,6 +235,7 @@ class Daemon:
         await self._move_haproxy(config.haproxy)
         self.core.apply_config(config)
         self.dns.configure(config)
+        self.sessionmap.configure(config.haproxy_map)
         self.core.poll_now()
 
     def _listen(self, key: str, address: tuple[str, int]) -> None:

@@ -61,3 +61,14 @@ def test_mistakes_name_the_line(tmp_path, body, message):
     with pytest.raises(ConfigError) as info:
         load(tmp_path, body)
     assert info.value.line == 2 and message in str(info.value), str(info.value)
+
+
+def test_haproxy_map_defaults_and_its_group(tmp_path):
+    assert load(tmp_path, "").haproxy_map is None
+    cfg = load(tmp_path, '<haproxy-map group="G"/>').haproxy_map
+    assert (cfg.group, cfg.socket, cfg.file, cfg.timeout) == (
+        "G", "/run/haproxy/admin.sock", "/etc/haproxy/mille-xterm-sessions.map", 2.0)
+    with pytest.raises(ConfigError, match=r"lbsconfig.xml:2:.*<haproxy-map> names group 'RDP'"):
+        load(tmp_path, '<haproxy-map group="RDP"/>')
+    with pytest.raises(ConfigError, match="missing attribute group"):
+        load(tmp_path, '<haproxy-map/>')

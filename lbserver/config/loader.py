@@ -30,11 +30,11 @@ from common.tls import TlsConfigError, client_context
 from common.xmlconfig import ConfigError, Reader, parse_hostport
 from lbserver.config import tsigkey
 from lbserver.config.expr import Expr, ExprError, parse
-from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgent, Node, Peer, Peers, Poll, Require,
-                                   Rule, ServerConfig, agent_host_port)
+from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgent, HaproxyMap, Node, Peer, Peers,
+                                   Poll, Require, Rule, ServerConfig, agent_host_port)
 from lbserver.config.settings import (AGENT_PORTS, ALIAS, CONFIG_FILE, DEFAULT_PATH, DEFAULT_STATE_FILE, DNS, GROUP,
-                                      HAPROXY_AGENT, HAPROXY_ALLOW, HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE, LEGACY_PATH,
-                                      LOG, MGMTSERVICE, NODE, PEER, PEERS, POLL, REQUIRE, RULE, VARIABLE)
+                                      HAPROXY_AGENT, HAPROXY_ALLOW, HAPROXY_MAP, HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE,
+                                      LEGACY_PATH, LOG, MGMTSERVICE, NODE, PEER, PEERS, POLL, REQUIRE, RULE, VARIABLE)
 
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -472,6 +472,12 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
     haproxy = root.find("haproxy-agent")
     if haproxy is not None:
         kw["haproxy"] = _load_haproxy(r, haproxy)
+    haproxy_map = root.find("haproxy-map")
+    if haproxy_map is not None:
+        values = read_all(r, haproxy_map, HAPROXY_MAP)
+        if values["group"] not in groups:
+            raise r.error(haproxy_map, f"<haproxy-map> names group {values['group']!r}, which <nodes> does not have")
+        kw["haproxy_map"] = HaproxyMap(**values, line=haproxy_map.sourceline)
     return ServerConfig(path=path, nodes=nodes, groups=groups, default_group=default,
                         rules=rules, requires=requires, **kw)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from common.sockets import format_listen
 from lbserver.config.expr import Expr
-from lbserver.config.settings import (AGENT_PORTS, ALIAS, DNS, GROUP, HAPROXY_AGENT, LBSERVICE, LOG, MGMTSERVICE, NODE,
-                                      PEERS, POLL, REQUIRE, VARIABLE)
+from lbserver.config.settings import (AGENT_PORTS, ALIAS, DNS, GROUP, HAPROXY_AGENT, HAPROXY_MAP, LBSERVICE, LOG,
+                                      MGMTSERVICE, NODE, PEERS, POLL, REQUIRE, VARIABLE)
 
 @dataclass(frozen=True)
 class Rule:
@@ -222,6 +222,17 @@ class HaproxyAgent:
 
 
 @dataclass(frozen=True)
+class HaproxyMap:
+    """``<haproxy-map>``: which group's sessions go into which HAProxy map, through which runtime socket."""
+
+    group: str
+    socket: str = HAPROXY_MAP.socket.default
+    file: str = HAPROXY_MAP.file.default
+    timeout: float = HAPROXY_MAP.timeout.default
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """The whole of lbsconfig.xml."""
 
@@ -243,9 +254,10 @@ class ServerConfig:
     dns: Dns | None = None
     peers: Peers | None = None
     haproxy: HaproxyAgent | None = None
+    haproxy_map: HaproxyMap | None = None
     log_file: str | None = LOG.file.default
     log_level: str | None = LOG.level.default
 
 
-__all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "HaproxyAgent", "Node", "Peer", "Peers", "Poll", "Require", "Rule",
-           "ServerConfig", "agent_host_port"]
+__all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "HaproxyAgent", "HaproxyMap", "Node", "Peer", "Peers", "Poll",
+           "Require", "Rule", "ServerConfig", "agent_host_port"]

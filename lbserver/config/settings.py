@@ -147,6 +147,23 @@ HAPROXY_ALLOW = Element(
     parent="haproxy-agent",
 )
 
+HAPROXY_MAP = Element(
+    "haproxy-map",
+    "The HAProxy session map: for each user with a session on a node of the group, his home by the return-home "
+    "rule, as user-to-address lines in a map file (rewritten atomically when it changes) and in the running "
+    "HAProxy through its runtime API (only the differences). HAProxy's configuration routes a connection whose "
+    "RDP cookie is in the map to that address.",
+    Setting("group", "text", doc="The group whose users' sessions the map holds.", required=True),
+    Setting("socket", "path", "/run/haproxy/admin.sock",
+            "HAProxy's runtime API socket (a stats socket at level admin)."),
+    Setting("file", "path", "/etc/haproxy/mille-xterm-sessions.map",
+            "The map file, named exactly as HAProxy's configuration names it in its map() converter: HAProxy "
+            "loads it at start and the runtime API addresses the map by this name."),
+    Setting("timeout", "number", 2.0,
+            "Seconds one synchronisation with HAProxy may take (connecting, reading the map, sending the "
+            "differences); past it, it is retried whole at the next poll cycle.", positive=True),
+)
+
 NODES = Element("nodes", "The application servers to balance, in groups. This element is required.")
 
 GROUP = Element(
@@ -321,11 +338,11 @@ CONFIG_FILE = ConfigFile(
     name="lbsconfig.xml", program="lbserver", path=DEFAULT_PATH, schema="lbsconfig.rng",
     doc="The balancer's configuration. Every element but <nodes> is optional, and each appears at most once "
         "at the top level.",
-    elements=(LBSERVICE, LBSLAVE, MGMTSERVICE, POLL, LOG, PEERS, PEER, HAPROXY_AGENT, HAPROXY_ALLOW, NODES, GROUP,
-              NODE, RULES, VARIABLE, RULE, REQUIRE, DNS, ALIAS),
+    elements=(LBSERVICE, LBSLAVE, MGMTSERVICE, POLL, LOG, PEERS, PEER, HAPROXY_AGENT, HAPROXY_ALLOW, HAPROXY_MAP, NODES,
+              GROUP, NODE, RULES, VARIABLE, RULE, REQUIRE, DNS, ALIAS),
 )
 
 __all__ = ["AGENT_PORTS", "ALGORITHMS", "ALIAS", "CONFIG_FILE", "DEFAULT_LAGS", "DEFAULT_PATH", "LEGACY_PATH",
            "DEFAULT_STATE_FILE", "DNS", "GROUP",
-           "HAPROXY_AGENT", "HAPROXY_ALLOW", "HEALTH_URL_SCHEMES", "LBSERVICE", "LBSLAVE", "LOG", "MGMTSERVICE", "NODE",
-           "NODES", "PEER", "PEERS", "POLL", "REQUIRE", "RETURNS", "RULE", "RULES", "VARIABLE"]
+           "HAPROXY_AGENT", "HAPROXY_ALLOW", "HAPROXY_MAP", "HEALTH_URL_SCHEMES", "LBSERVICE", "LBSLAVE", "LOG",
+           "MGMTSERVICE", "NODE", "NODES", "PEER", "PEERS", "POLL", "REQUIRE", "RETURNS", "RULE", "RULES", "VARIABLE"]

@@ -5,8 +5,8 @@ Pure functions and small values, no I/O: an agent's ``sessions`` (each
 (:func:`check_sessions`) and counted (:func:`session_count`); each snapshot
 indexes who has a session where (:func:`index_homes`); :func:`return_home`
 is the rule every path that places a user follows (the terminal port's
-``?user=`` today, the HAProxy session map and the X2Go broker as they
-come); :class:`PendingHomes` remembers the users just sent somewhere for
+``?user=`` and the HAProxy session map today, the X2Go broker as it
+comes); :class:`PendingHomes` remembers the users just sent somewhere for
 a new session, by this balancer or a peer, until the node's figures can
 show the session.
 

@@ -125,6 +125,7 @@ def format_status(status: dict, colour: bool) -> str:
         if alias.get("lease"):
             out.append(f"  {_lease_text(alias['lease'])}")
     out.extend(_peer_lines(status.get("peers"), colour))
+    out.extend(_session_map_lines(status.get("haproxy_map"), colour))
     return "\n".join(out).lstrip("\n") + "\n"
 
 
@@ -143,6 +144,22 @@ def _peer_lines(peers: dict | None, colour: bool) -> list[str]:
     unknown = peers.get("refused_unknown") or {}
     if unknown:
         out.append("  refused from unknown senders: " + ", ".join(f"{n} {r}" for r, n in sorted(unknown.items())))
+    return out
+
+
+def _session_map_lines(smap: dict | None, colour: bool) -> list[str]:
+    """The HAProxy session map: entries, last sync, commands, refused names, the last error."""
+    if not smap:
+        return []
+    last = "never" if smap.get("last_sync") is None else f"{time.time() - smap['last_sync']:.0f} s ago"
+    word = paint("in sync" if smap.get("in_sync") else "not in sync", colour)
+    line = (f"HAProxy session map of group {smap['group']} ({smap['file']}): {word}, "
+            f"{smap.get('entries') or 0} entries, last sync {last}, {smap.get('errors', 0)} errors")
+    if smap.get("last_sync") is not None:
+        line += f", {smap['commands_total']} map commands sent, {smap['refused']} user names refused"
+    out = ["", line]
+    if smap.get("error"):
+        out.append(f"  last error: {smap['error']}")
     return out
 
 

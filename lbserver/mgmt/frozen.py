@@ -83,4 +83,15 @@ class FrozenPeers:
         return self._status
 
 
-__all__ = ["FrozenAliases", "FrozenPeers", "FrozenView"]
+class FrozenSessionMap:
+    """A :class:`~lbserver.mgmt.sessionmap.SessionMapSource` as it was when taken."""
+
+    def __init__(self, source: SessionMapSource) -> None:
+        self._status = source.session_map_status()
+
+    def session_map_status(self) -> dict[str, Any] | None:
+        """The HAProxy session map."""
+        return self._status
+
+
+__all__ = ["FrozenAliases", "FrozenPeers", "FrozenSessionMap", "FrozenView"]

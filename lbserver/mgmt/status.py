@@ -58,10 +58,11 @@ def why(view, sessions_now: int | None = None) -> str:
 
 
 def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
-                 peers: dict[str, Any] | None = None) -> dict[str, Any]:
+                 peers: dict[str, Any] | None = None, haproxy_map: dict[str, Any] | None = None) -> dict[str, Any]:
     """The /status document (schema in the manual's API chapter).
 
-    ``aliases`` are the DNS reports, ``peers`` the state of the exchange with peer balancers (None: no ``<peers>``).
+    ``aliases`` are the DNS reports, ``peers`` the state of the exchange with peer balancers (None: no ``<peers>``),
+    ``haproxy_map`` the HAProxy session map's (None: no ``<haproxy-map>``).
     """
     cfg = bal.config
     snap = bal.snapshot
@@ -126,6 +127,7 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
         "nodes": nodes,
         "aliases": list(aliases or ()),
         "peers": peers,
+        "haproxy_map": haproxy_map,
     }
 
 

@@ -8,6 +8,7 @@
 * :mod:`~tests.support.faults`: log capture, a checking terminal loop, /proc figures;
 * :mod:`~tests.support.doubles`: the stand-ins unit tests use (a hand-moved clock, a fixed snapshot);
 * :mod:`~tests.support.stats`: the chi-square the placement tests judge by;
+* :mod:`~tests.support.haproxy`: stand-in RDP servers, an RDP client's first packet, HAProxy's runtime API;
 * :mod:`~tests.support.fakeagent` and :mod:`~tests.support.terminal_harness`:
   programs run as processes (``python -m tests.support.fakeagent``).
 
