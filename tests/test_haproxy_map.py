@@ -17,10 +17,12 @@ import threading
 import time
 from pathlib import Path
 
+import lxml.html
 import pytest
 
 from common.netutil import raise_nofile_limit
 from tests.support import ROOT, Procs, free_port, python_cmd, require_program, wait_for_port, wait_until
+from tests.support.browser import chromium
 from tests.support.cluster import Balancer, lbctl, scripted_agent, server_xml, stop
 from tests.support.haproxy import AppServers, haproxy_cli, rdp_connect
 
@@ -162,7 +164,7 @@ def farm(tmp_path_factory):
 
 
 @pytest.mark.system
-def test_a_returning_user_reaches_his_session_through_the_map_drained_reloaded_and_restarted(farm):
+def test_a_returning_user_reaches_his_session_through_the_map_drained_reloaded_and_restarted(farm, tmp_path):
     write(farm.states["xapp2"], 90.0, [session("alice")])
     write(farm.states["xapp3"], 50.0, [session(name, "active") for name in HOSTILE])
     wait_until(lambda: farm.held() == {"alice": "127.0.0.72"}, 10, what="alice in HAProxy's map")
@@ -184,6 +186,11 @@ def test_a_returning_user_reaches_his_session_through_the_map_drained_reloaded_a
     assert len(logged) == len(HOSTILE), logged
     out = lbctl(farm.bal.mgmt_url, "status")
     assert "HAProxy session map of group RDP" in out.stdout and "1 entries" in out.stdout, out.stdout
+    # The dashboard, as a person sees it in a browser, shows the same.
+    dom = lxml.html.fromstring(chromium(tmp_path, "--virtual-time-budget=3000", "--dump-dom",
+                                        farm.bal.mgmt_url + "/").stdout)
+    row = [c.text_content().strip() for c in dom.get_element_by_id("sessionmap").iter("td")]
+    assert row[:3] == ["RDP", "in sync", "1"] and row[5] == str(len(HOSTILE)), row
 
     # HAProxy reloaded while lbserver is away: the file alone brings alice home.
     stop(farm.bal.proc)
