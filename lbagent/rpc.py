@@ -575,8 +575,9 @@ class AgentHTTPServer(socketserver.TCPServer):
         at once, from the reply marshalled once per sample, saves handing
         the connection to a worker thread. Never waits for anything: a call
         not whole yet, over TLS, with a shared secret, before the first
-        sample, or whose reply is over :data:`INLINE_MAX_REPLY` goes to a
-        worker as before (returns False).
+        sample, or whose reply is over :data:`INLINE_LARGE_REPLY` goes to a
+        worker as before (returns False). A reply over :data:`INLINE_MAX_REPLY`
+        is started here only when a worker can take what the kernel does not.
         """
         if self.config.ssl_context is not None or self.config.secret is not None:
             return False
@@ -589,6 +590,10 @@ class AgentHTTPServer(socketserver.TCPServer):
             return False
         answer = http_reply(200, sample.response, "text/xml")
         if len(answer) > INLINE_LARGE_REPLY:
+            return False
+        if len(answer) > INLINE_MAX_REPLY and not self.parts.workers.has_room:
+            # Its end may need a worker: with none to be had, the worker path answers busy
+            # rather than this one cutting the reply short.
             return False
         try:
             request.recv(len(data), socket.MSG_DONTWAIT)  # what the peek saw: it is all there

@@ -241,11 +241,19 @@ def _agent_state(user: str, sid: str) -> str | None:
         path = pattern.format(user=user, sid=sid)
         if pattern.startswith("/tmp-inst/") and not os.path.isdir(os.path.dirname(os.path.dirname(path))):
             continue
+        # The user owns this path: never follow a link nor wait on a FIFO he put there.
         try:
-            with open(path, "rb") as fh:
-                return fh.read(64).decode("ascii", "replace").strip()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError:
-            return None
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            return os.read(fd, 64).decode("ascii", "replace").strip()
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
     return None
 
 

@@ -44,6 +44,17 @@ class WorkerPool:
         """Workers waiting for a job and not yet reserved by :meth:`submit`."""
         return self._idle
 
+    @property
+    def has_room(self) -> bool:
+        """Whether :meth:`submit` would take a job now (an idle worker, or room for a new one).
+
+        Only the thread that submits may rely on it: workers only ever add
+        room, except one leaving after its idle timeout, which then gives
+        its place back (so a new one can start).
+        """
+        with self._lock:
+            return not self._closing and (self._idle > 0 or self._total < self.max_workers)
+
     def submit(self, job: Job) -> bool:
         """Run ``job`` on a worker; False (job not run) when all ``max_workers`` are busy."""
         with self._lock:

@@ -281,3 +281,32 @@ def test_x2go_sessions_from_x2goservers_own_database(procs, tmp_path):
     assert abs(daemon["since"] - time.time()) < 60
     assert state["variables"]["NBSESSIONS"] == 2 and state["users"] == ["daemon", "nobody"]
     assert "left out" not in log.read_text()
+
+
+@pytest.mark.unit
+def test_an_x2go_state_file_the_user_made_a_fifo_or_a_link_is_not_read(tmp_path):
+    """The agent (root) reads x2goagent's state file from a directory the user owns: no FIFO, no link, no hang."""
+    from lbagent.sessions import _agent_state
+
+    user = f"lbtest{os.getpid()}"
+    base = Path(f"/tmp/.x2go-{user}")
+    try:
+        (base / "C-fifo").mkdir(parents=True)
+        os.mkfifo(base / "C-fifo" / "state")
+        (base / "C-link").mkdir()
+        (tmp_path / "secret").write_text("RUNNING\n")
+        (base / "C-link" / "state").symlink_to(tmp_path / "secret")
+        (base / "C-file").mkdir()
+        (base / "C-file" / "state").write_text("SUSPENDED\n")
+        started = time.monotonic()
+        assert _agent_state(user, "fifo") is None
+        assert _agent_state(user, "link") is None
+        assert _agent_state(user, "file") == "SUSPENDED"
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sid in ("fifo", "link", "file"):
+            (base / f"C-{sid}" / "state").unlink(missing_ok=True)
+            if (base / f"C-{sid}").exists():
+                (base / f"C-{sid}").rmdir()
+        if base.exists():
+            base.rmdir()

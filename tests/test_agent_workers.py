@@ -53,3 +53,19 @@ def test_failing_job_keeps_the_worker():
     finally:
         pool.close()
     wait_until(lambda: pool.size == 0, timeout=5, what="workers gone after close")
+
+
+def test_has_room_says_whether_a_job_would_be_taken_now():
+    pool = WorkerPool(max_workers=1, keep_idle=1)
+    release = threading.Event()
+    try:
+        assert pool.has_room
+        assert pool.submit(release.wait)
+        assert not pool.has_room and not pool.submit(lambda: None)  # the one worker is busy
+        release.set()
+        wait_until(lambda: pool.has_room, what="the worker idle again")
+        assert pool.submit(lambda: None)
+    finally:
+        release.set()
+        pool.close()
+    assert not pool.has_room  # a closed pool takes nothing

@@ -297,3 +297,12 @@ def test_malformed_homes_refuse_the_message():
     body = b'{"id":"x","seq":1,"ts":1,"homes":{"ann":7}}'
     with pytest.raises(BadMessage, match="malformed"):
         decode(b"LBP1" + bytes(32) + body, None)
+
+
+def test_pending_homes_keep_no_overlong_name_and_forget_the_oldest_past_their_bound():
+    pending = PendingHomes(limit=2)
+    pending.add("x" * 256, "a", 1.0)
+    assert pending.get("x" * 256) is None and len(pending) == 0
+    for i, user in enumerate(("u1", "u2", "u3")):
+        pending.add(user, "a", float(i))
+    assert pending.get("u1") is None and pending.get("u3").node == "a" and len(pending) == 2

@@ -27,7 +27,7 @@ MAX_FIELD = 4096
 """Characters of a session's ``user``, ``kind`` or ``info`` at most."""
 NAMED_PROBLEMS = 3
 """Bad entries named one by one in the node's error; the rest are counted."""
-MAX_PENDING = 100000
+MAX_PENDING = 10_000
 """Users remembered as just sent to a node (the oldest are forgotten first)."""
 
 
@@ -193,6 +193,10 @@ def limit_words(count: int, limit: int) -> str:
     return f"at its session limit {count}/{limit}"
 
 
+MAX_USER_LENGTH = 255
+"""The longest user name kept as a pending home (peers refuse longer ones too)."""
+
+
 class PendingHomes:
     """Users just sent to a node for a new session, their home until the node's figures can show it.
 
@@ -208,7 +212,13 @@ class PendingHomes:
         self._homes: dict[str, Home] = {}
 
     def add(self, user: str, node: str, at: float) -> None:
-        """``user`` was sent to ``node`` at ``at`` for a new session."""
+        """``user`` was sent to ``node`` at ``at`` for a new session (a name over 255 characters is not kept).
+
+        No real login name is that long, and a client flooding the terminal
+        port with made-up long names must not hold memory with them.
+        """
+        if len(user) > MAX_USER_LENGTH:
+            return
         homes = self._homes
         homes.pop(user, None)  # re-inserted last: the dict's order is the age
         homes[user] = Home(node, ACTIVE, at)

@@ -18,6 +18,8 @@ import time
 PROMPT = "\n> "
 MAX_ANSWER = 64 * 1024 * 1024
 """Bytes read from HAProxy at most in one connection (a map of a million users is some 60 MB)."""
+BATCH = 500
+"""Commands sent at once before their answers are read (see :meth:`RuntimeApi.ask`)."""
 
 
 class RuntimeApiError(Exception):
@@ -30,7 +32,7 @@ class RuntimeApi:
     def __init__(self, path: str, timeout: float) -> None:
         self._deadline = time.monotonic() + timeout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._buf = b""
+        self._buf = bytearray()
         self._read = 0
         try:
             self._sock.settimeout(timeout)
@@ -56,19 +58,31 @@ class RuntimeApi:
         self._sock.close()
 
     def ask(self, commands: list[str]) -> list[str]:
-        """Send ``commands`` (one line each) and return their answers, prompt removed, in order."""
-        if not commands:
-            return []
+        """Send ``commands`` (one line each) and return their answers, prompt removed, in order.
+
+        They go in batches of :data:`BATCH`, each batch's answers read
+        before the next is sent: HAProxy stops reading commands while it
+        cannot write their answers, so sending thousands at once would
+        leave both sides waiting on each other until the timeout.
+        """
+        answers: list[str] = []
+        for start in range(0, len(commands), BATCH):
+            answers.extend(self._ask(commands[start:start + BATCH]))
+        return answers
+
+    def _ask(self, commands: list[str]) -> list[str]:
         self._sock.settimeout(self._left())
         self._sock.sendall("".join(c + "\n" for c in commands).encode("ascii"))
         answers: list[str] = []
-        marker = PROMPT.encode()
+        marker, buf, searched = PROMPT.encode(), self._buf, 0
         while len(answers) < len(commands):
-            end = self._buf.find(marker)
+            end = buf.find(marker, searched)
             if end >= 0:
-                answers.append(self._buf[:end].decode("utf-8", "replace"))
-                self._buf = self._buf[end + len(marker):]
+                answers.append(buf[:end].decode("utf-8", "replace"))
+                del buf[:end + len(marker)]
+                searched = 0
                 continue
+            searched = max(0, len(buf) - len(marker) + 1)  # a long answer is searched once, not at each read
             self._sock.settimeout(self._left())
             data = self._sock.recv(1 << 16)
             if not data:
@@ -76,7 +90,7 @@ class RuntimeApi:
             self._read += len(data)
             if self._read > MAX_ANSWER:
                 raise RuntimeApiError(f"over {MAX_ANSWER} bytes from the runtime API")
-            self._buf += data
+            buf += data
         return answers
 
     def _left(self) -> float:

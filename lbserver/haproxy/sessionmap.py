@@ -1,10 +1,13 @@
 """The HAProxy session map's content: user key to node address, and what to send to change it (pure, no I/O).
 
 For each user with a session on a node of the map's group, his home by
-:func:`lbserver.core.sessions.return_home` (the same eligibility and
-preferences as the terminal port: a member of the group that is healthy,
-drained or not) gives one map entry ``KEY ADDRESS``, ADDRESS being what
-``$IP`` answers for that node.
+:func:`lbserver.core.sessions.return_home` (the same eligibility as the
+terminal port: a member of the group that is healthy, drained or not)
+gives one map entry ``KEY ADDRESS``, ADDRESS being what ``$IP`` answers for
+that node. It reads the poll's figures only: a tie between two homes of
+the same age goes by the polled weight, where the terminal port counts the
+terminals sent since, and a user placed since the last poll is not in the
+map yet (the recipe's stick table holds him until then).
 
 Keys follow what RDP clients put in ``Cookie: mstshash=IDENTIFIER``
 (MS-RDPBCGR 2.2.1.1; its note on 3.2.5.3.1 says Microsoft's clients send
