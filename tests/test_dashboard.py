@@ -21,7 +21,7 @@ import pytest
 
 from lbserver.mgmt.api import Api
 from lbserver.mgmt.dashboard import TEMPLATE, content_security_policy, embed_json
-from tests.support.cluster import start_agent, start_balancer
+from tests.support.cluster import offline_balancer, start_agent, start_balancer
 from tests.support import ARTIFACTS, wait_until
 from tests.support.browser import chromium
 
@@ -60,8 +60,6 @@ def test_policy_allows_exactly_the_inline_script_and_style():
 
 @pytest.mark.unit
 def test_render_embeds_escaped_status(tmp_path):
-    from tests.test_admin import offline_balancer
-
     bal = offline_balancer(tmp_path)
     bal.set_drained("xapp2", True)
     page = Api(bal, bal).dashboard().decode()

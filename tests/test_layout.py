@@ -36,3 +36,11 @@ def test_every_module_has_a_row_and_every_row_a_module(program):
     gone = sorted(tables[program] - present(program))
     assert not missing, f"add a row to the {program}/ table of docs/development.md for: {', '.join(missing)}"
     assert not gone, f"the {program}/ table of docs/development.md names modules that are gone: {', '.join(gone)}"
+
+
+def test_no_test_module_imports_another():
+    """What tests share lives in tests/support; a test file importing another drags its tests along."""
+    offenders = [f"{p.name}:{n}" for p in sorted((ROOT / "tests").glob("test_*.py"))
+                 for n, line in enumerate(p.read_text().splitlines(), 1)
+                 if re.match(r"\s*(from tests\.test_\w+ import|import tests\.test_|from test_\w+ import)", line)]
+    assert not offenders, f"move what these import into tests/support: {', '.join(offenders)}"
