@@ -1,18 +1,22 @@
 """Rate limits on log lines, so that a flood of refused peers cannot flood the log.
 
 :class:`DenyLog` allows one line per key (an address, or a cause and an
-address) per period; :class:`LogBudget` caps the lines of one kind in total.
+address) per period; :class:`LogBudget` caps the lines of one kind in total;
+:class:`ProblemLog` says a thing's problem once when it changes, not at
+every sample.
 Pure logic: callers pass the time, from a monotonic clock of their choice.
 
-Threading: each object is safe to share between threads (a lock each), as
-the agent's connection threads do; the balancer's asyncio services use
+Threading: each :class:`DenyLog` and :class:`LogBudget` is safe to share
+between threads (a lock each), as the agent's connection threads do; a
+:class:`ProblemLog` belongs to the one thread that samples; the balancer's asyncio services use
 theirs from the loop thread only, where the lock is never contended.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+import logging
+from collections.abc import Hashable, Iterable
 
 
 class DenyLog:
@@ -77,3 +81,35 @@ class LogBudget:
             if self._used <= self.limit:
                 return self.LOG
             return self.SUMMARY if self._used == self.limit + 1 else self.SKIP
+
+
+class ProblemLog:
+    """The problem of each of several things (variables, session sources), logged when it changes.
+
+    A thing's problem is warned about once when it appears or changes, and
+    an info line says when it is gone; a problem that stays says nothing
+    more, however often the thing is sampled.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._problems: dict[Hashable, str | None] = {}
+
+    def note(self, key: Hashable, problem: str | None, what: str, recovered: str) -> None:
+        """Record ``key``'s ``problem`` (None: none).
+
+        ``what`` names the thing left out; ``recovered`` is the line logged when it is back.
+        """
+        before = self._problems.get(key, "")
+        if problem == before:
+            return
+        if problem is not None:
+            self._log.warning("%s left out: %s", what, problem)
+        elif before:
+            self._log.info("%s", recovered)
+        self._problems[key] = problem
+
+    def keep(self, keys: Iterable[Hashable]) -> None:
+        """Forget the things no longer configured."""
+        keys = set(keys)
+        self._problems = {k: v for k, v in self._problems.items() if k in keys}

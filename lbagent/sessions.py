@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 
 import psutil
 
+from common.ratelimit import ProblemLog
 from lbagent.config import SessionSource
 from lbagent.variables import Stopped
 
@@ -320,7 +321,7 @@ class SessionSampler:
     def __init__(self, read: Callable[[SessionSource, int], list[dict]] = read_source) -> None:
         self._read = read
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lbagent-sessions")
-        self._problems: dict[str, str | None] = {}
+        self._problems = ProblemLog(log)
         # Sources submitted and not finished: one stuck (a hung file system) is not started again.
         self._running: dict[str, Future] = {}
         self._closed = False
@@ -329,16 +330,6 @@ class SessionSampler:
         """Stop the threads without waiting for a source still reading."""
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _note(self, source: SessionSource, problem: str | None) -> None:
-        before = self._problems.get(source.kind, "")
-        if problem == before:
-            return
-        if problem is not None:
-            log.warning("sessions of <%s> (line %d) left out: %s", source.kind, source.line, problem)
-        elif before:
-            log.info("sessions of <%s> are read again", source.kind)
-        self._problems[source.kind] = problem
 
     def sample(self, sources: Sequence[SessionSource]) -> list[dict]:
         """The sessions of every source that could be read this time, at most :data:`MAX_SESSIONS`.
@@ -370,9 +361,10 @@ class SessionSampler:
             except Exception as exc:  # never let one source break the sample
                 outcomes[source.kind] = f"unexpected error: {exc!r}"
         for source in sources:
-            self._note(source, outcomes.get(source.kind))
-        kinds = {s.kind for s in sources}
-        self._problems = {k: v for k, v in self._problems.items() if k in kinds}
+            self._problems.note(source.kind, outcomes.get(source.kind),
+                                f"sessions of <{source.kind}> (line {source.line})",
+                                f"sessions of <{source.kind}> are read again")
+        self._problems.keep(s.kind for s in sources)
         self._running = {k: f for k, f in self._running.items() if not f.done()}
         return found[:MAX_SESSIONS]
 

@@ -30,6 +30,7 @@ from typing import Sequence
 
 import psutil
 
+from common.ratelimit import ProblemLog
 from lbagent.config import CustomVariable
 from lbagent.values import BadValue, Value, parse_output
 
@@ -290,7 +291,7 @@ class CustomSampler:
     def __init__(self, max_workers: int = MAX_WORKERS) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="lbagent-cmd")
         self._running = RunningCommands()
-        self._problems: dict[str, str | None] = {}
+        self._problems = ProblemLog(log)
         # Counts submitted and not finished: one stuck on a hung file system is not started again.
         self._counting: dict[str, Future] = {}
 
@@ -301,16 +302,6 @@ class CustomSampler:
         """
         self._running.kill_all()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _note(self, var: CustomVariable, problem: str | None) -> None:
-        before = self._problems.get(var.name, "")
-        if problem == before:
-            return
-        if problem is not None:
-            log.warning("variable %s (%s, line %d) left out: %s", var.name, var.type, var.line, problem)
-        elif before:
-            log.info("variable %s has a value again", var.name)
-        self._problems[var.name] = problem
 
     def sample(self, variables: Sequence[CustomVariable]) -> dict[str, Value]:
         """Return the values of ``variables`` that could be read this time.
@@ -378,7 +369,8 @@ class CustomSampler:
             # Stopping: commands failed because they were killed; nothing to report or publish.
             raise Stopped
         for var in variables:
-            self._note(var, outcomes.get(var.name))
-        self._problems = {v.name: self._problems.get(v.name) for v in variables}
+            self._problems.note(var.name, outcomes.get(var.name), f"variable {var.name} ({var.type}, line {var.line})",
+                                f"variable {var.name} has a value again")
+        self._problems.keep(v.name for v in variables)
         self._counting = {name: f for name, f in self._counting.items() if not f.done()}
         return values

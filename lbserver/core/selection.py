@@ -652,9 +652,10 @@ class Selector:
         counts = self._counts
         counts[node] = counts.get(node, 0) + 1
         cur.last_good[g] = node
-        self._add(cur, node, 1)
+        now = self._clock()
+        self._add(cur, node, 1, now)
         if user is not None:
-            self._pending_homes.add(user, node, self._clock())
+            self._pending_homes.add(user, node, now)
         return _new_pick(Pick, (node, reason, g, True))
 
     def _user_node(self, cur: _State, group: str, user: str) -> str | None:
@@ -709,7 +710,7 @@ class Selector:
         if cur.snapshot is None or node not in cur.snapshot.nodes:
             return False
         if count > 0:
-            self._add(cur, node, count)
+            self._add(cur, node, count, self._clock())
         return True
 
     def add_home(self, user: str, node: str) -> bool:
@@ -732,11 +733,11 @@ class Selector:
         u = cur.unseen.get(node)
         return view.session_count + (u.fresh if u is not None else 0)
 
-    def _add(self, cur: _State, node: str, count: int) -> None:
+    def _add(self, cur: _State, node: str, count: int, now: float) -> None:
         u = cur.unseen.get(node)
         if u is None:
             u = cur.unseen[node] = _Unseen()
-        u.add(self._clock(), count)
+        u.add(now, count)
         comp = cur.compensation.get(node)
         if comp is not None and comp.terms:
             weight, load = comp.state(u.fresh)
