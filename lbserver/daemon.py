@@ -1,4 +1,4 @@
-"""The composition root: plugs the terminal, DNS, management, peers and HAProxy services into the core.
+"""The composition root: plugs the terminal, DNS, management, peers, HAProxy and X2Go services into the core.
 
 :class:`Daemon` is what :func:`common.runtime.run` drives (bind, start,
 reload, stop, failure). It owns the listening sockets and one thread running
@@ -29,7 +29,7 @@ import threading
 from common.netutil import raise_nofile_limit
 from common.sockets import bind_after_close, datagram_socket, listen_socket, open_replacement
 from lbserver import config as configmod
-from lbserver.config import HaproxyAgent, Peers, ServerConfig
+from lbserver.config import HaproxyAgent, Peers, ServerConfig, X2goBroker, X2goLoadChecker
 from lbserver.core.balancer import Balancer
 from lbserver.core.view import ReloadRefused
 from lbserver.dns.service import DnsService
@@ -39,10 +39,13 @@ from lbserver.mgmt.api import Api
 from lbserver.mgmt.http import ManagementService
 from lbserver.peers.service import PeerService
 from lbserver.terminal.service import TerminalService, new_event_loop
+from lbserver.x2go.farm import Farm
+from lbserver.x2go.loadchecker import LoadAnswers, LoadCheckerService
+from lbserver.x2go.service import X2goBrokerService
 
 log = logging.getLogger("lbserver")
 
-TERMINAL, MGMT, PEERS, HAPROXY = "terminal", "mgmt", "peers", "haproxy"
+TERMINAL, MGMT, PEERS, HAPROXY, X2GO = "terminal", "mgmt", "peers", "haproxy", "x2go"
 
 GC_THRESHOLDS = (5_000, 2, 1_000)
 """The cyclic garbage collector's thresholds (Python's defaults are 700, 10, 10).
@@ -80,6 +83,8 @@ class Daemon:
         self.peers: PeerService | None = None
         self.haproxy: HaproxyAgentService | None = None
         self.sessionmap: SessionMapService | None = None
+        self.x2go: X2goBrokerService | None = None
+        self.loadchecker: LoadCheckerService | None = None
         self._sockets: dict[str, socket.socket] = {}
         self._bound: dict[str, tuple[str, int]] = {}  # what each socket really listens on
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,12 +96,14 @@ class Daemon:
     # -- runtime interface ------------------------------------------------
 
     def bind(self, config: ServerConfig) -> list[socket.socket]:
-        """Open the terminal, management, peers and agent-check sockets (before daemonising)."""
+        """Open the terminal, management, peers, agent-check and X2Go broker sockets (before daemonising)."""
         self._listen(TERMINAL, config.listen)
         if config.mgmt_listen:
             self._listen(MGMT, config.mgmt_listen)
         if config.haproxy is not None:
             self._listen(HAPROXY, config.haproxy.listen)
+        if config.x2gobroker is not None:
+            self._listen(X2GO, config.x2gobroker.listen)
         if config.peers is not None:
             self._sockets[PEERS], self._bound[PEERS] = datagram_socket(config.peers.listen), config.peers.listen
         return list(self._sockets.values())
@@ -185,6 +192,9 @@ class Daemon:
         await self.terminal.start(self._sockets[TERMINAL])
         if HAPROXY in self._sockets:
             await self._start_haproxy(core.config.haproxy)
+        if X2GO in self._sockets:
+            await self._start_x2go(core.config.x2gobroker)
+        await self._move_loadchecker(core.config.x2go_loadchecker)
         if PEERS in self._sockets:
             await self._start_peers(core.config.peers)
         if MGMT in self._sockets:
@@ -201,6 +211,9 @@ class Daemon:
             await self.peers.stop()
         if self.haproxy is not None:
             await self.haproxy.stop()
+        if self.x2go is not None:
+            await self.x2go.stop()
+        await self._move_loadchecker(None)
 
     async def _start_mgmt(self) -> None:
         self.mgmt = ManagementService(Api(self.core, self, self.dns, self, self))
@@ -214,6 +227,11 @@ class Daemon:
     async def _start_haproxy(self, config: HaproxyAgent) -> None:
         self.haproxy = HaproxyAgentService(self.core, config)
         await self.haproxy.start(self._sockets[HAPROXY])
+
+    async def _start_x2go(self, config: X2goBroker) -> None:
+        farm = Farm(self.core, self.core.answer_details)
+        self.x2go = X2goBrokerService(config, farm.place, farm.listing)
+        await self.x2go.start(self._sockets[X2GO])
 
     def peers_status(self) -> dict | None:
         """The peer exchange's state for the management service (None without <peers>)."""
@@ -233,6 +251,8 @@ class Daemon:
         self.terminal.configure(config)
         await self._move_peers(config.peers)
         await self._move_haproxy(config.haproxy)
+        await self._move_x2go(config.x2gobroker)
+        await self._move_loadchecker(config.x2go_loadchecker)
         self.core.apply_config(config)
         self.dns.configure(config)
         self.sessionmap.configure(config.haproxy_map)
@@ -283,22 +303,48 @@ class Daemon:
 
     async def _move_haproxy(self, config: HaproxyAgent | None) -> None:
         """Follow a reloaded <haproxy-agent>: start, stop, move (keeping the old address on failure), reconfigure."""
-        if self.haproxy is not None and config is not None:
-            if config.listen != self._bound[HAPROXY]:
-                await self._rebind(HAPROXY, config.listen, self.haproxy)
-            self.haproxy.configure(config)
-        elif self.haproxy is not None:
-            await self.haproxy.stop()
-            self._sockets.pop(HAPROXY).close()
-            self._bound.pop(HAPROXY)
-            self.haproxy = None
+        await self._move_listener(HAPROXY, "HAProxy agent-check service", config, self._start_haproxy)
+
+    async def _move_x2go(self, config: X2goBroker | None) -> None:
+        """Follow a reloaded <x2gobroker>, as <haproxy-agent>."""
+        await self._move_listener(X2GO, "X2Go broker", config, self._start_x2go)
+
+    async def _move_listener(self, key: str, what: str, config, start) -> None:
+        """Start, stop, move (keeping the old address on failure) or reconfigure the TCP service ``key``."""
+        service = getattr(self, key)
+        if service is not None and config is not None:
+            if config.listen != self._bound[key]:
+                await self._rebind(key, config.listen, service)
+            service.configure(config)
+        elif service is not None:
+            await service.stop()
+            self._sockets.pop(key).close()
+            self._bound.pop(key)
+            setattr(self, key, None)
         elif config is not None:
             try:
-                self._listen(HAPROXY, config.listen)
+                self._listen(key, config.listen)
             except OSError as exc:
-                log.error("HAProxy agent-check service not started: %s", exc)
+                log.error("%s not started: %s", what, exc)
                 return
-            await self._start_haproxy(config)
+            await start(config)
+
+    async def _move_loadchecker(self, config: X2goLoadChecker | None) -> None:
+        """Start, stop or move x2gobroker's load-checker socket (a socket that cannot be made is logged)."""
+        if self.loadchecker is not None and self.loadchecker.config == config:
+            return
+        if self.loadchecker is not None:
+            await self.loadchecker.stop()
+            self.loadchecker = None
+        if config is None:
+            return
+        service = LoadCheckerService(LoadAnswers(self.core), config)
+        try:
+            await service.start()
+        except (OSError, KeyError) as exc:
+            log.error("x2gobroker load-checker socket %s not started: %s", config.socket, exc)
+            return
+        self.loadchecker = service
 
     async def _move_peers(self, config: Peers | None) -> None:
         """Follow a reloaded <peers>: start, stop, or move to a new UDP address (keeping the old on failure)."""

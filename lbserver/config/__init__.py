@@ -10,9 +10,9 @@ the file loads.
 
 from lbserver.config.loader import EMAIL, ConfigError, default_path, load
 from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgent, HaproxyMap, Node, Peer, Peers,
-                                   Poll, Require, Rule, ServerConfig)
+                                   Poll, Require, Rule, ServerConfig, X2goBroker, X2goLoadChecker, X2goProfile)
 from lbserver.config.settings import DEFAULT_PATH, DEFAULT_STATE_FILE
 
 __all__ = ["DEFAULT_PATH", "DEFAULT_RULES", "DEFAULT_STATE_FILE", "EMAIL", "Alias", "ConfigError", "Dns", "Group",
            "HaproxyAgent", "HaproxyMap", "default_path", "Node", "Peer", "Peers", "Poll", "Require", "Rule",
-           "ServerConfig", "load"]
+           "ServerConfig", "X2goBroker", "X2goLoadChecker", "X2goProfile", "load"]

@@ -28,7 +28,7 @@ from common.secretfile import SecretFileError, permission_problem, read_secret_f
 from common.settings import parse_config, read, read_all
 from common.tls import TlsConfigError, client_context
 from common.xmlconfig import ConfigError, Reader, parse_hostport
-from lbserver.config import tsigkey
+from lbserver.config import tsigkey, x2go
 from lbserver.config.expr import Expr, ExprError, parse
 from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgent, HaproxyMap, Node, Peer, Peers,
                                    Poll, Require, Rule, ServerConfig, agent_host_port)
@@ -478,6 +478,12 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
         if values["group"] not in groups:
             raise r.error(haproxy_map, f"<haproxy-map> names group {values['group']!r}, which <nodes> does not have")
         kw["haproxy_map"] = HaproxyMap(**values, line=haproxy_map.sourceline)
+    broker = root.find("x2gobroker")
+    if broker is not None:
+        kw["x2gobroker"] = x2go.load_broker(r, broker, groups, lambda p: _config_relative(r, p))
+    checker = root.find("x2go-loadchecker")
+    if checker is not None:
+        kw["x2go_loadchecker"] = x2go.load_loadchecker(r, checker, lambda p: _config_relative(r, p))
     return ServerConfig(path=path, nodes=nodes, groups=groups, default_group=default,
                         rules=rules, requires=requires, **kw)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from common.sockets import format_listen
 from lbserver.config.expr import Expr
 from lbserver.config.settings import (AGENT_PORTS, ALIAS, DNS, GROUP, HAPROXY_AGENT, HAPROXY_MAP, LBSERVICE, LOG,
+                                      X2GO_LOADCHECKER, X2GO_PROFILE, X2GOBROKER,
                                       MGMTSERVICE, NODE, PEERS, POLL, REQUIRE, VARIABLE)
 
 @dataclass(frozen=True)
@@ -232,6 +233,56 @@ class HaproxyMap:
     line: int = field(default=0, compare=False)
 
 
+def answer_for(node: Node, returns: str) -> str:
+    """What a client is sent for ``node`` (the ``returns`` setting of ``<lbservice>``)."""
+    if returns == "$NAME":
+        return node.name
+    if returns == "$ADDRESS":
+        return node.host
+    return node.answer_ip
+
+
+@dataclass(frozen=True)
+class X2goProfile:
+    """One ``<profile>`` of ``<x2gobroker>``: a session profile offered to X2Go clients."""
+
+    name: str
+    group: str
+    command: str = X2GO_PROFILE.command.default
+    sshport: int = X2GO_PROFILE.sshport.default
+    user: str | None = X2GO_PROFILE.user.default
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class X2goBroker:
+    """``<x2gobroker>``: the X2Go session broker, who may ask it, how users are checked, its profiles."""
+
+    listen: tuple[str, int] = X2GOBROKER.listen.default
+    auth: str = X2GOBROKER.auth.default
+    pam_service: str = X2GOBROKER.pam_service.default
+    tls_cert: str | None = X2GOBROKER.tls_cert.default
+    tls_key: str | None = X2GOBROKER.tls_key.default
+    password_over_http: bool = X2GOBROKER.password_over_http.default
+    timeout: float = X2GOBROKER.timeout.default
+    max_connections: int = X2GOBROKER.max_connections.default
+    max_failures: int = X2GOBROKER.max_failures.default
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """The ``<allow>`` networks; empty: loopback only."""
+    profiles: tuple[X2goProfile, ...] = ()
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class X2goLoadChecker:
+    """``<x2go-loadchecker>``: the UNIX socket where x2gobroker asks for load factors."""
+
+    socket: str = X2GO_LOADCHECKER.socket.default
+    mode: str = X2GO_LOADCHECKER.mode.default
+    socket_group: str | None = X2GO_LOADCHECKER.socket_group.default
+    line: int = field(default=0, compare=False)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """The whole of lbsconfig.xml."""
@@ -255,9 +306,12 @@ class ServerConfig:
     peers: Peers | None = None
     haproxy: HaproxyAgent | None = None
     haproxy_map: HaproxyMap | None = None
+    x2gobroker: X2goBroker | None = None
+    x2go_loadchecker: X2goLoadChecker | None = None
     log_file: str | None = LOG.file.default
     log_level: str | None = LOG.level.default
 
 
 __all__ = ["Alias", "DEFAULT_RULES", "Dns", "Group", "HaproxyAgent", "HaproxyMap", "Node", "Peer", "Peers", "Poll",
-           "Require", "Rule", "ServerConfig", "agent_host_port"]
+           "X2goBroker", "X2goLoadChecker", "X2goProfile",
+           "Require", "Rule", "ServerConfig", "agent_host_port", "answer_for"]

@@ -164,6 +164,76 @@ HAPROXY_MAP = Element(
             "differences); past it, it is retried whole at the next poll cycle.", positive=True),
 )
 
+X2GO_AUTHS = ("none", "pam")
+"""What <x2gobroker auth> may name."""
+
+X2GOBROKER = Element(
+    "x2gobroker",
+    "The X2Go session broker: X2Go Client, PyHoca and Python X2Go ask it (x2gobroker 0.0.4's HTTP protocol, on "
+    "/plain/ and /json/) for their session profiles and which server to start on; a user with a running or "
+    "suspended X2Go session in the profile's group is sent back to it, with the session to resume.",
+    Setting("listen", "listen", ("0.0.0.0", 8012), "Address and TCP port of the broker."),
+    Setting("auth", "keyword", "none",
+            "How a user is checked. none: any user name is taken as given and the ssh login to the chosen "
+            "server is the only check (allow only trusted networks). pam: the user's password is checked with "
+            "PAM before anything is answered.", choices=X2GO_AUTHS),
+    Setting("pam-service", "text", "mille-xterm-x2go",
+            "The PAM service (a file in /etc/pam.d) that checks passwords with auth=\"pam\"."),
+    Setting("tls-cert", "path", None,
+            "Certificate (PEM) to serve HTTPS with; it may hold the private key too. A relative path is taken "
+            "from the directory of lbsconfig.xml."),
+    Setting("tls-key", "path", None,
+            "Private key (PEM) of tls-cert, when it is in a file of its own. A relative path is taken from the "
+            "directory of lbsconfig.xml."),
+    Setting("password-over-http", "boolean", False,
+            "Whether a password is accepted over plain HTTP (without tls-cert). Off: with auth=\"pam\" and no "
+            "tls-cert every request that carries a password is refused."),
+    Setting("timeout", "number", 10.0,
+            "Seconds a client may take to send its whole request; a slower one is answered 408 and closed.",
+            positive=True),
+    Setting("max-connections", "integer", 256,
+            "Broker connections held at once; connections beyond this are closed at once.", minimum=1),
+    Setting("max-failures", "integer", 5,
+            "Wrong passwords from one address within a minute; past them that address is refused (429) until "
+            "the minute is over.", minimum=1),
+)
+
+X2GO_ALLOW = Element(
+    "allow",
+    "One address or network from which X2Go clients may ask the broker. Without any allow only loopback may; "
+    "other clients are answered 403.",
+    Setting("from", "network", doc="An address, or a network in CIDR notation such as 10.0.0.0/24.",
+            required=True),
+    parent="x2gobroker",
+)
+
+X2GO_PROFILE = Element(
+    "profile",
+    "One session profile the broker offers: the clients list it by name, and a session of it starts on a node "
+    "of its group.",
+    Setting("name", "text", doc="The profile's name, as the clients show it; also its id.", required=True),
+    Setting("group", "text", doc="The group whose nodes run its sessions.", required=True),
+    Setting("command", "text", "XFCE",
+            "The session's command: a desktop X2Go knows (KDE, GNOME, XFCE, LXDE, MATE, CINNAMON, ...) or a "
+            "program, as in x2gobroker's profiles."),
+    Setting("sshport", "integer", 22, "The servers' ssh port.", minimum=1, maximum=65535),
+    Setting("user", "text", None,
+            "The login name the client uses on the server; BROKER_USER (as in x2gobroker) stands for the "
+            "user who asked.", default_doc="the client's own"),
+    parent="x2gobroker",
+)
+
+X2GO_LOADCHECKER = Element(
+    "x2go-loadchecker",
+    "x2gobroker's load-checker socket: a site that keeps x2gobroker points its load checker here, and "
+    "x2gobroker places new sessions by this balancer's weights (x2gobroker-loadchecker is then not run).",
+    Setting("socket", "path", "/run/x2gobroker/x2gobroker-loadchecker.socket",
+            "The UNIX socket x2gobroker connects to (X2GOBROKER_LOADCHECKER_SOCKET)."),
+    Setting("mode", "text", "0660", "The socket's permission bits, in octal."),
+    Setting("socket-group", "text", None,
+            "The group the socket is given (x2gobroker's, usually x2gobroker).", default_doc="lbserver's"),
+)
+
 NODES = Element("nodes", "The application servers to balance, in groups. This element is required.")
 
 GROUP = Element(
@@ -338,11 +408,13 @@ CONFIG_FILE = ConfigFile(
     name="lbsconfig.xml", program="lbserver", path=DEFAULT_PATH, schema="lbsconfig.rng",
     doc="The balancer's configuration. Every element but <nodes> is optional, and each appears at most once "
         "at the top level.",
-    elements=(LBSERVICE, LBSLAVE, MGMTSERVICE, POLL, LOG, PEERS, PEER, HAPROXY_AGENT, HAPROXY_ALLOW, HAPROXY_MAP, NODES,
+    elements=(LBSERVICE, LBSLAVE, MGMTSERVICE, POLL, LOG, PEERS, PEER, HAPROXY_AGENT, HAPROXY_ALLOW, HAPROXY_MAP, X2GOBROKER,
+              X2GO_ALLOW, X2GO_PROFILE, X2GO_LOADCHECKER, NODES,
               GROUP, NODE, RULES, VARIABLE, RULE, REQUIRE, DNS, ALIAS),
 )
 
 __all__ = ["AGENT_PORTS", "ALGORITHMS", "ALIAS", "CONFIG_FILE", "DEFAULT_LAGS", "DEFAULT_PATH", "LEGACY_PATH",
            "DEFAULT_STATE_FILE", "DNS", "GROUP",
            "HAPROXY_AGENT", "HAPROXY_ALLOW", "HAPROXY_MAP", "HEALTH_URL_SCHEMES", "LBSERVICE", "LBSLAVE", "LOG",
-           "MGMTSERVICE", "NODE", "NODES", "PEER", "PEERS", "POLL", "REQUIRE", "RETURNS", "RULE", "RULES", "VARIABLE"]
+           "MGMTSERVICE", "NODE", "NODES", "PEER", "PEERS", "POLL", "REQUIRE", "RETURNS", "RULE", "RULES", "VARIABLE",
+           "X2GOBROKER", "X2GO_ALLOW", "X2GO_AUTHS", "X2GO_LOADCHECKER", "X2GO_PROFILE"]

@@ -29,6 +29,7 @@ import time
 from typing import Callable, Iterable, Mapping
 
 from lbserver.config import Node, Poll, ServerConfig
+from lbserver.config.model import answer_for
 from lbserver.core import health
 from lbserver.core.counters import CycleInfo, DurationHistogram
 from lbserver.core.drainstate import DrainState
@@ -42,15 +43,6 @@ from lbserver.core.view import UnknownNode
 log = logging.getLogger("lbserver")
 
 LAST_GOOD_LOG_INTERVAL = 60.0
-
-
-def answer_for(node: Node, returns: str) -> str:
-    """What the terminal service sends for ``node`` (the ``returns`` setting)."""
-    if returns == "$NAME":
-        return node.name
-    if returns == "$ADDRESS":
-        return node.host
-    return node.answer_ip
 
 
 class Balancer:
