@@ -49,12 +49,13 @@ def test_bad_forms_are_refused_saying_why(body, words):
 
 
 def test_profile_fields_as_x2gobroker_lists_them():
-    fields = profile_fields(LAB, "alice", "n1", "S")
+    fields = profile_fields(LAB, "alice", ["n1"])
     assert list(fields)[:3] == ["name", "host", "command"]
     assert fields["command"] == "XFCE" and fields["rootless"] is False  # a desktop, as x2gobroker makes it
-    assert fields["user"] == "alice" and fields["host"] == ["n1"] and fields["status"] == "S"
-    app = profile_fields(X2goProfile(name="Term", group="LAB", command="xterm", user="shared"), "alice", "n2")
-    assert app["command"] == "xterm" and app["rootless"] is True and app["user"] == "shared" and "status" not in app
+    assert fields["user"] == "alice" and fields["host"] == ["n1"] and "status" not in fields
+    app = profile_fields(X2goProfile(name="Term", group="LAB", command="xterm", user="shared"), "alice", ["n1", "n2"])
+    assert app["command"] == "xterm" and app["rootless"] is True and app["user"] == "shared"
+    assert app["host"] == ["n1", "n2"]
 
 
 def _select(placement):
@@ -62,7 +63,7 @@ def _select(placement):
 
 
 def test_plain_replies_parse_as_x2go_client_parses_them():
-    profiles = {"Lab desktop": profile_fields(LAB, "alice", "n1")}
+    profiles = {"Lab desktop": profile_fields(LAB, "alice", ["n1"])}
     out = answer(parse_form("plain", b"task=listsessions&user=alice"), lambda: profiles, _select(None)).body.decode()
     assert out.startswith("Access granted\nSTART_USER_SESSIONS\n\n[Lab desktop]\nname=Lab desktop\nhost=n1\n")
     ini = out.split("START_USER_SESSIONS\n")[1].split("END_USER_SESSIONS\n")[0]
@@ -78,7 +79,7 @@ def test_plain_replies_parse_as_x2go_client_parses_them():
 
 
 def test_json_replies_parse_as_python_x2go_parses_them():
-    profiles = {"Lab desktop": profile_fields(LAB, "alice", "n1")}
+    profiles = {"Lab desktop": profile_fields(LAB, "alice", ["n1"])}
     reply = answer(parse_form("json", b"task=listsessions&user=alice"), lambda: profiles, _select(None))
     assert reply.content_type.startswith("text/json")
     doc = json.loads(reply.body)

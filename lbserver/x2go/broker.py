@@ -133,10 +133,10 @@ def parse_form(frontend: str, body: bytes) -> Form:
                 profile_id=profile_id)
 
 
-def profile_fields(profile: X2goProfile, user: str, host: str, status: str | None = None) -> dict[str, object]:
+def profile_fields(profile: X2goProfile, user: str, hosts: list[str]) -> dict[str, object]:
     """One profile as x2gobroker lists it for ``user``: its own keys first, then every default, host a list."""
     command = profile.command
-    fields: dict[str, object] = {"name": profile.name, "host": [host], "command": command}
+    fields: dict[str, object] = {"name": profile.name, "host": list(hosts), "command": command}
     for key, value in PROFILE_DEFAULTS:
         fields.setdefault(key, list(value) if isinstance(value, list) else value)
     fields["sshport"] = profile.sshport
@@ -145,8 +145,6 @@ def profile_fields(profile: X2goProfile, user: str, host: str, status: str | Non
     if command.upper() in DESKTOPS:
         fields["rootless"] = False
         fields["command"] = command.upper()
-    if status is not None:
-        fields["status"] = status
     return fields
 
 

@@ -11,8 +11,9 @@ resumes it; a suspended session wins over a running one, the most recent
 first, as x2gobroker prefers them.
 
 A profile list shows, per profile, the server of the user's X2Go session
-in its group (and ``status`` S or R), or the group's first node: listing
-picks nothing, so it never counts as a new session.
+in its group, or all the group's nodes, as x2gobroker shows its ``host``
+list: listing picks nothing, so it never counts as a new session. (No
+``status`` key: PyHoca-CLI 0.6 fails on a profile that has one.)
 
 Runs on the daemon's loop thread, like the core it reads (through
 :mod:`lbserver.core.view`).
@@ -32,8 +33,6 @@ Choose = Callable[[str | None, str | None], Mapping]
 """The core's ``answer_details(group, user)``: ``{"host", "node", "group", "weight", "why"}``."""
 
 X2GO = "x2go"
-STATUS = {DISCONNECTED: "S"}
-"""x2goserver's status letter of a session by its state: S suspended, R (the default) running."""
 
 
 def _key(s: Session) -> tuple:
@@ -63,8 +62,8 @@ class Farm:
             info = session.info if session is not None else None
         return Placement(details["host"], info)
 
-    def listing(self, profile: X2goProfile, user: str) -> tuple[str, str | None]:
-        """(host, status) shown for ``profile`` in ``user``'s list: his X2Go session's server, else the first node."""
+    def listing(self, profile: X2goProfile, user: str) -> list[str]:
+        """The hosts shown for ``profile`` in ``user``'s list: his X2Go session's server, else the group's nodes."""
         snap, config = self._view.snapshot, self._view.config
         members = snap.members(profile.group)
         sessions: dict[str, Session] = {}
@@ -76,14 +75,8 @@ class Farm:
                     if found is not None:
                         sessions[home.node] = found
         node = return_home((Home(n, s.state, s.since) for n, s in sessions.items()), lambda n: True)
-        status = None if node is None else STATUS.get(sessions[node].state, "R")
-        if node is None:
-            nodes = snap.group_nodes(profile.group)
-            if not nodes:
-                return NO_SERVER, None
-            node = nodes[0]
-        known = config.nodes.get(node)
-        return (answer_for(known, config.returns) if known is not None else node), status
+        nodes = [node] if node is not None else list(snap.group_nodes(profile.group))
+        return [answer_for(config.nodes[n], config.returns) if n in config.nodes else n for n in nodes] or [NO_SERVER]
 
 
 __all__ = ["Choose", "Farm", "x2go_session"]

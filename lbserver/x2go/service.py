@@ -12,7 +12,8 @@ the method (POST only, 405), the path (``/plain/`` or ``/json/``, 404),
 the form (400), the credentials (401; with ``auth="pam"`` a password over
 plain HTTP is refused, 403, unless ``password-over-http``; a source past
 ``max-failures`` wrong passwords a minute gets 429), then the task
-(unknown: 400) and its profile (unknown: 404). Error replies are one plain
+(none: the login check clients make first, answered ``Access granted``;
+unknown: 400) and its profile (unknown: 404). Error replies are one plain
 line saying what was wrong. No form is ever logged; a failed login is
 logged with the user name and the source, at most once a minute per source.
 
@@ -51,7 +52,7 @@ MAX_PAM_CHECKS = 8
 """PAM checks running at once; more requests wait for one to end."""
 
 Placer = Callable[[X2goProfile, str], Placement]
-Lister = Callable[[X2goProfile, str], tuple[str, str | None]]
+Lister = Callable[[X2goProfile, str], list[str]]
 Checker = Callable[[str, str, str], tuple[bool, str]]
 
 
@@ -180,7 +181,7 @@ class X2goBrokerService:
         refused = await self._authenticate(form, host)
         if refused is not None:
             return refused
-        if form.task not in TASKS:
+        if form.task and form.task not in TASKS:  # no task at all: the clients' login check
             return error(400, f"unknown task {form.task[:40]!r} (this broker answers {', '.join(TASKS)})")
         if form.task == "selectsession" and form.profile_id and form.profile_id not in self._profiles:
             return error(404, f"no session profile {form.profile_id[:200]!r}")
@@ -189,8 +190,7 @@ class X2goBrokerService:
     def _profile_list(self, user: str) -> Mapping[str, Mapping[str, object]]:
         out = {}
         for name, profile in self._profiles.items():
-            host, status = self._listing(profile, user)
-            out[name] = profile_fields(profile, user, host, status)
+            out[name] = profile_fields(profile, user, self._listing(profile, user))
         return out
 
     def _select(self, profile_id: str, user: str) -> tuple[Placement, int] | None:
