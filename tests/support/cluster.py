@@ -52,8 +52,11 @@ class Agent:
         return self.load_file.with_suffix(".nologin")
 
 
-def agent_xml(ip: str, port: int, load_file: Path, extra: str = "") -> str:
-    """An agent config: loopback listen, 0.2 s samples, SIMLOAD from ``load_file``, drain files beside it."""
+def agent_xml(ip: str, port: int, load_file: Path, extra: str = "", sessions: str = "") -> str:
+    """An agent config: loopback listen, 0.2 s samples, SIMLOAD from ``load_file``, drain files beside it.
+
+    ``extra``: more ``<variable>`` elements; ``sessions``: a ``<sessions>`` element, if any.
+    """
     drain, nologin = load_file.with_suffix(".drain"), load_file.with_suffix(".nologin")
     return f"""<?xml version="1.0"?>
 <lbaconfig>
@@ -63,18 +66,19 @@ def agent_xml(ip: str, port: int, load_file: Path, extra: str = "") -> str:
     <variable name="SIMLOAD" type="file" path="{load_file}"/>
     {extra}
   </variables>
+  {sessions}
 </lbaconfig>
 """
 
 
 def start_agent(procs: Procs, tmp: Path, name: str, ip: str, load: float = 0.0, extra: str = "",
-                port: int | None = None) -> Agent:
+                port: int | None = None, sessions: str = "") -> Agent:
     """Write a config for and start one real lbagent; return once it listens."""
     port = port or free_port(ip)
     load_file = tmp / f"{name}.load"
     load_file.write_text(f"{load}\n")
     cfg = tmp / f"{name}.xml"
-    cfg.write_text(agent_xml(ip, port, load_file, extra))
+    cfg.write_text(agent_xml(ip, port, load_file, extra, sessions))
     agent = Agent(name, ip, port, load_file, cfg)
     restart_agent(procs, agent)
     return agent
