@@ -55,7 +55,9 @@ class Farm:
                               sessions=f'<sessions><utmp file="{tmp}/no-utmp"/></sessions>')
         self.port = free_port()
         broker = (f'<x2gobroker listen="127.0.0.1:{self.port}">\n'
-                  f'    <profile name="{PROFILE}" group="LAB" command="xfce"/>\n  </x2gobroker>')
+                  f'    <profile name="{PROFILE}" group="LAB" command="xfce"/>\n  </x2gobroker>\n'
+                  f'  <x2go-loadchecker socket="{tmp}/run/x2gobroker-loadchecker.socket"/>')
+        self.loadchecker = tmp / "run" / "x2gobroker-loadchecker.socket"
         self.bal = start_balancer(procs, tmp, {"LAB": [("n1", self.n1.url), ("n2", self.n2.url)]}, extra=broker)
         self.bal.wait_health("n1", "up")
         self.bal.wait_health("n2", "up")
@@ -118,8 +120,7 @@ def test_new_sessions_follow_the_weights_and_a_drained_node_gets_none(farm):
     picks = Counter(farm.select(f"user{i}").splitlines()[1] for i in range(120))
     assert set(picks) <= {"SERVER:n1:22", "SERVER:n2:22"}
     assert picks["SERVER:n2:22"] > 2 * picks["SERVER:n1:22"], picks  # weights 100 against 40
-    req = urllib.request.Request(farm.bal.mgmt_url + "/nodes/n1/drain", method="POST")
-    urllib.request.urlopen(req, timeout=5).close()
+    set_drained(farm, "n1", True)
     try:
         drained = Counter(farm.select(f"late{i}").splitlines()[1] for i in range(40))
         assert drained == Counter({"SERVER:n2:22": 40})
@@ -127,8 +128,34 @@ def test_new_sessions_follow_the_weights_and_a_drained_node_gets_none(farm):
         back = farm.select("nobody").splitlines()
         assert back[1] == "SERVER:n1:22" and back[2].startswith("SESSION_INFO:")
     finally:
-        req = urllib.request.Request(farm.bal.mgmt_url + "/nodes/n1/enable", method="POST")
-        urllib.request.urlopen(req, timeout=5).close()
+        set_drained(farm, "n1", False)
+
+
+def set_drained(farm: Farm, node: str, value: bool) -> None:
+    req = urllib.request.Request(f"{farm.bal.mgmt_url}/nodes/{node}/{'drain' if value else 'enable'}", method="POST")
+    urllib.request.urlopen(req, timeout=5).close()
+
+
+def test_x2gobrokers_load_checker_client_reads_the_weights_from_our_socket(farm, tmp_path):
+    ask = f"""
+import json, x2gobroker.defaults as d
+d.X2GOBROKER_LOADCHECKER_SOCKET = "{farm.loadchecker}"
+from x2gobroker.loadchecker import check_load
+print(json.dumps([check_load("inifile", "LAB"), check_load("inifile", "LAB", "n1"), check_load("inifile", "LAB", "n2"),
+                  check_load("inifile", "LAB", "elsewhere")]))
+"""
+    profile, n1, n2, unknown = python_x2go(ask, tmp_path)
+    assert profile == {"n1": n1, "n2": n2} and isinstance(n1, int) and isinstance(n2, int)
+    assert n2 > 2 * n1 >= 2  # weights 100 and 40: x2gobroker starts new sessions on n2
+    assert unknown == "LOAD-UNAVAILABLE"
+    set_drained(farm, "n1", True)
+    try:
+        profile, n1, n2, _ = wait_until(lambda: (r := python_x2go(ask, tmp_path))[1] != n1 and r, 10,
+                                        what="n1's drain in the load checker's answer")
+        # x2gobroker leaves out a server whose answer is not a number: a drained node gets no new session.
+        assert profile == {"n1": "HOST-UNREACHABLE", "n2": n2} and n1 == "LOAD-UNAVAILABLE"
+    finally:
+        set_drained(farm, "n1", False)
 
 
 XB_PROFILES = f"""[{PROFILE}]
