@@ -98,9 +98,14 @@ def cpu_sets(pin: bool) -> tuple[set[int] | None, set[int] | None]:
 
 
 def run_wrk(url: str, *, threads: int, connections: int, duration: int, close: bool = False,
-            cpus: set[int] | None = None) -> tuple[float, str]:
-    """Requests/s and p99 latency text from one ``wrk --latency`` run, on ``cpus`` when given."""
+            cpus: set[int] | None = None, script: str | None = None) -> tuple[float, str]:
+    """Requests/s and p99 latency text from one ``wrk --latency`` run, on ``cpus`` when given.
+
+    ``script``: a wrk Lua script's path (what each request is, e.g. a POST with a body).
+    """
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    if script:
+        cmd[1:1] = ["-s", script]
     if close:
         cmd[1:1] = ["-H", "Connection: close"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, check=True,

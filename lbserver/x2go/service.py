@@ -1,11 +1,14 @@
 """The X2Go broker's HTTP(S) transport: who may ask, framing, authentication, then :mod:`lbserver.x2go.broker`.
 
-Requests are read with asyncio streams on the daemon's loop, several per
-connection when the client keeps it open (X2Go Client does), each one
-bounded as a whole by ``timeout`` (a client too slow gets 408 and is
-closed). Heads are parsed by the terminal port's parser
-(:mod:`lbserver.terminal.request`), so both ports refuse alike; bodies
-are read up to its ``MAX_BODY``.
+An :class:`asyncio.Protocol` on the daemon's loop frames requests as they
+arrive, several per connection when the client keeps it open (X2Go Client
+does), and answers each one synchronously unless a password must be
+checked. Each request must be complete within ``timeout`` seconds of the
+connection opening or of the previous reply (one periodic sweep over all
+connections: a late one gets 408 and is closed, an idle one is closed).
+Heads are parsed by the terminal port's parser
+(:mod:`lbserver.terminal.request`), cached by their bytes as there, so
+both ports refuse alike; bodies are taken up to its ``MAX_BODY``.
 
 Order of checks, as x2gobroker's: the source address (``<allow>``, 403),
 the method (POST only, 405), the path (``/plain/`` or ``/json/``, 404),
@@ -28,13 +31,13 @@ import logging
 import socket
 import ssl
 import time
-from typing import Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
 from common.ratelimit import DenyLog
 from common.tls import server_context
 from lbserver.config import X2goBroker, X2goProfile
 from lbserver.haproxy.access import effective_allow, is_allowed
-from lbserver.terminal.request import MAX_BODY, MAX_HEAD, HttpError, find_head_end, parse_head
+from lbserver.terminal.request import MAX_HEAD, HttpError, Request, find_head_end, parse_head
 from lbserver.x2go import pam
 from lbserver.x2go.broker import (TASKS, BadRequest, Form, Placement, Reply, answer, error, frontend_of, parse_form,
                                   profile_fields)
@@ -50,14 +53,16 @@ PAM_TIMEOUT = 20.0
 """Seconds a PAM check may take before the request is answered 503 (the check itself cannot be stopped)."""
 MAX_PAM_CHECKS = 8
 """PAM checks running at once; more requests wait for one to end."""
+SWEEP = 0.25
+"""Seconds between two looks for late requests and idle connections."""
+HEAD_CACHE = 256
+"""Distinct request heads whose parse is kept (the cache is emptied when full)."""
+FORM_CACHE = 4096
+"""Distinct request bodies without a password whose form is kept (a site's users asking again; emptied when full)."""
 
 Placer = Callable[[X2goProfile, str], Placement]
 Lister = Callable[[X2goProfile, str], list[str]]
 Checker = Callable[[str, str, str], tuple[bool, str]]
-
-
-class _Close(Exception):
-    """The connection ends here without a reply (the client went away)."""
 
 
 class X2goBrokerService:
@@ -73,7 +78,12 @@ class X2goBrokerService:
         self._listing = listing
         self._check = check
         self._server: asyncio.base_events.Server | None = None
-        self._conns: set[asyncio.StreamWriter] = set()
+        self._conns: set[_Connection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._heads: dict[bytes, Request] = {}
+        self._forms: dict[tuple[str, bytes], Form] = {}
+        self._reply_heads: dict[tuple[int, str, bool], bytes] = {}
         self._denials = DenyLog()
         self._pam_slots = asyncio.Semaphore(MAX_PAM_CHECKS)
         self.counts: dict[int, int] = {}
@@ -92,95 +102,79 @@ class X2goBrokerService:
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on ``sock``, a bound and listening TCP socket."""
-        self._server = await asyncio.start_server(self._serve, sock=sock, ssl=self._tls,
-                                                  ssl_handshake_timeout=self.config.timeout if self._tls else None)
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._server = await loop.create_server(lambda: _Connection(self), sock=sock, ssl=self._tls,
+                                                ssl_handshake_timeout=self.config.timeout if self._tls else None)
+        self._sweeper = loop.call_later(SWEEP, self._sweep)
 
     async def stop(self) -> None:
         """Stop accepting and close every connection."""
         server, self._server = self._server, None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if server is None:
             return
         server.close()
-        for writer in list(self._conns):
-            writer.transport.abort()
+        for conn in list(self._conns):
+            conn.abort()
         await server.wait_closed()
 
-    # -- one connection ---------------------------------------------------
+    def _sweep(self) -> None:
+        """Answer 408 to connections whose request is late, close idle ones (one timer for all of them)."""
+        now = self._loop.time()
+        for conn in [c for c in self._conns if not c.busy and now - c.since > self.config.timeout]:
+            conn.late()
+        self._sweeper = self._loop.call_later(SWEEP, self._sweep)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        host = str(peer[0]) if peer else ""
-        if not is_allowed(host, self._allow):
-            if self._denials.should_log(("access", host), time.monotonic()):
-                log.warning("X2Go broker: request from %s refused: not in <x2gobroker> <allow> (without any "
-                            "<allow>, loopback only)", host)
-            await self._send(writer, error(403, "this address may not use the X2Go broker"), False)
-            writer.close()
-            return
-        if len(self._conns) >= self.config.max_connections:
-            writer.transport.abort()
-            return
-        self._conns.add(writer)
-        buf = b""
-        try:
-            while True:
-                try:
-                    keep, reply, buf = await asyncio.wait_for(self._one(reader, host, buf), self.config.timeout)
-                except asyncio.TimeoutError:
-                    keep, reply = False, error(408, "the request was not received in time")
-                except _Close:
-                    return
-                await self._send(writer, reply, keep)
-                if not keep:
-                    return
-        except (ConnectionError, ssl.SSLError, OSError):
-            return
-        finally:
-            self._conns.discard(writer)
-            writer.close()
+    def _refuse(self, host: str) -> bool:
+        """Whether a new connection from ``host`` is refused (logged at most once a minute per address)."""
+        if is_allowed(host, self._allow):
+            return False
+        if self._denials.should_log(("access", host), time.monotonic()):
+            log.warning("X2Go broker: request from %s refused: not in <x2gobroker> <allow> (without any "
+                        "<allow>, loopback only)", host)
+        return True
 
-    async def _read(self, reader: asyncio.StreamReader, buf: bytes) -> tuple[bytes, bytes, bool, bytes]:
-        """One request's head and body from ``buf`` and the stream; the bytes after it; and keep-alive."""
-        while True:
-            start, end = find_head_end(buf)
-            if end >= 0:
-                break
-            if len(buf) - start > MAX_HEAD:
-                raise HttpError(431, "request head too large")
-            chunk = await reader.read(65536)
-            if not chunk:
-                raise _Close()
-            buf += chunk
-        req = parse_head(buf[start:end])
-        rest = buf[end:]
-        while len(rest) < req.content_length:
-            chunk = await reader.read(65536)
-            if not chunk:
-                raise _Close()
-            rest += chunk
-        return bytes(req.method) + b" " + bytes(req.path), rest[:req.content_length], req.keep_alive, rest[req.content_length:]
+    def _head(self, head: bytes) -> Request:
+        """``head`` parsed, from the cache of the heads seen (clients send the same few again and again)."""
+        req = self._heads.get(head)
+        if req is None:
+            req = parse_head(head)  # HttpError propagates: nothing is cached for a bad head
+            if len(self._heads) >= HEAD_CACHE:
+                self._heads.clear()
+            self._heads[head] = req
+        return req
 
-    async def _one(self, reader: asyncio.StreamReader, host: str, buf: bytes) -> tuple[bool, Reply, bytes]:
-        try:
-            line, body, keep, rest = await self._read(reader, buf)
-        except HttpError as exc:
-            return False, error(exc.status, exc.reason), b""
-        method, _, path = line.partition(b" ")
-        if method != b"POST":
-            return keep, error(405, "the X2Go broker answers POST requests (as X2Go clients send them)"), rest
-        frontend = frontend_of(path.decode("ascii", "replace"))
+    def _request(self, req: Request, body: bytes, host: str) -> Reply | Awaitable[Reply]:
+        """The reply to one framed request: at once, or an awaitable when a password must be checked."""
+        if req.method != b"POST":
+            return error(405, "the X2Go broker answers POST requests (as X2Go clients send them)")
+        frontend = frontend_of(req.path.decode("ascii", "replace"))
         if frontend is None:
-            return keep, error(404, "no such broker page: use /plain/ (X2Go Client) or /json/ (Python X2Go)"), rest
-        try:
-            form = parse_form(frontend, body)
-        except BadRequest as exc:
-            return keep, error(400, str(exc)), rest
-        return keep, await self._answer(form, host), rest
+            return error(404, "no such broker page: use /plain/ (X2Go Client) or /json/ (Python X2Go)")
+        key = (frontend, body)
+        form = self._forms.get(key)
+        if form is None:
+            try:
+                form = parse_form(frontend, body)
+            except BadRequest as exc:
+                return error(400, str(exc))
+            if not form.has_password:  # a password is never kept, not even in a cache
+                if len(self._forms) >= FORM_CACHE:
+                    self._forms.clear()
+                self._forms[key] = form
+        if self.config.auth == "none":
+            return self._answer(form)
+        return self._checked(form, host)
 
-    async def _answer(self, form: Form, host: str) -> Reply:
+    async def _checked(self, form: Form, host: str) -> Reply:
         refused = await self._authenticate(form, host)
-        if refused is not None:
-            return refused
+        return refused if refused is not None else self._answer(form)
+
+    def _answer(self, form: Form) -> Reply:
+        """The reply to a request whose user may be answered."""
         if form.task and form.task not in TASKS:  # no task at all: the clients' login check
             return error(400, f"unknown task {form.task[:40]!r} (this broker answers {', '.join(TASKS)})")
         if form.task == "selectsession" and form.profile_id and form.profile_id not in self._profiles:
@@ -202,8 +196,6 @@ class X2goBrokerService:
     async def _authenticate(self, form: Form, host: str) -> Reply | None:
         """None when the request may be answered; else the refusal."""
         cfg = self.config
-        if cfg.auth == "none":
-            return None
         now = time.monotonic()
         if self.failures.blocked(host, now):
             return error(429, "too many wrong passwords from this address: try again in a minute")
@@ -235,17 +227,122 @@ class X2goBrokerService:
         if self._denials.should_log(key, time.monotonic()):
             log.warning(message, *args)
 
-    async def _send(self, writer: asyncio.StreamWriter, reply: Reply, keep: bool) -> None:
+    def _encode(self, reply: Reply, keep: bool) -> bytes:
         self.counts[reply.status] = self.counts.get(reply.status, 0) + 1
-        head = (f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Error')}\r\nServer: lbserver\r\n"
-                f"Content-Type: {reply.content_type}\r\nContent-Length: {len(reply.body)}\r\nExpires: +1h\r\n"
-                f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n")
-        writer.write(head.encode() + reply.body)
-        await writer.drain()
+        key = (reply.status, reply.content_type, keep)
+        head = self._reply_heads.get(key)
+        if head is None:
+            head = self._reply_heads[key] = (
+                f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Error')}\r\nServer: lbserver\r\n"
+                f"Content-Type: {reply.content_type}\r\nExpires: +1h\r\n"
+                f"Connection: {'keep-alive' if keep else 'close'}\r\nContent-Length: ").encode()
+        return b"%s%d\r\n\r\n%s" % (head, len(reply.body), reply.body)
 
     def connection_count(self) -> int:
         """Broker connections open now."""
         return len(self._conns)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: requests framed as they arrive, answered in order, one at a time."""
+
+    def __init__(self, svc: X2goBrokerService) -> None:
+        self.svc = svc
+        self.transport: asyncio.Transport | None = None
+        self.host = ""
+        self.buf = b""
+        self.busy = False
+        """A password check is running: no other request of this connection is read meanwhile."""
+        self.since = 0.0
+        """Loop time the current request's clock started: the connection opened, or the last reply went out."""
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        self.transport = transport  # type: ignore[assignment]
+        svc = self.svc
+        peer = transport.get_extra_info("peername")
+        self.host = str(peer[0]) if peer else ""
+        self.since = svc._loop.time()
+        if svc._refuse(self.host):
+            # Said, then this side shut: what the client sent is read and dropped (closing on unread
+            # bytes would reset the connection before the client reads why), until it closes or the sweep.
+            transport.write(svc._encode(error(403, "this address may not use the X2Go broker"), False))
+            transport.write_eof()
+            self.closed = True
+            svc._conns.add(self)
+            return
+        if len(svc._conns) >= svc.config.max_connections:
+            self.abort()
+            return
+        svc._conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.buf += data
+        if not self.busy:
+            self._serve()
+
+    def _serve(self) -> None:
+        """Answer every complete request in the buffer (until one needs a password check)."""
+        svc = self.svc
+        while not self.closed and not self.busy:
+            start, end = find_head_end(self.buf)
+            if end < 0:
+                if len(self.buf) - start > MAX_HEAD:
+                    self._reply(error(431, "request head too large"), False)
+                return
+            try:
+                req = svc._head(self.buf[start:end])
+            except HttpError as exc:
+                self._reply(error(exc.status, exc.reason), False)
+                return
+            if len(self.buf) - end < req.content_length:
+                return
+            body = self.buf[end:end + req.content_length]
+            self.buf = self.buf[end + req.content_length:]
+            reply = svc._request(req, body, self.host)
+            if isinstance(reply, Reply):
+                self._reply(reply, req.keep_alive)
+            else:
+                self.busy = True
+                svc._loop.create_task(reply).add_done_callback(lambda t, keep=req.keep_alive: self._checked(t, keep))
+
+    def _checked(self, task: asyncio.Task, keep: bool) -> None:
+        self.busy = False
+        if self.closed or task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("X2Go broker: answering failed: %s", exc)
+            self._reply(error(500, "the broker failed to answer"), False)
+            return
+        self._reply(task.result(), keep)
+        self._serve()
+
+    def _reply(self, reply: Reply, keep: bool) -> None:
+        self.transport.write(self.svc._encode(reply, keep))
+        self.since = self.svc._loop.time()
+        if not keep:
+            self.closed = True
+            self.svc._conns.discard(self)
+            self.transport.close()
+
+    def late(self) -> None:
+        """The request did not arrive in time: 408 for a started one, a silent close for an idle connection."""
+        if self.buf.strip() and not self.closed:
+            self._reply(error(408, "the request was not received in time"), False)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.svc._conns.discard(self)
+        self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.svc._conns.discard(self)
 
 
 __all__ = ["Checker", "Lister", "Placer", "X2goBrokerService"]
