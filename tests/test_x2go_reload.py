@@ -1,0 +1,63 @@
+"""A reload starts, moves and stops the X2Go broker and the load-checker socket, terminals served throughout."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import urllib.request
+
+import pytest
+
+from tests.support import free_port, wait_until
+from tests.support.cluster import start_agent, start_balancer
+
+pytestmark = pytest.mark.daemon
+
+PROFILE = '<profile name="Lab desktop" group="LAB"/>'
+
+
+def select(port: int) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/plain/", method="POST",
+                                 data=b"task=selectsession&sid=Lab+desktop&user=alice")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
+def ask_socket(path) -> bytes:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        s.sendall(b"inifile\rLAB\rn1\n")
+        return s.recv(1024)
+
+
+def test_reload_starts_moves_and_stops_the_broker(procs, tmp_path):
+    agent = start_agent(procs, tmp_path, "n1", "127.0.0.2")
+    bal = start_balancer(procs, tmp_path, {"LAB": [("n1", agent.url)]})
+    bal.wait_health("n1", "up")
+    first, second = free_port(), free_port()
+    lc = tmp_path / "run" / "lc.sock"
+    base = bal.config.read_text()
+
+    def reload(extra: str) -> None:
+        bal.config.write_text(base.replace("</lbsconfig>", extra + "\n</lbsconfig>"))
+        bal.proc.send_signal(signal.SIGHUP)
+
+    reload(f'<x2gobroker listen="127.0.0.1:{first}">{PROFILE}</x2gobroker><x2go-loadchecker socket="{lc}"/>')
+    assert wait_until(lambda: select(first), what="the broker started by a reload") == \
+        "Access granted\nSERVER:n1:22\n"
+    assert int(wait_until(lambda: ask_socket(lc), what="the load-checker socket")) >= 1
+    reload(f'<x2gobroker listen="127.0.0.1:{second}">{PROFILE}</x2gobroker>')
+    wait_until(lambda: select(second), what="the broker moved")
+    wait_until(lambda: refused(first) and not lc.exists(), what="the old port and the socket gone")
+    reload("")
+    wait_until(lambda: refused(second), what="the broker stopped")
+    assert bal.ask() == "n1" and bal.proc.poll() is None
