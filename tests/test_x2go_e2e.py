@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -22,7 +24,8 @@ import pytest
 
 from tests.support import Procs, require_program, wait_until
 from tests.support.cluster import start_agent, start_balancer
-from tests.support.x2go import SYSTEM_PYTHON, plain_ini, python_x2go, start_x2gobroker, x2go_database
+from tests.support.x2go import (SYSTEM_PYTHON, plain_ini, python_x2go, start_x2gobroker, x2go_database,
+                                x2gobroker_over_ssh)
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.system
@@ -156,6 +159,34 @@ print(json.dumps([check_load("inifile", "LAB"), check_load("inifile", "LAB", "n1
         assert profile == {"n1": "HOST-UNREACHABLE", "n2": n2} and n1 == "LOAD-UNAVAILABLE"
     finally:
         set_drained(farm, "n1", False)
+
+
+def test_x2gobroker_in_ssh_agent_mode_places_new_sessions_by_our_weights(farm, procs):
+    work = Path(tempfile.mkdtemp(prefix="x2gobroker-", dir="/tmp"))
+    try:
+        url, port = x2gobroker_over_ssh(procs, work, {"n1": "127.0.0.2", "n2": "127.0.0.3"}, farm.loadchecker,
+                                        f"[{PROFILE}]\nname={PROFILE}\nhost=n1,n2\nsshport={{sshport}}\n"
+                                        "command=xfce\nuser=BROKER_USER\nbroker-use-load-checker=true\n")
+
+        def choices(count: int) -> Counter:
+            return Counter(post(url + "/plain/", task="selectsession", sid=PROFILE, user="nobody")[1]
+                           for _ in range(count))
+
+        # x2gobroker starts a new session where factor / (sessions + 1) is greatest: n2, weight 100 against 40.
+        assert choices(6) == Counter({f"Access granted\nSERVER:n2:{port}\n": 6}), (work / "x2gobroker.log").read_text()[-3000:]
+        set_drained(farm, "n2", True)
+        try:
+            wait_until(lambda: "HOST-UNREACHABLE" in str(python_x2go(
+                f"import json, x2gobroker.defaults as d\nd.X2GOBROKER_LOADCHECKER_SOCKET = '{farm.loadchecker}'\n"
+                "from x2gobroker.loadchecker import check_load\nprint(json.dumps(check_load('inifile', 'LAB')))",
+                work)), 10, what="n2 drained in the load checker's answer")
+            assert choices(6) == Counter({f"Access granted\nSERVER:n1:{port}\n": 6})  # a drained node: none
+        finally:
+            set_drained(farm, "n2", False)
+        log = (work / "x2gobroker.log").read_text()
+        assert "load factors" in log or "load_factors" in log or "load checker" in log.lower()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 XB_PROFILES = f"""[{PROFILE}]

@@ -8,6 +8,11 @@
 * :func:`start_x2gobroker` runs Debian's x2gobroker in HTTP mode on
   loopback, on a config and profiles of the test's own (no ssh agent, no
   port scans: it contacts nothing).
+* :func:`x2gobroker_over_ssh` runs it as sites do with a load checker:
+  in SSH agent mode, reaching its x2gobroker-agent on every server through
+  a real sshd on loopback, the servers named in a private /etc/hosts and
+  its ssh key in a private /root (a mount namespace: the machine's files
+  are left alone), asking the load checker at a given socket.
 * :func:`python_x2go` runs a snippet with Debian's python3 (where
   python3-x2go and x2gobroker live) and returns what it printed as JSON.
 """
@@ -107,4 +112,61 @@ def plain_ini(text: str) -> dict[str, dict[str, str]]:
     return profiles
 
 
-__all__ = ["BROKER_CONF", "SYSTEM_PYTHON", "plain_ini", "python_x2go", "start_x2gobroker", "x2go_database"]
+SSH_BROKER_CONF = BROKER_CONF.replace("default-agent-query-mode = NONE", "default-agent-query-mode = SSH").replace(
+    "default-use-load-checker = false", "default-use-load-checker = true\ndefault-agent-hostkey-policy = AutoAddPolicy")
+"""x2gobroker as a site with its load checker runs it: servers asked through its ssh agent (the test's own sshd)."""
+
+
+def _ssh_keygen(path: Path, kind: str) -> None:
+    out = subprocess.run([require_program("ssh-keygen"), "-q", "-t", kind, "-N", "", "-m", "PEM", "-f", str(path)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+
+
+def x2gobroker_over_ssh(procs: Procs, work: Path, servers: dict[str, str], socket_path: Path,
+                        profiles: str) -> tuple[str, int]:
+    """x2gobroker in SSH agent mode with its load checker at ``socket_path``; (its URL, the servers' ssh port).
+
+    ``servers`` maps each server name (as the profiles' ``host=`` give
+    them) to its loopback address, where one sshd listens for
+    x2gobroker's agent user. ``profiles`` may use ``{sshport}``. ``work``
+    must be a directory others may traverse (sshd reads the keys as the
+    agent user).
+    """
+    sshd = require_program("sshd")
+    work.chmod(0o755)
+    _ssh_keygen(work / "host_key", "ed25519")
+    home = work / "home"
+    (home / ".ssh").mkdir(parents=True)
+    home.chmod(0o700)
+    _ssh_keygen(home / ".ssh" / "id_rsa", "rsa")
+    authorized = work / "authorized_keys"
+    authorized.write_text((home / ".ssh" / "id_rsa.pub").read_text())
+    authorized.chmod(0o644)
+    port = free_port(next(iter(servers.values())))
+    listen = "".join(f"ListenAddress {ip}:{port}\n" for ip in servers.values())
+    (work / "sshd_config").write_text(
+        f"{listen}HostKey {work}/host_key\nAuthorizedKeysFile {authorized}\nStrictModes no\nUsePAM yes\nMaxStartups 100\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nAllowUsers x2gobroker\n"
+        f"PidFile {work}/sshd.pid\nPermitRootLogin no\nSubsystem sftp internal-sftp\n")
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    proc = procs.start([sshd, "-D", "-e", "-f", str(work / "sshd_config")], stdout=subprocess.DEVNULL,
+                       stderr=open(work / "sshd.log", "w"))
+    for ip in servers.values():
+        wait_for_port(ip, port, proc=proc)
+    hosts = work / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{ip} {name}\n" for name, ip in servers.items()))
+    (work / "x2gobroker.conf").write_text(SSH_BROKER_CONF)
+    (work / "profiles.conf").write_text(profiles.format(sshport=port))
+    http = free_port()
+    script = (f'set -e\nmount --bind "{home}" /root\nmount --bind "{hosts}" /etc/hosts\n'
+              f'exec {SYSTEM_PYTHON} /usr/bin/x2gobroker -M HTTP -b 127.0.0.1:{http} -C "{work}/x2gobroker.conf" -i')
+    broker = procs.start(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], cwd=str(work),
+                         env={"X2GOBROKER_SESSIONPROFILES": str(work / "profiles.conf"),
+                              "X2GOBROKER_LOADCHECKER_SOCKET": str(socket_path), "PYTHONPATH": ""},
+                         stdout=subprocess.DEVNULL, stderr=open(work / "x2gobroker.log", "w"))
+    wait_for_port("127.0.0.1", http, timeout=30, proc=broker)
+    return f"http://127.0.0.1:{http}", port
+
+
+__all__ = ["BROKER_CONF", "SYSTEM_PYTHON", "plain_ini", "python_x2go", "start_x2gobroker", "x2go_database", "x2gobroker_over_ssh"]
