@@ -306,8 +306,10 @@ class Daemon:
         await self._move_listener(HAPROXY, "HAProxy agent-check service", config, self._start_haproxy)
 
     async def _move_x2go(self, config: X2goBroker | None) -> None:
-        """Follow a reloaded <x2gobroker>, as <haproxy-agent>."""
+        """Follow a reloaded <x2gobroker>, as <haproxy-agent>; a switch between HTTP and HTTPS restarts it."""
         await self._move_listener(X2GO, "X2Go broker", config, self._start_x2go)
+        if self.x2go is not None and self.x2go.needs_restart:
+            await self._rebind(X2GO, self._bound[X2GO], self.x2go)
 
     async def _move_listener(self, key: str, what: str, config, start) -> None:
         """Start, stop, move (keeping the old address on failure) or reconfigure the TCP service ``key``."""

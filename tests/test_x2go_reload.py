@@ -1,25 +1,28 @@
-"""A reload starts, moves and stops the X2Go broker and the load-checker socket, terminals served throughout."""
+"""A reload starts, moves, switches to HTTPS and stops the X2Go broker and the load-checker socket, terminals served throughout."""
 
 from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import urllib.request
 
 import pytest
 
 from tests.support import free_port, wait_until
 from tests.support.cluster import start_agent, start_balancer
+from tests.support.tls import make_ca
 
 pytestmark = pytest.mark.daemon
 
 PROFILE = '<profile name="Lab desktop" group="LAB"/>'
 
 
-def select(port: int) -> str:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/plain/", method="POST",
+def select(port: int, context: ssl.SSLContext | None = None) -> str:
+    scheme = "https" if context is not None else "http"
+    req = urllib.request.Request(f"{scheme}://127.0.0.1:{port}/plain/", method="POST",
                                  data=b"task=selectsession&sid=Lab+desktop&user=alice")
-    with urllib.request.urlopen(req, timeout=5) as resp:
+    with urllib.request.urlopen(req, timeout=5, context=context) as resp:
         return resp.read().decode()
 
 
@@ -58,6 +61,13 @@ def test_reload_starts_moves_and_stops_the_broker(procs, tmp_path):
     reload(f'<x2gobroker listen="127.0.0.1:{second}">{PROFILE}</x2gobroker>')
     wait_until(lambda: select(second), what="the broker moved")
     wait_until(lambda: refused(first) and not lc.exists(), what="the old port and the socket gone")
+    # The same port switched to HTTPS by a reload: the listener starts again with the certificate.
+    ca = make_ca(tmp_path / "ca")
+    leaf = ca.issue(tmp_path, "broker", ips=("127.0.0.1",))
+    reload(f'<x2gobroker listen="127.0.0.1:{second}" tls-cert="{leaf.cert}" tls-key="{leaf.key}">{PROFILE}'
+           '</x2gobroker>')
+    context = ssl.create_default_context(cafile=str(ca.cert))
+    assert wait_until(lambda: select(second, context), what="the broker on HTTPS") == "Access granted\nSERVER:n1:22\n"
     reload("")
     wait_until(lambda: refused(second), what="the broker stopped")
     assert bal.ask() == "n1" and bal.proc.poll() is None

@@ -37,7 +37,7 @@ from common.ratelimit import DenyLog
 from common.tls import server_context
 from lbserver.config import X2goBroker, X2goProfile
 from lbserver.haproxy.access import effective_allow, is_allowed
-from lbserver.terminal.request import MAX_HEAD, HttpError, Request, find_head_end, parse_head
+from lbserver.terminal.request import MAX_BODY, MAX_HEAD, HttpError, Request, find_head_end, parse_head
 from lbserver.x2go import pam
 from lbserver.x2go.broker import (TASKS, BadRequest, Form, Placement, Reply, answer, error, frontend_of, parse_form,
                                   profile_fields)
@@ -79,6 +79,9 @@ class X2goBrokerService:
         self._check = check
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_Connection] = set()
+        self._tls: ssl.SSLContext | None = None
+        self.needs_restart = False
+        """A reload switched between HTTP and HTTPS: the listener must be started again (the daemon does)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._heads: dict[bytes, Request] = {}
@@ -95,7 +98,14 @@ class X2goBrokerService:
         self.config = config
         self._allow = effective_allow(config.allow)
         self._profiles = {p.name: p for p in config.profiles}
-        self._tls: ssl.SSLContext | None = server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+        tls = server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+        if self._server is None or (tls is None) != (self._tls is None):
+            # Not serving yet, or HTTP <-> HTTPS: the daemon starts the listener again (needs_restart).
+            self.needs_restart = self._server is not None
+            self._tls = tls
+        elif tls is not None and self._tls is not None:
+            # The certificate may have been renewed: new connections present the new one.
+            self._tls.load_cert_chain(config.tls_cert, config.tls_key)
         old = getattr(self, "failures", None)
         if old is None or old.limit != config.max_failures:
             self.failures = FailureLimit(config.max_failures)
@@ -104,6 +114,7 @@ class X2goBrokerService:
         """Serve on ``sock``, a bound and listening TCP socket."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self.needs_restart = False
         self._server = await loop.create_server(lambda: _Connection(self), sock=sock, ssl=self._tls,
                                                 ssl_handshake_timeout=self.config.timeout if self._tls else None)
         self._sweeper = loop.call_later(SWEEP, self._sweep)
@@ -280,6 +291,9 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         self.buf += data
+        if self.busy and len(self.buf) > MAX_HEAD + MAX_BODY:  # pipelining behind a password check: bounded
+            self.abort()
+            return
         if not self.busy:
             self._serve()
 
