@@ -267,6 +267,8 @@ class _Connection(asyncio.Protocol):
         self.since = 0.0
         """Loop time the current request's clock started: the connection opened, or the last reply went out."""
         self.closed = False
+        self.eof = False
+        """The client shut its side: answer what it sent, then close."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         self.transport = transport  # type: ignore[assignment]
@@ -322,6 +324,20 @@ class _Connection(asyncio.Protocol):
                 self.busy = True
                 svc._loop.create_task(reply).add_done_callback(lambda t, keep=req.keep_alive: self._checked(t, keep))
 
+    def eof_received(self) -> bool:
+        # A client may shut its side once it has sent its requests (pipelined, behind a password
+        # check): keep the connection to answer them, then close it.
+        self.eof = True
+        if not self.busy:
+            self._finish()
+        return True
+
+    def _finish(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.svc._conns.discard(self)
+            self.transport.close()
+
     def _checked(self, task: asyncio.Task, keep: bool) -> None:
         self.busy = False
         if self.closed or task.cancelled():
@@ -333,14 +349,14 @@ class _Connection(asyncio.Protocol):
             return
         self._reply(task.result(), keep)
         self._serve()
+        if self.eof and not self.busy:
+            self._finish()
 
     def _reply(self, reply: Reply, keep: bool) -> None:
         self.transport.write(self.svc._encode(reply, keep))
         self.since = self.svc._loop.time()
         if not keep:
-            self.closed = True
-            self.svc._conns.discard(self)
-            self.transport.close()
+            self._finish()
 
     def late(self) -> None:
         """The request did not arrive in time: 408 for a started one, a silent close for an idle connection."""

@@ -1,0 +1,86 @@
+"""The X2Go broker's transport in-process, with a stand-in password check: order, timeouts, PAM failures."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import pytest
+
+from common.sockets import listen_socket
+from lbserver.config import X2goBroker, X2goProfile
+from lbserver.x2go import pam, service
+from lbserver.x2go.broker import Placement
+from lbserver.x2go.service import X2goBrokerService
+
+pytestmark = pytest.mark.unit
+
+PROFILE = X2goProfile(name="Lab desktop", group="LAB")
+
+
+def form(password: str, user: str = "alice") -> bytes:
+    body = f"task=selectsession&sid=Lab+desktop&user={user}&password={password}".encode()
+    return b"POST /plain/ HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+async def serve(check, requests: bytes, **cfg) -> tuple[bytes, X2goBrokerService]:
+    config = X2goBroker(listen=("127.0.0.1", 0), auth="pam", password_over_http=True, profiles=(PROFILE,), **cfg)
+    svc = X2goBrokerService(config, lambda p, u: Placement("n1"), lambda p, u: ["n1"], check=check)
+    sock = listen_socket(("127.0.0.1", 0))
+    sock.setblocking(False)
+    await svc.start(sock)
+    try:
+        reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        writer.write(requests)
+        await writer.drain()
+        writer.write_eof()
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return data, svc
+    finally:
+        await svc.stop()
+
+
+def statuses(data: bytes) -> list[int]:
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+
+
+def test_pipelined_requests_behind_password_checks_are_answered_in_order():
+    seen = []
+
+    def check(svc: str, user: str, password: str) -> tuple[bool, str]:
+        seen.append((svc, user, password))
+        time.sleep(0.05)  # a PAM module taking its time: the next request waits for this one's answer
+        return password == "right", "" if password == "right" else "Authentication failure"
+
+    data, svc = asyncio.run(serve(check, form("right") + form("wrong") + form("right", "bob")))
+    assert statuses(data) == [200, 401, 200]
+    assert data.count(b"SERVER:n1:22") == 2
+    assert seen == [("mille-xterm-x2go", "alice", "right"), ("mille-xterm-x2go", "alice", "wrong"),
+                    ("mille-xterm-x2go", "bob", "right")]
+    assert svc.counts == {200: 2, 401: 1}
+
+
+def test_a_broken_or_silent_pam_is_a_503_not_a_crash(monkeypatch):
+    def unavailable(*_):
+        raise pam.PamUnavailable("cannot load libpam")
+
+    data, _ = asyncio.run(serve(unavailable, form("x") + form("y")))
+    assert statuses(data) == [503, 503] and b"passwords cannot be checked" in data
+    monkeypatch.setattr(service, "PAM_TIMEOUT", 0.1)
+
+    def silent(*_):
+        time.sleep(0.5)
+        return True, ""
+
+    data, _ = asyncio.run(serve(silent, form("x")))
+    assert statuses(data) == [503] and b"did not answer in time" in data
+
+
+def test_the_failure_limit_is_per_source_and_a_reload_keeps_it():
+    data, svc = asyncio.run(serve(lambda *_: (False, "no"), form("a") + form("b") + form("c"), max_failures=2))
+    assert statuses(data) == [401, 401, 429]
+    blocked = svc.failures
+    svc.configure(svc.config)  # a reload with the same limit keeps the count
+    assert svc.failures is blocked and blocked.blocked("127.0.0.1", time.monotonic())
