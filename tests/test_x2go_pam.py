@@ -9,6 +9,7 @@ password.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import ssl
@@ -77,6 +78,13 @@ def test_passwords_checked_with_pam_over_https_wrong_ones_limited_never_logged(p
         assert post(url, ctx, task="listprofiles", user="nobody", password=WRONG) == (401, "login failed\n")
     # Three wrong passwords from this address within a minute: even the right one is refused now.
     assert post(url, ctx, task="listprofiles", user="nobody", password=RIGHT)[0] == 429
+    # Per source: another address is still answered.
+    other = http.client.HTTPSConnection("127.0.0.1", https, context=ctx, timeout=30, source_address=("127.0.0.7", 0))
+    other.request("POST", "/json/", urllib.parse.urlencode({"task": "listprofiles", "user": "nobody",
+                                                           "password": RIGHT}),
+                  {"Content-Type": "application/x-www-form-urlencoded"})
+    assert other.getresponse().status == 200
+    other.close()
     bal.proc.terminate()
     bal.proc.wait(timeout=15)
     log = bal.proc.stderr.read() + bal.proc.stdout.read()
