@@ -1,4 +1,4 @@
-"""The X2Go broker's transport in-process, with a stand-in password check: order, timeouts, PAM failures."""
+"""The X2Go services in-process: the broker's transport with a stand-in password check, the load-checker socket."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import time
 import pytest
 
 from common.sockets import listen_socket
-from lbserver.config import X2goBroker, X2goProfile
+from lbserver.config import X2goBroker, X2goLoadChecker, X2goProfile
 from lbserver.x2go import pam, service
 from lbserver.x2go.broker import Placement
+from lbserver.x2go.loadchecker import LoadCheckerService
 from lbserver.x2go.service import X2goBrokerService
 
 pytestmark = pytest.mark.unit
@@ -84,3 +85,12 @@ def test_the_failure_limit_is_per_source_and_a_reload_keeps_it():
     blocked = svc.failures
     svc.configure(svc.config)  # a reload with the same limit keeps the count
     assert svc.failures is blocked and blocked.blocked("127.0.0.1", time.monotonic())
+
+
+def test_the_load_checker_never_removes_a_file_that_is_not_a_socket(tmp_path):
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    svc = LoadCheckerService(None, X2goLoadChecker(socket=str(precious)))
+    with pytest.raises(OSError):
+        asyncio.run(svc.start())
+    assert precious.read_text() == "keep me"

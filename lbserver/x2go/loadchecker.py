@@ -26,6 +26,7 @@ import asyncio
 import grp
 import logging
 import os
+import stat
 from lbserver.config import X2goLoadChecker
 from lbserver.core.selection import NodeView
 from lbserver.core.sessions import at_limit
@@ -92,11 +93,14 @@ class LoadCheckerService:
         self.questions = 0
 
     async def start(self) -> None:
-        """Create the socket (replacing a stale one), set its mode and group, and serve."""
+        """Create the socket (replacing a stale socket, never another file), set its mode and group, and serve."""
         path = self.config.socket
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if os.path.exists(path) and not os.path.isdir(path):
-            os.unlink(path)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)  # a stale socket of an earlier run (or x2gobroker-loadchecker's)
+        except FileNotFoundError:
+            pass  # anything else at that path stays, and binding says so
         self._server = await asyncio.start_unix_server(self._serve, path=path)
         os.chmod(path, int(self.config.mode, 8))
         if self.config.socket_group:
