@@ -32,6 +32,7 @@ bench:
 	.venv/bin/python -m bench.bench_pick
 	.venv/bin/python -m bench.bench_dns
 	.venv/bin/python -m bench.bench_peers
+	.venv/bin/python -m bench.bench_x2go
 
 # Built in a copy of the tree under build/deb, so the working tree stays clean.
 deb:

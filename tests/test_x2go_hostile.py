@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.support import free_port, wait_until
+from tests.support import free_port
 from tests.support.cluster import start_agent, start_balancer
 
 pytestmark = pytest.mark.daemon
