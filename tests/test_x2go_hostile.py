@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, wait_until
 from tests.support.cluster import start_agent, start_balancer
 
 pytestmark = pytest.mark.daemon
@@ -45,7 +45,7 @@ def status_and_body(reply: bytes) -> tuple[int, str]:
 def broker(procs, tmp_path):
     agent = start_agent(procs, tmp_path, "n1", "127.0.0.2")
     port = free_port()
-    extra = (f'<x2gobroker listen="127.0.0.1:{port}" timeout="1">\n'
+    extra = (f'<x2gobroker listen="127.0.0.1:{port}" timeout="1" max-connections="4">\n'
              '    <allow from="127.0.0.1/32"/>\n'
              '    <profile name="Lab desktop" group="LAB"/>\n  </x2gobroker>')
     bal = start_balancer(procs, tmp_path, {"LAB": [("n1", agent.url)]}, extra=extra)
@@ -104,3 +104,30 @@ def test_no_password_reaches_the_log(broker, procs):
     log = bal.proc.stderr.read() + bal.proc.stdout.read()
     assert " started (config " in log  # the log was read at all
     assert SECRET not in log
+
+
+def test_connections_past_max_connections_are_closed_and_the_broker_recovers(broker):
+    bal, port = broker
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+
+    def one_more_is_closed() -> bool:
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        extra.settimeout(0.5)
+        try:
+            closed = extra.recv(65536) == b""
+        except ConnectionResetError:
+            closed = True
+        except socket.timeout:  # held: the broker had not counted the others yet
+            idle.append(extra)
+            return False
+        extra.close()
+        return closed
+
+    try:
+        wait_until(one_more_is_closed, what="a connection past max-connections closed unanswered")
+    finally:
+        for s in idle:
+            s.close()
+    got = wait_until(lambda: status_and_body(exchange(port, post("/plain/", b"task=selectsession&sid=Lab+desktop"
+                                                                                  b"&user=alice"))))
+    assert got == (200, "Access granted\nSERVER:n1:22\n") and bal.ask() == "n1"
