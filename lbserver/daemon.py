@@ -216,7 +216,7 @@ class Daemon:
         await self._move_loadchecker(None)
 
     async def _start_mgmt(self) -> None:
-        self.mgmt = ManagementService(Api(self.core, self, self.dns, self, self))
+        self.mgmt = ManagementService(Api(self.core, self, self.dns, self, self, self))
         await self.mgmt.start(self._sockets[MGMT])
 
     async def _start_peers(self, config: Peers) -> None:
@@ -232,6 +232,13 @@ class Daemon:
         farm = Farm(self.core, self.core.answer_details)
         self.x2go = X2goBrokerService(config, farm.place, farm.listing)
         await self.x2go.start(self._sockets[X2GO])
+
+    def x2go_status(self) -> dict | None:
+        """The X2Go broker's and load checker's state for the management service (None without either)."""
+        if self.x2go is None and self.loadchecker is None:
+            return None
+        return {"broker": self.x2go.status() if self.x2go is not None else None,
+                "loadchecker": self.loadchecker.status() if self.loadchecker is not None else None}
 
     def peers_status(self) -> dict | None:
         """The peer exchange's state for the management service (None without <peers>)."""

@@ -85,6 +85,8 @@ def test_passwords_checked_with_pam_over_https_wrong_ones_limited_never_logged(p
                   {"Content-Type": "application/x-www-form-urlencoded"})
     assert other.getresponse().status == 200
     other.close()
+    broker = bal.status()["x2go"]["broker"]
+    assert broker["blocked_sources"] == 1 and broker["https"] is True and broker["replies"]["429"] == 1
     bal.proc.terminate()
     bal.proc.wait(timeout=15)
     log = bal.proc.stderr.read() + bal.proc.stdout.read()

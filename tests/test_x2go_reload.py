@@ -58,6 +58,10 @@ def test_reload_starts_moves_and_stops_the_broker(procs, tmp_path):
     assert wait_until(lambda: select(first), what="the broker started by a reload") == \
         "Access granted\nSERVER:n1:22\n"
     assert int(wait_until(lambda: ask_socket(lc), what="the load-checker socket")) >= 1
+    x2go = bal.status()["x2go"]
+    assert x2go["broker"]["listen"] == f"127.0.0.1:{first}" and x2go["broker"]["replies"]["200"] >= 1
+    assert x2go["broker"]["profiles"] == ["Lab desktop"] and x2go["broker"]["https"] is False
+    assert x2go["loadchecker"] == {"socket": str(lc), "questions": 1}
     reload(f'<x2gobroker listen="127.0.0.1:{second}">{PROFILE}</x2gobroker>')
     wait_until(lambda: select(second), what="the broker moved")
     wait_until(lambda: refused(first) and not lc.exists(), what="the old port and the socket gone")
@@ -68,6 +72,8 @@ def test_reload_starts_moves_and_stops_the_broker(procs, tmp_path):
            '</x2gobroker>')
     context = ssl.create_default_context(cafile=str(ca.cert))
     assert wait_until(lambda: select(second, context), what="the broker on HTTPS") == "Access granted\nSERVER:n1:22\n"
+    assert bal.status()["x2go"]["broker"]["https"] is True and bal.status()["x2go"]["loadchecker"] is None
     reload("")
     wait_until(lambda: refused(second), what="the broker stopped")
+    assert bal.status()["x2go"] is None
     assert bal.ask() == "n1" and bal.proc.poll() is None

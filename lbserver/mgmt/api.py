@@ -16,10 +16,11 @@ from typing import Any
 from lbserver.core.view import AdminActions, BalancerView, ReloadRefused, UnknownNode
 from lbserver.mgmt.aliases import AliasSource, NoAliases
 from lbserver.mgmt.dashboard import render_dashboard
-from lbserver.mgmt.frozen import FrozenAliases, FrozenPeers, FrozenSessionMap, FrozenView
+from lbserver.mgmt.frozen import FrozenAliases, FrozenPeers, FrozenSessionMap, FrozenView, FrozenX2go
 from lbserver.mgmt.metrics import render_metrics
 from lbserver.mgmt.peers import NoPeers, PeerSource
 from lbserver.mgmt.sessionmap import NoSessionMap, SessionMapSource
+from lbserver.mgmt.x2go import NoX2go, X2goSource
 from lbserver.mgmt.status import build_status, source_drain_words
 
 # Error codes (the ``error`` member of an error document), each with its HTTP status.
@@ -49,12 +50,14 @@ class Api:
     """The actions of the management service (one per route of :mod:`lbserver.mgmt.routes`)."""
 
     def __init__(self, view: BalancerView, admin: AdminActions, aliases: AliasSource | None = None,
-                 peers: PeerSource | None = None, session_map: SessionMapSource | None = None) -> None:
+                 peers: PeerSource | None = None, session_map: SessionMapSource | None = None,
+                 x2go: X2goSource | None = None) -> None:
         self.view = view
         self.admin = admin
         self.aliases = aliases or NoAliases()
         self.peers = peers or NoPeers()
         self.session_map = session_map or NoSessionMap()
+        self.x2go = x2go or NoX2go()
 
     def frozen(self) -> "Api":
         """An Api over copies taken now (on the loop thread), whose reads may then run on any thread.
@@ -62,12 +65,12 @@ class Api:
         Its admin actions are this one's, and belong on the loop thread still.
         """
         return Api(FrozenView(self.view), self.admin, FrozenAliases(self.aliases), FrozenPeers(self.peers),
-                   FrozenSessionMap(self.session_map))
+                   FrozenSessionMap(self.session_map), FrozenX2go(self.x2go))
 
     def status(self) -> dict[str, Any]:
         """The /status document (schema in the manual's API chapter)."""
         return build_status(self.view, self.aliases.alias_status(), self.peers.peers_status(),
-                            self.session_map.session_map_status())
+                            self.session_map.session_map_status(), self.x2go.x2go_status())
 
     def history(self, since: str | None = None) -> dict[str, Any]:
         """Recent weights per node; ``since`` (seconds since the epoch) keeps only newer points."""

@@ -22,6 +22,7 @@ from lbserver.core.selection import Snapshot
 from lbserver.core.view import BalancerView
 from lbserver.mgmt.aliases import AliasSource
 from lbserver.mgmt.peers import PeerSource
+from lbserver.mgmt.x2go import X2goSource
 
 
 class FrozenView:
@@ -94,4 +95,15 @@ class FrozenSessionMap:
         return self._status
 
 
-__all__ = ["FrozenAliases", "FrozenPeers", "FrozenSessionMap", "FrozenView"]
+class FrozenX2go:
+    """An :class:`~lbserver.mgmt.x2go.X2goSource` as it was when taken."""
+
+    def __init__(self, source: X2goSource) -> None:
+        self._status = source.x2go_status()
+
+    def x2go_status(self) -> dict[str, Any] | None:
+        """The X2Go services."""
+        return self._status
+
+
+__all__ = ["FrozenAliases", "FrozenPeers", "FrozenSessionMap", "FrozenView", "FrozenX2go"]

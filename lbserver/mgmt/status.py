@@ -58,11 +58,13 @@ def why(view, sessions_now: int | None = None) -> str:
 
 
 def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
-                 peers: dict[str, Any] | None = None, haproxy_map: dict[str, Any] | None = None) -> dict[str, Any]:
+                 peers: dict[str, Any] | None = None, haproxy_map: dict[str, Any] | None = None,
+                 x2go: dict[str, Any] | None = None) -> dict[str, Any]:
     """The /status document (schema in the manual's API chapter).
 
     ``aliases`` are the DNS reports, ``peers`` the state of the exchange with peer balancers (None: no ``<peers>``),
-    ``haproxy_map`` the HAProxy session map's (None: no ``<haproxy-map>``).
+    ``haproxy_map`` the HAProxy session map's (None: no ``<haproxy-map>``), ``x2go`` the X2Go services'
+    (None: neither ``<x2gobroker>`` nor ``<x2go-loadchecker>``).
     """
     cfg = bal.config
     snap = bal.snapshot
@@ -128,6 +130,7 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
         "aliases": list(aliases or ()),
         "peers": peers,
         "haproxy_map": haproxy_map,
+        "x2go": x2go,
     }
 
 

@@ -51,6 +51,10 @@ class FailureLimit:
             self._failures.move_to_end(source)
         times.append(now)
 
+    def sources(self) -> list[str]:
+        """The addresses with recent failures remembered."""
+        return list(self._failures)
+
     def __len__(self) -> int:
         return len(self._failures)
 

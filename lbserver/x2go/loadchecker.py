@@ -118,6 +118,10 @@ class LoadCheckerService:
         except OSError:
             pass
 
+    def status(self) -> dict:
+        """What /status shows: the socket and the questions answered since it was made."""
+        return {"socket": self.config.socket, "questions": self.questions}
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:

@@ -253,6 +253,14 @@ class X2goBrokerService:
         """Broker connections open now."""
         return len(self._conns)
 
+    def status(self) -> dict:
+        """What /status shows: settings in force, connections, replies by status, sources past max-failures."""
+        now = time.monotonic()
+        return {"listen": f"{self.config.listen[0]}:{self.config.listen[1]}", "auth": self.config.auth,
+                "https": self._tls is not None, "profiles": sorted(self._profiles), "connections": len(self._conns),
+                "replies": {str(k): v for k, v in sorted(self.counts.items())},
+                "blocked_sources": sum(1 for src in self.failures.sources() if self.failures.blocked(src, now))}
+
 
 class _Connection(asyncio.Protocol):
     """One client connection: requests framed as they arrive, answered in order, one at a time."""
