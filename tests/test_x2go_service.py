@@ -10,6 +10,7 @@ import pytest
 
 from common.sockets import listen_socket
 from lbserver.config import X2goBroker, X2goLoadChecker, X2goProfile
+from lbserver.core.selection import EmptyGroup
 from lbserver.x2go import pam, service
 from lbserver.x2go.broker import Placement
 from lbserver.x2go.loadchecker import LoadCheckerService
@@ -94,3 +95,35 @@ def test_the_load_checker_never_removes_a_file_that_is_not_a_socket(tmp_path):
     with pytest.raises(OSError):
         asyncio.run(svc.start())
     assert precious.read_text() == "keep me"
+
+
+def test_a_failing_pick_is_an_error_reply_and_the_connection_goes_on():
+    async def run() -> bytes:
+        calls = []
+
+        def place(profile, user):
+            calls.append(user)
+            if len(calls) == 1:
+                raise EmptyGroup("LAB")
+            if len(calls) == 2:
+                raise RuntimeError("boom")
+            return Placement("n1")
+
+        config = X2goBroker(listen=("127.0.0.1", 0), profiles=(PROFILE,))
+        svc = X2goBrokerService(config, place, lambda p, u: ["n1"])
+        sock = listen_socket(("127.0.0.1", 0))
+        sock.setblocking(False)
+        await svc.start(sock)
+        try:
+            reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            writer.write(form("") * 3)
+            writer.write_eof()
+            data = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return data
+        finally:
+            await svc.stop()
+
+    data = asyncio.run(run())
+    assert statuses(data) == [503, 500, 200]
+    assert b"no server to offer: group 'LAB' has no nodes" in data and data.endswith(b"SERVER:n1:22\n")

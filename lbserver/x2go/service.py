@@ -36,6 +36,7 @@ from typing import Awaitable, Callable, Mapping
 from common.ratelimit import DenyLog
 from common.tls import server_context
 from lbserver.config import X2goBroker, X2goProfile
+from lbserver.core.selection import UnknownGroup
 from lbserver.haproxy.access import effective_allow, is_allowed
 from lbserver.terminal.request import MAX_BODY, MAX_HEAD, HttpError, Request, find_head_end, parse_head
 from lbserver.x2go import pam
@@ -177,12 +178,23 @@ class X2goBrokerService:
                     self._forms.clear()
                 self._forms[key] = form
         if self.config.auth == "none":
-            return self._answer(form)
+            return self._safe_answer(form)
         return self._checked(form, host)
+
+    def _safe_answer(self, form: Form) -> Reply:
+        """:meth:`_answer`, a failure turned into an error reply (logged at most once a minute)."""
+        try:
+            return self._answer(form)
+        except UnknownGroup as exc:  # a group without nodes (EmptyGroup) or gone
+            return error(503, f"no server to offer: {exc}")
+        except Exception:
+            if self._denials.should_log(("failure",), time.monotonic()):
+                log.exception("X2Go broker: answering a %s request failed", form.task or "login")
+            return error(500, "the broker failed to answer")
 
     async def _checked(self, form: Form, host: str) -> Reply:
         refused = await self._authenticate(form, host)
-        return refused if refused is not None else self._answer(form)
+        return refused if refused is not None else self._safe_answer(form)
 
     def _answer(self, form: Form) -> Reply:
         """The reply to a request whose user may be answered."""
