@@ -136,7 +136,12 @@ class LoadCheckerService:
                     writer.write(UNAVAILABLE.encode())
                     return
                 self.questions += 1
-                writer.write(self._answers.answer(line.rstrip(b"\n")))
+                try:
+                    reply = self._answers.answer(line.rstrip(b"\n"))
+                except Exception:  # never a dead socket: x2gobroker treats this as no load figure
+                    log.exception("x2gobroker load check %r failed", line[:200])
+                    reply = UNAVAILABLE.encode()
+                writer.write(reply)
                 await writer.drain()
         except (ConnectionError, OSError):
             return
