@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import threading
+from typing import Awaitable, Callable
 
 from common.netutil import raise_nofile_limit
 from common.sockets import bind_after_close, datagram_socket, listen_socket, open_replacement
@@ -318,8 +319,12 @@ class Daemon:
         if self.x2go is not None and self.x2go.needs_restart:
             await self._rebind(X2GO, self._bound[X2GO], self.x2go)
 
-    async def _move_listener(self, key: str, what: str, config, start) -> None:
-        """Start, stop, move (keeping the old address on failure) or reconfigure the TCP service ``key``."""
+    async def _move_listener(self, key: str, what: str, config: HaproxyAgent | X2goBroker | None,
+                             start: Callable[..., Awaitable[None]]) -> None:
+        """Start, stop, move (keeping the old address on failure) or reconfigure the TCP service ``key``.
+
+        ``key`` names both the socket and the attribute holding the service (``haproxy``, ``x2go``).
+        """
         service = getattr(self, key)
         if service is not None and config is not None:
             if config.listen != self._bound[key]:
