@@ -34,12 +34,14 @@ pytestmark = pytest.mark.system
 
 POLL_INTERVAL = 1.0
 POLL = f'interval="{POLL_INTERVAL:g}" timeout="0.5" rise="1" fall="1"'
-LEASE_TIME = 3 * POLL_INTERVAL  # the default
+LEASE_TIME = 3 * POLL_INTERVAL  # short, so that takeover by expiry (no <peers>) is quick
 VIEW_A = ("127.0.0.2", "127.0.0.3")  # boot1 sees all three: the most loaded (xapp3) is left out
 VIEW_B = ("127.0.0.3",)              # boot2 cannot reach xapp1: of xapp2 and xapp3, the best
 
 
 def dns_element(named, holder: str, extra: str = "", alias_attrs: str = "") -> str:
+    if "lease-time" not in extra:
+        extra = f'lease-time="{LEASE_TIME:g}" {extra}'
     return (f'<dns server="127.0.0.1" port="{named.port}" zone="{named.zone}" ttl="60" timeout="2" '
             f'key-file="{named.key_file}" lease-holder="{holder}" {extra}>'
             f'<alias name="wms" group="PROD" num-out="1" {alias_attrs}/></dns>')

@@ -50,6 +50,10 @@ from lbserver.dns.update import (DnsError, Fence, RRsets, alias_name, channel, q
 
 log = logging.getLogger("lbserver.dns")
 
+RECHECK_AFTER = 1.0
+"""Seconds after the cycle's SOA query past which it is asked again before the aliases are read (the health
+pages were slow): the records a plan compares with are never older than that."""
+
 BATCH = 100
 """Aliases changed by one update message at most (each adds about 300 bytes; a message holds 64 KiB)."""
 
@@ -157,6 +161,11 @@ class DnsArbiter:
             self._mailer = Mailer(_mail_settings(dns))
             self._mailer.pending = pending
 
+    def holder(self) -> str | None:
+        """This balancer's name in the lease (None: no lease)."""
+        with self._lock:
+            return self._lease.settings.holder if self._lease is not None else None
+
     def figures(self) -> tuple[float | None, int]:
         """The last cycle's seconds of DNS exchanges, and the DNS queries sent so far."""
         with self._lock:
@@ -217,11 +226,22 @@ class DnsArbiter:
                 lease_read = self._read_lease(dns, keeper, cache, stale)
                 lease = self._lease_cycle(keeper, dns, key, key_error, lease_read)
                 dns_seconds = time.monotonic() - t0
-                facts, read_seconds = self._gather(dns, lease, key_error, candidates, groups, nodes, cache, stale)
+                enabled = [a for a in dns.aliases if a.enabled]
+                pages = self._health_pages(enabled, dns.timeout)
+                addresses = self._addresses(enabled, groups, nodes)
                 t1 = time.monotonic()
+                if serial is not None and t1 - t0 > RECHECK_AFTER:
+                    # The pages took a while: what the aliases hold is read as late as possible before deciding.
+                    _, serial, again, more = self._zone_changes(dns, key)
+                    ixfr += more
+                    if again is None or (keeper is not None and self._owner(keeper.settings.name, dns.zone) in again):
+                        lease_read = None  # changed since it was read: not kept, read again next cycle
+                    stale = None if stale is None or again is None else stale | again
+                facts = self._gather(dns, lease, key_error, candidates, groups, nodes, cache, stale, pages,
+                                     addresses)
                 plans = [self._plan(alias, facts) for alias in dns.aliases]
                 reports, lease = self._apply(dns, key, keeper, lease, plans)
-                dns_seconds += read_seconds + time.monotonic() - t1
+                dns_seconds += time.monotonic() - t1
                 queries = ch.queries + ixfr  # the IXFR has its own connection
             self._keep(cache, serial, stale, lease_read, facts.records)
             with self._lock:
@@ -329,14 +349,11 @@ class DnsArbiter:
 
     def _gather(self, dns: Dns, lease: LeaseStatus | None, key_error: str | None,
                 candidates: Mapping[str, Candidate], groups: Mapping[str, tuple[str, ...]],
-                nodes: Mapping[str, Node], cache: ZoneCache, stale: set | None) -> tuple[CycleFacts, float]:
-        """What the plans read, and the seconds spent reading the DNS. The submission test pages and the
-        addresses first (they may be slow), then the records of the aliases that changed since the cache
-        (``stale``; None: all), in one pipelined batch, read as late as possible before deciding."""
+                nodes: Mapping[str, Node], cache: ZoneCache, stale: set | None,
+                pages: Mapping[str, HealthPage | str], addresses: Mapping[str, tuple[str, ...] | str]) -> CycleFacts:
+        """What the plans read: the records of the aliases that changed since the cache (``stale``; None:
+        all) are read, in one pipelined batch; the others are the cache's."""
         enabled = [a for a in dns.aliases if a.enabled]
-        pages = self._health_pages(enabled, dns.timeout)
-        addresses = self._addresses(enabled, groups, nodes)
-        t0 = time.monotonic()
         records: dict[str, RRsets | DnsError] = {}
         to_read = []
         for a in enabled:
@@ -347,10 +364,9 @@ class DnsArbiter:
                 records[a.name] = cached
         records.update(query_many(dns.server, dns.port, dns.zone, to_read, dns.timeout))
         records = {a.name: records[a.name] for a in enabled}
-        seconds = time.monotonic() - t0
         return CycleFacts(dns=dns, candidates=candidates, groups=groups, nodes=nodes, addresses=addresses,
                           pages=pages, records=records, known=dict(self._known), last_change=dict(self._last_change),
-                          lease=lease, key_error=key_error, now=time.time()), seconds
+                          lease=lease, key_error=key_error, now=time.time())
 
     @staticmethod
     def _owner(name: str, zone: str):
