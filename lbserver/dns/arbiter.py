@@ -286,7 +286,7 @@ class DnsArbiter:
             names, serial = changed_names(dns.server, dns.port, dns.zone, cache.serial, key, dns.timeout)
         except NoDifferences as exc:
             if str(exc) != cache.problem:
-                log.warning("DNS arbiter: zone %s changed (serial %d -> %d) but the differences could not be read "
+                log.log(logging.INFO if exc.normal else logging.WARNING,"DNS arbiter: zone %s changed (serial %d -> %d) but the differences could not be read "
                             "from %s port %d: %s; reading every alias instead (said once)", dns.zone, cache.serial,
                             serial, dns.server, dns.port, exc)
             cache.problem = str(exc)

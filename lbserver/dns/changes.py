@@ -52,7 +52,15 @@ zone reloaded from its file with an unchanged serial)."""
 
 
 class NoDifferences(Exception):
-    """The server did not give the differences since a serial: every name must be read (``str``: why)."""
+    """The server did not give the differences since a serial: every name must be read (``str``: why).
+
+    ``normal``: the server chose to (an AXFR-style answer: BIND sends one when the differences would be larger
+    than the zone, see its ``max-ixfr-ratio``, or when its journal does not reach back that far).
+    """
+
+    def __init__(self, why: str, normal: bool = False) -> None:
+        super().__init__(why)
+        self.normal = normal
 
 
 def soa_serial(server: str, port: int, zone: str, timeout: float) -> int:
@@ -140,7 +148,7 @@ def _read_differences(sock: socket.socket, q: dns.message.Message, origin: dns.n
         (length,) = struct.unpack("!H", _read_exact(sock, 2, expiration))
         wire = _read_exact(sock, length, expiration)
         try:
-            msg = dns.message.from_wire(wire, keyring=q.keyring, request_mac=q.mac, xfr=True, origin=origin,
+            msg = dns.message.from_wire(wire, keyring=q.keyring, request_mac=q.mac, xfr=True, origin=None,
                                         tsig_ctx=tsig_ctx, multi=not first, one_rr_per_rrset=True)
         except dns.exception.DNSException as exc:
             raise NoDifferences(f"malformed IXFR answer ({type(exc).__name__}: {exc})") from None
@@ -165,7 +173,8 @@ def _read_differences(sock: socket.socket, q: dns.message.Message, origin: dns.n
                     continue
                 if seen == 2 and not (is_soa and int(rdata.serial) == serial):
                     raise NoDifferences("the server answered with the whole zone (AXFR-style), not the differences "
-                                        "(its journal does not reach back to the serial asked)")
+                                        "(they would be larger than the zone, or its journal does not reach back "
+                                        "to the serial asked)", normal=True)
                 if is_soa and rrset.name == origin:
                     if soas % 2 == 0 and int(rdata.serial) == new:
                         return names, new  # the closing SOA
