@@ -3,9 +3,9 @@
 ``named_server``: ``named`` (Debian package bind9) as a child process on
 127.0.0.1 and a free port, serving a throwaway primary zone
 ``lbtest.example`` that accepts dynamic updates signed with one hmac-sha256
-key only. ``named_pair``: the same primary, notifying a second ``named`` on
-127.0.0.2 that serves the zone as its secondary (transfers signed with the
-key). ``knot_server``: Knot DNS (``knotd``, Debian package knot) as the
+key only. ``named_pair``: the same primary, notifying a second ``named``
+(its own port) that serves the zone as its secondary (transfers signed with
+the key). ``knot_server``: Knot DNS (``knotd``, Debian package knot) as the
 primary instead, keeping no differences in its journal. ``smtp_server``: aiosmtpd in a thread, collecting messages.
 Both are stopped after the test.
 """
@@ -212,9 +212,10 @@ class NamedServer:
 
 @pytest.fixture
 def named_pair(tmp_path):
-    """A private BIND primary on 127.0.0.1 and its secondary on 127.0.0.2 (notified, transferring with the key)."""
+    """A private BIND primary and its secondary, a second named with its own port (notified, transferring with
+    the key). Both on 127.0.0.1: named listens only on addresses of an interface, and lo has no other."""
     primary = NamedServer(tmp_path / "named-primary")
-    secondary = NamedServer(tmp_path / "named-secondary", address="127.0.0.2")
+    secondary = NamedServer(tmp_path / "named-secondary")
     primary.notify_secondary(secondary)
     secondary.secondary_of(primary)
     primary.start()
