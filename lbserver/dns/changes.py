@@ -149,7 +149,7 @@ def _read_differences(sock: socket.socket, q: dns.message.Message, origin: dns.n
         wire = _read_exact(sock, length, expiration)
         try:
             msg = dns.message.from_wire(wire, keyring=q.keyring, request_mac=q.mac, xfr=True, origin=None,
-                                        tsig_ctx=tsig_ctx, multi=not first, one_rr_per_rrset=True)
+                                        tsig_ctx=tsig_ctx, multi=True, one_rr_per_rrset=True)
         except dns.exception.DNSException as exc:
             raise NoDifferences(f"malformed IXFR answer ({type(exc).__name__}: {exc})") from None
         tsig_ctx = msg.tsig_ctx
