@@ -360,7 +360,8 @@ class DnsArbiter:
         to_read = []
         for a in enabled:
             cached = cache.records.get(a.name)
-            if stale is None or cached is None or self._owner(a.name, dns.zone) in stale:
+            # (the alias's DNS name is only worked out when some names changed: a quiet cycle costs no parsing)
+            if stale is None or cached is None or (stale and self._owner(a.name, dns.zone) in stale):
                 to_read.append(a.name)
             else:
                 records[a.name] = cached

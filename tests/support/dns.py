@@ -6,7 +6,7 @@
 key only. ``named_pair``: the same primary, notifying a second ``named``
 (its own port) that serves the zone as its secondary (transfers signed with
 the key). ``knot_server``: Knot DNS (``knotd``, Debian package knot) as the
-primary instead, keeping no differences in its journal. ``smtp_server``: aiosmtpd in a thread, collecting messages.
+primary instead, keeping no differences in its journal, then keeping them. ``smtp_server``: aiosmtpd in a thread, collecting messages.
 Both are stopped after the test.
 """
 
@@ -233,13 +233,14 @@ class KnotServer:
 
     ``journal`` is Knot's ``journal-content``: ``changes`` (the default) keeps the differences and serves
     IXFR from them; ``none`` keeps none, so an IXFR is answered with the whole zone (AXFR-style) and the
-    arbiter falls back to reading every alias. Same ``update``/``soa_serial``/``dig`` helpers as NamedServer.
+    arbiter falls back to reading every alias (Knot does serve IXFR from its journal otherwise). Same ``update``/``soa_serial``/``dig`` helpers as NamedServer.
     """
 
     def __init__(self, workdir: Path, journal: str = "none") -> None:
         require_program("knotd")
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.journal = journal
         self.address = "127.0.0.1"
         self.port = free_udp_tcp_port()
         self.zone = ZONE
@@ -247,6 +248,7 @@ class KnotServer:
         self.secret_b64 = base64.b64encode(secrets.token_bytes(32)).decode()
         self.proc: subprocess.Popen | None = None
         self.log_path = self.dir / "knotd.log"
+        (self.dir / "db").mkdir(exist_ok=True)  # the journal and timers (knotd does not create it)
         self.key_file = self.dir / "client.key"
         self.key_file.write_text(f'key "{KEY_NAME}" {{\n\talgorithm hmac-sha256;\n\tsecret "{self.secret_b64}";\n}};\n')
         os.chmod(self.key_file, 0o600)
@@ -300,10 +302,11 @@ class KnotServer:
     nsupdate = NamedServer.nsupdate
 
 
-@pytest.fixture
-def knot_server(tmp_path):
-    """A running private Knot DNS serving ZONE, keeping no differences (the arbiter's fall-back path)."""
-    server = KnotServer(tmp_path / "knot")
+@pytest.fixture(params=["none", "changes"])
+def knot_server(request, tmp_path):
+    """A running private Knot DNS serving ZONE: keeping no differences (the arbiter's fall-back path), then
+    keeping them (IXFR from Knot's journal); each test using it runs once with each."""
+    server = KnotServer(tmp_path / "knot", journal=request.param)
     server.start()
     yield server
     server.stop()
