@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
+from dns.name import Name as DnsName
+
 from lbserver.config import Alias, Dns, Node
 from lbserver.config.settings import LBSERVICE, POLL
 from lbserver.config.tsigkey import KeyFileError, TsigKey, load_key, permission_warning
@@ -264,7 +266,8 @@ class DnsArbiter:
             for gone in [k for k in memo if k not in names]:
                 del memo[gone]
 
-    def _zone_changes(self, dns: Dns, key: TsigKey | None) -> tuple[ZoneCache, int | None, set | None, int]:
+    def _zone_changes(self, dns: Dns, key: TsigKey | None
+                      ) -> tuple[ZoneCache, int | None, set[DnsName] | None, int]:
         """The zone's cache, its serial now, the names to read again (None: every name), IXFR queries sent.
 
         One SOA query; when the serial moved since the cache's, an IXFR lists
@@ -288,9 +291,10 @@ class DnsArbiter:
             names, serial = changed_names(dns.server, dns.port, dns.zone, cache.serial, key, dns.timeout)
         except NoDifferences as exc:
             if str(exc) != cache.problem:
-                log.log(logging.INFO if exc.normal else logging.WARNING,"DNS arbiter: zone %s changed (serial %d -> %d) but the differences could not be read "
-                            "from %s port %d: %s; reading every alias instead (said once)", dns.zone, cache.serial,
-                            serial, dns.server, dns.port, exc)
+                log.log(logging.INFO if exc.normal else logging.WARNING,
+                        "DNS arbiter: zone %s changed (serial %d -> %d) but the differences could not be read "
+                        "from %s port %d: %s; reading every alias instead (said once)", dns.zone, cache.serial,
+                        serial, dns.server, dns.port, exc)
             cache.problem = str(exc)
             return cache, serial, None, 1
         if cache.problem is not None:
@@ -372,7 +376,8 @@ class DnsArbiter:
                           lease=lease, key_error=key_error, now=time.time())
 
     @staticmethod
-    def _owner(name: str, zone: str):
+    def _owner(name: str, zone: str) -> DnsName | None:
+        """The absolute DNS name of ``name`` in ``zone`` (None when it is none: its reads say why)."""
         try:
             return alias_name(name, zone)
         except ValueError:
