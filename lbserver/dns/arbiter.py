@@ -2,21 +2,27 @@
 
 One cycle (:meth:`DnsArbiter.run_cycle`) goes top to bottom:
 
-1. the DNS lease (:mod:`lbserver.dns.lease`) is read and taken, renewed or
-   left to its holder: only the balancer holding it writes, every one of its
-   alias updates carrying the lease as a prerequisite; the others report
-   ``standby``;
-2. the facts (:class:`lbserver.dns.plan.CycleFacts`) are gathered: each
+1. one SOA query says whether the zone changed since the cycle before
+   (:mod:`lbserver.dns.changes`): if not, nothing is read from it this
+   cycle; if so, an IXFR names what changed, and only that is read (every
+   name when the server gives no differences);
+2. the DNS lease (:mod:`lbserver.dns.lease`), as read or remembered, is
+   taken, renewed or left to its holder: only the balancer holding it
+   writes, every one of its alias updates carrying the lease as a
+   prerequisite; the others report ``standby``. With ``<peers>``, a
+   standby takes it over once the holder's heartbeats stopped (``heard``);
+3. the facts (:class:`lbserver.dns.plan.CycleFacts`) are gathered: each
    enabled alias's ``health-url`` page (once per URL), the group members'
    addresses (``ip``/``ip6`` attributes, else the address host, resolved
    when it is a name; once per node), then what the DNS server publishes
-   now, every alias in one pipelined batch;
-3. each alias is planned (:func:`lbserver.dns.plan.plan_alias`, pure): the
+   now: the aliases that changed, read in one pipelined batch, the others
+   as remembered;
+4. each alias is planned (:func:`lbserver.dns.plan.plan_alias`, pure): the
    records to publish, if they differ, and its report;
-4. the plans are applied: the changes go out in signed update messages,
+5. the plans are applied: the changes go out in signed update messages,
    :data:`BATCH` aliases to a message, and each alias's report is settled
    by the server's answer;
-5. the alert conditions (:mod:`lbserver.dns.report`) are compared with the
+6. the alert conditions (:mod:`lbserver.dns.report`) are compared with the
    previous cycle's and the changes mailed, all in one mail.
 
 Nothing here raises on a bad peer: DNS, health page and SMTP failures end up

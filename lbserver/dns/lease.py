@@ -23,6 +23,15 @@ over can never write again: its update is refused as a whole and it stands
 by. The lease decides who writes; the prerequisites make a stale writer
 harmless, whatever the clocks say.
 
+With ``<peers>``, a standby also takes over a lease that has not expired
+once the holder's heartbeats, heard while it held the lease, have stopped
+for :attr:`LeaseSettings.silence` (the same compare-and-set, so a holder
+that is only cut off is fenced, not doubled). A holder never heard since it
+took the lease is left to its expiry: across a partition each side would
+otherwise take the lease back and forth. The lease can then be long and
+renewed rarely (each renewal is a zone change, a NOTIFY and a transfer to
+every secondary).
+
 A record that cannot be read (not ``holder=... expires=...``, several TXT
 records, no expiry) counts as held by an unknown balancer: nobody writes
 while it changes, and a balancer takes it over once it has stayed the same
