@@ -73,12 +73,17 @@ class DnsService:
         return arbiter.holder() if arbiter is not None else None
 
     def dns_figures(self) -> dict | None:
-        """The last cycle's seconds of DNS exchanges and the DNS queries sent so far (None: no <dns>)."""
+        """The last cycle's seconds of DNS exchanges, the DNS queries sent so far and the alias evaluations by
+        result, all aliases together (``lbserver_dns_updates``); None: no <dns>."""
         arbiter = self._arbiter
         if arbiter is None:
             return None
         seconds, queries = arbiter.figures()
-        return {"cycle_seconds": None if seconds is None else round(seconds, 6), "queries": queries}
+        updates: dict[str, int] = {}
+        for (_, result), n in self.update_counts.items():
+            updates[result] = updates.get(result, 0) + n
+        return {"cycle_seconds": None if seconds is None else round(seconds, 6), "queries": queries,
+                "updates": updates}
 
     def kick(self) -> None:
         """Start one arbiter cycle on the worker thread from the current snapshot (skipped while one runs)."""

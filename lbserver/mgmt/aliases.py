@@ -19,7 +19,8 @@ class AliasSource(Protocol):
         """Alias evaluations so far, by (alias, result)."""
 
     def dns_figures(self) -> dict | None:
-        """``{"cycle_seconds", "queries"}``: the last cycle's DNS part and the DNS queries so far (None: no <dns>)."""
+        """``{"cycle_seconds", "queries", "updates"}``: the last cycle's DNS part, the DNS queries so far and the
+        alias evaluations by result (None: no <dns>)."""
 
 
 class NoAliases:
