@@ -129,8 +129,9 @@ def scenario(procs, tmp_path, primary, secondary, quiet: float) -> None:
             figures = a.status()["dns"]
             assert figures["queries"] >= queries and figures["updates"]["unchanged"] >= cycles
             assert figures["cycle_seconds"] > 0
+            watched = "secondary" if secondary is not primary else "primary"
             report.append(f"{type(primary).__name__}: quiet {quiet:g} s: "
-                          f"{'secondary' if secondary is not primary else 'primary'} serial {serial} -> {secondary.soa_serial()}, "
+                          f"{watched} serial {serial} -> {secondary.soa_serial()}, "
                           f"{cycles:.0f} writer cycles, {queries:.0f} DNS queries, last cycle's DNS part "
                           f"{after['lbserver_dns_cycle_seconds'] * 1000:.1f} ms")
 

@@ -491,6 +491,6 @@ class LeaseKeeper:
         return fence(dns_cfg.zone, self.settings.name, status.fence_text)
 
 
-__all__ = ["ACQUIRE", "DEFAULT_LEASE_TIME", "HOLD", "LOST", "Lease", "LeaseDecision", "LeaseKeeper", "LeaseSettings", "LeaseStatus",
-           "RENEW", "STANDBY", "STANDBY_ROLE", "TAKEOVER", "UNKNOWN", "WRITER", "build_release", "build_take",
-           "decide_lease", "fence", "lease_settings", "lease_text", "parse", "read_lease"]
+__all__ = ["ACQUIRE", "DEFAULT_LEASE_TIME", "HOLD", "LOST", "Lease", "LeaseDecision", "LeaseKeeper", "LeaseSettings",
+           "LeaseStatus", "RENEW", "STANDBY", "STANDBY_ROLE", "TAKEOVER", "UNKNOWN", "WRITER", "build_release",
+           "build_take", "decide_lease", "fence", "lease_settings", "lease_text", "parse", "read_lease"]

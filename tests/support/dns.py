@@ -6,7 +6,8 @@
 key only. ``named_pair``: the same primary, notifying a second ``named``
 (its own port) that serves the zone as its secondary (transfers signed with
 the key). ``knot_server``: Knot DNS (``knotd``, Debian package knot) as the
-primary instead, keeping no differences in its journal, then keeping them. ``smtp_server``: aiosmtpd in a thread, collecting messages.
+primary instead, keeping no differences in its journal, then keeping
+them. ``smtp_server``: aiosmtpd in a thread, collecting messages.
 Both are stopped after the test.
 """
 
@@ -231,9 +232,10 @@ def named_pair(tmp_path):
 class KnotServer:
     """A private Knot DNS (``knotd``) primary for ZONE on 127.0.0.1, taking updates and transfers with the key.
 
-    ``journal`` is Knot's ``journal-content``: ``changes`` (the default) keeps the differences and serves
-    IXFR from them; ``none`` keeps none, so an IXFR is answered with the whole zone (AXFR-style) and the
-    arbiter falls back to reading every alias (Knot does serve IXFR from its journal otherwise). Same ``update``/``soa_serial``/``dig`` helpers as NamedServer.
+    ``journal`` is Knot's ``journal-content``: ``changes`` (Knot's default) keeps the differences and
+    serves IXFR from them; ``none`` (this class's default) keeps none, so an IXFR is answered with the whole
+    zone (AXFR-style) and the arbiter falls back to reading every alias. Same ``update``, ``soa_serial``,
+    ``dig`` and ``nsupdate`` helpers as NamedServer.
     """
 
     def __init__(self, workdir: Path, journal: str = "none") -> None:
