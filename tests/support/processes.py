@@ -85,7 +85,7 @@ PACKAGES = {
     "named": "bind9", "dig": "bind9-dnsutils", "nsupdate": "bind9-dnsutils", "haproxy": "haproxy",
     "chromium": "chromium", "nginx": "nginx-light", "wrk": "wrk", "curl": "curl", "jq": "jq",
     "openssl": "openssl", "lintian": "lintian", "dpkg-buildpackage": "dpkg-dev",
-    "x2godbadmin": "x2goserver",
+    "x2godbadmin": "x2goserver", "knotd": "knot",
 }
 
 
