@@ -115,7 +115,7 @@ class Daemon:
         gc.set_threshold(*GC_THRESHOLDS)
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.core = Balancer(config)
-        self.dns = DnsService(self.core)
+        self.dns = DnsService(self.core, heard=self._heard)
         self.dns.configure(config)
         self.core.after_cycle(self.dns.kick)
         self.sessionmap = SessionMapService(self.core)
@@ -220,8 +220,15 @@ class Daemon:
         self.mgmt = ManagementService(Api(self.core, self, self.dns, self, self, self))
         await self.mgmt.start(self._sockets[MGMT])
 
+    def _heard(self, holder: str) -> float | None:
+        """When a peer last said it is DNS lease-holder ``holder`` (the DNS standby's takeover; any thread)."""
+        peers = self.peers
+        return peers.heard(holder) if peers is not None else None
+
     async def _start_peers(self, config: Peers) -> None:
         self.peers = PeerService(self.core, config)
+        if self.dns is not None:
+            self.peers.dns_holder = self.dns.holder
         self.core.on_pick(self.peers.note_pick)
         await self.peers.start(self._sockets[PEERS])
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.dns import named_server, smtp_auth_server, smtp_server  # noqa: F401 (fixtures)
+from tests.support.dns import (knot_server, named_pair, named_server, smtp_auth_server,  # noqa: F401 (fixtures)
+                               smtp_server)
 from tests.support.kinds import KINDS, kind_guard
 from tests.support.processes import Procs
 

@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
 
-import dns.message
-import dns.query
-import dns.rdatatype
 import lxml.html
 import pytest
 
+from tests.support.aliaswatch import AliasWatch, lease_holder
 from tests.support.faults import LogCapture
-from lbserver.dns.lease import parse
 from tests.support.browser import chromium
 from tests.support.cluster import Balancer, PageServer, lbctl, server_xml, start_agent, start_balancer
 from tests.support import ROOT, free_port, python_cmd, wait_until
@@ -34,72 +29,17 @@ pytestmark = pytest.mark.system
 
 POLL_INTERVAL = 1.0
 POLL = f'interval="{POLL_INTERVAL:g}" timeout="0.5" rise="1" fall="1"'
-LEASE_TIME = 3 * POLL_INTERVAL  # the default
+LEASE_TIME = 3 * POLL_INTERVAL  # short, so that takeover by expiry (no <peers>) is quick
 VIEW_A = ("127.0.0.2", "127.0.0.3")  # boot1 sees all three: the most loaded (xapp3) is left out
 VIEW_B = ("127.0.0.3",)              # boot2 cannot reach xapp1: of xapp2 and xapp3, the best
 
 
 def dns_element(named, holder: str, extra: str = "", alias_attrs: str = "") -> str:
+    if "lease-time" not in extra:
+        extra = f'lease-time="{LEASE_TIME:g}" {extra}'
     return (f'<dns server="127.0.0.1" port="{named.port}" zone="{named.zone}" ttl="60" timeout="2" '
             f'key-file="{named.key_file}" lease-holder="{holder}" {extra}>'
             f'<alias name="wms" group="PROD" num-out="1" {alias_attrs}/></dns>')
-
-
-@dataclass
-class Sample:
-    t: float
-    addrs: tuple[str, ...]
-    serial: int | None
-
-
-@dataclass
-class AliasWatch:
-    """Queries the alias's A records and the SOA serial in a loop, keeping every answer."""
-
-    named: object
-    name: str = "wms"
-    samples: list[Sample] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "AliasWatch":
-        self._thread.start()
-        wait_until(lambda: self.samples, 10, what="first watched answer")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        qname = f"{self.name}.{self.named.zone}"
-        while not self._stop.is_set():
-            t = time.monotonic()
-            try:
-                resp = dns.query.tcp(dns.message.make_query(qname, "A"), "127.0.0.1", port=self.named.port,
-                                     timeout=2)
-                addrs = tuple(sorted(r.address for rrset in resp.answer if rrset.rdtype == dns.rdatatype.A
-                                     for r in rrset))
-                self.samples.append(Sample(t, addrs, self.named.soa_serial()))
-            except Exception as exc:  # noqa: BLE001 (recorded; the test asserts there are none)
-                self.failures.append(f"{t:.3f}: {exc!r}")
-            self._stop.wait(0.02)
-
-    def since(self, t0: float) -> list[Sample]:
-        return [s for s in list(self.samples) if s.t >= t0]
-
-    def first(self, t0: float, addrs: tuple[str, ...]) -> float:
-        """When the alias first held ``addrs`` at or after ``t0`` (monotonic)."""
-        return next(s.t for s in self.since(t0) if s.addrs == addrs)
-
-
-def lease_holder(named) -> str | None:
-    resp = dns.query.tcp(dns.message.make_query(f"_lbserver-lease.{named.zone}", "TXT"), "127.0.0.1",
-                         port=named.port, timeout=2)
-    return parse([r.strings for rrset in resp.answer for r in rrset]).holder
 
 
 def lease_of(bal: Balancer) -> dict:

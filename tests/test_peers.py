@@ -45,6 +45,10 @@ def test_messages_round_trip_signed_and_unsigned():
         assert decode(encode(msg, secret), secret) == msg
         assert decode(encode(part, secret), secret) == part
     assert b'"part"' not in encode(msg, None)  # a whole set is written as before parts existed
+    # The sender's DNS lease-holder name rides along (its heartbeats keep its DNS lease from being taken over).
+    beat = Message(sender="ab12", seq=9, ts=1000.5, drains=Drains(frozenset(), 999.0), dns="boot1.example.org:8008")
+    assert decode(encode(beat, SECRET), SECRET) == beat
+    assert b'"dns"' not in encode(msg, None)
 
 
 LONG = "application-server-{:05d}.computer-lab.example-school.org"  # 56 characters
@@ -112,6 +116,8 @@ def test_bad_datagrams_are_named(data, secret, reason):
     {"id": "a", "seq": 1, "ts": 1, "drains": {"nodes": [], "at": 1, "part": 0, "of": MAX_PARTS + 1}},
     {"id": "a", "seq": 1, "ts": 1, "drains": {"nodes": [], "at": 1, "part": True, "of": 2}},
     {"id": "a", "seq": 1, "ts": float("nan")},
+    {"id": "a", "seq": 1, "ts": 1, "dns": 7}, {"id": "a", "seq": 1, "ts": 1, "dns": ""},
+    {"id": "a", "seq": 1, "ts": 1, "dns": "x" * 256},
 ])
 @pytest.mark.unit
 def test_malformed_bodies_are_refused(doc):

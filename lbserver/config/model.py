@@ -176,7 +176,7 @@ class Dns:
     lease: str = DNS.lease.default
     """The lease record's name, relative to the zone; empty: no lease."""
     lease_time: float | None = DNS.lease_time.default
-    """None: three poll intervals (see lbserver.dns.lease.lease_settings)."""
+    """None: 20 minutes, at least three poll intervals (see lbserver.dns.lease.lease_settings)."""
     lease_holder: str | None = DNS.lease_holder.default
     """None: this host's name and the terminal port."""
     aliases: tuple[Alias, ...] = ()

@@ -377,10 +377,12 @@ DNS = Element(
             "balancers that publish the same aliases must give the same name, and the others stand by. An "
             "empty value turns the lease off (this balancer always writes)."),
     Setting("lease-time", "number", None,
-            "Seconds a lease lasts: a standby takes over this long after the writer's last renewal. The "
-            "writer renews it when less than half is left. It must be at least twice the poll interval, and "
-            "longer than the cron period when lbserver --once runs from cron.", positive=True,
-            default_doc="3 × the <poll> interval"),
+            "Seconds a lease lasts. The writer renews it when less than half is left, and each renewal is a "
+            "zone change (a new serial, a transfer to every secondary). Without <peers>, a standby takes over "
+            "this long after the writer's last renewal when the writer dies; with <peers>, as soon as the "
+            "writer's heartbeats have stopped for two poll intervals. It must be at least twice the poll "
+            "interval, and longer than the cron period when lbserver --once runs from cron.", positive=True,
+            default_doc="1200 (20 minutes; at least 3 × the <poll> interval)"),
     Setting("lease-holder", "text", None,
             "This balancer's name in the lease; each balancer sharing a lease needs its own.",
             default_doc="HOST:PORT, this host's name and the terminal port"),

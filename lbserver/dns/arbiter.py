@@ -2,21 +2,27 @@
 
 One cycle (:meth:`DnsArbiter.run_cycle`) goes top to bottom:
 
-1. the DNS lease (:mod:`lbserver.dns.lease`) is read and taken, renewed or
-   left to its holder: only the balancer holding it writes, every one of its
-   alias updates carrying the lease as a prerequisite; the others report
-   ``standby``;
-2. the facts (:class:`lbserver.dns.plan.CycleFacts`) are gathered: each
+1. one SOA query says whether the zone changed since the cycle before
+   (:mod:`lbserver.dns.changes`): if not, nothing is read from it this
+   cycle; if so, an IXFR names what changed, and only that is read (every
+   name when the server gives no differences);
+2. the DNS lease (:mod:`lbserver.dns.lease`), as read or remembered, is
+   taken, renewed or left to its holder: only the balancer holding it
+   writes, every one of its alias updates carrying the lease as a
+   prerequisite; the others report ``standby``. With ``<peers>``, a
+   standby takes it over once the holder's heartbeats stopped (``heard``);
+3. the facts (:class:`lbserver.dns.plan.CycleFacts`) are gathered: each
    enabled alias's ``health-url`` page (once per URL), the group members'
    addresses (``ip``/``ip6`` attributes, else the address host, resolved
    when it is a name; once per node), then what the DNS server publishes
-   now, every alias in one pipelined batch;
-3. each alias is planned (:func:`lbserver.dns.plan.plan_alias`, pure): the
+   now: the aliases that changed, read in one pipelined batch, the others
+   as remembered;
+4. each alias is planned (:func:`lbserver.dns.plan.plan_alias`, pure): the
    records to publish, if they differ, and its report;
-4. the plans are applied: the changes go out in signed update messages,
+5. the plans are applied: the changes go out in signed update messages,
    :data:`BATCH` aliases to a message, and each alias's report is settled
    by the server's answer;
-5. the alert conditions (:mod:`lbserver.dns.report`) are compared with the
+6. the alert conditions (:mod:`lbserver.dns.report`) are compared with the
    previous cycle's and the changes mailed, all in one mail.
 
 Nothing here raises on a bad peer: DNS, health page and SMTP failures end up
@@ -31,22 +37,30 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+
+from dns.name import Name as DnsName
 
 from lbserver.config import Alias, Dns, Node
 from lbserver.config.settings import LBSERVICE, POLL
 from lbserver.config.tsigkey import KeyFileError, TsigKey, load_key, permission_warning
 from lbserver.dns.addresses import resolve_node
+from lbserver.dns.changes import FULL_READ_INTERVAL, NoDifferences, ZoneCache, changed_names, soa_serial
 from lbserver.dns.decide import Candidate
 from lbserver.dns.healthurl import HealthFetchError, HealthPage, fetch, parse_page
-from lbserver.dns.lease import LOST, UNKNOWN, LeaseKeeper, LeaseStatus, lease_settings
+from lbserver.dns.lease import LOST, UNKNOWN, Lease, LeaseKeeper, LeaseStatus, lease_settings
 from lbserver.dns.notify import AlertTracker, Mailer, MailSettings, parse_contacts
 from lbserver.dns.plan import AliasPlan, CycleFacts, plan_alias, settle
 from lbserver.dns.report import ERROR, UPDATED, AliasReport, alert_conditions, cleared_text, format_reports
-from lbserver.dns.update import DnsError, Fence, RRsets, channel, query_many, replace_many, replace_rrsets
+from lbserver.dns.update import (DnsError, Fence, RRsets, alias_name, channel, query_many, replace_many,
+                                 replace_rrsets)
 
 log = logging.getLogger("lbserver.dns")
+
+RECHECK_AFTER = 1.0
+"""Seconds after the cycle's SOA query past which it is asked again before the aliases are read (the health
+pages were slow): the records a plan compares with are never older than that."""
 
 BATCH = 100
 """Aliases changed by one update message at most (each adds about 300 bytes; a message holds 64 KiB)."""
@@ -68,12 +82,16 @@ class DnsArbiter:
     not on every run. ``poll_interval`` and ``terminal_port`` give the DNS
     lease its defaults (lease-time, lease-holder); ``once`` is a ``--once``
     run, which keeps a valid lease naming this balancer as it is. ``clock``
-    gives the time of the lease decisions.
+    gives the time of the lease decisions. ``heartbeat`` (the peers'
+    heartbeat interval, None without ``<peers>``) and ``heard`` (when a peer
+    last said it holds a lease-holder name, monotonic time) let a standby
+    take the lease over from a writer whose heartbeats stopped.
     """
 
     def __init__(self, dns: Dns, nodes: Mapping[str, Node], *, state_file: str | None = None,
                  resolver=resolve_node, poll_interval: float = POLL.interval.default,
-                 terminal_port: int = LBSERVICE.listen.default[1], once: bool = False, clock=time.time) -> None:
+                 terminal_port: int = LBSERVICE.listen.default[1], once: bool = False, clock=time.time,
+                 heartbeat: float | None = None, heard: Callable[[str], float | None] | None = None) -> None:
         # Held for a whole cycle (seconds when a peer is slow): cycles never overlap, and release() waits for
         # the one in progress. The lease's exchanges, the alert tracker and the two memo maps below are
         # only used under it.
@@ -95,9 +113,16 @@ class DnsArbiter:
         self._mailer = Mailer(_mail_settings(dns))
         self._clock = clock
         self._once = once
-        settings = lease_settings(dns, poll_interval, terminal_port)
-        self._lease: LeaseKeeper | None = LeaseKeeper(settings, once=once) if settings else None
+        self._heard = heard
+        settings = lease_settings(dns, poll_interval, terminal_port, heartbeat)
+        self._lease: LeaseKeeper | None = LeaseKeeper(settings, once=once, heard=heard) if settings else None
         self._old_lease: tuple[LeaseKeeper, Dns, TsigKey | None] | None = None
+        # What was read of the zone, by (server, port, zone); only used under _cycle_lock.
+        self._zone: tuple[tuple[str, int, str], ZoneCache] | None = None
+        self.cycle_seconds: float | None = None
+        """Seconds the last cycle spent on DNS exchanges (the SOA, IXFR, reads, updates)."""
+        self.queries = 0
+        """DNS queries sent so far (SOA, IXFR, record reads; updates are counted in the reports)."""
 
     @staticmethod
     def _load_key(dns: Dns, previous_error: str | None = None) -> tuple[TsigKey | None, str | None]:
@@ -116,14 +141,14 @@ class DnsArbiter:
         return key, None
 
     def reconfigure(self, dns: Dns, nodes: Mapping[str, Node], *, poll_interval: float = POLL.interval.default,
-                    terminal_port: int = LBSERVICE.listen.default[1]) -> None:
+                    terminal_port: int = LBSERVICE.listen.default[1], heartbeat: float | None = None) -> None:
         """Use a reloaded configuration; alert state, last-change times and the lease held are kept.
 
         When the lease's record, zone, server or holder changes, the old lease
         is released at the start of the next cycle.
         """
         key, key_error = self._load_key(dns)
-        settings = lease_settings(dns, poll_interval, terminal_port)
+        settings = lease_settings(dns, poll_interval, terminal_port, heartbeat)
         with self._lock:
             old, old_dns = self._lease, self._dns
             same = (old is not None and settings is not None and (old.settings.name, old.settings.holder) ==
@@ -134,7 +159,7 @@ class DnsArbiter:
             else:
                 if old is not None:
                     self._old_lease = (old, old_dns, self._key)
-                self._lease = LeaseKeeper(settings, once=self._once) if settings else None
+                self._lease = LeaseKeeper(settings, once=self._once, heard=self._heard) if settings else None
             self._dns = dns
             self._nodes = dict(nodes)
             self._key, self._key_error = key, key_error
@@ -143,6 +168,16 @@ class DnsArbiter:
             pending = self._mailer.pending
             self._mailer = Mailer(_mail_settings(dns))
             self._mailer.pending = pending
+
+    def holder(self) -> str | None:
+        """This balancer's name in the lease (None: no lease)."""
+        with self._lock:
+            return self._lease.settings.holder if self._lease is not None else None
+
+    def figures(self) -> tuple[float | None, int]:
+        """The last cycle's seconds of DNS exchanges, and the DNS queries sent so far."""
+        with self._lock:
+            return self.cycle_seconds, self.queries
 
     def reports(self) -> list[AliasReport]:
         """The reports of the last cycle (empty before the first)."""
@@ -193,11 +228,35 @@ class DnsArbiter:
                         self._key, self._key_error = key, key_error
             self._forget_removed(dns)
             # One connection to the DNS server carries the whole cycle's queries and updates.
-            with channel(dns.server, dns.port, dns.timeout):
-                lease = self._lease_cycle(keeper, dns, key, key_error)
-                facts = self._gather(dns, lease, key_error, candidates, groups, nodes)
+            with channel(dns.server, dns.port, dns.timeout) as ch:
+                t0 = time.monotonic()
+                cache, serial, stale, ixfr = self._zone_changes(dns, key)
+                lease_read = self._read_lease(dns, keeper, cache, stale)
+                lease = self._lease_cycle(keeper, dns, key, key_error, lease_read)
+                dns_seconds = time.monotonic() - t0
+                enabled = [a for a in dns.aliases if a.enabled]
+                pages = self._health_pages(enabled, dns.timeout)
+                addresses = self._addresses(enabled, groups, nodes)
+                t1 = time.monotonic()
+                if serial is not None and t1 - t0 > RECHECK_AFTER:
+                    # The pages took a while: what the aliases hold is read as late as possible before deciding.
+                    _, serial, again, more = self._zone_changes(dns, key)
+                    ixfr += more
+                    if again is None or (keeper is not None and self._owner(keeper.settings.name, dns.zone) in again):
+                        lease_read = None  # changed since it was read: not kept, read again next cycle
+                    stale = None if stale is None or again is None else stale | again
+                facts = self._gather(dns, lease, key_error, candidates, groups, nodes, cache, stale, pages,
+                                     addresses)
+                t2 = time.monotonic()
                 plans = [self._plan(alias, facts) for alias in dns.aliases]
+                t3 = time.monotonic()
                 reports, lease = self._apply(dns, key, keeper, lease, plans)
+                dns_seconds += (t2 - t1) + (time.monotonic() - t3)  # the planning is not the DNS's
+                queries = ch.queries + ixfr  # the IXFR has its own connection
+            self._keep(cache, serial, stale, lease_read, facts.records)
+            with self._lock:
+                self.cycle_seconds = dns_seconds
+                self.queries += queries
             self._remember(reports, facts.records)
             if lease is not None:
                 reports = [replace(r, lease=lease.to_dict()) if r.enabled else r for r in reports]
@@ -213,8 +272,79 @@ class DnsArbiter:
             for gone in [k for k in memo if k not in names]:
                 del memo[gone]
 
+    def _zone_changes(self, dns: Dns, key: TsigKey | None
+                      ) -> tuple[ZoneCache, int | None, set[DnsName] | None, int]:
+        """The zone's cache, its serial now, the names to read again (None: every name), IXFR queries sent.
+
+        One SOA query; when the serial moved since the cache's, an IXFR lists
+        the names that changed. Whenever that cannot be known, every name is
+        read (and why is logged once).
+        """
+        where = (dns.server, dns.port, dns.zone)
+        if self._zone is None or self._zone[0] != where:
+            self._zone = (where, ZoneCache())
+        cache = self._zone[1]
+        try:
+            serial = soa_serial(dns.server, dns.port, dns.zone, dns.timeout)
+        except DnsError as exc:
+            log.debug("DNS arbiter: SOA of %s not read (%s): reading every name", dns.zone, exc)
+            return cache, None, None, 0
+        if cache.serial is None or time.monotonic() - cache.full_at >= FULL_READ_INTERVAL:
+            return cache, serial, None, 0
+        if serial == cache.serial:
+            return cache, serial, set(), 0
+        try:
+            names, serial = changed_names(dns.server, dns.port, dns.zone, cache.serial, key, dns.timeout)
+        except NoDifferences as exc:
+            if str(exc) != cache.problem:
+                log.log(logging.INFO if exc.normal else logging.WARNING,
+                        "DNS arbiter: zone %s changed (serial %d -> %d) but the differences could not be read "
+                        "from %s port %d: %s; reading every alias instead (said once)", dns.zone, cache.serial,
+                        serial, dns.server, dns.port, exc)
+            cache.problem = str(exc)
+            return cache, serial, None, 1
+        if cache.problem is not None:
+            log.info("DNS arbiter: zone %s: the differences (IXFR) can be read again", dns.zone)
+            cache.problem = None
+        return cache, serial, names, 1
+
+    def _read_lease(self, dns: Dns, keeper: LeaseKeeper | None, cache: ZoneCache,
+                    stale: set | None) -> Lease | DnsError | None:
+        """The lease record this cycle: from the cache when it did not change, else read (None: not needed)."""
+        if keeper is None or not any(a.enabled for a in dns.aliases):
+            return None
+        name = keeper.settings.name
+        try:
+            owner = alias_name(name, dns.zone)
+        except ValueError:
+            return None  # the keeper reads it and says why
+        if stale is not None and owner not in stale and isinstance(cache.lease, Lease):
+            return cache.lease
+        try:
+            return keeper.read(dns)
+        except DnsError as exc:
+            return exc
+
+    @staticmethod
+    def _keep(cache: ZoneCache, serial: int | None, stale: set | None, lease: Lease | DnsError | None,
+              records: Mapping[str, RRsets | DnsError]) -> None:
+        """Remember what this cycle read, valid at ``serial`` (None: the SOA was not read, forget all)."""
+        if serial is None:
+            cache.forget()
+            return
+        cache.lease = lease if isinstance(lease, Lease) else None
+        for alias, rec in records.items():
+            if isinstance(rec, RRsets):
+                cache.records[alias] = rec
+            else:
+                cache.records.pop(alias, None)
+        if stale is None:  # every name was read: forget the aliases no longer published
+            cache.records = {k: v for k, v in cache.records.items() if k in records}
+            cache.full_at = time.monotonic()
+        cache.serial = serial
+
     def _lease_cycle(self, keeper: LeaseKeeper | None, dns: Dns, key: TsigKey | None,
-                     key_error: str | None) -> LeaseStatus | None:
+                     key_error: str | None, lease_read: Lease | DnsError | None = None) -> LeaseStatus | None:
         """This cycle's lease: read, then taken, renewed or left (None: no lease, publish freely)."""
         try:
             self._release_old()
@@ -223,7 +353,7 @@ class DnsArbiter:
             if not any(a.enabled for a in dns.aliases):
                 keeper.release(dns, key)  # nothing to write: let another balancer have it
                 return None
-            return keeper.cycle(dns, key, key_error, self._clock())
+            return keeper.cycle(dns, key, key_error, self._clock(), lease=lease_read)
         except Exception as exc:  # a bug must not stop the daemon; nothing is written without a lease
             log.exception("DNS arbiter: the DNS lease failed unexpectedly")
             return LeaseStatus(name=dns.lease, me=keeper.settings.holder if keeper else "?",
@@ -231,16 +361,33 @@ class DnsArbiter:
 
     def _gather(self, dns: Dns, lease: LeaseStatus | None, key_error: str | None,
                 candidates: Mapping[str, Candidate], groups: Mapping[str, tuple[str, ...]],
-                nodes: Mapping[str, Node]) -> CycleFacts:
-        """What the plans read. The submission test pages and the addresses first (they may be slow), then
-        every alias's records in one pipelined batch, read as late as possible before deciding."""
+                nodes: Mapping[str, Node], cache: ZoneCache, stale: set | None,
+                pages: Mapping[str, HealthPage | str], addresses: Mapping[str, tuple[str, ...] | str]) -> CycleFacts:
+        """What the plans read: the records of the aliases that changed since the cache (``stale``; None:
+        all) are read, in one pipelined batch; the others are the cache's."""
         enabled = [a for a in dns.aliases if a.enabled]
-        pages = self._health_pages(enabled, dns.timeout)
-        addresses = self._addresses(enabled, groups, nodes)
-        records = query_many(dns.server, dns.port, dns.zone, [a.name for a in enabled], dns.timeout)
+        records: dict[str, RRsets | DnsError] = {}
+        to_read = []
+        for a in enabled:
+            cached = cache.records.get(a.name)
+            # (the alias's DNS name is only worked out when some names changed: a quiet cycle costs no parsing)
+            if stale is None or cached is None or (stale and self._owner(a.name, dns.zone) in stale):
+                to_read.append(a.name)
+            else:
+                records[a.name] = cached
+        records.update(query_many(dns.server, dns.port, dns.zone, to_read, dns.timeout))
+        records = {a.name: records[a.name] for a in enabled}
         return CycleFacts(dns=dns, candidates=candidates, groups=groups, nodes=nodes, addresses=addresses,
                           pages=pages, records=records, known=dict(self._known), last_change=dict(self._last_change),
                           lease=lease, key_error=key_error, now=time.time())
+
+    @staticmethod
+    def _owner(name: str, zone: str) -> DnsName | None:
+        """The absolute DNS name of ``name`` in ``zone`` (None when it is none: its reads say why)."""
+        try:
+            return alias_name(name, zone)
+        except ValueError:
+            return None
 
     @staticmethod
     def _health_pages(aliases: Sequence[Alias], timeout: float) -> dict[str, HealthPage | str]:

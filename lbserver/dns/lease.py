@@ -23,6 +23,15 @@ over can never write again: its update is refused as a whole and it stands
 by. The lease decides who writes; the prerequisites make a stale writer
 harmless, whatever the clocks say.
 
+With ``<peers>``, a standby also takes over a lease that has not expired
+once the holder's heartbeats, heard while it held the lease, have stopped
+for :attr:`LeaseSettings.silence` (the same compare-and-set, so a holder
+that is only cut off is fenced, not doubled). A holder never heard since it
+took the lease is left to its expiry: across a partition each side would
+otherwise take the lease back and forth. The lease can then be long and
+renewed rarely (each renewal is a zone change, a NOTIFY and a transfer to
+every secondary).
+
 A record that cannot be read (not ``holder=... expires=...``, several TXT
 records, no expiry) counts as held by an unknown balancer: nobody writes
 while it changes, and a balancer takes it over once it has stayed the same
@@ -41,7 +50,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import dns.name
@@ -73,26 +82,43 @@ SHOWN = 120
 """Characters of an unreadable record shown in messages."""
 
 
+DEFAULT_LEASE_TIME = 1200.0
+"""Seconds a lease lasts by default: renewed every ten minutes, at most 6 zone changes an hour."""
+
+
 @dataclass(frozen=True)
 class LeaseSettings:
-    """The lease of one ``<dns>``: the record's name (relative to the zone), its length and who I am."""
+    """The lease of one ``<dns>``: the record's name (relative to the zone), its length and who I am.
+
+    ``silence`` (with ``<peers>``): a valid lease of another balancer is
+    taken over once that balancer's heartbeats, heard while it held the
+    lease, have stopped for this long; None: only at its expiry.
+    """
 
     name: str
     time: float
     holder: str
+    silence: float | None = None
 
 
-def lease_settings(dns_cfg: Dns, poll_interval: float, terminal_port: int) -> LeaseSettings | None:
+def lease_settings(dns_cfg: Dns, poll_interval: float, terminal_port: int,
+                   heartbeat: float | None = None) -> LeaseSettings | None:
     """The lease of ``dns_cfg`` with its defaults filled in; None when ``lease=""`` turns it off.
 
-    ``lease-time`` defaults to three poll intervals, ``lease-holder`` to this
-    host's name and the terminal port (two balancers on one host differ).
+    ``lease-time`` defaults to :data:`DEFAULT_LEASE_TIME` (at least three
+    poll intervals), ``lease-holder`` to this host's name and the terminal
+    port (two balancers on one host differ). ``heartbeat`` is the peers'
+    heartbeat interval when ``<peers>`` is configured: a standby then takes
+    over after two poll intervals (at least three heartbeats) of silence,
+    so within about three poll intervals of the writer's end.
     """
     if not dns_cfg.lease:
         return None
     return LeaseSettings(name=dns_cfg.lease,
-                         time=dns_cfg.lease_time if dns_cfg.lease_time is not None else 3 * poll_interval,
-                         holder=dns_cfg.lease_holder or f"{socket.gethostname()}:{terminal_port}")
+                         time=(dns_cfg.lease_time if dns_cfg.lease_time is not None
+                               else max(DEFAULT_LEASE_TIME, 3 * poll_interval)),
+                         holder=dns_cfg.lease_holder or f"{socket.gethostname()}:{terminal_port}",
+                         silence=None if heartbeat is None else max(2 * poll_interval, 3 * heartbeat))
 
 
 def lease_text(holder: str, expires: float) -> str:
@@ -180,7 +206,8 @@ class LeaseDecision:
 
 
 def decide_lease(lease: Lease, me: str, now: float, lease_time: float, *, mine: frozenset[str] = frozenset(),
-                 trust_name: bool = True, adopt: bool = False, unreadable_for: float = 0.0) -> LeaseDecision:
+                 trust_name: bool = True, adopt: bool = False, unreadable_for: float = 0.0,
+                 silent_for: float | None = None, silence: float | None = None) -> LeaseDecision:
     """The lease's next step for balancer ``me`` at ``now`` (Unix time).
 
     ``mine`` are the record texts this process wrote that may be current.
@@ -191,6 +218,10 @@ def decide_lease(lease: Lease, me: str, now: float, lease_time: float, *, mine: 
     counts as another's. ``adopt`` (``--once``, where every run is a new
     process) holds such a record as it is, renewing it only when due.
     ``unreadable_for`` is how long an unreadable record has stayed the same.
+    ``silent_for`` is how long the holder's heartbeats have stopped (None:
+    not heard since it became the holder, or no peers): at ``silence`` or
+    more, its valid lease is taken over (the compare-and-set on the record
+    as read fences it if it is only cut off, not gone).
     """
     if lease.absent:
         return LeaseDecision(ACQUIRE, "the lease is free")
@@ -212,6 +243,9 @@ def decide_lease(lease: Lease, me: str, now: float, lease_time: float, *, mine: 
                                     "renewing it")
     if left <= 0:
         return LeaseDecision(TAKEOVER, f"the lease of {lease.holder} expired {-left:.0f} s ago", named)
+    if not named and silence is not None and silent_for is not None and silent_for >= silence:
+        return LeaseDecision(TAKEOVER, f"no heartbeat from {lease.holder} for {silent_for:.1f} s "
+                                       f"(its lease had {left:.0f} s left)")
     if named:
         return LeaseDecision(STANDBY, f"the lease names this balancer ({me}) but another process wrote it: "
                                       "two balancers use the same lease-holder; give each its own", True)
@@ -297,8 +331,14 @@ class LeaseStatus:
 class LeaseKeeper:
     """Reads, takes, renews and releases one balancer's lease; one cycle at a time (not thread-safe)."""
 
-    def __init__(self, settings: LeaseSettings, *, once: bool = False) -> None:
+    def __init__(self, settings: LeaseSettings, *, once: bool = False,
+                 heard: Callable[[str], float | None] | None = None, mono: Callable[[], float] = time.monotonic
+                 ) -> None:
         self.settings = settings
+        self.heard = heard
+        """``heard(holder)``: when (``mono`` time) a peer last said it is that lease-holder; None: never."""
+        self._mono = mono
+        self._holder_since: tuple[str, float] | None = None  # the other holder read, since when (mono)
         self.once = once
         """One run of ``--once``: a valid record naming this balancer is held as it is (see decide_lease)."""
         self._mine: frozenset[str] = frozenset()
@@ -324,14 +364,41 @@ class LeaseKeeper:
         self.status = status
         return status
 
-    def cycle(self, dns_cfg: Dns, key: TsigKey | None, key_error: str | None, now: float | None = None) -> LeaseStatus:
-        """Read the lease and take, renew or leave it; returns what this balancer is this cycle."""
+    def read(self, dns_cfg: Dns) -> Lease:
+        """The lease record as the server holds it now; raise :class:`DnsError`."""
+        return read_lease(dns_cfg, self.settings.name)
+
+    def _silent_for(self, lease: Lease) -> float | None:
+        """How long the holder's heartbeats have stopped, counted only once heard while it held the lease."""
+        holder = lease.holder if lease.problem is None else None
+        if holder is None or holder == self.settings.holder or self.heard is None:
+            self._holder_since = None
+            return None
+        now = self._mono()
+        if self._holder_since is None or self._holder_since[0] != holder:
+            self._holder_since = (holder, now)
+        last = self.heard(holder)
+        # A holder never heard since it took the lease may be cut off from us, not gone (the other side of
+        # a partition, or the balancer that took the lease from us): only its expiry ends its lease.
+        if last is None or last < self._holder_since[1]:
+            return None
+        return now - last
+
+    def cycle(self, dns_cfg: Dns, key: TsigKey | None, key_error: str | None, now: float | None = None,
+              lease: Lease | DnsError | None = None) -> LeaseStatus:
+        """Read the lease (unless ``lease`` gives it as read this cycle) and take, renew or leave it.
+
+        Returns what this balancer is this cycle.
+        """
         now = time.time() if now is None else now
         s = self.settings
         fq = self._fqdn(dns_cfg)
         base = dict(name=fq, me=s.holder)
         try:
-            lease = read_lease(dns_cfg, s.name)
+            if isinstance(lease, DnsError):
+                raise lease
+            if lease is None:
+                lease = read_lease(dns_cfg, s.name)
         except DnsError as exc:
             return self._set(LeaseStatus(role=UNKNOWN, problem=f"cannot read the lease {fq}: {exc}", **base))
         if lease.problem is not None:
@@ -341,7 +408,8 @@ class LeaseKeeper:
         else:
             self._unreadable, unreadable_for = None, 0.0
         d = decide_lease(lease, s.holder, now, s.time, mine=self._mine, trust_name=not self._written,
-                         adopt=self.once, unreadable_for=unreadable_for)
+                         adopt=self.once, unreadable_for=unreadable_for, silent_for=self._silent_for(lease),
+                         silence=s.silence)
         seen = dict(holder=lease.holder, expires=lease.expires, **base)
         if d.action == HOLD:
             self._mine = frozenset({lease.text})
@@ -423,6 +491,6 @@ class LeaseKeeper:
         return fence(dns_cfg.zone, self.settings.name, status.fence_text)
 
 
-__all__ = ["ACQUIRE", "HOLD", "LOST", "Lease", "LeaseDecision", "LeaseKeeper", "LeaseSettings", "LeaseStatus",
-           "RENEW", "STANDBY", "STANDBY_ROLE", "TAKEOVER", "UNKNOWN", "WRITER", "build_release", "build_take",
-           "decide_lease", "fence", "lease_settings", "lease_text", "parse", "read_lease"]
+__all__ = ["ACQUIRE", "DEFAULT_LEASE_TIME", "HOLD", "LOST", "Lease", "LeaseDecision", "LeaseKeeper", "LeaseSettings",
+           "LeaseStatus", "RENEW", "STANDBY", "STANDBY_ROLE", "TAKEOVER", "UNKNOWN", "WRITER", "build_release",
+           "build_take", "decide_lease", "fence", "lease_settings", "lease_text", "parse", "read_lease"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import Mapping
+from typing import Callable, Mapping
 
 from lbserver.config import ServerConfig
 from lbserver.core.view import BalancerView
@@ -40,8 +40,11 @@ def candidates(view: BalancerView) -> dict[str, Candidate]:
 class DnsService:
     """The DNS arbiter of one balancer (idle while the config has no ``<dns>``)."""
 
-    def __init__(self, view: BalancerView, *, once: bool = False) -> None:
+    def __init__(self, view: BalancerView, *, once: bool = False,
+                 heard: Callable[[str], float | None] | None = None) -> None:
+        """``heard(holder)``: when a peer last said it is that DNS lease-holder (see the peers service)."""
         self._view = view
+        self._heard = heard
         self._once = once
         self._arbiter: DnsArbiter | None = None
         self._busy = False
@@ -53,15 +56,34 @@ class DnsService:
 
     def configure(self, config: ServerConfig) -> None:
         """Follow ``config``'s ``<dns>`` element (none: stop publishing)."""
-        lease = dict(poll_interval=config.poll.interval, terminal_port=config.listen[1])
+        lease = dict(poll_interval=config.poll.interval, terminal_port=config.listen[1],
+                     heartbeat=config.peers.heartbeat if config.peers is not None and config.peers.peers else None)
         if config.dns is None:
             if self._arbiter is not None:
                 self._pool.submit(self._arbiter.release)  # after a cycle in progress, on the worker
             self._arbiter = None
         elif self._arbiter is None:
-            self._arbiter = DnsArbiter(config.dns, config.nodes, once=self._once, **lease)
+            self._arbiter = DnsArbiter(config.dns, config.nodes, once=self._once, heard=self._heard, **lease)
         else:
             self._arbiter.reconfigure(config.dns, config.nodes, **lease)
+
+    def holder(self) -> str | None:
+        """This balancer's DNS lease-holder name (None: no aliases, or no lease), told to the peers."""
+        arbiter = self._arbiter
+        return arbiter.holder() if arbiter is not None else None
+
+    def dns_figures(self) -> dict | None:
+        """The last cycle's seconds of DNS exchanges, the DNS queries sent so far and the alias evaluations by
+        result, all aliases together (``lbserver_dns_updates``); None: no <dns>."""
+        arbiter = self._arbiter
+        if arbiter is None:
+            return None
+        seconds, queries = arbiter.figures()
+        updates: dict[str, int] = {}
+        for (_, result), n in self.update_counts.items():
+            updates[result] = updates.get(result, 0) + n
+        return {"cycle_seconds": None if seconds is None else round(seconds, 6), "queries": queries,
+                "updates": updates}
 
     def kick(self) -> None:
         """Start one arbiter cycle on the worker thread from the current snapshot (skipped while one runs)."""

@@ -41,6 +41,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.opcode
 import dns.query
 import dns.rcode
 import dns.rdataclass
@@ -222,9 +223,13 @@ class Channel:
         self.server, self.port, self.timeout = server, port, timeout
         self.where = ""  # the server's address, looked up on connecting (a failure is the message's error)
         self._sock: socket.socket | None = None
+        self.queries = 0
+        """Queries sent (updates not counted), for the figures of the cycle."""
 
     def exchange(self, msg: dns.message.Message) -> dns.message.Message:
         """Send ``msg`` and read its answer, on the open connection when there is one."""
+        if msg.opcode() == dns.opcode.QUERY:
+            self.queries += 1
         return self._retrying(lambda: dns.query.tcp(msg, self.where, timeout=self.timeout, port=self.port,
                                                     sock=self._sock))
 
@@ -236,6 +241,7 @@ class Channel:
         answers may come in any order; they are matched by message id.
         """
         out: list[dns.message.Message] = []
+        self.queries += sum(1 for m in msgs if m.opcode() == dns.opcode.QUERY)
         for start in range(0, len(msgs), window):
             batch = msgs[start:start + window]
             out.extend(self._retrying(lambda: self._pipelined(batch)))

@@ -1,6 +1,6 @@
 """Where the management service reads the DNS aliases from, without importing the DNS arbiter.
 
-The composition root passes the DNS service (which has these two methods),
+The composition root passes the DNS service (which has these methods),
 or :class:`NoAliases` when the configuration has no ``<dns>``.
 """
 
@@ -18,6 +18,10 @@ class AliasSource(Protocol):
     def alias_counts(self) -> Mapping[tuple[str, str], int]:
         """Alias evaluations so far, by (alias, result)."""
 
+    def dns_figures(self) -> dict | None:
+        """``{"cycle_seconds", "queries", "updates"}``: the last cycle's DNS part, the DNS queries so far and the
+        alias evaluations by result (None: no <dns>)."""
+
 
 class NoAliases:
     """The :class:`AliasSource` of a balancer without ``<dns>``."""
@@ -29,3 +33,7 @@ class NoAliases:
     def alias_counts(self) -> Mapping[tuple[str, str], int]:
         """No evaluations."""
         return {}
+
+    def dns_figures(self) -> dict | None:
+        """No DNS figures."""
+        return None

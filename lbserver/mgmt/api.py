@@ -70,7 +70,8 @@ class Api:
     def status(self) -> dict[str, Any]:
         """The /status document (schema in the manual's API chapter)."""
         return build_status(self.view, self.aliases.alias_status(), self.peers.peers_status(),
-                            self.session_map.session_map_status(), self.x2go.x2go_status())
+                            self.session_map.session_map_status(), self.x2go.x2go_status(),
+                            self.aliases.dns_figures())
 
     def history(self, since: str | None = None) -> dict[str, Any]:
         """Recent weights per node; ``since`` (seconds since the epoch) keeps only newer points."""

@@ -63,6 +63,7 @@ class FrozenAliases:
     def __init__(self, aliases: AliasSource) -> None:
         self._status = aliases.alias_status()
         self._counts = dict(aliases.alias_counts())
+        self._figures = aliases.dns_figures()
 
     def alias_status(self) -> list[dict]:
         """One report per alias, from the last DNS cycle."""
@@ -71,6 +72,10 @@ class FrozenAliases:
     def alias_counts(self) -> Mapping[tuple[str, str], int]:
         """Alias evaluations so far, by (alias, result)."""
         return self._counts
+
+    def dns_figures(self) -> dict | None:
+        """The DNS cycle's figures as they were."""
+        return self._figures
 
 
 class FrozenPeers:

@@ -94,6 +94,16 @@ class _Collector:
         for (alias, result), n in sorted(aliases.alias_counts().items()):
             updates.add_metric([alias, result], n)
         yield from (size, excluded, fallback, updates, held)
+        figures = aliases.dns_figures()
+        if figures is not None:
+            queries = CounterMetricFamily("lbserver_dns_queries", "DNS queries sent by the arbiter (SOA, IXFR, "
+                                          "record reads; updates not counted)")
+            queries.add_metric([], figures["queries"])
+            yield queries
+            if figures["cycle_seconds"] is not None:
+                yield GaugeMetricFamily("lbserver_dns_cycle_seconds", "seconds the last DNS arbiter cycle spent "
+                                        "on DNS exchanges (SOA, IXFR, reads, updates)",
+                                        value=figures["cycle_seconds"])
 
 
 def _peer_families(status: dict | None) -> Iterator[Metric]:

@@ -59,9 +59,10 @@ def why(view, sessions_now: int | None = None) -> str:
 
 def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
                  peers: dict[str, Any] | None = None, haproxy_map: dict[str, Any] | None = None,
-                 x2go: dict[str, Any] | None = None) -> dict[str, Any]:
+                 x2go: dict[str, Any] | None = None, dns: dict[str, Any] | None = None) -> dict[str, Any]:
     """The /status document (schema in the manual's API chapter).
 
+    ``dns`` is the DNS arbiter's figures (:meth:`~lbserver.mgmt.aliases.AliasSource.dns_figures`).
     ``aliases`` are the DNS reports, ``peers`` the state of the exchange with peer balancers (None: no ``<peers>``),
     ``haproxy_map`` the HAProxy session map's (None: no ``<haproxy-map>``), ``x2go`` the X2Go services'
     (None: neither ``<x2gobroker>`` nor ``<x2go-loadchecker>``).
@@ -128,6 +129,7 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
         "groups": groups,
         "nodes": nodes,
         "aliases": list(aliases or ()),
+        "dns": dns,
         "peers": peers,
         "haproxy_map": haproxy_map,
         "x2go": x2go,

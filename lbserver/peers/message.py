@@ -6,7 +6,10 @@ One UDP datagram is one message::
 
 The body is compact JSON: ``{"id": sender's boot id, "seq": n, "ts": time,
 "picks": {node: count}, "homes": {user: node}, "drains": {"nodes": [...], "at": time}}``;
-picks, homes and drains are optional. ``homes`` names the users among the
+picks, homes and drains are optional; ``"dns"`` is the sender's DNS
+lease-holder name (see :mod:`lbserver.dns.lease`), in every message of a
+balancer that publishes DNS aliases, so its peers know it is alive and may
+take its DNS lease over once its messages stop. ``homes`` names the users among the
 picks (those a terminal named), so a user sent somewhere by one balancer
 goes back there through the other; a balancer of an older version ignores
 the key, and one that sends none is simply not followed there. What does not fit one datagram is split by its encoded
@@ -80,6 +83,7 @@ class Message:
     picks: Mapping[str, int] = field(default_factory=dict)
     drains: Drains | None = None
     homes: Mapping[str, str] = field(default_factory=dict)
+    dns: str | None = None
 
 
 def _mac(secret: bytes | None, body: bytes) -> bytes:
@@ -93,6 +97,8 @@ def encode(msg: Message, secret: bytes | None) -> bytes:
         doc["picks"] = dict(msg.picks)
     if msg.homes:
         doc["homes"] = dict(msg.homes)
+    if msg.dns:
+        doc["dns"] = msg.dns
     if msg.drains is not None:
         doc["drains"] = {"nodes": sorted(msg.drains.nodes), "at": msg.drains.at}
         if msg.drains.parts > 1:
@@ -232,7 +238,10 @@ def decode(data: bytes, secret: bytes | None) -> Message:
                 or not 0 <= part < parts <= MAX_PARTS:
             raise BadMessage(MALFORMED, "drains part is not k of n")
         drains = Drains(frozenset(_name(n) for n in raw_drains["nodes"]), _time(raw_drains.get("at")), part, parts)
-    return Message(sender=sender, seq=seq, ts=ts, picks=picks, drains=drains, homes=homes)
+    holder = doc.get("dns")
+    if holder is not None:
+        holder = _name(holder)
+    return Message(sender=sender, seq=seq, ts=ts, picks=picks, drains=drains, homes=homes, dns=holder)
 
 
 class ReplayGuard:

@@ -22,6 +22,11 @@ without ever sending more than that many datagrams at once. A datagram from an a
 that is no peer, over the rate limit, malformed, unsigned or badly signed
 (with a secret), stale or replayed is dropped and counted, never applied.
 
+Every message carries this balancer's DNS lease-holder name when it
+publishes DNS aliases (:attr:`PeerService.dns_holder`), and :meth:`PeerService.heard`
+says when a peer last sent a message under a given name: the DNS arbiter's
+standby takes the lease over once the writer's messages have stopped.
+
 Threading: everything runs on the daemon's loop thread, except the name
 resolution of peers, done on a worker thread.
 """
@@ -35,7 +40,7 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from common.netutil import peer_address
 from common.ratelimit import DenyLog
@@ -70,6 +75,9 @@ class PeerState:
     messages: int = 0
     picks_received: int = 0
     refused: Counter = field(default_factory=Counter)
+    dns_holder: str | None = None
+    """The DNS lease-holder name its last message gave, and when (monotonic)."""
+    dns_heard: float | None = None
     drain_parts: DrainParts = field(default_factory=DrainParts)
     tokens: float = RATE
     refilled: float = field(default_factory=time.monotonic)
@@ -120,6 +128,8 @@ class PeerService(asyncio.DatagramProtocol):
         self.refused_unknown: Counter = Counter()
         self._refusal_log = DenyLog(LOG_INTERVAL, MAX_LOGGED)  # keyed by (source, reason)
         self.sent = 0
+        self.dns_holder: Callable[[], str | None] | None = None
+        """This balancer's DNS lease-holder name, sent in every message (None: no DNS aliases)."""
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -206,8 +216,9 @@ class PeerService(asyncio.DatagramProtocol):
         if self._transport is None:
             return
         self._seq += 1
+        holder = self.dns_holder() if self.dns_holder is not None else None
         msg = Message(sender=self._boot_id, seq=self._seq, ts=time.time(), picks=picks or {}, drains=drains,
-                      homes=homes or {})
+                      homes=homes or {}, dns=holder)
         try:
             data = encode(msg, self._secret)
         except ValueError as exc:  # cannot happen: split_picks and split_drains leave room
@@ -265,6 +276,8 @@ class PeerService(asyncio.DatagramProtocol):
             return
         state.last_message = time.time()
         state.messages += 1
+        if msg.dns is not None:
+            state.dns_holder, state.dns_heard = msg.dns, time.monotonic()
         if msg.picks:
             state.picks_received += sum(msg.picks.values())
             self._shared.count_remote_picks(msg.picks)
@@ -287,6 +300,14 @@ class PeerService(asyncio.DatagramProtocol):
             state.refused[exc.reason] += 1
         if self._refusal_log.should_log((source, exc.reason), time.monotonic()):
             log.warning("refused a peer message from %s: %s", source, exc)
+
+    def heard(self, holder: str) -> float | None:
+        """When (``time.monotonic()``) a peer last sent a message as DNS lease-holder ``holder``; None: never.
+
+        Read from the DNS worker thread: a float read, safe without a lock.
+        """
+        times = [s.dns_heard for s in list(self._states.values()) if s.dns_holder == holder and s.dns_heard]
+        return max(times) if times else None
 
     # -- status ---------------------------------------------------------------
 

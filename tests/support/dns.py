@@ -3,7 +3,11 @@
 ``named_server``: ``named`` (Debian package bind9) as a child process on
 127.0.0.1 and a free port, serving a throwaway primary zone
 ``lbtest.example`` that accepts dynamic updates signed with one hmac-sha256
-key only. ``smtp_server``: aiosmtpd in a thread, collecting messages.
+key only. ``named_pair``: the same primary, notifying a second ``named``
+(its own port) that serves the zone as its secondary (transfers signed with
+the key). ``knot_server``: Knot DNS (``knotd``, Debian package knot) as the
+primary instead, keeping no differences in its journal, then keeping
+them. ``smtp_server``: aiosmtpd in a thread, collecting messages.
 Both are stopped after the test.
 """
 
@@ -36,13 +40,13 @@ ZONE = "lbtest.example"
 KEY_NAME = "lbkey"
 
 
-def free_udp_tcp_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (named listens on both)."""
+def free_udp_tcp_port(address: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on ``address`` (named listens on both)."""
     for _ in range(50):
-        port = free_port("127.0.0.1")
+        port = free_port(address)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             try:
-                u.bind(("127.0.0.1", port))
+                u.bind((address, port))
             except OSError:
                 continue
         return port
@@ -52,11 +56,12 @@ def free_udp_tcp_port() -> int:
 class NamedServer:
     """A private ``named`` serving ZONE; start/stop/restart keep the zone (and its journal)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, address: str = "127.0.0.1") -> None:
         require_program("named")
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_udp_tcp_port()
+        self.address = address
+        self.port = free_udp_tcp_port(address)
         self.zone = ZONE
         self.key_name = KEY_NAME
         self.secret_b64 = base64.b64encode(secrets.token_bytes(32)).decode()
@@ -72,7 +77,8 @@ class NamedServer:
             "ns IN A 127.0.0.1\n"
         )
         self.write_conf(
-            "  recursion no;\n  notify no;\n",
+            # IXFR even for this tiny zone (BIND answers AXFR-style when the differences outweigh the zone).
+            "  recursion no;\n  notify no;\n  max-ixfr-ratio unlimited;\n",
             f'zone "{ZONE}" {{ type primary; file "{self.dir}/{ZONE}.db"; '
             f'allow-update {{ key "{KEY_NAME}"; }}; }};\n',
             f'key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{self.secret_b64}"; }};\n')
@@ -86,7 +92,7 @@ class NamedServer:
             f'  pid-file "{self.dir}/named.pid";\n'
             f'  session-keyfile "{self.dir}/session.key";\n'
             f'  managed-keys-directory "{self.dir}";\n'
-            f"  listen-on port {self.port} {{ 127.0.0.1; }};\n"
+            f"  listen-on port {self.port} {{ {self.address}; }};\n"
             "  listen-on-v6 { none; };\n"
             "  dnssec-validation no;\n"
             + options
@@ -136,11 +142,11 @@ class NamedServer:
         upd = dns.update.UpdateMessage(self.zone, keyring={k.name: k}, keyname=k.name)
         for method, *args in changes:
             getattr(upd, method)(*args)
-        return dns.query.tcp(upd, "127.0.0.1", port=self.port, timeout=3).rcode()
+        return dns.query.tcp(upd, self.address, port=self.port, timeout=3).rcode()
 
     def _query(self, name: str, rdtype: str):
         q = dns.message.make_query(name, rdtype)
-        return dns.query.tcp(q, "127.0.0.1", port=self.port, timeout=2)
+        return dns.query.tcp(q, self.address, port=self.port, timeout=2)
 
     def soa_serial(self) -> int | None:
         """The zone's SOA serial as named serves it (None when it does not answer)."""
@@ -156,7 +162,7 @@ class NamedServer:
     def dig(self, name: str, rdtype: str = "A") -> list[str]:
         """Addresses for ``name`` (relative to the zone) as the real ``dig`` tool reports them, sorted."""
         fqdn = f"{name}.{ZONE}"
-        out = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.port), "+short", "+tcp", "+time=2", "+tries=1",
+        out = subprocess.run(["dig", f"@{self.address}", "-p", str(self.port), "+short", "+tcp", "+time=2", "+tries=1",
                               fqdn, rdtype], capture_output=True, text=True, timeout=10)
         assert out.returncode == 0, out.stderr
         return sorted(line.strip() for line in out.stdout.splitlines() if line.strip())
@@ -168,6 +174,144 @@ class NamedServer:
             if rrset.rdtype == dns.rdatatype.from_text(rdtype):
                 return rrset.ttl
         return None
+
+
+    def nsupdate(self, *commands: str) -> None:
+        """Edit the zone by hand with the real ``nsupdate`` (signed with the test key), as an admin would."""
+        script = f"server {self.address} {self.port}\nzone {self.zone}\n" + "\n".join(commands) + "\nsend\n"
+        out = subprocess.run([require_program("nsupdate"), "-v", "-t", "5", "-k", str(self.key_file)], input=script,
+                             capture_output=True, text=True, timeout=20)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    def key_statement(self) -> str:
+        """The TSIG key as a named.conf statement."""
+        return f'key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{self.secret_b64}"; }};\n'
+
+    def notify_secondary(self, secondary: "NamedServer") -> None:
+        """Make this primary notify ``secondary`` of each change and let it transfer with the key (restart to apply)."""
+        self.write_conf(
+            "  recursion no;\n  notify explicit;\n  max-ixfr-ratio unlimited;\n"
+            f"  also-notify {{ {secondary.address} port {secondary.port}; }};\n"
+            f'  notify-source {self.address};\n',
+            f'zone "{ZONE}" {{ type primary; file "{self.dir}/{ZONE}.db"; '
+            f'allow-update {{ key "{KEY_NAME}"; }}; allow-transfer {{ key "{KEY_NAME}"; }}; }};\n',
+            self.key_statement())
+
+    def secondary_of(self, primary: "NamedServer") -> None:
+        """Serve ZONE as a secondary of ``primary`` (same key), transferring when notified."""
+        self.secret_b64 = primary.secret_b64
+        self.key_file.write_text(primary.key_file.read_text())
+        (self.dir / f"{ZONE}.db").unlink(missing_ok=True)
+        self.write_conf(
+            "  recursion no;\n  notify no;\n"
+            f"  transfer-source {self.address};\n",
+            f'zone "{ZONE}" {{ type secondary; file "{self.dir}/{ZONE}.sec"; '
+            f'primaries {{ {primary.address} port {primary.port} key "{KEY_NAME}"; }}; '
+            f'allow-notify {{ {primary.address}; }}; }};\n',
+            self.key_statement())
+
+
+@pytest.fixture
+def named_pair(tmp_path):
+    """A private BIND primary and its secondary, a second named with its own port (notified, transferring with
+    the key). Both on 127.0.0.1: named listens only on addresses of an interface, and lo has no other."""
+    primary = NamedServer(tmp_path / "named-primary")
+    secondary = NamedServer(tmp_path / "named-secondary")
+    primary.notify_secondary(secondary)
+    secondary.secondary_of(primary)
+    primary.start()
+    try:
+        secondary.start()
+        wait_until(lambda: secondary.soa_serial() == primary.soa_serial(), 15, what="the secondary's first transfer")
+        yield primary, secondary
+    finally:
+        secondary.stop()
+        primary.stop()
+
+
+class KnotServer:
+    """A private Knot DNS (``knotd``) primary for ZONE on 127.0.0.1, taking updates and transfers with the key.
+
+    ``journal`` is Knot's ``journal-content``: ``changes`` (Knot's default) keeps the differences and
+    serves IXFR from them; ``none`` (this class's default) keeps none, so an IXFR is answered with the whole
+    zone (AXFR-style) and the arbiter falls back to reading every alias. Same ``update``, ``soa_serial``,
+    ``dig`` and ``nsupdate`` helpers as NamedServer.
+    """
+
+    def __init__(self, workdir: Path, journal: str = "none") -> None:
+        require_program("knotd")
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.journal = journal
+        self.address = "127.0.0.1"
+        self.port = free_udp_tcp_port()
+        self.zone = ZONE
+        self.key_name = KEY_NAME
+        self.secret_b64 = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.dir / "knotd.log"
+        (self.dir / "db").mkdir(exist_ok=True)  # the journal and timers (knotd does not create it)
+        self.key_file = self.dir / "client.key"
+        self.key_file.write_text(f'key "{KEY_NAME}" {{\n\talgorithm hmac-sha256;\n\tsecret "{self.secret_b64}";\n}};\n')
+        os.chmod(self.key_file, 0o600)
+        (self.dir / f"{ZONE}.zone").write_text(
+            "$TTL 300\n"
+            f"@ IN SOA ns.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 60\n"
+            f"@ IN NS ns.{ZONE}.\n"
+            "ns IN A 127.0.0.1\n"
+        )
+        (self.dir / "knot.conf").write_text(
+            "server:\n"
+            f'    rundir: "{self.dir}"\n'
+            f"    listen: {self.address}@{self.port}\n"
+            "log:\n  - target: stderr\n    any: info\n"
+            f'database:\n    storage: "{self.dir}/db"\n'
+            f'control:\n    listen: "{self.dir}/knot.sock"\n'
+            f"key:\n  - id: {KEY_NAME}\n    algorithm: hmac-sha256\n    secret: {self.secret_b64}\n"
+            f"acl:\n  - id: lb\n    key: {KEY_NAME}\n    action: [update, transfer]\n"
+            "zone:\n"
+            f"  - domain: {ZONE}\n"
+            f'    storage: "{self.dir}"\n'
+            f"    file: {ZONE}.zone\n"
+            "    acl: lb\n"
+            f"    journal-content: {journal}\n"
+            "    zonefile-sync: -1\n")
+
+    def start(self) -> None:
+        """Start knotd and return once it answers the zone's SOA over TCP."""
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([require_program("knotd"), "-c", str(self.dir / "knot.conf")],
+                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        log.close()
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"knotd exited with {self.proc.returncode}: {self.log_tail()}")
+            return self.soa_serial() is not None
+
+        try:
+            wait_until(ready, timeout=15, what="knotd answering the SOA")
+        except AssertionError:
+            self.stop()
+            raise
+
+    stop = NamedServer.stop
+    log_tail = NamedServer.log_tail
+    update = NamedServer.update
+    _query = NamedServer._query
+    soa_serial = NamedServer.soa_serial
+    dig = NamedServer.dig
+    nsupdate = NamedServer.nsupdate
+
+
+@pytest.fixture(params=["none", "changes"])
+def knot_server(request, tmp_path):
+    """A running private Knot DNS serving ZONE: keeping no differences (the arbiter's fall-back path), then
+    keeping them (IXFR from Knot's journal); each test using it runs once with each."""
+    server = KnotServer(tmp_path / "knot", journal=request.param)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

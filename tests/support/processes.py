@@ -87,6 +87,7 @@ PACKAGES = {
     "openssl": "openssl", "lintian": "lintian", "dpkg-buildpackage": "dpkg-dev",
     "x2godbadmin": "x2goserver", "x2gobroker": "x2gobroker", "pyhoca-cli": "pyhoca-cli", "sshd": "openssh-server",
     "ssh-keygen": "openssh-client",
+    "knotd": "knot",
 }
 
 
