@@ -1,0 +1,116 @@
+"""A Prometheus server's HTTP API, as the balancer uses it: bounded instant queries.
+
+One query is one HTTP/1.0 GET of ``/api/v1/query`` through the agents'
+exchange (:func:`lbserver.core.poller.exchange`): the whole of it within the
+poll timeout, the answer within a byte bound, and at most ``max_series``
+series kept. The bearer token, when the group has one, goes in the
+``Authorization`` header and nowhere else (never in a message or a log).
+Errors are :class:`~lbserver.core.poller.PollError` in words for the status
+page, naming the server and, for a query Prometheus refused, its own error.
+Runs on the balancer's loop thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import ssl
+import urllib.parse
+from dataclasses import dataclass
+
+from common.tls import client_context
+from lbserver.core.poller import PollError, exchange
+
+SERVER = "Prometheus"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One series of an instant vector: its labels, value, and the evaluation time Prometheus answered for."""
+
+    labels: dict[str, str]
+    value: float
+    at: float
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where a group's Prometheus is (its base URL) and its bearer token (None: none)."""
+
+    url: str
+    token: str | None = None
+
+    def request(self, query: str) -> tuple[str, int, bytes]:
+        """(host, port, the whole GET) asking ``query`` as an instant query."""
+        parts = urllib.parse.urlsplit(self.url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        path = parts.path.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        auth = f"Authorization: Bearer {self.token}\r\n" if self.token else ""
+        shown = f"[{host}]" if ":" in host else host
+        return host, port, (f"GET {path} HTTP/1.0\r\nHost: {shown}:{port}\r\nUser-Agent: lbserver\r\n"
+                            f"Accept: application/json\r\n{auth}\r\n").encode()
+
+
+@functools.lru_cache(maxsize=1)
+def _system_context() -> ssl.SSLContext:
+    return client_context(None)
+
+
+def _api_error(status: bytes, body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+        said = f"{doc.get('errorType', '')}: {doc.get('error', '')}"[:300]
+    except (ValueError, AttributeError):
+        said = body[:120].decode("utf-8", "replace")
+    hint = " (check token-file)" if status in (b"401", b"403") else ""
+    return f"HTTP {status.decode('latin-1')[:3]}{hint}: {said}"
+
+
+def parse_vector(body: bytes, max_series: int) -> list[Sample]:
+    """The instant vector of a query's JSON answer; raises :class:`PollError` for anything else.
+
+    More than ``max_series`` series is an error, not a silent cut: a group
+    whose nodes were dropped would look smaller than it is.
+    """
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise PollError("answer is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("status") != "success" or not isinstance(doc.get("data"), dict):
+        error = doc.get("error") if isinstance(doc, dict) else None
+        raise PollError(f"query failed: {str(error)[:300]}" if error else "answer is not a query result")
+    data = doc["data"]
+    if data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
+        raise PollError(f"the query gives a {data.get('resultType')!s:.20}, not an instant vector")
+    result = data["result"]
+    if len(result) > max_series:
+        raise PollError(f"the query gives {len(result)} series (at most {max_series}: see max-series)")
+    out: list[Sample] = []
+    for entry in result:
+        try:
+            labels, (at, text) = entry["metric"], entry["value"]
+            value, at = float(text), float(at)
+        except (TypeError, KeyError, ValueError):
+            raise PollError("a series of the answer is malformed") from None
+        if not isinstance(labels, dict) or not math.isfinite(at):
+            raise PollError("a series of the answer is malformed")
+        out.append(Sample({str(k): str(v) for k, v in labels.items()}, value, at))
+    return out
+
+
+async def query(server: Server, promql: str, timeout: float, max_bytes: int, max_series: int) -> list[Sample]:
+    """Ask ``promql`` as an instant query; raises :class:`PollError` saying what went wrong."""
+    host, port, request = server.request(promql)
+    ssl_ctx = _system_context() if server.url.lower().startswith("https:") else None
+    raw = await exchange(host, port, request, timeout, max_bytes, ssl_ctx, server=SERVER)
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if not sep or len(status) < 2 or not status[0].startswith(b"HTTP/"):
+        raise PollError("answer is not HTTP")
+    if status[1] != b"200":
+        raise PollError(_api_error(status[1], body))
+    return parse_vector(body, max_series)
+
+
+__all__ = ["SERVER", "Sample", "Server", "parse_vector", "query"]

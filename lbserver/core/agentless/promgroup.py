@@ -1,0 +1,280 @@
+"""A ``<group prometheus=... discover=...>``: its nodes and their figures from a Prometheus server.
+
+At each poll the group's nodes are the series of its ``discover`` query (one
+node per ``instance`` label) and its explicit ``<node instance=...>``
+children; then every variable is one instant query for the whole group, all
+asked at once: the built-ins from node_exporter's metrics
+(:data:`BUILTIN_QUERIES`, the same units as the agent's) and the
+``<variables><variable promql=...>`` of lbsconfig.xml.
+
+Staleness: an instant query answers with its evaluation time, which says
+nothing of how old the figures are (Prometheus returns a sample up to five
+minutes old). Each variable's query therefore carries, in the same answer,
+the Prometheus timestamp of its source samples: ``Q or
+label_replace(min by (instance) (timestamp(S)), "lb_timestamp", ...)``, S
+being the selector the figure comes from (for a PromQL variable, the
+expression itself: ``timestamp()`` gives a plain selector's sample time and
+the evaluation time of anything computed). A node whose sample is older than
+the fall window (``fall`` × ``interval``), measured on Prometheus's own clock,
+fails that poll, as a node whose required metric is missing does; it goes
+down after ``fall`` such polls like an agent that does not answer.
+
+A server that cannot be read, refuses the discover query or a built-in's,
+or answers more than ``max-series`` series fails the poll of every node of
+the group, with words naming the group; a PromQL variable's failed query
+leaves that variable out (its rule then says so) and is named once in the
+log. Runs on the balancer's loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+from common.ratelimit import ProblemLog
+from lbserver.config import Group, Node
+from lbserver.core.agentless.exposition import DRAIN_METRIC, MIB, SESSIONS_METRIC, USERS_METRIC
+from lbserver.core.agentless.promapi import Sample, Server, query
+from lbserver.core.health import validate_state
+from lbserver.core.poller import PollError
+from lbserver.core.remote import RemoteNode
+
+log = logging.getLogger("lbserver")
+_problems = ProblemLog(log)
+
+TIMESTAMP_LABEL = "lb_timestamp"
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_ROOT = 'mountpoint="/"'
+
+
+@dataclass(frozen=True)
+class Query:
+    """One variable's PromQL: ``expr`` gives the value per instance, ``source`` the samples its age is taken from."""
+
+    expr: str
+    source: str
+    required: bool = True
+    scale: float = 1.0
+    kind: str = "float"  # "float" (2 decimals), "int" (floor), "pct" (2 decimals, NaN is 0)
+
+
+def _by(expr: str) -> str:
+    return f"max by (instance) ({expr})"
+
+
+BUILTIN_QUERIES: dict[str, Query] = {
+    "NBPROC": Query('count by (instance) (node_cpu_seconds_total{mode="idle"})',
+                    'node_cpu_seconds_total{mode="idle"}', kind="int"),
+    "CPUFREQ": Query(_by("node_cpu_frequency_max_hertz"), "node_cpu_frequency_max_hertz", required=False,
+                     scale=1e-6, kind="round"),
+    "LOADAVG": Query(_by("node_load1"), "node_load1"),
+    "LOADAVG5": Query(_by("node_load5"), "node_load5"),
+    "LOADAVG15": Query(_by("node_load15"), "node_load15"),
+    "CPUUSED": Query('100 * (1 - sum by (instance) (rate(node_cpu_seconds_total{mode=~"idle|iowait"}[1m])) '
+                     '/ sum by (instance) (rate(node_cpu_seconds_total[1m])))',
+                     'node_cpu_seconds_total{mode="idle"}', kind="pct"),
+    "MEMTOTAL": Query(_by("node_memory_MemTotal_bytes"), "node_memory_MemTotal_bytes", scale=1 / MIB, kind="int"),
+    "MEMUSED": Query(_by("node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes"),
+                     "node_memory_MemAvailable_bytes", scale=1 / MIB, kind="int"),
+    "MEMAVAIL": Query(_by("node_memory_MemAvailable_bytes"), "node_memory_MemAvailable_bytes", scale=1 / MIB,
+                      kind="int"),
+    "MEMUSEDPCT": Query(_by("100 * (1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes)"),
+                        "node_memory_MemAvailable_bytes", kind="pct"),
+    "SWAPUSEDPCT": Query(_by("100 * (node_memory_SwapTotal_bytes - node_memory_SwapFree_bytes) "
+                             "/ node_memory_SwapTotal_bytes"), "node_memory_SwapFree_bytes", kind="pct"),
+    "DISKUSEDPCT": Query(_by(f"100 * (node_filesystem_size_bytes{{{_ROOT}}} - node_filesystem_free_bytes{{{_ROOT}}}) "
+                             f"/ (node_filesystem_size_bytes{{{_ROOT}}} - node_filesystem_free_bytes{{{_ROOT}}} "
+                             f"+ node_filesystem_avail_bytes{{{_ROOT}}})"),
+                         f"node_filesystem_avail_bytes{{{_ROOT}}}", kind="pct"),
+    "UPTIME": Query(_by("node_time_seconds - node_boot_time_seconds"), "node_time_seconds", kind="int"),
+    "NBUSERS": Query(_by(USERS_METRIC), USERS_METRIC, required=False, kind="int"),
+    "NBSESSIONS": Query(_by(SESSIONS_METRIC), SESSIONS_METRIC, required=False, kind="int"),
+}
+"""The built-ins from node_exporter's metrics, as the agent computes them (see docs/agentless.md)."""
+
+DRAIN_QUERY = Query(f"max by (instance, reason) ({DRAIN_METRIC})", DRAIN_METRIC, required=False)
+"""A node whose site writes ``mille_xterm_drained{reason="..."} 1`` is drained at its source."""
+
+
+def with_timestamp(q: Query) -> str:
+    """``q``'s expression and the age of its source samples, in one query."""
+    return (f"({q.expr}) or label_replace(min by (instance) (timestamp({q.source})), "
+            f'"{TIMESTAMP_LABEL}", "1", "__name__", ".*")')
+
+
+def _convert(q: Query, value: float) -> float | int | None:
+    value *= q.scale
+    if math.isnan(value):
+        return 0.0 if q.kind == "pct" else None
+    if not math.isfinite(value):
+        return None
+    if q.kind == "int":
+        return max(0, int(value))
+    if q.kind == "round":
+        return int(round(value))
+    return round(value, 2)
+
+
+def node_for(instance: str, name: str | None, group: Group) -> Node:
+    """The node of ``instance`` (a ``host:port`` label) in ``group``; raises ValueError for a label that is not one."""
+    url = urllib.parse.urlsplit(f"http://{instance}")
+    host, port = url.hostname, url.port  # raises ValueError on a bad port
+    if not host or len(instance) > 255:
+        raise ValueError(f"instance {instance[:80]!r} is not host:port")
+    name = name or _NAME_CHARS.sub("-", host).strip("-.") or "node"
+    return Node(name=name, address=f"http://{instance}", host=host, port=port or 80,
+                max_sessions=group.max_sessions, source="prometheus")
+
+
+@dataclass
+class _Answer:
+    """One variable's answer, by instance: values, source sample times, and its error."""
+
+    values: dict[str, float]
+    stamps: dict[str, float]
+    at: float
+    error: str | None = None
+
+
+def _split(samples: list[Sample], name: str) -> _Answer:
+    answer = _Answer({}, {}, 0.0)
+    for s in samples:
+        answer.at = max(answer.at, s.at)
+        instance = s.labels.get("instance")
+        if instance is None:
+            continue
+        if s.labels.get(TIMESTAMP_LABEL) == "1":
+            answer.stamps[instance] = s.value
+        elif instance in answer.values and name != "DRAINED":
+            answer.error = f"several series for instance {instance} (aggregate by (instance))"
+        elif name != "DRAINED" or s.value == 1:
+            answer.values[instance] = s.value
+            if name == "DRAINED":
+                answer.values[instance] = s.labels.get("reason", "")  # type: ignore[assignment]
+    return answer
+
+
+class PrometheusGroup:
+    """Reads one ``prometheus`` group at each poll; keeps nothing between polls but the group's settings."""
+
+    def __init__(self, group: Group, promql: dict[str, str], timeout: float, max_bytes: int, fall_window: float):
+        self.group = group
+        self.server = Server(group.prometheus, group.token)
+        self.queries = dict(BUILTIN_QUERIES)
+        self.queries.update({name: Query(expr, expr, required=False) for name, expr in promql.items()})
+        self.timeout, self.fall_window = timeout, fall_window
+        self.max_series = group.max_series
+        # Room for a series and its timestamp line (about 150 bytes each in Prometheus's JSON).
+        self.max_bytes = max(max_bytes, 400 * group.max_series)
+
+    def _words(self, what: str, exc: PollError) -> PollError:
+        return PollError(f"group {self.group.name}: Prometheus {self.group.prometheus}: {what}: {exc}")
+
+    async def _ask(self, what: str, expr: str) -> list[Sample]:
+        try:
+            return await query(self.server, expr, self.timeout, self.max_bytes, 2 * self.max_series)
+        except PollError as exc:
+            raise self._words(what, exc) from None
+
+    async def instances(self) -> list[tuple[str, str | None]]:
+        """(instance, name or None) of every member: the explicit ones, then the discovered ones, sorted."""
+        members = list(self.group.instances)
+        if self.group.discover:
+            found = await self._ask("discover query", self.group.discover)
+            if len(found) > self.max_series:
+                raise self._words("discover query", PollError(f"{len(found)} series (at most {self.max_series}: "
+                                                              "see max-series)"))
+            known = {i for i, _ in members}
+            for inst in sorted({s.labels.get("instance", "") for s in found} - known - {""}):
+                members.append((inst, None))
+        return members
+
+    async def fetch(self) -> list[RemoteNode]:
+        """The group's nodes with their states (or why not); raises PollError when the group cannot be read."""
+        names = list(self.queries) + ["DRAINED"]
+        asks = [self._ask(f"variable {n}", with_timestamp(self.queries[n])) for n in self.queries]
+        asks.append(self._ask("variable DRAINED", with_timestamp(DRAIN_QUERY)))
+        members, *answers = await asyncio.gather(self.instances(), *asks, return_exceptions=True)
+        if isinstance(members, BaseException):
+            raise members
+        by_name: dict[str, _Answer] = {}
+        for name, answer in zip(names, answers):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, PollError):
+                    raise answer
+                if name in BUILTIN_QUERIES and BUILTIN_QUERIES[name].required:
+                    raise answer
+                _problems.note((self.group.name, name), str(answer), f"variable {name} of group {self.group.name}",
+                               f"group {self.group.name}: variable {name} answers again")
+                continue
+            _problems.note((self.group.name, name), None, "", f"group {self.group.name}: variable {name} answers again")
+            by_name[name] = _split(answer, name)
+        return self._nodes(members, by_name)
+
+    def _nodes(self, members: list[tuple[str, str | None]], answers: dict[str, _Answer]) -> list[RemoteNode]:
+        out: list[RemoteNode] = []
+        taken: set[str] = set()
+        for instance, name in members:
+            try:
+                node = node_for(instance, name, self.group)
+            except ValueError as exc:
+                log.warning("group %s: series left out: %s", self.group.name, exc)
+                continue
+            if node.name in taken:  # two exporters on one host: the port tells them apart
+                node = node_for(instance, f"{node.name}-{node.port}", self.group)
+            taken.add(node.name)
+            state, error = self._state(node.name, instance, answers)
+            out.append(RemoteNode(node, state, error))
+        return out
+
+    def _state(self, name: str, instance: str, answers: dict[str, _Answer]) -> tuple[dict | None, str | None]:
+        variables: dict = {"DRAINED": False, "DRAIN_REASON": ""}
+        for var, q in self.queries.items():
+            answer = answers.get(var)
+            if answer is None:
+                continue
+            if answer.error is not None and q.required:
+                return None, f"variable {var}: {answer.error}"
+            value = answer.values.get(instance)
+            if value is None:
+                if q.required:
+                    return None, f"no sample of {q.source} for {instance} in Prometheus (needed for {var})"
+                if var == "CPUFREQ":
+                    variables[var] = 0  # as the agent, when the system does not say
+                continue
+            stamp = answer.stamps.get(instance)
+            if stamp is not None and answer.at - stamp > self.fall_window:
+                return None, (f"stale sample: {q.source} for {instance} is {answer.at - stamp:.0f} s old in "
+                              f"Prometheus (more than fall x interval = {self.fall_window:g} s)")
+            converted = _convert(q, value)
+            if converted is None:
+                if q.required:
+                    return None, f"variable {var}: not a finite number for {instance}"
+                continue
+            variables[var] = converted
+        drained = answers.get("DRAINED")
+        if drained is not None and instance in drained.values:
+            stamp = drained.stamps.get(instance)
+            if stamp is None or drained.at - stamp <= self.fall_window:
+                variables["DRAINED"] = True
+                variables["DRAIN_REASON"] = " ".join(str(drained.values[instance]).split())[:200] or "drained"
+        try:
+            state = validate_state({"hostname": name, "agent_version": "prometheus", "variables": variables,
+                                    "users": [], "sampled_at": time.time()})
+        except ValueError as exc:
+            return None, f"invalid figures for {instance}: {exc}"
+        return state, None
+
+
+async def fetch_group(group: Group, promql: dict[str, str], timeout: float, max_bytes: int,
+                      fall_window: float) -> list[RemoteNode]:
+    """Read one ``prometheus`` group's nodes; raises :class:`PollError` naming the group when it cannot be read."""
+    return await PrometheusGroup(group, promql, timeout, max_bytes, fall_window).fetch()
+
+
+__all__ = ["BUILTIN_QUERIES", "DRAIN_QUERY", "PrometheusGroup", "Query", "fetch_group", "node_for", "with_timestamp"]
