@@ -119,6 +119,10 @@ class Balancer:
         """Terminal requests answered, by HTTP status."""
         return dict(self.terminal_responses)
 
+    def group_errors(self) -> Mapping[str, str]:
+        """Why each group fed by another balancer or Prometheus could not be read at the last poll."""
+        return dict(self._remote_errors)
+
     def sessions_now(self, node: str) -> int:
         """A node's sessions as its ``max-sessions`` counts them: its agent's count plus the new ones sent since."""
         return self._selector.sessions_now(node)
@@ -179,6 +183,8 @@ class Balancer:
         self._remote = {g: members for g, members in self._remote.items()
                         if g in config.groups and old is not None and config.groups[g].feed is not None
                         and g in old.groups and config.groups[g].feed == old.groups[g].feed}
+        self._remote_errors = {g: e for g, e in self._remote_errors.items()
+                               if g in config.groups and config.groups[g].feed is not None}
         self._set_effective()
         if self._drain is None or (old and old.state_file != config.state_file):
             self._drain = DrainState.load(config.state_file)

@@ -38,7 +38,7 @@ FAMILIES = (
     "node_memory_MemTotal_bytes", "node_memory_MemAvailable_bytes", "node_memory_SwapTotal_bytes",
     "node_memory_SwapFree_bytes", "node_filesystem_size_bytes", "node_filesystem_free_bytes",
     "node_filesystem_avail_bytes", "node_boot_time_seconds", "node_time_seconds",
-    "node_cpu_frequency_max_hertz", "node_cpu_scaling_frequency_max_hertz",
+    "node_cpu_frequency_max_hertz", "node_cpu_scaling_frequency_max_hertz", "node_cpu_scaling_frequency_hertz",
     DRAIN_METRIC, USERS_METRIC, SESSIONS_METRIC,
 )
 """The metric families read; every other line of the page is skipped unparsed."""
@@ -142,9 +142,13 @@ def builtins(found: Mapping[str, list], node: str, counters: CpuCounters | None 
     boot = _one(found, "node_boot_time_seconds")
     now = _one(found, "node_time_seconds")
     freq = max((v for _, v in found.get("node_cpu_frequency_max_hertz", ())), default=None)
-    if freq is None:
-        freq = max((v for _, v in found.get("node_cpu_scaling_frequency_max_hertz", ())), default=0.0)
-    if not _finite((busy, total, mem_total, mem_avail, swap_total, swap_free, size, free, avail, boot, now, freq)):
+    for fallback in ("node_cpu_scaling_frequency_max_hertz", "node_cpu_scaling_frequency_hertz"):
+        if freq is None:  # as the agent: the maximum where the system gives one, else the current clock
+            freq = max((v for _, v in found.get(fallback, ())), default=None)
+    freq = freq or 0.0
+    loads = [_one(found, name) for name in ("node_load1", "node_load5", "node_load15")]
+    if not _finite((busy, total, mem_total, mem_avail, swap_total, swap_free, size, free, avail, boot, now, freq,
+                    *loads)):
         raise ExpositionError("a figure is not a finite number")
     previous = counters.get(node) if counters is not None else None
     if counters is not None:
@@ -157,9 +161,9 @@ def builtins(found: Mapping[str, list], node: str, counters: CpuCounters | None 
     values: dict = {
         "NBPROC": nbproc,
         "CPUFREQ": int(round(freq / 1e6)),
-        "LOADAVG": _round(_one(found, "node_load1")),
-        "LOADAVG5": _round(_one(found, "node_load5")),
-        "LOADAVG15": _round(_one(found, "node_load15")),
+        "LOADAVG": _round(loads[0]),
+        "LOADAVG5": _round(loads[1]),
+        "LOADAVG15": _round(loads[2]),
         "CPUUSED": cpu_used,
         "MEMTOTAL": int(mem_total // MIB),
         "MEMUSED": int((mem_total - mem_avail) // MIB),

@@ -85,7 +85,7 @@ def parse_vector(body: bytes, max_series: int) -> list[Sample]:
         raise PollError(f"the query gives a {data.get('resultType')!s:.20}, not an instant vector")
     result = data["result"]
     if len(result) > max_series:
-        raise PollError(f"the query gives {len(result)} series (at most {max_series}: see max-series)")
+        raise PollError(f"the query gives {len(result)} series (more than {max_series}: see max-series)")
     out: list[Sample] = []
     for entry in result:
         try:

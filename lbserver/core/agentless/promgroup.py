@@ -175,9 +175,10 @@ class PrometheusGroup:
     def _words(self, what: str, exc: PollError) -> PollError:
         return PollError(f"group {self.group.name}: Prometheus {self.group.prometheus}: {what}: {exc}")
 
-    async def _ask(self, what: str, expr: str) -> list[Sample]:
+    async def _ask(self, what: str, expr: str, per_node: int = 2) -> list[Sample]:
+        """The answer to ``expr`` (at most ``per_node`` series a node: a variable's value and its timestamp)."""
         try:
-            return await query(self.server, expr, self.timeout, self.max_bytes, 2 * self.max_series)
+            return await query(self.server, expr, self.timeout, self.max_bytes, per_node * self.max_series)
         except PollError as exc:
             raise self._words(what, exc) from None
 
@@ -185,10 +186,7 @@ class PrometheusGroup:
         """(instance, name or None) of every member: the explicit ones, then the discovered ones, sorted."""
         members = list(self.group.instances)
         if self.group.discover:
-            found = await self._ask("discover query", self.group.discover)
-            if len(found) > self.max_series:
-                raise self._words("discover query", PollError(f"{len(found)} series (at most {self.max_series}: "
-                                                              "see max-series)"))
+            found = await self._ask("discover query", self.group.discover, per_node=1)
             known = {i for i, _ in members}
             for inst in sorted({s.labels.get("instance", "") for s in found} - known - {""}):
                 members.append((inst, None))
@@ -233,7 +231,7 @@ class PrometheusGroup:
         return out
 
     def _state(self, name: str, instance: str, answers: dict[str, _Answer]) -> tuple[dict | None, str | None]:
-        variables: dict = {"DRAINED": False, "DRAIN_REASON": ""}
+        variables: dict = {"CPUFREQ": 0, "DRAINED": False, "DRAIN_REASON": ""}  # as the agent, where unknown
         for var, q in self.queries.items():
             answer = answers.get(var)
             if answer is None:
@@ -244,8 +242,6 @@ class PrometheusGroup:
             if value is None:
                 if q.required:
                     return None, f"no sample of {q.source} for {instance} in Prometheus (needed for {var})"
-                if var == "CPUFREQ":
-                    variables[var] = 0  # as the agent, when the system does not say
                 continue
             stamp = answer.stamps.get(instance)
             if stamp is not None and answer.at - stamp > self.fall_window:
