@@ -7,7 +7,9 @@ the tests' own loopback page); nothing contacts anything off loopback.
 from __future__ import annotations
 
 import os
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -16,7 +18,7 @@ import pytest
 from tests.support import Procs, free_port, python_cmd, wait_for_port, wait_until
 from tests.support.agentless import (ExpositionServer, exposition_with_timestamps, start_exporter,
                                      start_prometheus)
-from tests.support.cluster import Balancer, ask_many, stop
+from tests.support.cluster import Balancer, ask_many, start_agent, stop
 
 pytestmark = pytest.mark.system
 
@@ -175,3 +177,40 @@ def test_a_stale_sample_in_prometheus_fails_the_poll(procs, tmp_path):
         assert set(ask_many(bal.port, 20)) == {"fresh"}
     finally:
         page.close()
+
+
+def _haproxy_answer(port: int, node: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(node.encode() + b"\n")
+        return s.makefile().readline().strip()
+
+
+def test_agent_node_exporter_and_prometheus_nodes_mix_in_one_group(procs, tmp_path):
+    agent = start_agent(procs, tmp_path, "agent", "127.0.0.31")
+    scraped = start_exporter(procs, tmp_path, "127.0.0.32")
+    via_prom = start_exporter(procs, tmp_path, "127.0.0.33")
+    prom = start_prometheus(procs, tmp_path, [via_prom.instance])
+    wait_until(lambda: [r for r in prom.query('up{job="node"}') if r["value"][1] == "1"], timeout=30,
+               what="prometheus scraping")
+    haproxy_port = free_port()
+    group = (f'    <group name="MIX" default="true" prometheus="{prom.url}" discover=\'up{{job="node"}}\'>\n'
+             f'      <node name="agent" address="{agent.url}"/>\n'
+             f'      <node name="scraped" address="{scraped.url}" source="node-exporter"/>\n    </group>')
+    bal = _balancer(procs, tmp_path, group, '    <variable name="MEMUSEDPCT" weight="100" capacity="100"/>',
+                    extra=f'<haproxy-agent listen="127.0.0.1:{haproxy_port}"/>')
+    names = {"agent", "scraped", "127.0.0.33"}
+    status = wait_until(lambda: (s := bal.status()) and set(s["nodes"]) == names
+                        and all(n["healthy"] for n in s["nodes"].values()) and s, timeout=30, what="three kinds")
+    assert status["groups"]["MIX"]["nodes"] == ["agent", "scraped", "127.0.0.33"]
+    mem = {n: status["nodes"][n]["variables"]["MEMUSEDPCT"] for n in names}
+    assert max(mem.values()) - min(mem.values()) < 5, mem             # one host, three sources, one figure
+    for n in names:
+        rules = status["nodes"][n]["rules"]
+        assert [r["name"] for r in rules] == ["MEMUSEDPCT"] and rules[0]["contribution"] > 0
+        assert _haproxy_answer(haproxy_port, n).startswith("up ready ")
+    assert set(ask_many(bal.port, 60)) == names
+    with urllib.request.urlopen(urllib.request.Request(bal.mgmt_url + "/nodes/127.0.0.33/drain", method="POST"),
+                                timeout=5) as resp:
+        assert resp.status == 200
+    assert _haproxy_answer(haproxy_port, "127.0.0.33") == "up drain #drained by admin"
+    assert "127.0.0.33" not in ask_many(bal.port, 30)
