@@ -222,3 +222,24 @@ def test_bad_agentless_configuration_is_refused_with_its_line(tmp_path, body, wo
     with pytest.raises(configmod.ConfigError, match=None) as info:
         _load(tmp_path, body)
     assert words in str(info.value) and ":1:" in str(info.value)
+
+
+def test_the_fast_path_reads_every_plain_line_as_the_parser_does_and_leaves_the_rest_to_it():
+    lines = "\n".join(l for l in PAGE.decode().splitlines() if not l.startswith("#"))
+    assert exposition._plain(lines) == exposition.reference_samples(lines)   # the whole real page, every family
+    for odd in ('node_load1{a="x\\"y"} 1', "node_load1 1 1700000000000", "node_load1  1", 'node_load1{a="b"c="d"} 1',
+                "node_load1 1_0", "node_load1 Infinity"):
+        assert exposition._plain(odd) is None, odd
+    for plain in ("node_load1 -1.5e+09", 'node_load1{a="b",} NaN', "node_load1{} +Inf", 'x{a=""} 0'):
+        assert repr(exposition._plain(plain)) == repr(exposition.reference_samples(plain)), plain  # NaN too
+    escaped = 'node_load1 0.5\nmille_xterm_drained{reason="a \\"quoted\\" reason"} 1\n'
+    assert exposition.samples(escaped.encode())[exposition.DRAIN_METRIC] == [({"reason": 'a "quoted" reason'}, 1.0)]
+
+
+def test_the_line_filter_keeps_every_family_read_and_only_the_root_file_system():
+    for family in exposition.FAMILIES:
+        labels = '{device="/dev/vda",mountpoint="/"}' if "filesystem" in family else '{cpu="0"}'
+        assert exposition._WANTED.fullmatch(f"\n{family}{labels} 1".encode()), family
+        assert exposition._WANTED.fullmatch(f"\n{family} 1".encode()) or "filesystem" in family, family
+        assert not exposition._WANTED.fullmatch(f"\n{family}_other 1".encode()), family
+    assert not exposition._WANTED.fullmatch(b'\nnode_filesystem_size_bytes{mountpoint="/home"} 1')

@@ -67,7 +67,6 @@ class Balancer:
         self._records: dict[str, health.NodeRecord] = {}
         # What the last cycle parsed and weighed, so an unchanged node costs neither again.
         self._replies: Replies = {}
-        self._pages: Replies = {}  # the same, for node_exporter pages
         self._cpu_counters: CpuCounters = {}  # each node_exporter node's CPU counters at its last scrape (CPUUSED)
         self._weighings: dict[str, Weighing] = {}
         self._selector = Selector(algorithm=config.algorithm)
@@ -247,7 +246,7 @@ class Balancer:
             poll_all(agents, cfg.poll.timeout, cfg.poll.max_reply_bytes, validate=health.validate_state,
                      replies=self._replies),
             scrape_all(exporters, cfg.poll.timeout, cfg.poll.max_reply_bytes, self._cpu_counters,
-                       validate=health.validate_state, replies=self._pages),
+                       validate=health.validate_state),
             self._fetch_remote(cfg))
         results = {**results, **scraped}
         now = time.time()

@@ -279,6 +279,7 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
     state validated then: an agent answers the same sample until it takes
     the next one, so polling faster than it samples, or by several
     balancers, costs no parsing. Nodes not polled are dropped from it.
+    Without it (None) no reply is compared with anything, nor digested.
 
     ``concurrency`` workers take the nodes in turn, rather than a task per
     node behind a semaphore: fewer tasks, the same bound. They only fetch:
@@ -349,7 +350,7 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
                 log.exception("polling %s failed unexpectedly", node.name)
                 error = f"poll failed: {type(exc).__name__}: {exc}"
             else:
-                key = _digest(body)
+                key = _digest(body) if replies is not None else b""
                 known = memo.get(node.name)
                 if known is None or known[0] != key:  # new figures: the parser records the result
                     await unparsed.put((node.name, key, body, time.monotonic() - start))

@@ -3,7 +3,9 @@
 Only the metric families the built-ins need are parsed: the page's lines are
 first filtered to those families with one regular expression over the bytes
 (a full node_exporter page is 50 to 200 KB, the lines kept about 30), and
-what is kept is read by prometheus_client's maintained parser: half a
+what is kept is read by prometheus_client's maintained parser, or, when
+every line kept is in the plain form node_exporter writes, by a fast path
+that reads it as that parser does (and is checked against it): a fifth of a
 millisecond a page, where parsing the whole page takes about eight. Units are the
 agent's (see ``lbagent/metrics.py``): memory in MiB, percentages 0-100 with
 two decimals, frequency in MHz, uptime in whole seconds.
@@ -55,12 +57,15 @@ REQUIRED = {
 }
 """Built-ins a page must give, with the metric that gives each (named in the error when it is missing)."""
 
-# A sample line of a wanted family, with the newline before it: the literal newline lets the engine jump from
-# line to line instead of trying every byte. Of the file systems, only the root's; HELP and TYPE are not needed
-# (the samples keep their names untyped).
+# A sample line of one of FAMILIES, with the newline before it: the literal newline lets the engine jump from
+# line to line instead of trying every byte, and the names are factored by prefix so that a line of another
+# family fails within a few characters (three times faster than a plain alternation). Of the file systems,
+# only the root's; HELP and TYPE are not needed (the samples keep their names untyped).
 _WANTED = re.compile(
-    rb"\n(?:(?:" + b"|".join(re.escape(f.encode()) for f in FAMILIES if not f.startswith("node_filesystem_"))
-    + rb")[ {\t]|node_filesystem_(?:size|free|avail)_bytes\{[^\n]*mountpoint=\"/\"[,}])[^\n]*")
+    rb"\n(?:node_(?:cpu_(?:seconds_total|frequency_max_hertz|scaling_frequency_(?:max_)?hertz)|load(?:1|5|15)"
+    rb"|memory_(?:MemTotal|MemAvailable|SwapTotal|SwapFree)_bytes|boot_time_seconds|time_seconds)[ {]"
+    rb"|node_filesystem_(?:size|free|avail)_bytes\{[^\n]*mountpoint=\"/\"[,}]"
+    rb"|mille_xterm_(?:drained|nbusers|nbsessions)[ {])[^\n]*")
 
 CpuCounters = dict[str, tuple[float, float]]
 """Per node, the (busy, total) CPU seconds of its previous scrape."""
@@ -74,17 +79,54 @@ def _round(value: float) -> float:
     return round(float(value), 2)
 
 
-def samples(page: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
+_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"'
+_PLAIN_LINE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(" + _LABEL + r"(?:," + _LABEL + r")*,?)?\})? "
+                         r"([-+]?(?:[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|Inf|NaN))")
+_LABELS = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"')
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def _plain(text: str) -> Samples | None:
+    """The samples of ``text`` when every line is in the plain form node_exporter writes, else None.
+
+    The plain form: ``name{label="value",...} number``, one space, no escape,
+    no timestamp. Such a line means exactly what prometheus_client's parser
+    reads from it; for anything else (None) that parser gives the verdict.
+    """
+    out: Samples = {}
+    for line in text.split("\n"):
+        if not line:
+            continue
+        m = _PLAIN_LINE.fullmatch(line)
+        if m is None:
+            return None
+        name, labels, value = m.groups()
+        out.setdefault(name, []).append((dict(_LABELS.findall(labels)) if labels else {}, float(value)))
+    return out
+
+
+def samples(page: bytes) -> Samples:
     """The samples of :data:`FAMILIES` on ``page``, by sample name: ``[(labels, value), ...]``.
 
-    Raises :class:`ExpositionError` for text the parser rejects (on the lines kept).
+    The lines kept are read by a fast path when all are plain (:func:`_plain`:
+    a third of the parser's time, the same result), else by prometheus_client's
+    parser. Raises :class:`ExpositionError` for text the parser rejects.
     """
     kept = b"".join(m.group(0) for m in _WANTED.finditer(b"\n" + page))
     try:
         text = kept.decode("utf-8")
     except UnicodeDecodeError:
         raise ExpositionError("not UTF-8 text") from None
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    plain = _plain(text)
+    if plain is not None:
+        return plain
+    return reference_samples(text)
+
+
+def reference_samples(text: str) -> Samples:
+    """The samples of exposition ``text`` as prometheus_client's parser reads them."""
+    out: Samples = {}
     try:
         for family in text_string_to_metric_families(text + "\n"):
             for s in family.samples:

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 
 from lbserver.config import Node
 from lbserver.core.agentless import exposition
-from lbserver.core.poller import PollError, PollResult, Replies, exchange, poll_all, reply_body
+from lbserver.core.poller import PollError, PollResult, exchange, poll_all, reply_body
 
 SERVER = "node_exporter"
 
@@ -56,14 +56,16 @@ def decoder(counters: exposition.CpuCounters):
 
 
 async def scrape_all(nodes: Iterable[Node], timeout: float, max_bytes: int, counters: exposition.CpuCounters,
-                     validate=None, replies: Replies | None = None) -> Mapping[str, PollResult]:
+                     validate=None) -> Mapping[str, PollResult]:
     """Scrape every node_exporter node once; results as :func:`~lbserver.core.poller.poll_all` gives them.
 
     ``counters`` (kept by the caller between cycles) holds each node's CPU
-    counters for CPUUSED; nodes no longer scraped are dropped from it.
+    counters for CPUUSED; nodes no longer scraped are dropped from it. No
+    page is kept to compare with the next: an exporter's page always
+    changes (its clock, node_time_seconds, is on it).
     """
     nodes = list(nodes)
-    results = await poll_all(nodes, timeout, max_bytes, validate=validate, replies=replies,
+    results = await poll_all(nodes, timeout, max_bytes, validate=validate,
                              fetch=fetch_page, decode=decoder(counters))
     for name in set(counters) - {n.name for n in nodes}:
         del counters[name]
