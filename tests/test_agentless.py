@@ -243,3 +243,12 @@ def test_the_line_filter_keeps_every_family_read_and_only_the_root_file_system()
         assert exposition._WANTED.fullmatch(f"\n{family} 1".encode()) or "filesystem" in family, family
         assert not exposition._WANTED.fullmatch(f"\n{family}_other 1".encode()), family
     assert not exposition._WANTED.fullmatch(b'\nnode_filesystem_size_bytes{mountpoint="/home"} 1')
+
+
+def test_prometheus_credentials_go_in_the_authorization_header_only():
+    from lbserver.core.agentless.promapi import Server
+    bearer = Server("http://127.0.0.1:9090", "t0ken").request("up")[2].decode()
+    assert "Authorization: Bearer t0ken\r\n" in bearer and bearer.startswith("GET /api/v1/query?query=up HTTP/1.0")
+    basic = Server("https://prom/p", "pw", "lb").request("up")
+    assert basic[:2] == ("prom", 443) and "Authorization: Basic bGI6cHc=\r\n" in basic[2].decode()
+    assert "pw" not in repr(Server("http://p", "pw", "lb")) and "t0ken" not in repr(Server("http://p", "t0ken"))

@@ -188,7 +188,7 @@ def _prometheus_group(r: Reader, g: etree._Element, group: dict, creds: "_Creden
     """The Prometheus fields of a <group> (None without prometheus): its URL checked, its token read now."""
     url = group["prometheus"]
     if url is None:
-        for attr in ("discover",):
+        for attr in ("discover", "user"):
             if group[attr] is not None:
                 raise r.error(g, f"<group> attribute {attr} needs prometheus (the Prometheus server to ask)")
         return None
@@ -205,7 +205,10 @@ def _prometheus_group(r: Reader, g: etree._Element, group: dict, creds: "_Creden
                          "such as http://prom:9090")
     if group["discover"] is not None and not group["discover"].strip():
         raise r.error(g, "<group> attribute discover is empty: give a PromQL query, such as up{job=\"node\"}")
-    out = {"prometheus": url.rstrip("/"), "discover": group["discover"], "max_series": group["max_series"]}
+    if group["user"] is not None and (group["token_file"] is None or ":" in group["user"]):
+        raise r.error(g, "<group> user needs token-file (holding the password), and a user name has no ':'")
+    out = {"prometheus": url.rstrip("/"), "discover": group["discover"], "max_series": group["max_series"],
+           "user": group["user"]}
     if group["token_file"] is not None:
         out["token_file"] = _config_relative(r, group["token_file"])
         out["token"] = creds.secret(g, out["token_file"], "token-file")

@@ -130,6 +130,8 @@ class Group:
     instances: tuple[tuple[str, str | None], ...] = ()
     """With ``prometheus``: the ``<node instance>`` children, as (instance, name or None)."""
     max_series: int = GROUP.max_series.default
+    user: str | None = GROUP.user.default
+    """With ``prometheus``: the HTTP Basic user, ``token`` its password (None: ``token`` is a bearer token)."""
 
     @property
     def feed(self) -> tuple | None:
@@ -137,7 +139,8 @@ class Group:
         if self.source is not None:
             return ("from", self.source, self.remote_group, self.token)
         if self.prometheus is not None:
-            return ("prometheus", self.prometheus, self.discover, self.instances, self.token, self.max_series)
+            return ("prometheus", self.prometheus, self.discover, self.instances, self.user, self.token,
+                    self.max_series)
         return None
 
 

@@ -184,7 +184,7 @@ GROUP = Element(
             default_doc="the group's own name"),
     Setting("token-file", "path", None,
             "With from: file holding the other balancer's admin token; with prometheus: the Prometheus server's "
-            "bearer token. Sent as Authorization: Bearer, never logged. A relative path is taken from the "
+            "bearer token (or, with user, the password). Sent as Authorization, never logged. A relative path is taken from the "
             "directory of lbsconfig.xml."),
     Setting("prometheus", "url", None,
             "Base URL of a Prometheus server, such as http://prom:9090: the group's nodes are the series of "
@@ -193,6 +193,9 @@ GROUP = Element(
     Setting("discover", "text", None,
             "With prometheus: the PromQL query whose series are the group's nodes, one per instance label, "
             "such as up{job=\"node\"}.", default_doc="only the <node instance> children"),
+    Setting("user", "text", None,
+            "With prometheus: the user name of HTTP Basic authentication (as Prometheus's own web.config.file "
+            "asks); token-file then holds the password.", default_doc="token-file is a bearer token"),
     Setting("max-series", "integer", 20000,
             "With prometheus: the most series a query may answer (the group's nodes); a query answering more "
             "fails the group's poll.", minimum=1),

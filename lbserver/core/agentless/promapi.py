@@ -3,8 +3,8 @@
 One query is one HTTP/1.0 GET of ``/api/v1/query`` through the agents'
 exchange (:func:`lbserver.core.poller.exchange`): the whole of it within the
 poll timeout, the answer within a byte bound, and at most ``max_series``
-series kept. The bearer token, when the group has one, goes in the
-``Authorization`` header and nowhere else (never in a message or a log).
+series kept. The bearer token or Basic credentials, when the group has them, go
+in the ``Authorization`` header and nowhere else (never in a message or a log).
 Errors are :class:`~lbserver.core.poller.PollError` in words for the status
 page, naming the server and, for a query Prometheus refused, its own error.
 Runs on the balancer's loop thread.
@@ -12,12 +12,13 @@ Runs on the balancer's loop thread.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import math
 import ssl
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.tls import client_context
 from lbserver.core.poller import PollError, exchange
@@ -36,17 +37,26 @@ class Sample:
 
 @dataclass(frozen=True)
 class Server:
-    """Where a group's Prometheus is (its base URL) and its bearer token (None: none)."""
+    """Where a group's Prometheus is (its base URL) and its credentials.
+
+    ``token`` is a bearer token, or with ``user`` the password of HTTP Basic
+    authentication (None: none). Neither is ever part of a message.
+    """
 
     url: str
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    user: str | None = None
 
     def request(self, query: str) -> tuple[str, int, bytes]:
         """(host, port, the whole GET) asking ``query`` as an instant query."""
         parts = urllib.parse.urlsplit(self.url)
         host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
         path = parts.path.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
-        auth = f"Authorization: Bearer {self.token}\r\n" if self.token else ""
+        auth = ""
+        if self.token and self.user:
+            auth = f"Authorization: Basic {base64.b64encode(f'{self.user}:{self.token}'.encode()).decode()}\r\n"
+        elif self.token:
+            auth = f"Authorization: Bearer {self.token}\r\n"
         shown = f"[{host}]" if ":" in host else host
         return host, port, (f"GET {path} HTTP/1.0\r\nHost: {shown}:{port}\r\nUser-Agent: lbserver\r\n"
                             f"Accept: application/json\r\n{auth}\r\n").encode()

@@ -164,7 +164,7 @@ class PrometheusGroup:
 
     def __init__(self, group: Group, promql: dict[str, str], timeout: float, max_bytes: int, fall_window: float):
         self.group = group
-        self.server = Server(group.prometheus, group.token)
+        self.server = Server(group.prometheus, group.token, group.user)
         self.queries = dict(BUILTIN_QUERIES)
         self.queries.update({name: Query(expr, expr, required=False) for name, expr in promql.items()})
         self.timeout, self.fall_window = timeout, fall_window
@@ -182,6 +182,14 @@ class PrometheusGroup:
         except PollError as exc:
             raise self._words(what, exc) from None
 
+    async def _answer(self, name: str, q: Query) -> _Answer:
+        """Variable ``name``'s answer, reduced at once to its values and timestamps by instance.
+
+        Reduced as soon as it arrives, so that at ten thousand nodes the
+        answers' series (a dict of labels each) never all live at once.
+        """
+        return _split(await self._ask(f"variable {name}", with_timestamp(q)), name)
+
     async def instances(self) -> list[tuple[str, str | None]]:
         """(instance, name or None) of every member: the explicit ones, then the discovered ones, sorted."""
         members = list(self.group.instances)
@@ -195,8 +203,8 @@ class PrometheusGroup:
     async def fetch(self) -> list[RemoteNode]:
         """The group's nodes with their states (or why not); raises PollError when the group cannot be read."""
         names = list(self.queries) + ["DRAINED"]
-        asks = [self._ask(f"variable {n}", with_timestamp(self.queries[n])) for n in self.queries]
-        asks.append(self._ask("variable DRAINED", with_timestamp(DRAIN_QUERY)))
+        asks = [self._answer(n, self.queries[n]) for n in self.queries]
+        asks.append(self._answer("DRAINED", DRAIN_QUERY))
         members, *answers = await asyncio.gather(self.instances(), *asks, return_exceptions=True)
         if isinstance(members, BaseException):
             raise members
@@ -211,7 +219,7 @@ class PrometheusGroup:
                                f"group {self.group.name}: variable {name} answers again")
                 continue
             _problems.note((self.group.name, name), None, "", f"group {self.group.name}: variable {name} answers again")
-            by_name[name] = _split(answer, name)
+            by_name[name] = answer
         return self._nodes(members, by_name)
 
     def _nodes(self, members: list[tuple[str, str | None]], answers: dict[str, _Answer]) -> list[RemoteNode]:
