@@ -207,7 +207,7 @@ def prometheus_case(tmp: str, env: dict, count: int, cycles: int) -> None:
             + [promgroup.with_timestamp(promgroup.DRAIN_QUERY)]
         targets = [(h, p, req) for h, p, req in (server.request(q) for q in queries)]
         floor = min(asyncio.run(bare_cycle(targets, 30.0)) for _ in range(3))
-        interval, timeout = 8.0, 6.0
+        interval, timeout = 10.0, 8.0
         r = measure(SERVER.format(tmp=tmp, interval=interval, timeout=timeout,
                                   groups=f'<group name="P" default="true" prometheus="{url}" '
                                          f'discover="{discover}"/>'), tmp, env, interval, cycles)

@@ -126,6 +126,7 @@ def _vector(*series, at=100.0) -> bytes:
 def test_a_prometheus_answer_is_parsed_and_bounded():
     got = parse_vector(_vector(({"instance": "a:1"}, 2.5), ({"instance": "b:1"}, "NaN")), 10)
     assert got[0] == Sample({"instance": "a:1"}, 2.5, 100.0) and str(got[1].value) == "nan"
+    assert parse_vector(_vector(({"instance": 7}, 1)), 10)[0].labels == {"instance": 7}   # checked where used
     with pytest.raises(PollError, match="gives 3 series \\(more than 2"):
         parse_vector(_vector(*[({"instance": str(i)}, 1) for i in range(3)]), 2)
     with pytest.raises(PollError, match="query failed: parse error"):
@@ -139,24 +140,35 @@ def test_a_prometheus_answer_is_parsed_and_bounded():
 GROUP = Group(name="P", nodes=(), prometheus="http://127.0.0.1:9", discover="up", max_series=100)
 
 
-def _answers(instance="a:9100", at=100.0, stamp=99.0, **values) -> dict:
+def _answers(instance="a:9100", at=100.0, **values) -> dict:
     out = {}
     for name, q in promgroup.BUILTIN_QUERIES.items():
         if q.required or name in values:
-            samples = [Sample({"instance": instance}, values.get(name, 1.0), at),
-                       Sample({"instance": instance, promgroup.TIMESTAMP_LABEL: "1"}, stamp, at)]
-            out[name] = promgroup._split(samples, name)
+            out[name] = promgroup._split([Sample({"instance": instance}, values.get(name, 1.0), at)], name)
     return out
 
 
-def test_a_prometheus_node_gets_the_built_ins_and_a_stale_one_fails():
+def _group(stamp: float = 99.0, at: float = 100.0) -> promgroup.PrometheusGroup:
     group = promgroup.PrometheusGroup(GROUP, {"GPU": "max by (instance) (gpu)"}, 1.0, 2**20, fall_window=20.0)
+    group.fresh = promgroup._split([Sample({"instance": "a:9100"}, stamp, at)], "")
+    return group
+
+
+def test_a_prometheus_node_gets_the_built_ins_and_a_stale_one_fails():
+    group = _group()
     state, error = group._state("a", "a:9100", _answers())
     assert error is None and state["variables"]["LOADAVG"] == 1.0 and state["variables"]["CPUFREQ"] == 0
     state, error = group._state("a", "a:9100", _answers(MEMTOTAL=4096.0 * 2**20))
     assert state["variables"]["MEMTOTAL"] == 4096
-    state, error = group._state("a", "a:9100", _answers(stamp=70.0))   # 30 s old, the window is 20
+    state, error = _group(stamp=70.0)._state("a", "a:9100", _answers())   # 30 s old, the window is 20
     assert state is None and error.startswith("stale sample:") and "30 s old" in error
+    gpu = [Sample({"instance": "a:9100"}, 55.0, 100.0),
+           Sample({"instance": "a:9100", promgroup.TIMESTAMP_LABEL: "1"}, 60.0, 100.0)]   # its own sample: 40 s
+    state, error = group._state("a", "a:9100", {**_answers(), "GPU": promgroup._split(gpu, "GPU")})
+    assert state is None and error.startswith("stale sample: max by (instance) (gpu) for a:9100 is 40 s old")
+    gpu[1] = gpu[1]._replace(value=95.0)
+    state, error = group._state("a", "a:9100", {**_answers(), "GPU": promgroup._split(gpu, "GPU")})
+    assert error is None and state["variables"]["GPU"] == 55.0
     answers = _answers()
     del answers["LOADAVG"].values["a:9100"]
     state, error = group._state("a", "a:9100", answers)
@@ -172,10 +184,12 @@ def test_prometheus_nodes_are_named_by_their_instance():
         promgroup.node_for("host:notaport", None, GROUP)
 
 
-def test_each_query_carries_the_age_of_its_samples():
-    q = promgroup.BUILTIN_QUERIES["LOADAVG"]
-    assert promgroup.with_timestamp(q) == ('(max by (instance) (node_load1)) or label_replace(min by (instance) '
-                                           '(timestamp(node_load1)), "lb_timestamp", "1", "__name__", ".*")')
+def test_a_promql_variable_carries_the_age_of_its_samples_and_the_built_ins_one_for_all():
+    q = promgroup.PrometheusGroup(GROUP, {"GPU": "gpu_used"}, 1.0, 2**20, 20.0).queries["GPU"]
+    assert promgroup.with_timestamp(q) == ('(gpu_used) or label_replace(min by (instance) '
+                                           '(timestamp(gpu_used)), "lb_timestamp", "1", "__name__", ".*")')
+    assert promgroup.with_timestamp(promgroup.BUILTIN_QUERIES["LOADAVG"]) == "max by (instance) (node_load1)"
+    assert promgroup.FRESHNESS_QUERY == "min by (instance) (timestamp(node_load1))"
 
 
 def _load(tmp_path, body: str):

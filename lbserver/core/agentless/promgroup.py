@@ -9,13 +9,14 @@ asked at once: the built-ins from node_exporter's metrics
 
 Staleness: an instant query answers with its evaluation time, which says
 nothing of how old the figures are (Prometheus returns a sample up to five
-minutes old). Each variable's query therefore carries, in the same answer,
-the Prometheus timestamp of its source samples: ``Q or
-label_replace(min by (instance) (timestamp(S)), "lb_timestamp", ...)``, S
-being the selector the figure comes from (for a PromQL variable, the
-expression itself: ``timestamp()`` gives a plain selector's sample time and
-the evaluation time of anything computed). A node whose sample is older than
-the fall window (``fall`` × ``interval``), measured on Prometheus's own clock,
+minutes old). One more query per poll, :data:`FRESHNESS_QUERY`, gives each
+node the Prometheus timestamp of its last node_exporter sample (one scrape
+writes all the built-ins' sources at once); each PromQL
+variable's query carries, in the same answer, the timestamps of its own
+samples: ``Q or label_replace(min by (instance) (timestamp(Q)), "lb_timestamp",
+...)`` (``timestamp()`` gives a plain selector's sample time and the
+evaluation time of anything computed). A node whose sample is older than the
+fall window (``fall`` × ``interval``), measured on Prometheus's own clock,
 fails that poll, as a node whose required metric is missing does; it goes
 down after ``fall`` such polls like an agent that does not answer.
 
@@ -59,6 +60,8 @@ class Query:
     expr: str
     source: str
     required: bool = True
+    stamped: bool = False
+    """Whether the answer carries its samples' timestamps (PromQL variables; the built-ins have FRESHNESS_QUERY)."""
     scale: float = 1.0
     kind: str = "float"  # "float" (2 decimals), "int" (floor), "pct" (2 decimals, NaN is 0)
 
@@ -97,12 +100,21 @@ BUILTIN_QUERIES: dict[str, Query] = {
 }
 """The built-ins from node_exporter's metrics, as the agent computes them (see docs/agentless.md)."""
 
+FRESHNESS_QUERY = "min by (instance) (timestamp(node_load1))"
+"""Per node, the Prometheus time of its last node_exporter scrape: node_load1's sample, which every scrape writes.
+
+One metric, because ``timestamp()`` gives sample times only for a plain
+selector, and a selector over several names fails in ``timestamp()`` (the
+names dropped, their series collide)."""
+
 DRAIN_QUERY = Query(f"max by (instance, reason) ({DRAIN_METRIC})", DRAIN_METRIC, required=False)
 """A node whose site writes ``mille_xterm_drained{reason="..."} 1`` is drained at its source."""
 
 
 def with_timestamp(q: Query) -> str:
-    """``q``'s expression and the age of its source samples, in one query."""
+    """``q``'s expression, and the age of its source samples when it is ``stamped``, in one query."""
+    if not q.stamped:
+        return q.expr
     return (f"({q.expr}) or label_replace(min by (instance) (timestamp({q.source})), "
             f'"{TIMESTAMP_LABEL}", "1", "__name__", ".*")')
 
@@ -146,7 +158,7 @@ def _split(samples: list[Sample], name: str) -> _Answer:
     for s in samples:
         answer.at = max(answer.at, s.at)
         instance = s.labels.get("instance")
-        if instance is None:
+        if not isinstance(instance, str):
             continue
         if s.labels.get(TIMESTAMP_LABEL) == "1":
             answer.stamps[instance] = s.value
@@ -166,8 +178,9 @@ class PrometheusGroup:
         self.group = group
         self.server = Server(group.prometheus, group.token, group.user)
         self.queries = dict(BUILTIN_QUERIES)
-        self.queries.update({name: Query(expr, expr, required=False) for name, expr in promql.items()})
+        self.queries.update({name: Query(expr, expr, required=False, stamped=True) for name, expr in promql.items()})
         self.timeout, self.fall_window = timeout, fall_window
+        self.fresh = _Answer({}, {}, 0.0)  # FRESHNESS_QUERY's last answer: each node's oldest source sample
         self.max_series = group.max_series
         # Room for a series and its timestamp line (about 150 bytes each in Prometheus's JSON).
         self.max_bytes = max(max_bytes, 400 * group.max_series)
@@ -196,7 +209,8 @@ class PrometheusGroup:
         if self.group.discover:
             found = await self._ask("discover query", self.group.discover, per_node=1)
             known = {i for i, _ in members}
-            for inst in sorted({s.labels.get("instance", "") for s in found} - known - {""}):
+            found_instances = {s.labels.get("instance") for s in found}
+            for inst in sorted(i for i in found_instances - known if isinstance(i, str) and i):
                 members.append((inst, None))
         return members
 
@@ -205,9 +219,13 @@ class PrometheusGroup:
         names = list(self.queries) + ["DRAINED"]
         asks = [self._answer(n, self.queries[n]) for n in self.queries]
         asks.append(self._answer("DRAINED", DRAIN_QUERY))
-        members, *answers = await asyncio.gather(self.instances(), *asks, return_exceptions=True)
-        if isinstance(members, BaseException):
-            raise members
+        members, fresh, *answers = await asyncio.gather(
+            self.instances(), self._ask("freshness query", FRESHNESS_QUERY, per_node=1), *asks,
+            return_exceptions=True)
+        for outcome in (members, fresh):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        self.fresh = _split(fresh, "")
         by_name: dict[str, _Answer] = {}
         for name, answer in zip(names, answers):
             if isinstance(answer, BaseException):
@@ -239,6 +257,10 @@ class PrometheusGroup:
         return out
 
     def _state(self, name: str, instance: str, answers: dict[str, _Answer]) -> tuple[dict | None, str | None]:
+        stamp = self.fresh.values.get(instance)
+        if stamp is not None and self.fresh.at - stamp > self.fall_window:
+            return None, (f"stale sample: node_exporter's figures for {instance} are {self.fresh.at - stamp:.0f} s "
+                          f"old in Prometheus (more than fall x interval = {self.fall_window:g} s)")
         variables: dict = {"CPUFREQ": 0, "DRAINED": False, "DRAIN_REASON": ""}  # as the agent, where unknown
         for var, q in self.queries.items():
             answer = answers.get(var)
@@ -281,4 +303,4 @@ async def fetch_group(group: Group, promql: dict[str, str], timeout: float, max_
     return await PrometheusGroup(group, promql, timeout, max_bytes, fall_window).fetch()
 
 
-__all__ = ["BUILTIN_QUERIES", "DRAIN_QUERY", "PrometheusGroup", "Query", "fetch_group", "node_for", "with_timestamp"]
+__all__ = ["BUILTIN_QUERIES", "DRAIN_QUERY", "FRESHNESS_QUERY", "PrometheusGroup", "Query", "fetch_group", "node_for", "with_timestamp"]
