@@ -12,7 +12,7 @@ the same run, is a bare asyncio client fetching the same pages with the same
 requests, without parsing them.
 
 prometheus: one loopback page carries the node_exporter metrics the built-ins
-need for 10,000 ``instance`` labels; Debian's prometheus scrapes it
+need for 10,000 ``instance`` labels, with new figures at every scrape; Debian's prometheus scrapes it
 (``honor_labels: true``) and a real lbserver reads a ``prometheus`` group
 discovering those 10,000 nodes. The reference, in the same run, is a bare
 asyncio client making the same instant queries (discover and one per
@@ -129,17 +129,20 @@ def node_exporter_case(tmp: str, env: dict, count: int, cycles: int) -> None:
         replicas.wait()
 
 
-def fleet_page(count: int) -> bytes:
-    """The node_exporter metrics the built-ins need, for ``count`` instances 10.x.y.z:9100, on one page."""
+def fleet_page(count: int, turn: int = 0) -> bytes:
+    """The node_exporter metrics the built-ins need, for ``count`` instances 10.x.y.z:9100, on one page.
+
+    ``turn`` changes the loads and the free memory, as between two real scrapes.
+    """
     lines = []
     for i in range(count):
         inst = f'instance="10.{i // 65536}.{i // 256 % 256}.{i % 256}:9100"'
         root = f'{inst},device="/dev/vda",mountpoint="/"'
         lines += [f'node_cpu_seconds_total{{{inst},cpu="0",mode="idle"}} {1000 + i}',
                   f'node_cpu_seconds_total{{{inst},cpu="0",mode="user"}} 100',
-                  f"node_load1{{{inst}}} {i % 100 / 50}", f"node_load5{{{inst}}} 0.5", f"node_load15{{{inst}}} 0.5",
-                  f"node_memory_MemTotal_bytes{{{inst}}} 8589934592",
-                  f"node_memory_MemAvailable_bytes{{{inst}}} {4294967296 + i}",
+                  f"node_load1{{{inst}}} {(i + turn) % 100 / 50}", f"node_load5{{{inst}}} {turn % 7 / 10}",
+                  f"node_load15{{{inst}}} 0.5", f"node_memory_MemTotal_bytes{{{inst}}} 8589934592",
+                  f"node_memory_MemAvailable_bytes{{{inst}}} {4294967296 + i * 4096 + turn * 2**20}",
                   f"node_memory_SwapTotal_bytes{{{inst}}} 0", f"node_memory_SwapFree_bytes{{{inst}}} 0",
                   f"node_filesystem_size_bytes{{{root}}} 1000", f"node_filesystem_free_bytes{{{root}}} 500",
                   f"node_filesystem_avail_bytes{{{root}}} 450", f"node_boot_time_seconds{{{inst}}} 1700000000",
@@ -148,13 +151,16 @@ def fleet_page(count: int) -> bytes:
 
 
 class PageServer:
-    """One page on 127.0.0.1 from a thread (the fleet page Prometheus scrapes)."""
+    """Pages on 127.0.0.1 from a thread, each request the next (the fleet pages Prometheus scrapes in turn)."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, bodies: list[bytes]) -> None:
+        turns = iter(range(1 << 62))
+
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                body = bodies[next(turns) % len(bodies)]
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(body)))
@@ -184,7 +190,7 @@ def _count(url: str, promql: str) -> int:
 
 
 def prometheus_case(tmp: str, env: dict, count: int, cycles: int) -> None:
-    page = PageServer(fleet_page(count))
+    page = PageServer([fleet_page(count, turn) for turn in range(5)])  # every scrape new figures
     prom = None
     try:
         port = free_port("127.0.0.1")
@@ -203,7 +209,7 @@ def prometheus_case(tmp: str, env: dict, count: int, cycles: int) -> None:
         discover = "node_load1"
         group = Group(name="P", nodes=(), prometheus=url, discover=discover)
         server = Server(url)
-        queries = [discover] + [promgroup.with_timestamp(q) for q in promgroup.BUILTIN_QUERIES.values()] \
+        queries = [discover, promgroup.FRESHNESS_QUERY] + [promgroup.with_timestamp(q) for q in promgroup.BUILTIN_QUERIES.values()] \
             + [promgroup.with_timestamp(promgroup.DRAIN_QUERY)]
         targets = [(h, p, req) for h, p, req in (server.request(q) for q in queries)]
         floor = min(asyncio.run(bare_cycle(targets, 30.0)) for _ in range(3))

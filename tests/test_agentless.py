@@ -176,12 +176,12 @@ def test_a_prometheus_node_gets_the_built_ins_and_a_stale_one_fails():
 
 
 def test_prometheus_nodes_are_named_by_their_instance():
-    assert promgroup.node_for("127.0.0.2:9100", None, GROUP).name == "127.0.0.2"
-    node = promgroup.node_for("[::1]:9100", None, GROUP)
-    assert (node.name, node.host, node.port, node.source) == ("1", "::1", 9100, "prometheus")
-    assert promgroup.node_for("db-7.example.org:9100", "db7", GROUP).name == "db7"
+    assert promgroup.node_for("127.0.0.2:9100", None, None).name == "127.0.0.2"
+    node = promgroup.node_for("[::1]:9100", None, 3)
+    assert (node.name, node.host, node.port, node.source, node.max_sessions) == ("1", "::1", 9100, "prometheus", 3)
+    assert promgroup.node_for("db-7.example.org:9100", "db7", None).name == "db7"
     with pytest.raises(ValueError):
-        promgroup.node_for("host:notaport", None, GROUP)
+        promgroup.node_for("host:notaport", None, None)
 
 
 def test_a_promql_variable_carries_the_age_of_its_samples_and_the_built_ins_one_for_all():
@@ -266,3 +266,31 @@ def test_prometheus_credentials_go_in_the_authorization_header_only():
     basic = Server("https://prom/p", "pw", "lb").request("up")
     assert basic[:2] == ("prom", 443) and "Authorization: Basic bGI6cHc=\r\n" in basic[2].decode()
     assert "pw" not in repr(Server("http://p", "pw", "lb")) and "t0ken" not in repr(Server("http://p", "t0ken"))
+
+
+def test_the_fast_path_for_prometheus_answers_reads_them_as_json_does():
+    from lbserver.core.agentless import promapi
+
+    def reference(body):
+        doc = json.loads(body)
+        return [(e["metric"], float(e["value"][1]), float(e["value"][0])) for e in doc["data"]["result"]]
+
+    plain = [_vector(*[({"instance": f"10.0.0.{i}:9100"}, v) for i, v in enumerate((0.5, "NaN", "+Inf", "-1e-3", 7))]),
+             _vector(), _vector(({"instance": "h\u00e9:1"}, 2)).replace(b"\\u00e9", "\u00e9".encode())]
+    for body in plain:
+        body = body.replace(b", ", b",").replace(b": ", b":")       # as Prometheus writes it: no blanks
+        got = promapi._plain_vector(body, 100)
+        assert got is not None and repr([tuple(s) for s in got]) == repr(reference(body))
+    for odd in (_vector(({"instance": "a", "job": "x"}, 1)), _vector(({"instance": 'a\\"b'}, 1)),
+                b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{"instance":"a"},'
+                b'"value":[1,"1"]},]}}', b'{"status":"success","warnings":["x"],"data":{}}'):
+        assert promapi._plain_vector(odd.replace(b", ", b",").replace(b": ", b":"), 100) is None, odd
+    with pytest.raises(PollError, match="more than 2"):
+        promapi._plain_vector(plain[0].replace(b", ", b",").replace(b": ", b":"), 2)
+
+
+def test_a_prometheus_state_has_the_shape_of_a_validated_agent_reply():
+    from lbserver.core.health import validate_state
+    state, error = _group()._state("a", "a:9100", _answers())
+    reply = {k: v for k, v in state.items() if not k.startswith("sessions")}   # an agent that sends no sessions
+    assert error is None and validate_state(reply) == state
