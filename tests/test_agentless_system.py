@@ -6,6 +6,7 @@ the tests' own loopback page); nothing contacts anything off loopback.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -112,6 +113,10 @@ def test_a_drain_written_by_the_textfile_collector_is_honoured(procs, tmp_path):
     node = wait_until(lambda: (n := bal.status()["nodes"]["ne0"])["drained"] and n, timeout=20, what="drained")
     assert node["drained_by"] == ["agent"] and "drained at the source: kernel update" in node["why"]
     assert set(ask_many(bal.port, 30)) == {"ne1"}
+    enable = urllib.request.Request(bal.mgmt_url + "/nodes/ne0/enable", method="POST")
+    with urllib.request.urlopen(enable, timeout=5) as resp:     # an admin enable does not undo it: it says how
+        assert "removing the server's mille_xterm_drained textfile ends that" in json.load(resp)["message"]
+    assert bal.status()["nodes"]["ne0"]["drained"]
     exporters[0].remove_textfile("drain")
     wait_until(lambda: not bal.status()["nodes"]["ne0"]["drained"], timeout=20, what="enabled again")
 
