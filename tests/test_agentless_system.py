@@ -26,7 +26,8 @@ pytestmark = pytest.mark.system
 POLL = 'interval="0.5" timeout="0.4" rise="2" fall="3"'
 
 
-def _balancer(procs: Procs, tmp: Path, groups: str, rules: str, extra: str = "") -> Balancer:
+def _balancer(procs: Procs, tmp: Path, groups: str, rules: str, extra: str = "", log: Path | None = None) -> Balancer:
+    """A real lbserver over ``groups`` with ``rules``; its log (stderr) written to ``log`` when given."""
     bal = Balancer(tmp / "lbsconfig.xml", free_port(), free_port())
     bal.config.write_text(f"""<?xml version="1.0"?>
 <lbsconfig>
@@ -42,7 +43,11 @@ def _balancer(procs: Procs, tmp: Path, groups: str, rules: str, extra: str = "")
   </rules>
 </lbsconfig>
 """)
-    bal.proc = procs.start(python_cmd("lbserver", "-f", "-c", str(bal.config)))
+    if log is not None:
+        with log.open("w") as out:  # the child keeps its own copy of the descriptor
+            bal.proc = procs.start(python_cmd("lbserver", "-f", "-c", str(bal.config)), stderr=out)
+    else:
+        bal.proc = procs.start(python_cmd("lbserver", "-f", "-c", str(bal.config)))
     wait_for_port("127.0.0.1", bal.port, timeout=20, proc=bal.proc)
     wait_for_port("127.0.0.1", bal.mgmt_port, timeout=20, proc=bal.proc)
     return bal
@@ -219,3 +224,22 @@ def test_agent_node_exporter_and_prometheus_nodes_mix_in_one_group(procs, tmp_pa
         assert resp.status == 200
     assert _haproxy_answer(haproxy_port, "127.0.0.33") == "up drain #drained by admin"
     assert "127.0.0.33" not in ask_many(bal.port, 30)
+
+
+def test_a_promql_variable_prometheus_refuses_is_left_out_and_named_once(procs, tmp_path):
+    exporter = start_exporter(procs, tmp_path, "127.0.0.34")
+    prom = start_prometheus(procs, tmp_path, [exporter.instance])
+    wait_until(lambda: prom.query('up{job="node"}'), timeout=30, what="prometheus scraping")
+    log = tmp_path / "lbserver.log"
+    bal = _balancer(procs, tmp_path,
+                    f'    <group name="P" default="true" prometheus="{prom.url}" discover=\'up{{job="node"}}\'/>',
+                    '    <variable name="LOADAVG" weight="100" capacity="1000"/>',
+                    extra='<variables><variable name="BROKEN" promql="max by (instance) ("/></variables>', log=log)
+    node = wait_until(lambda: (n := bal.status()["nodes"].get("127.0.0.34")) and n["healthy"] and n, timeout=30,
+                      what="the node healthy without its broken variable")
+    assert "BROKEN" not in node["variables"] and "LOADAVG" in node["variables"]
+    wait_until(lambda: bal.status()["last_poll"]["started"] > node["last_success"] + 1, timeout=10, what="more polls")
+    said = [line for line in log.read_text().splitlines() if "BROKEN" in line]
+    assert len(said) == 1, said                                  # once, not at every poll
+    assert "variable BROKEN of group P left out: group P: Prometheus http://127.0.0.1:" in said[0]
+    assert "HTTP 400: bad_data:" in said[0]
