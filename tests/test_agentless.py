@@ -294,3 +294,19 @@ def test_a_prometheus_state_has_the_shape_of_a_validated_agent_reply():
     state, error = _group()._state("a", "a:9100", _answers())
     reply = {k: v for k, v in state.items() if not k.startswith("sessions")}   # an agent that sends no sessions
     assert error is None and validate_state(reply) == state
+
+
+def test_rules_on_sessions_draw_a_warning_with_agentless_nodes(tmp_path, caplog):
+    _load(tmp_path, '<nodes><group name="A"><node name="n" address="http://h/metrics" source="node-exporter"/>'
+                    '</group></nodes>')
+    assert "the default rules: warning: rule variable NBSESSIONS: node_exporter and Prometheus nodes report it only " \
+           "where the site writes mille_xterm_nbsessions" in caplog.text
+    caplog.clear()
+    _load(tmp_path, '<nodes><group name="A"><node name="n" address="http://h"/></group></nodes>')
+    assert "mille_xterm" not in caplog.text
+
+
+def test_the_agentless_example_loads():
+    cfg = configmod.load(str(ROOT / "etc" / "examples" / "lbsconfig-agentless.xml"))
+    assert {n.source for n in cfg.nodes.values()} == {"agent", "node-exporter"}
+    assert cfg.groups["HPC"].prometheus and cfg.promql == {"GPUUSED": "avg by (instance) (DCGM_FI_DEV_GPU_UTIL)"}

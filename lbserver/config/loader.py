@@ -332,6 +332,19 @@ def _load_promql(r: Reader, root: etree._Element) -> dict[str, str]:
     return out
 
 
+def _warn_agentless_sessions(r: Reader, root: etree._Element, nodes: dict[str, Node], groups: dict[str, Group],
+                             rules: tuple[Rule, ...]) -> None:
+    """Warn when rules count sessions or users that agentless nodes report only if the site writes them."""
+    if not any(n.source != "agent" for n in nodes.values()) and not any(g.prometheus for g in groups.values()):
+        return
+    for rule in rules:
+        if rule.name in ("NBSESSIONS", "NBUSERS"):
+            where = f"{r.path}:{rule.line}" if rule.line else f"{r.path}: the default rules"
+            log.warning("%s: warning: rule variable %s: node_exporter and Prometheus nodes report it only where the "
+                        "site writes mille_xterm_%s (textfile collector, see docs/agentless.md); without it they are "
+                        "unhealthy", where, rule.name, rule.name.lower())
+
+
 def _config_relative(r: Reader, path: str) -> str:
     """A path from the config, relative ones taken from the config file's directory."""
     if os.path.isabs(path):
@@ -531,6 +544,7 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
     nodes, groups, default = _load_nodes(r, root)
     promql = _load_promql(r, root)
     rules, requires = _load_rules(r, root)
+    _warn_agentless_sessions(r, root, nodes, groups, rules)
     kw = read_all(r, root.find("lbservice"), LBSERVICE)
     refresh_delay = kw.pop("refresh_delay")
     del kw["max_threads"]  # checked, then ignored (see its declaration)
