@@ -26,26 +26,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.server
+import itertools
+import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
-import urllib.request
-import json
 import statistics
+import urllib.request
 from pathlib import Path
 
 from bench.support import (ROOT, child_env, free_port, poll_histogram, proc_cpu, proc_rss_mib, replica_address,
                            status, wait_for_port)
-from lbserver.config import Group, Node
+from lbserver.config import Node
 from lbserver.core.agentless import promgroup
 from lbserver.core.agentless.promapi import Server
 from lbserver.core.agentless.scrape import build_request
-from tests.support.agentless import prometheus_yml
+from tests.support.agentless import ExpositionServer, prometheus_yml
 
 PAGE = ROOT / "tests" / "support" / "node_exporter_page.txt"
 EXPORTER_PORT = 9100
@@ -152,35 +151,6 @@ def fleet_page(count: int, turn: int = 0) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-class PageServer:
-    """Pages on 127.0.0.1 from a thread, each request the next (the fleet pages Prometheus scrapes in turn)."""
-
-    def __init__(self, bodies: list[bytes]) -> None:
-        turns = iter(range(1 << 62))
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                body = bodies[next(turns) % len(bodies)]
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def _count(url: str, promql: str) -> int:
     try:
         with urllib.request.urlopen(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}),
@@ -192,7 +162,8 @@ def _count(url: str, promql: str) -> int:
 
 
 def prometheus_case(tmp: str, env: dict, count: int, cycles: int) -> None:
-    page = PageServer([fleet_page(count, turn) for turn in range(5)])  # every scrape new figures
+    page = ExpositionServer(itertools.cycle([fleet_page(count, turn) for turn in range(5)]).__next__)  # new figures
+    # at every scrape
     prom = None
     try:
         port = free_port("127.0.0.1")
@@ -209,7 +180,6 @@ def prometheus_case(tmp: str, env: dict, count: int, cycles: int) -> None:
             time.sleep(0.5)
         time.sleep(12)  # two scrapes, so rate() has two samples
         discover = "node_load1"
-        group = Group(name="P", nodes=(), prometheus=url, discover=discover)
         server = Server(url)
         queries = [discover, promgroup.FRESHNESS_QUERY] + [promgroup.with_timestamp(q) for q in promgroup.BUILTIN_QUERIES.values()] \
             + [promgroup.with_timestamp(promgroup.DRAIN_QUERY)]
@@ -225,7 +195,6 @@ def prometheus_case(tmp: str, env: dict, count: int, cycles: int) -> None:
               + f" {r['rss']:>7.1f} MiB {r['failed']:>4}/{r['polled']}  <= 1.5x {verdict}")
         for error in r["errors"]:
             print(f"{'':44}  group error: {error}")
-        del group
     finally:
         if prom is not None:
             prom.terminate()

@@ -13,13 +13,13 @@ import time
 import psutil
 import pytest
 
-from tests.support import free_port, python_cmd, wait_for_port, wait_until
+from tests.support import ROOT, free_port, python_cmd, wait_for_port, wait_until
 from tests.support.agentless import ExpositionServer
 from tests.support.cluster import Balancer, ask_many, start_agent
 
 pytestmark = pytest.mark.daemon
 
-PAGE = (__import__("tests.support", fromlist=["ROOT"]).ROOT / "tests" / "support" / "node_exporter_page.txt").read_bytes()
+PAGE = (ROOT / "tests" / "support" / "node_exporter_page.txt").read_bytes()
 
 
 def _vector(n: int) -> bytes:
