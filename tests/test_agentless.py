@@ -154,24 +154,28 @@ def _group(stamp: float = 99.0, at: float = 100.0) -> promgroup.PrometheusGroup:
     return group
 
 
+def _state_of(group: promgroup.PrometheusGroup, answers: dict):
+    return group._state("a", "a:9100", group._columns(answers), answers.get("DRAINED"))
+
+
 def test_a_prometheus_node_gets_the_built_ins_and_a_stale_one_fails():
     group = _group()
-    state, error = group._state("a", "a:9100", _answers())
+    state, error = _state_of(group, _answers())
     assert error is None and state["variables"]["LOADAVG"] == 1.0 and state["variables"]["CPUFREQ"] == 0
-    state, error = group._state("a", "a:9100", _answers(MEMTOTAL=4096.0 * 2**20))
+    state, error = _state_of(group, _answers(MEMTOTAL=4096.0 * 2**20))
     assert state["variables"]["MEMTOTAL"] == 4096
-    state, error = _group(stamp=70.0)._state("a", "a:9100", _answers())   # 30 s old, the window is 20
+    state, error = _state_of(_group(stamp=70.0), _answers())   # 30 s old, the window is 20
     assert state is None and error.startswith("stale sample:") and "30 s old" in error
     gpu = [Sample({"instance": "a:9100"}, 55.0, 100.0),
            Sample({"instance": "a:9100", promgroup.TIMESTAMP_LABEL: "1"}, 60.0, 100.0)]   # its own sample: 40 s
-    state, error = group._state("a", "a:9100", {**_answers(), "GPU": promgroup._split(gpu, "GPU")})
+    state, error = _state_of(group, {**_answers(), "GPU": promgroup._split(gpu, "GPU")})
     assert state is None and error.startswith("stale sample: max by (instance) (gpu) for a:9100 is 40 s old")
     gpu[1] = gpu[1]._replace(value=95.0)
-    state, error = group._state("a", "a:9100", {**_answers(), "GPU": promgroup._split(gpu, "GPU")})
+    state, error = _state_of(group, {**_answers(), "GPU": promgroup._split(gpu, "GPU")})
     assert error is None and state["variables"]["GPU"] == 55.0
     answers = _answers()
     del answers["LOADAVG"].values["a:9100"]
-    state, error = group._state("a", "a:9100", answers)
+    state, error = _state_of(group, answers)
     assert state is None and error == "no sample of node_load1 for a:9100 in Prometheus (needed for LOADAVG)"
 
 
@@ -291,7 +295,7 @@ def test_the_fast_path_for_prometheus_answers_reads_them_as_json_does():
 
 def test_a_prometheus_state_has_the_shape_of_a_validated_agent_reply():
     from lbserver.core.health import validate_state
-    state, error = _group()._state("a", "a:9100", _answers())
+    state, error = _state_of(_group(), _answers())
     reply = {k: v for k, v in state.items() if not k.startswith("sessions")}   # an agent that sends no sessions
     assert error is None and validate_state(reply) == state
 

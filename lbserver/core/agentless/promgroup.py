@@ -119,7 +119,11 @@ def with_timestamp(q: Query) -> str:
             f'"{TIMESTAMP_LABEL}", "1", "__name__", ".*")')
 
 
+_MISSING = object()
+
+
 def _convert(q: Query, value: float) -> float | int | None:
+    """``value`` in the variable's unit (None: not a finite number)."""
     value *= q.scale
     if math.isnan(value):
         return 0.0 if q.kind == "pct" else None
@@ -246,7 +250,16 @@ class PrometheusGroup:
             by_name[name] = answer
         return self._nodes(members, by_name)
 
+    def _columns(self, answers: dict[str, _Answer]) -> list[tuple[str, Query, _Answer, dict]]:
+        """Each variable's answer converted whole, a column at a time: (name, query, answer, {instance: value}).
+
+        At ten thousand nodes, much less time than converting each node's figures one by one.
+        """
+        return [(var, q, answers[var], {i: _convert(q, v) for i, v in answers[var].values.items()})
+                for var, q in self.queries.items() if var in answers]
+
     def _nodes(self, members: list[tuple[str, str | None]], answers: dict[str, _Answer]) -> list[RemoteNode]:
+        columns = self._columns(answers)
         out: list[RemoteNode] = []
         taken: set[str] = set()
         for instance, name in members:
@@ -258,38 +271,35 @@ class PrometheusGroup:
             if node.name in taken:  # two exporters on one host: the port tells them apart
                 node = node_for(instance, f"{node.name}-{node.port}", self.group.max_sessions)
             taken.add(node.name)
-            state, error = self._state(node.name, instance, answers)
+            state, error = self._state(node.name, instance, columns, answers.get("DRAINED"))
             out.append(RemoteNode(node, state, error))
         return out
 
-    def _state(self, name: str, instance: str, answers: dict[str, _Answer]) -> tuple[dict | None, str | None]:
+    def _state(self, name: str, instance: str, columns: list, drained: _Answer | None) -> tuple[dict | None, str | None]:
+        """``instance``'s state from the converted ``columns`` and the drain answer, or why it has none."""
         stamp = self.fresh.values.get(instance)
         if stamp is not None and self.fresh.at - stamp > self.fall_window:
             return None, (f"stale sample: node_exporter's figures for {instance} are {self.fresh.at - stamp:.0f} s "
                           f"old in Prometheus (more than fall x interval = {self.fall_window:g} s)")
         variables: dict = {"CPUFREQ": 0, "DRAINED": False, "DRAIN_REASON": ""}  # as the agent, where unknown
-        for var, q in self.queries.items():
-            answer = answers.get(var)
-            if answer is None:
-                continue
+        for var, q, answer, converted in columns:
             if answer.error is not None and q.required:
                 return None, f"variable {var}: {answer.error}"
-            value = answer.values.get(instance)
-            if value is None:
+            value = converted.get(instance, _MISSING)
+            if value is _MISSING:
                 if q.required:
                     return None, f"no sample of {q.source} for {instance} in Prometheus (needed for {var})"
                 continue
-            stamp = answer.stamps.get(instance)
-            if stamp is not None and answer.at - stamp > self.fall_window:
-                return None, (f"stale sample: {q.source} for {instance} is {answer.at - stamp:.0f} s old in "
-                              f"Prometheus (more than fall x interval = {self.fall_window:g} s)")
-            converted = _convert(q, value)
-            if converted is None:
+            if answer.stamps:
+                stamp = answer.stamps.get(instance)
+                if stamp is not None and answer.at - stamp > self.fall_window:
+                    return None, (f"stale sample: {q.source} for {instance} is {answer.at - stamp:.0f} s old in "
+                                  f"Prometheus (more than fall x interval = {self.fall_window:g} s)")
+            if value is None:
                 if q.required:
                     return None, f"variable {var}: not a finite number for {instance}"
                 continue
-            variables[var] = converted
-        drained = answers.get("DRAINED")
+            variables[var] = value
         if drained is not None and instance in drained.values:
             stamp = drained.stamps.get(instance)
             if stamp is None or drained.at - stamp <= self.fall_window:
