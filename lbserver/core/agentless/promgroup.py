@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from common.ratelimit import ProblemLog
 from lbserver.config import Group, Node
 from lbserver.core.agentless.exposition import DRAIN_METRIC, MIB, SESSIONS_METRIC, USERS_METRIC
-from lbserver.core.agentless.promapi import Sample, Server, query
+from lbserver.core.agentless.promapi import Sample, Server, answer, parse_vector, plain_by_instance, query
 from lbserver.core.poller import PollError
 from lbserver.core.remote import RemoteNode
 
@@ -208,9 +208,18 @@ class PrometheusGroup:
         """Variable ``name``'s answer, reduced at once to its values and timestamps by instance.
 
         Reduced as soon as it arrives, so that at ten thousand nodes the
-        answers' series (a dict of labels each) never all live at once.
+        answers' series never all live at once; an answer of plain
+        ``by (instance)`` series goes straight to values by instance.
         """
-        return _split(await self._ask(f"variable {name}", with_timestamp(q)), name)
+        what = f"variable {name}"
+        try:
+            body = await answer(self.server, with_timestamp(q), self.timeout, self.max_bytes)
+            plain = plain_by_instance(body, 2 * self.max_series) if name != "DRAINED" else None
+            if plain is not None:
+                return _Answer(plain[0], {}, plain[1])
+            return _split(parse_vector(body, 2 * self.max_series), name)
+        except PollError as exc:
+            raise self._words(what, exc) from None
 
     async def instances(self) -> list[tuple[str, str | None]]:
         """(instance, name or None) of every member: the explicit ones, then the discovered ones, sorted."""
