@@ -7,7 +7,8 @@ XML-RPC request with the bytes of FILE (a real lbagent's get_state reply,
 captured by bench_poll.py), so a thousand "agents" cost one process. The
 first BLACKHOLE addresses accept connections and never answer. With
 ``--fresh`` every reply carries a new ``sampled_at``, as if each agent had
-taken a new sample since the last poll (nothing a balancer may reuse).
+taken a new sample since the last poll (nothing a balancer may reuse); a
+node_exporter page (bench_agentless.py) gets a new ``node_time_seconds``.
 Prints "ready" on stdout once every socket listens.
 """
 
@@ -60,9 +61,10 @@ async def serve(args: argparse.Namespace) -> None:
     fixed = http(body)
     reply = lambda: fixed  # noqa: E731
     if args.fresh:
-        m = re.search(rb"<name>sampled_at</name>\s*<value><double>([^<]+)</double>", body)
+        m = (re.search(rb"<name>sampled_at</name>\s*<value><double>([^<]+)</double>", body)
+             or re.search(rb"^node_time_seconds (\S+)$", body, re.M))  # a node_exporter page's clock
         if m is None:
-            raise SystemExit("--fresh: no sampled_at in the reply")
+            raise SystemExit("--fresh: no sampled_at (or node_time_seconds) in the reply")
         head, tail, base, count = body[:m.start(1)], body[m.end(1):], float(m.group(1)), itertools.count(1)
         reply = lambda: http(head + b"%.3f" % (base + next(count) / 1000) + tail)  # noqa: E731
     loop = asyncio.get_running_loop()

@@ -39,10 +39,10 @@ import time
 import urllib.request
 import xmlrpc.client
 
-from bench.support import child_env, free_port, poll_histogram, proc_rss_mib, replica_address, status, wait_for_port
+from bench.support import (child_env, free_port, poll_histogram, proc_cpu, proc_rss_mib, replica_address, status,
+                           wait_for_port)
 
 PORT = 8001
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def capture_reply(tmp: str, env: dict) -> str:
@@ -89,12 +89,6 @@ async def floor_cycle(n: int, skip: int, timeout: float) -> float:
     start = time.perf_counter()
     await asyncio.gather(*(bounded(i) for i in range(n)))
     return time.perf_counter() - start
-
-
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 class Reader(threading.Thread):

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 """The top of the source tree."""
 
 __all__ = ["ROOT", "NamedServer", "cpu_sets", "child_env", "free_port", "pinned", "poll_histogram",
-           "proc_rss_mib", "replica_address", "run_wrk", "start_cluster", "status", "stop_children", "wait_for_port",
+           "proc_cpu", "proc_rss_mib", "replica_address", "run_wrk", "start_cluster", "status", "stop_children", "wait_for_port",
            "write_config"]
 
 
@@ -121,6 +121,13 @@ def run_wrk(url: str, *, threads: int, connections: int, duration: int, close: b
 
 
 # --- what a running balancer says -----------------------------------------
+
+def proc_cpu(pid: int) -> float:
+    """CPU time (user and system) of process ``pid`` so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def proc_rss_mib(pid: int) -> float:
     """Resident memory of process ``pid`` in MiB (0 when /proc does not say)."""

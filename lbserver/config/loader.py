@@ -34,7 +34,8 @@ from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgen
                                    Poll, Require, Rule, ServerConfig, agent_host_port)
 from lbserver.config.settings import (AGENT_PORTS, ALIAS, CONFIG_FILE, DEFAULT_PATH, DEFAULT_STATE_FILE, DNS, GROUP,
                                       HAPROXY_AGENT, HAPROXY_ALLOW, HAPROXY_MAP, HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE,
-                                      LEGACY_PATH, LOG, MGMTSERVICE, NODE, PEER, PEERS, POLL, REQUIRE, RULE, VARIABLE)
+                                      LEGACY_PATH, LOG, MGMTSERVICE, NODE, NODE_EXPORTER_PORT, PEER, PEERS, POLL, PROMQL_VARIABLE, REQUIRE, RULE,
+                                      VARIABLE)
 
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -121,6 +122,8 @@ def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[
         if gname in groups:
             raise r.error(g, f"duplicate group name {gname!r} (first at line {groups[gname].line})")
         members: list[str] = []
+        instances: list[tuple[str, str | None]] = []
+        prometheus = _prometheus_group(r, g, group, creds)
         if group["from_"] is not None:
             groups[gname] = _remote_group(r, g, group, creds)
             if g.find("node") is not None:
@@ -133,12 +136,24 @@ def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[
             continue
         for n in g.iter("node"):
             values = read_all(r, n, NODE)
+            instance = values.pop("instance")
             name = values["name"]
+            if name is not None and not NODE_NAME.match(name):
+                raise r.error(n, f"<node> attribute name={name!r}: use letters, digits, '.', '_' and '-'")
+            if instance is not None:
+                instances.append(_instance(r, n, group, values, instance, instances))
+                continue
+            if values["address"] is None or name is None:
+                missing = " and ".join(a for a in ("name", "address") if values[a] is None)
+                hint = " (or instance, in a group with prometheus)" if group["prometheus"] is not None else ""
+                raise r.error(n, f"<node> is missing attribute {missing}{hint}")
             if not NODE_NAME.match(name):
                 raise r.error(n, f"<node> attribute name={name!r}: use letters, digits, '.', '_' and '-'")
             if name in members:
                 raise r.error(n, f"duplicate node name {name!r} in group {gname!r}")
             host, port = _node_url(r, n, values["address"])
+            if values["source"] == "node-exporter" and urllib.parse.urlsplit(values["address"]).port is None:
+                port = NODE_EXPORTER_PORT
             if values["max_sessions"] is None:
                 values["max_sessions"] = group["max_sessions"]
             values.update(_node_security(r, n, values, poll_elem, poll, creds,
@@ -146,23 +161,77 @@ def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[
             node = Node(**values, host=host, port=port, line=n.sourceline)
             prev = nodes.get(name)
             if prev is not None and (prev.address, prev.ip, prev.ip6, prev.secret_file, prev.tls_ca,
-                                     prev.max_sessions) != (node.address, node.ip, node.ip6, node.secret_file,
-                                                            node.tls_ca, node.max_sessions):
+                                     prev.max_sessions, prev.source) != (node.address, node.ip, node.ip6,
+                                                                         node.secret_file, node.tls_ca,
+                                                                         node.max_sessions, node.source):
                 raise r.error(n, f"node {name!r} is defined differently at line {prev.line}; "
                                  "a node in several groups must have the same attributes")
             nodes.setdefault(name, node)
             members.append(name)
-        if not members:
+        if not members and prometheus is None:
             raise r.error(g, f"group {gname!r} has no <node>")
+        if prometheus is not None and not group["discover"] and not instances:
+            raise r.error(g, f"group {gname!r} reads its nodes from Prometheus: give it discover=\"QUERY\" or "
+                             "<node instance=\"host:port\"/> children")
         if group["default"]:
             if default is not None:
                 raise r.error(g, f"two default groups: {default!r} and {gname!r}")
             default = gname
         groups[gname] = Group(name=gname, nodes=tuple(members), default=group["default"], line=g.sourceline,
-                              max_sessions=group["max_sessions"])
+                              max_sessions=group["max_sessions"], instances=tuple(instances), **(prometheus or {}))
     if default is None:
         default = next(iter(groups))
     return nodes, groups, default
+
+
+def _prometheus_group(r: Reader, g: etree._Element, group: dict, creds: "_Credentials") -> dict | None:
+    """The Prometheus fields of a <group> (None without prometheus): its URL checked, its token read now."""
+    url = group["prometheus"]
+    if url is None:
+        for attr in ("discover", "user"):
+            if group[attr] is not None:
+                raise r.error(g, f"<group> attribute {attr} needs prometheus (the Prometheus server to ask)")
+        return None
+    if group["from_"] is not None:
+        raise r.error(g, "<group> takes its nodes from another balancer (from) or from Prometheus, not both")
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query \
+            or parsed.fragment:
+        raise r.error(g, f"<group> attribute prometheus={url!r}: expected the base URL of a Prometheus server, "
+                         "such as http://prom:9090")
+    if group["discover"] is not None and not group["discover"].strip():
+        raise r.error(g, "<group> attribute discover is empty: give a PromQL query, such as up{job=\"node\"}")
+    if group["user"] is not None and (group["token_file"] is None or ":" in group["user"]):
+        raise r.error(g, "<group> user needs token-file (holding the password), and a user name has no ':'")
+    out = {"prometheus": url.rstrip("/"), "discover": group["discover"], "max_series": group["max_series"],
+           "user": group["user"]}
+    if group["token_file"] is not None:
+        out["token_file"] = _config_relative(r, group["token_file"])
+        out["token"] = creds.secret(g, out["token_file"], "token-file")
+    return out
+
+
+def _instance(r: Reader, n: etree._Element, group: dict, values: dict, instance: str,
+              seen: list[tuple[str, str | None]]) -> tuple[str, str | None]:
+    """A <node instance> of a prometheus group, checked: (instance, name or None)."""
+    if group["prometheus"] is None:
+        raise r.error(n, "<node> attribute instance belongs in a group with prometheus")
+    if values["address"] is not None:
+        raise r.error(n, "<node> gives address or instance, not both")
+    try:
+        parsed = urllib.parse.urlsplit(f"http://{instance}")
+        ok = bool(parsed.hostname) and parsed.port is not None and parsed.path == "" and len(instance) <= 255
+    except ValueError:
+        ok = False
+    if not ok:
+        raise r.error(n, f"<node> attribute instance={instance!r}: expected the instance label, host:port")
+    if any(i == instance for i, _ in seen):
+        raise r.error(n, f"<node instance={instance!r}> is listed twice")
+    return instance, values["name"]
 
 
 def _remote_group(r: Reader, g: etree._Element, group: dict, creds: "_Credentials") -> Group:
@@ -212,6 +281,7 @@ def _load_rules(r: Reader, root: etree._Element) -> tuple[tuple[Rule, ...], tupl
     if elem is None:
         return DEFAULT_RULES, ()
     seen: dict[str, int] = {}
+    promql_names = {v.get("name") for v in root.iterfind("variables/variable")}
     for e in elem:
         values = read_all(r, e, VARIABLE if e.tag == "variable" else REQUIRE)
         name = values["name"]
@@ -222,7 +292,7 @@ def _load_rules(r: Reader, root: etree._Element) -> tuple[tuple[Rule, ...], tupl
                 raise r.error(e, f"duplicate rule for variable {name!r} (first at line {seen[name]})")
             seen[name] = e.sourceline
             del values["custom"]  # accepted, changes nothing
-            if name not in BUILTIN_VARIABLES:
+            if name not in BUILTIN_VARIABLES and name not in promql_names:
                 log.warning("%s:%s: warning: rule variable %s is not a built-in: every agent must define it in "
                             "its lbaconfig.xml (built-ins are %s)", r.path, e.sourceline, name, ", ".join(BUILTIN_VARIABLES))
             legacy = e.find("rule")
@@ -240,6 +310,39 @@ def _load_rules(r: Reader, root: etree._Element) -> tuple[tuple[Rule, ...], tupl
                 raise r.error(e, "<require> min is greater than max")
             requires.append(req)
     return tuple(rules), tuple(requires)
+
+
+def _load_promql(r: Reader, root: etree._Element) -> dict[str, str]:
+    """<variables>: each PromQL variable's expression by name (names checked, each once, no built-in)."""
+    elem = root.find("variables")
+    out: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for e in elem.iter("variable") if elem is not None else ():
+        values = read_all(r, e, PROMQL_VARIABLE)
+        name, expr = values["name"], values["promql"].strip()
+        if not VARIABLE_NAME.match(name):
+            raise r.error(e, f"<variable> attribute name={name!r}: not a variable name")
+        if name in BUILTIN_VARIABLES:
+            raise r.error(e, f"<variable name={name!r}> is a built-in: give the PromQL variable a name of its own")
+        if name in out:
+            raise r.error(e, f"duplicate variable {name!r} (first at line {lines[name]})")
+        if not expr:
+            raise r.error(e, f"<variable name={name!r}> promql is empty")
+        out[name], lines[name] = expr, e.sourceline
+    return out
+
+
+def _warn_agentless_sessions(r: Reader, root: etree._Element, nodes: dict[str, Node], groups: dict[str, Group],
+                             rules: tuple[Rule, ...]) -> None:
+    """Warn when rules count sessions or users that agentless nodes report only if the site writes them."""
+    if not any(n.source != "agent" for n in nodes.values()) and not any(g.prometheus for g in groups.values()):
+        return
+    for rule in rules:
+        if rule.name in ("NBSESSIONS", "NBUSERS"):
+            where = f"{r.path}:{rule.line}" if rule.line else f"{r.path}: the default rules"
+            log.warning("%s: warning: rule variable %s: node_exporter and Prometheus nodes report it only where the "
+                        "site writes mille_xterm_%s (textfile collector, see docs/agentless.md); without it they are "
+                        "unhealthy", where, rule.name, rule.name.lower())
 
 
 def _config_relative(r: Reader, path: str) -> str:
@@ -355,7 +458,7 @@ def _load_dns(r: Reader, elem: etree._Element, groups: dict[str, Group]) -> Dns:
             raise r.error(a, f"<alias name={name!r}> names unknown group {gname!r}")
         if any(x.name == name for x in aliases):
             raise r.error(a, f"duplicate alias {name!r}")
-        remote = groups[gname].source is not None
+        remote = groups[gname].feed is not None
         size = len(groups[gname].nodes)
         num_out, best = alias["num_out"], alias["best_hosts"]
         if num_out is not None and best is not None:
@@ -439,7 +542,9 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
     if "nodes" not in seen:
         raise r.error(root, "missing element <nodes> (the application servers to balance)")
     nodes, groups, default = _load_nodes(r, root)
+    promql = _load_promql(r, root)
     rules, requires = _load_rules(r, root)
+    _warn_agentless_sessions(r, root, nodes, groups, rules)
     kw = read_all(r, root.find("lbservice"), LBSERVICE)
     refresh_delay = kw.pop("refresh_delay")
     del kw["max_threads"]  # checked, then ignored (see its declaration)
@@ -485,7 +590,7 @@ def load(path: str = DEFAULT_PATH) -> ServerConfig:
     if checker is not None:
         kw["x2go_loadchecker"] = x2go.load_loadchecker(r, checker, lambda p: _config_relative(r, p))
     return ServerConfig(path=path, nodes=nodes, groups=groups, default_group=default,
-                        rules=rules, requires=requires, **kw)
+                        rules=rules, requires=requires, promql=promql, **kw)
 
 
 __all__ = ["Alias", "ConfigError", "DEFAULT_PATH", "default_path", "DEFAULT_RULES", "DEFAULT_STATE_FILE", "Dns", "EMAIL", "Group",

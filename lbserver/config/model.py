@@ -80,6 +80,8 @@ class Node:
     """Client TLS context for an https:// address (shared by nodes with the same tls-ca)."""
     max_sessions: int | None = NODE.max_sessions.default
     """Sessions at which it takes no new one (its own ``max-sessions``, else its group's; None: no limit)."""
+    source: str = NODE.source.default
+    """Where its figures come from: ``agent``, ``node-exporter`` (its page scraped) or ``prometheus`` (its group's)."""
 
     @property
     def tls(self) -> bool:
@@ -122,6 +124,25 @@ class Group:
     """The other balancer's admin token, sent as ``Authorization: Bearer`` (None: none)."""
     max_sessions: int | None = GROUP.max_sessions.default
     """The ``max-sessions`` of its nodes that give none (None: no limit)."""
+    prometheus: str | None = GROUP.prometheus.default
+    """The base URL of the Prometheus server its agentless nodes are read from (None: none)."""
+    discover: str | None = GROUP.discover.default
+    """With ``prometheus``: the PromQL query whose series are its nodes."""
+    instances: tuple[tuple[str, str | None], ...] = ()
+    """With ``prometheus``: the ``<node instance>`` children, as (instance, name or None)."""
+    max_series: int = GROUP.max_series.default
+    user: str | None = GROUP.user.default
+    """With ``prometheus``: the HTTP Basic user, ``token`` its password (None: ``token`` is a bearer token)."""
+
+    @property
+    def feed(self) -> tuple | None:
+        """What its nodes are read from at each poll (None: the file's nodes only); equal feeds, equal members."""
+        if self.source is not None:
+            return ("from", self.source, self.remote_group, self.token)
+        if self.prometheus is not None:
+            return ("prometheus", self.prometheus, self.discover, self.instances, self.user, self.token,
+                    self.max_series)
+        return None
 
 
 @dataclass(frozen=True)
@@ -308,6 +329,8 @@ class ServerConfig:
     haproxy_map: HaproxyMap | None = None
     x2gobroker: X2goBroker | None = None
     x2go_loadchecker: X2goLoadChecker | None = None
+    promql: dict[str, str] = field(default_factory=dict)
+    """``<variables>``: each PromQL variable's expression, by name."""
     log_file: str | None = LOG.file.default
     log_level: str | None = LOG.level.default
 

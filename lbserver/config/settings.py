@@ -22,6 +22,10 @@ DEFAULT_STATE_FILE = "/var/lib/mille-xterm/lbserver.state"
 RETURNS = ("$IP", "$NAME", "$ADDRESS")
 """What <lbservice returns> may name."""
 AGENT_PORTS = {"http": AGENT_PORT, "https": 443}
+NODE_EXPORTER_PORT = 9100
+"""The port of a node_exporter <node address> that gives none."""
+NODE_SOURCES = ("agent", "node-exporter")
+"""What <node source> may name."""
 """The port of a <node address> that gives none, by scheme."""
 HEALTH_URL_SCHEMES = ("http", "https", "file")
 """The URL schemes an <alias health-url> may use."""
@@ -249,8 +253,22 @@ GROUP = Element(
     Setting("remote-group", "text", None, "With from: the group of the other balancer to take.",
             default_doc="the group's own name"),
     Setting("token-file", "path", None,
-            "With from: file holding the other balancer's admin token, sent as Authorization: Bearer. A "
-            "relative path is taken from the directory of lbsconfig.xml."),
+            "With from: file holding the other balancer's admin token; with prometheus: the Prometheus server's "
+            "bearer token (or, with user, the password). Sent as Authorization, never logged. A relative path is taken from the "
+            "directory of lbsconfig.xml."),
+    Setting("prometheus", "url", None,
+            "Base URL of a Prometheus server, such as http://prom:9090: the group's nodes are the series of "
+            "discover and its <node instance> children, and each variable is one instant query per poll for "
+            "the whole group (see docs/agentless.md)."),
+    Setting("discover", "text", None,
+            "With prometheus: the PromQL query whose series are the group's nodes, one per instance label, "
+            "such as up{job=\"node\"}.", default_doc="only the <node instance> children"),
+    Setting("user", "text", None,
+            "With prometheus: the user name of HTTP Basic authentication (as Prometheus's own web.config.file "
+            "asks); token-file then holds the password.", default_doc="token-file is a bearer token"),
+    Setting("max-series", "integer", 20000,
+            "With prometheus: the most series a query may answer (the group's nodes); a query answering more "
+            "fails the group's poll.", minimum=1),
     Setting("max-sessions", "integer", None,
             "The max-sessions of the group's nodes that give none.", minimum=1, default_doc="no limit"),
     parent="nodes",
@@ -260,12 +278,19 @@ NODE = Element(
     "node",
     "One application server, known by its agent. A node in several groups is written in each, with the same "
     "attributes, and polled once.",
-    Setting("name", "text", doc="The node's name: letters, digits, dots, underscores and hyphens.",
-            required=True),
-    Setting("address", "url",
-            doc="URL of the node's agent, such as http://10.0.0.1:8001. The port defaults to "
-                + " and ".join(f"{port} for {scheme}" for scheme, port in AGENT_PORTS.items()) + ".",
-            required=True),
+    Setting("name", "text", None, "The node's name: letters, digits, dots, underscores and hyphens.",
+            default_doc="required, but for a node given by instance: the instance's host"),
+    Setting("address", "url", None,
+            "URL of the node's agent, such as http://10.0.0.1:8001, or of its node_exporter page with "
+            "source=\"node-exporter\". The port defaults to "
+            + " and ".join(f"{port} for {scheme}" for scheme, port in AGENT_PORTS.items())
+            + f" ({NODE_EXPORTER_PORT} for node_exporter).", default_doc="required, but in a prometheus group"),
+    Setting("source", "keyword", NODE_SOURCES[0],
+            "Where the node's figures come from: its agent, or its node_exporter page scraped at each poll "
+            "(see docs/agentless.md).", choices=NODE_SOURCES),
+    Setting("instance", "text", None,
+            "In a prometheus group: the node's instance label (host:port), for a node that discover does not "
+            "give or to name it."),
     Setting("ip", "text", None,
             "IPv4 address given to terminals and published in DNS, when it differs from the agent's address.",
             default_doc="the host of address"),
@@ -315,6 +340,18 @@ VARIABLE = Element(
             "Accepted and ignored: a rule may name any variable. A name that is not a built-in draws a warning "
             "from --check-config."),
     parent="rules",
+)
+
+VARIABLES = Element(
+    "variables", "Variables defined by a PromQL expression, for the nodes of prometheus groups.")
+
+PROMQL_VARIABLE = Element(
+    "variable", "A variable of every node of a prometheus group: one instant query per poll and group.",
+    Setting("name", "text", doc="The variable's name, as rules and expressions use it.", required=True),
+    Setting("promql", "text",
+            doc="The PromQL expression, one series per instance label, such as "
+                "avg by (instance) (DCGM_FI_DEV_GPU_UTIL).", required=True),
+    parent="variables",
 )
 
 RULE = Element(
@@ -412,11 +449,12 @@ CONFIG_FILE = ConfigFile(
         "at the top level.",
     elements=(LBSERVICE, LBSLAVE, MGMTSERVICE, POLL, LOG, PEERS, PEER, HAPROXY_AGENT, HAPROXY_ALLOW, HAPROXY_MAP, X2GOBROKER,
               X2GO_ALLOW, X2GO_PROFILE, X2GO_LOADCHECKER, NODES,
-              GROUP, NODE, RULES, VARIABLE, RULE, REQUIRE, DNS, ALIAS),
+              GROUP, NODE, RULES, VARIABLE, RULE, REQUIRE, VARIABLES, PROMQL_VARIABLE, DNS, ALIAS),
 )
 
 __all__ = ["AGENT_PORTS", "ALGORITHMS", "ALIAS", "CONFIG_FILE", "DEFAULT_LAGS", "DEFAULT_PATH", "LEGACY_PATH",
            "DEFAULT_STATE_FILE", "DNS", "GROUP",
            "HAPROXY_AGENT", "HAPROXY_ALLOW", "HAPROXY_MAP", "HEALTH_URL_SCHEMES", "LBSERVICE", "LBSLAVE", "LOG",
-           "MGMTSERVICE", "NODE", "NODES", "PEER", "PEERS", "POLL", "REQUIRE", "RETURNS", "RULE", "RULES", "VARIABLE",
+           "MGMTSERVICE", "NODE", "NODE_EXPORTER_PORT", "NODE_SOURCES", "NODES", "PEER", "PEERS", "POLL",
+           "PROMQL_VARIABLE", "REQUIRE", "RETURNS", "RULE", "RULES", "VARIABLE", "VARIABLES",
            "X2GOBROKER", "X2GO_ALLOW", "X2GO_AUTHS", "X2GO_LOADCHECKER", "X2GO_PROFILE"]

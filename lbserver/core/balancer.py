@@ -32,6 +32,9 @@ from lbserver.config import Node, Poll, ServerConfig
 from lbserver.config.model import answer_for
 from lbserver.core import health
 from lbserver.core.counters import CycleInfo, DurationHistogram
+from lbserver.core.agentless import promgroup
+from lbserver.core.agentless.exposition import CpuCounters
+from lbserver.core.agentless.scrape import scrape_all
 from lbserver.core.drainstate import DrainState
 from lbserver.core.history import History
 from lbserver.core.poller import PollError, PollResult, Replies, poll_all
@@ -56,6 +59,7 @@ class Balancer:
         self._records: dict[str, health.NodeRecord] = {}
         # What the last cycle parsed and weighed, so an unchanged node costs neither again.
         self._replies: Replies = {}
+        self._cpu_counters: CpuCounters = {}  # each node_exporter node's CPU counters at its last scrape (CPUUSED)
         self._weighings: dict[str, Weighing] = {}
         self._selector = Selector(algorithm=config.algorithm)
         self._snapshot: Snapshot | None = None
@@ -105,6 +109,10 @@ class Balancer:
     def response_counts(self) -> Mapping[int, int]:
         """Terminal requests answered, by HTTP status."""
         return dict(self.terminal_responses)
+
+    def group_errors(self) -> Mapping[str, str]:
+        """Why each group fed by another balancer or Prometheus could not be read at the last poll."""
+        return dict(self._remote_errors)
 
     def sessions_now(self, node: str) -> int:
         """A node's sessions as its ``max-sessions`` counts them: its agent's count plus the new ones sent since."""
@@ -164,8 +172,10 @@ class Balancer:
         old = self._base if self._snapshot is not None else None
         self._base = config
         self._remote = {g: members for g, members in self._remote.items()
-                        if g in config.groups and old is not None and config.groups[g].source is not None
-                        and config.groups[g].source == old.groups.get(g, config.groups[g]).source}
+                        if g in config.groups and old is not None and config.groups[g].feed is not None
+                        and g in old.groups and config.groups[g].feed == old.groups[g].feed}
+        self._remote_errors = {g: e for g, e in self._remote_errors.items()
+                               if g in config.groups and config.groups[g].feed is not None}
         self._set_effective()
         if self._drain is None or (old and old.state_file != config.state_file):
             self._drain = DrainState.load(config.state_file)
@@ -179,7 +189,10 @@ class Balancer:
             nodes, groups = dict(base.nodes), dict(base.groups)
             for gname, members in self._remote.items():
                 nodes.update((n.name, n) for n in members)
-                groups[gname] = dataclasses.replace(groups[gname], nodes=tuple(n.name for n in members))
+                # A prometheus group may have nodes of its own too (agents, node_exporters): they come first.
+                own = groups[gname].nodes
+                groups[gname] = dataclasses.replace(
+                    groups[gname], nodes=own + tuple(n.name for n in members if n.name not in own))
             self._config = dataclasses.replace(base, nodes=nodes, groups=groups)
         else:
             self._config = base
@@ -219,16 +232,21 @@ class Balancer:
         cfg = polled = self._base
         self._cycle_mono = time.monotonic()
         started = time.time()
-        results, fetched = await asyncio.gather(
-            poll_all(cfg.nodes.values(), cfg.poll.timeout, cfg.poll.max_reply_bytes, validate=health.validate_state,
+        agents = [n for n in cfg.nodes.values() if n.source == "agent"]
+        exporters = [n for n in cfg.nodes.values() if n.source == "node-exporter"]
+        results, scraped, fetched = await asyncio.gather(
+            poll_all(agents, cfg.poll.timeout, cfg.poll.max_reply_bytes, validate=health.validate_state,
                      replies=self._replies),
+            scrape_all(exporters, cfg.poll.timeout, cfg.poll.max_reply_bytes, self._cpu_counters,
+                       validate=health.validate_state),
             self._fetch_remote(cfg))
+        results = {**results, **scraped}
         now = time.time()
         if self._base is not polled:  # reloaded while polling: keep nodes still configured as polled
             cfg = self._base
             results = {n: r for n, r in results.items() if cfg.nodes.get(n) == polled.nodes[n]}
             fetched = {g: f for g, f in fetched.items()
-                       if g in cfg.groups and cfg.groups[g].source == polled.groups[g].source}
+                       if g in cfg.groups and cfg.groups[g].feed == polled.groups[g].feed}
         results = {**results, **self._merge_remote(fetched)}
         failed = await run_sliced(self._record_job(results, now, cfg.poll))
         await self._install_sliced(now)
@@ -271,16 +289,20 @@ class Balancer:
 
     async def _fetch_remote(self, cfg: ServerConfig) -> dict[str, list[RemoteNode] | PollError]:
         """Read every remote group's site balancer at once; a failure is returned, not raised."""
-        groups = [g for g in cfg.groups.values() if g.source is not None]
+        groups = [g for g in cfg.groups.values() if g.feed is not None]
         if not groups:
             return {}
-        outcomes = await asyncio.gather(*(fetch_group(g, cfg.poll.timeout, cfg.poll.max_reply_bytes)
-                                          for g in groups), return_exceptions=True)
+        poll = cfg.poll
+        outcomes = await asyncio.gather(*(
+            fetch_group(g, poll.timeout, poll.max_reply_bytes) if g.source is not None else
+            promgroup.fetch_group(g, cfg.promql, poll.timeout, poll.max_reply_bytes, poll.fall * poll.interval)
+            for g in groups), return_exceptions=True)
         fetched: dict[str, list[RemoteNode] | PollError] = {}
         for group, outcome in zip(groups, outcomes):
             if isinstance(outcome, BaseException) and not isinstance(outcome, PollError):
-                log.error("reading %s for group %s failed unexpectedly", group.source, group.name, exc_info=outcome)
-                outcome = PollError(f"site balancer {group.source}: {type(outcome).__name__}: {outcome}")
+                where = group.source or group.prometheus
+                log.error("reading %s for group %s failed unexpectedly", where, group.name, exc_info=outcome)
+                outcome = PollError(f"group {group.name}: {where}: {type(outcome).__name__}: {outcome}")
             fetched[group.name] = outcome
         return fetched
 
@@ -298,13 +320,15 @@ class Balancer:
                     results[node.name] = PollResult(node.name, None, str(outcome), 0.0)
                 continue
             if self._remote_errors.pop(gname, None) is not None:
-                log.info("group %s: %s answers again", gname, self._base.groups[gname].source)
+                group = self._base.groups[gname]
+                log.info("group %s: %s answers again", gname, group.source or group.prometheus)
             members = []
             for rn in outcome:
                 other = taken.get(rn.node.name)
                 if other is not None and other.address != rn.node.address:
                     log.warning("group %s: node %s of %s left out: its name is taken by another node (%s)", gname,
-                                rn.node.name, self._base.groups[gname].source, other.address)
+                                rn.node.name, self._base.groups[gname].source or self._base.groups[gname].prometheus,
+                                other.address)
                     continue
                 taken[rn.node.name] = rn.node
                 members.append(rn.node)

@@ -38,7 +38,7 @@ import ssl
 import time
 import xmlrpc.client
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
+from typing import Awaitable, Callable, Iterable, Iterator, Mapping
 
 import defusedxml.xmlrpc
 
@@ -102,11 +102,12 @@ def _tls_error(exc: ssl.SSLError) -> str:
     return f"TLS error: {reason}"
 
 
-def reply_body(raw: bytes, max_bytes: int) -> bytes:
+def reply_body(raw: bytes, max_bytes: int, server: str = "agent") -> bytes:
     """The body of a whole HTTP reply, checked to be a 200 of at most ``max_bytes``.
 
     Raises :class:`PollError` for a reply that is not HTTP, a status other
-    than 200, or a body that is too large.
+    than 200 (with the first line of its body, where the server says why),
+    or a body that is too large. ``server`` names who answered.
     """
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep:
@@ -118,8 +119,9 @@ def reply_body(raw: bytes, max_bytes: int) -> bytes:
     status = int(parts[1])
     if status != 200:
         reason = parts[2].decode("latin-1", "replace")[:60] if len(parts) > 2 else ""
-        hint = " (check secret-file: the agent wants its shared secret)" if status == 401 else ""
-        raise PollError(f"agent answered HTTP {status} {reason}".rstrip() + hint)
+        hint = " (check secret-file: the agent wants its shared secret)" if status == 401 and server == "agent" else ""
+        said = body.split(b"\n", 1)[0].strip()[:160].decode("utf-8", "replace") if server != "agent" else ""
+        raise PollError(f"{server} answered HTTP {status} {reason}".rstrip() + hint + (f": {said}" if said else ""))
     if len(body) > max_bytes:
         raise PollError(f"reply larger than {max_bytes} bytes")
     return body
@@ -253,8 +255,19 @@ def _digest(body: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest()
 
 
+Fetch = Callable[[Node, float, int], Awaitable[bytes]]
+"""How one node's reply body is fetched: (node, timeout, max_bytes) -> body, raising PollError."""
+Decode = Callable[[str, bytes], object]
+"""How a reply body becomes the value ``validate`` checks: (node name, body) -> value, raising PollError."""
+
+
+def _decode_xmlrpc(name: str, body: bytes) -> object:
+    return loads_body(body)
+
+
 async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concurrency: int = 512,
-                   validate=None, replies: Replies | None = None) -> Mapping[str, PollResult]:
+                   validate=None, replies: Replies | None = None, fetch: Fetch = None,
+                   decode: Decode = _decode_xmlrpc) -> Mapping[str, PollResult]:
     """Poll every node concurrently (at most ``concurrency`` exchanges at once).
 
     ``validate`` turns a raw reply into a state dict or raises ValueError
@@ -266,6 +279,7 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
     state validated then: an agent answers the same sample until it takes
     the next one, so polling faster than it samples, or by several
     balancers, costs no parsing. Nodes not polled are dropped from it.
+    Without it (None) no reply is compared with anything, nor digested.
 
     ``concurrency`` workers take the nodes in turn, rather than a task per
     node behind a semaphore: fewer tasks, the same bound. They only fetch:
@@ -273,7 +287,12 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
     (:mod:`lbserver.core.slicing`), so ten thousand new samples at once
     never keep a terminal waiting more than a few milliseconds. A result's
     ``elapsed`` is the exchange's, until its reply was read.
+
+    ``fetch`` and ``decode`` default to an agent's XML-RPC poll; nodes of
+    another kind (node_exporter pages, :mod:`lbserver.core.agentless.scrape`)
+    give their own and share the rest: the bounds, the slicing, the memo.
     """
+    fetch = fetch or fetch_body
     nodes = list(nodes)
     todo = iter(nodes)
     results: dict[str, PollResult] = {}
@@ -286,7 +305,7 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
 
     def parse(name: str, key: bytes, body: bytes) -> tuple[dict | None, str | None]:
         try:
-            value = loads_body(body)
+            value = decode(name, body)
             state = validate(value) if validate else value
         except PollError as exc:
             return None, str(exc)
@@ -324,14 +343,14 @@ async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concur
             start = time.monotonic()
             state = None
             try:
-                body = await fetch_body(node, timeout, max_bytes)
+                body = await fetch(node, timeout, max_bytes)
             except PollError as exc:
                 error = str(exc)
             except Exception as exc:  # one node's surprise must not cost the others their cycle
                 log.exception("polling %s failed unexpectedly", node.name)
                 error = f"poll failed: {type(exc).__name__}: {exc}"
             else:
-                key = _digest(body)
+                key = _digest(body) if replies is not None else b""
                 known = memo.get(node.name)
                 if known is None or known[0] != key:  # new figures: the parser records the result
                     await unparsed.put((node.name, key, body, time.monotonic() - start))

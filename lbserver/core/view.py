@@ -72,6 +72,9 @@ class BalancerView(Protocol):
     def sessions_now(self, node: str) -> int:
         """``node``'s sessions: its agent's count plus the terminals sent there for a new one since its figures."""
 
+    def group_errors(self) -> Mapping[str, str]:
+        """Why each group read at each poll (another balancer, Prometheus) could not be read at the last poll."""
+
 
 class SharedState(Protocol):
     """What balancers serving the same terminals share (:mod:`lbserver.peers`)."""

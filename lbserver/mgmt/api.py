@@ -109,7 +109,11 @@ class Api:
         view = self.view.snapshot.nodes.get(node)
         if not drained and view is not None and "agent" in view.drained_by:
             # An admin enable does not undo a drain at the source: say so rather than let it look back.
-            message += f"; still {source_drain_words(view)} (lbagent --enable on the server ends that)"
+            configured = self.view.config.nodes.get(node)
+            agentless = configured is not None and configured.source != "agent"
+            how = ("removing the server's mille_xterm_drained textfile ends that" if agentless
+                   else "lbagent --enable on the server ends that")
+            message += f"; still {source_drain_words(view)} ({how})"
         return {"node": node, "drained": drained, "message": message}
 
     async def reload(self) -> dict[str, Any]:

@@ -39,6 +39,11 @@ class FrozenView:
         self._failures = {n: view.consecutive_failures(n) for n in self.snapshot.nodes}
         self._responses = dict(view.response_counts())
         self._sessions = {n: view.sessions_now(n) for n in self.snapshot.nodes}
+        self._group_errors = dict(view.group_errors())
+
+    def group_errors(self) -> Mapping[str, str]:
+        """Why each group read at each poll could not be read at the last poll."""
+        return self._group_errors
 
     def pick_counts(self) -> Mapping[str, int]:
         """Terminals sent to each node since start."""

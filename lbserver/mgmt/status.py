@@ -71,6 +71,7 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
     snap = bal.snapshot
     picks = bal.pick_counts()
     groups: dict[str, Any] = {}
+    group_errors = bal.group_errors()
     node_groups: dict[str, list[str]] = {}
     for gname, members in snap.groups.items():
         ranked = snap.ranked(gname)
@@ -80,6 +81,7 @@ def build_status(bal: "BalancerView", aliases: list[dict] | None = None,
             "nodes": list(members),
             "selectable": [v.name for v in ranked],
             "shares": {v.name: round(v.weight / total, 4) if total > 0 else 0.0 for v in ranked},
+            "error": group_errors.get(gname),
         }
         for n in members:
             node_groups.setdefault(n, []).append(gname)

@@ -8,6 +8,8 @@
 * :mod:`~tests.support.faults`: log capture, a checking terminal loop, /proc figures;
 * :mod:`~tests.support.doubles`: the stand-ins unit tests use (a hand-moved clock, a fixed snapshot);
 * :mod:`~tests.support.stats`: the chi-square the placement tests judge by;
+* :mod:`~tests.support.agentless`: real node_exporters and a real Prometheus on loopback, and a page
+  server standing in for either (``node_exporter_page.txt``: a real node_exporter 1.5 page);
 * :mod:`~tests.support.haproxy`: stand-in RDP servers, an RDP client's first packet, HAProxy's runtime API;
 * :mod:`~tests.support.fakeagent` and :mod:`~tests.support.terminal_harness`:
   programs run as processes (``python -m tests.support.fakeagent``).
