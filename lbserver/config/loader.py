@@ -34,8 +34,8 @@ from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgen
                                    Poll, Require, Rule, ServerConfig, agent_host_port)
 from lbserver.config.settings import (AGENT_PORTS, ALIAS, CONFIG_FILE, DEFAULT_PATH, DEFAULT_STATE_FILE, DNS, GROUP,
                                       HAPROXY_AGENT, HAPROXY_ALLOW, HAPROXY_MAP, HEALTH_URL_SCHEMES, LBSERVICE, LBSLAVE,
-                                      LEGACY_PATH, LOG, MGMTSERVICE, NODE, NODE_EXPORTER_PORT, PEER, PEERS, POLL, PROMQL_VARIABLE, REQUIRE, RULE,
-                                      VARIABLE)
+                                      LEGACY_PATH, LOG, MGMTSERVICE, NODE, NODE_EXPORTER_PORT, PEER, PEERS, POLL,
+                                      PROMQL_VARIABLE, REQUIRE, RULE, VARIABLE)
 
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -147,8 +147,6 @@ def _load_nodes(r: Reader, root: etree._Element) -> tuple[dict[str, Node], dict[
                 missing = " and ".join(a for a in ("name", "address") if values[a] is None)
                 hint = " (or instance, in a group with prometheus)" if group["prometheus"] is not None else ""
                 raise r.error(n, f"<node> is missing attribute {missing}{hint}")
-            if not NODE_NAME.match(name):
-                raise r.error(n, f"<node> attribute name={name!r}: use letters, digits, '.', '_' and '-'")
             if name in members:
                 raise r.error(n, f"duplicate node name {name!r} in group {gname!r}")
             host, port = _node_url(r, n, values["address"])
