@@ -313,10 +313,8 @@ class DnsArbiter:
         """The lease record this cycle: from the cache when it did not change, else read (None: not needed)."""
         if keeper is None or not any(a.enabled for a in dns.aliases):
             return None
-        name = keeper.settings.name
-        try:
-            owner = alias_name(name, dns.zone)
-        except ValueError:
+        owner = self._owner(keeper.settings.name, dns.zone)
+        if owner is None:
             return None  # the keeper reads it and says why
         if stale is not None and owner not in stale and isinstance(cache.lease, Lease):
             return cache.lease
