@@ -10,8 +10,6 @@ reads every alias instead.
 from __future__ import annotations
 
 import socket
-import struct
-import threading
 
 import dns.message
 import dns.rcode
@@ -22,6 +20,7 @@ import dns.rrset
 import pytest
 
 from lbserver.dns.changes import NoDifferences, changed_names
+from tests.support.dns import OneAnswer, framed
 
 pytestmark = pytest.mark.unit
 
@@ -34,35 +33,6 @@ def soa(serial: int) -> dns.rrset.RRset:
 
 def a(name: str, addr: str) -> dns.rrset.RRset:
     return dns.rrset.from_text(f"{name}.{ZONE}", 60, "IN", "A", addr)
-
-
-class OneAnswer:
-    """Accepts one connection, reads the query, sends ``reply(query)`` (bytes), then closes."""
-
-    def __init__(self, reply) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1)
-        self.port = self.sock.getsockname()[1]
-        self.reply = reply
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        conn, _ = self.sock.accept()
-        with conn:
-            conn.settimeout(5)
-            (n,) = struct.unpack("!H", conn.recv(2))
-            wire = b""
-            while len(wire) < n:
-                wire += conn.recv(n - len(wire))
-            conn.sendall(self.reply(dns.message.from_wire(wire)))
-        self.sock.close()
-
-
-def framed(msg: dns.message.Message) -> bytes:
-    wire = msg.to_wire()
-    return struct.pack("!H", len(wire)) + wire
 
 
 def answer(*rrsets: dns.rrset.RRset, rcode: int = dns.rcode.NOERROR):

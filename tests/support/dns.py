@@ -8,7 +8,8 @@ key only. ``named_pair``: the same primary, notifying a second ``named``
 the key). ``knot_server``: Knot DNS (``knotd``, Debian package knot) as the
 primary instead, keeping no differences in its journal, then keeping
 them. ``smtp_server``: aiosmtpd in a thread, collecting messages.
-Both are stopped after the test.
+Both are stopped after the test. :class:`OneAnswer`: a one-shot DNS server
+stand-in (a thread) for the crafted answers no real server gives on demand.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import os
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
+from typing import Callable
 
 import dns.exception
 import dns.message
@@ -38,6 +41,39 @@ from lbserver.config.tsigkey import load_key
 
 ZONE = "lbtest.example"
 KEY_NAME = "lbkey"
+
+
+class OneAnswer:
+    """A DNS server stand-in on loopback TCP for answers real servers do not give on demand (truncated, malformed).
+
+    Accepts one connection, reads the query, sends ``reply(query)`` (bytes, framed), then closes; in a thread.
+    """
+
+    def __init__(self, reply: Callable[[dns.message.Message], bytes]) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.reply = reply
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(5)
+            (n,) = struct.unpack("!H", conn.recv(2))
+            wire = b""
+            while len(wire) < n:
+                wire += conn.recv(n - len(wire))
+            conn.sendall(self.reply(dns.message.from_wire(wire)))
+        self.sock.close()
+
+
+def framed(msg: dns.message.Message) -> bytes:
+    """``msg`` as DNS over TCP sends it: its length on two bytes, then the message."""
+    wire = msg.to_wire()
+    return struct.pack("!H", len(wire)) + wire
 
 
 def free_udp_tcp_port(address: str = "127.0.0.1") -> int:
