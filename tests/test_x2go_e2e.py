@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import urllib.parse
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.support.cluster import start_agent, start_balancer
 from tests.support.x2go import (SYSTEM_PYTHON, plain_ini, python_x2go, start_x2gobroker, x2go_database,
                                 x2gobroker_over_ssh)
 from tests.support.processes import free_port
+from tests.support.x2go import broker_post as post
 
 pytestmark = pytest.mark.system
 
@@ -34,16 +34,6 @@ NOBODY = 65534
 SID = "nobody-50-1700000000_stDxfce_dp24"
 PROFILE = "Lab desktop"
 HOST = socket.gethostname()
-
-
-def post(url: str, **form: str) -> tuple[int, str]:
-    """One broker request as the clients send it (a POSTed form); (status, body)."""
-    req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 class Farm:

@@ -14,7 +14,6 @@ import json
 import os
 import ssl
 import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 from tests.support import free_port, python_cmd, wait_for_port
 from tests.support.cluster import start_agent, start_balancer
 from tests.support.tls import make_ca
+from tests.support.x2go import broker_post as post
 
 pytestmark = pytest.mark.system
 
@@ -43,15 +43,6 @@ def pam_service(tmp_path):
         yield name
     finally:
         path.unlink()
-
-
-def post(url: str, context: ssl.SSLContext | None = None, source: str | None = None, **form: str) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=30, context=context) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_passwords_checked_with_pam_over_https_wrong_ones_limited_never_logged(procs, tmp_path, pam_service):

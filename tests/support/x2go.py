@@ -13,6 +13,8 @@
   a real sshd on loopback, the servers named in a private /etc/hosts and
   its ssh key in a private /root (a mount namespace: the machine's files
   are left alone), asking the load checker at a given socket.
+* :func:`broker_post` asks a broker (ours or x2gobroker) as the clients do:
+  a POSTed form, answered (status, body) whatever the status.
 * :func:`python_x2go` runs a snippet with Debian's python3 (where
   python3-x2go and x2gobroker live) and returns what it printed as JSON.
 """
@@ -22,7 +24,11 @@ from __future__ import annotations
 import grp
 import json
 import os
+import ssl
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from tests.support.processes import Procs, free_port, require_program, wait_for_port
@@ -87,6 +93,17 @@ def start_x2gobroker(procs: Procs, tmp: Path, profiles: str, conf: str = BROKER_
                        stdout=subprocess.DEVNULL, stderr=open(tmp / "x2gobroker.log", "w"))
     wait_for_port("127.0.0.1", port, timeout=30, proc=proc)
     return f"http://127.0.0.1:{port}"
+
+
+def broker_post(url: str, context: ssl.SSLContext | None = None, timeout: float = 30.0,
+                **form: str) -> tuple[int, str]:
+    """One broker request as the X2Go clients send it (a POSTed form); (status, body), for errors too."""
+    req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def python_x2go(code: str, home: Path, timeout: float = 60.0) -> object:
