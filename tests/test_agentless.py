@@ -242,6 +242,12 @@ def test_bad_agentless_configuration_is_refused_with_its_line(tmp_path, body, wo
     assert words in str(info.value) and ":1:" in str(info.value)
 
 
+def test_credentials_in_the_prometheus_url_are_refused_and_never_repeated(tmp_path):
+    with pytest.raises(configmod.ConfigError) as info:
+        _load(tmp_path, '<nodes><group name="P" prometheus="http://admin:s3cret@p:9090" discover="up"/></nodes>')
+    assert "user and token-file" in str(info.value) and "s3cret" not in str(info.value)
+
+
 def test_the_fast_path_reads_every_plain_line_as_the_parser_does_and_leaves_the_rest_to_it():
     lines = "\n".join(l for l in PAGE.decode().splitlines() if not l.startswith("#"))
     assert exposition._plain(lines) == exposition.reference_samples(lines)   # the whole real page, every family

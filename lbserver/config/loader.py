@@ -197,6 +197,9 @@ def _prometheus_group(r: Reader, g: etree._Element, group: dict, creds: "_Creden
         parsed.port  # noqa: B018 (raises on a bad port)
     except ValueError:
         parsed = None
+    if parsed is not None and (parsed.username is not None or parsed.password is not None):
+        # Not echoed: the URL is shown in the log and /status, so a password in it would be too.
+        raise r.error(g, "<group> attribute prometheus holds credentials: give them as user and token-file")
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query \
             or parsed.fragment:
         raise r.error(g, f"<group> attribute prometheus={url!r}: expected the base URL of a Prometheus server, "
