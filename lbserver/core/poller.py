@@ -266,7 +266,7 @@ def _decode_xmlrpc(name: str, body: bytes) -> object:
 
 
 async def poll_all(nodes: Iterable[Node], timeout: float, max_bytes: int, concurrency: int = 512,
-                   validate=None, replies: Replies | None = None, fetch: Fetch = None,
+                   validate=None, replies: Replies | None = None, fetch: Fetch | None = None,
                    decode: Decode = _decode_xmlrpc) -> Mapping[str, PollResult]:
     """Poll every node concurrently (at most ``concurrency`` exchanges at once).
 

@@ -27,6 +27,7 @@ import grp
 import logging
 import os
 import stat
+
 from lbserver.config import X2goLoadChecker
 from lbserver.core.selection import NodeView
 from lbserver.core.sessions import at_limit

@@ -386,6 +386,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def abort(self) -> None:
+        """Close at once, unanswered (over max-connections, pipelining past the bound, an idle connection)."""
         self.closed = True
         self.svc._conns.discard(self)
         self.transport.abort()

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 
 from lbserver.config import Node
 from lbserver.core.agentless import exposition
-from lbserver.core.poller import PollError, PollResult, exchange, poll_all, reply_body
+from lbserver.core.poller import Decode, PollError, PollResult, exchange, poll_all, reply_body
 
 SERVER = "node_exporter"
 
@@ -45,7 +45,7 @@ async def fetch_page(node: Node, timeout: float, max_bytes: int) -> bytes:
     return reply_body(raw, max_bytes, server=SERVER)
 
 
-def decoder(counters: exposition.CpuCounters):
+def decoder(counters: exposition.CpuCounters) -> Decode:
     """The decode step of :func:`scrape_all`: a page to an agent-shaped state, CPU counters kept in ``counters``."""
     def decode(name: str, page: bytes) -> dict:
         try:
