@@ -89,6 +89,39 @@ def free_udp_tcp_port(address: str = "127.0.0.1") -> int:
     raise AssertionError("no free port for named")
 
 
+def _key_and_zone(server: "NamedServer | KnotServer", zone_file: str) -> None:
+    """Give ``server`` a new TSIG secret, the key file clients sign with (0600) and ZONE's first zone file."""
+    server.secret_b64 = base64.b64encode(secrets.token_bytes(32)).decode()
+    server.key_file = server.dir / "client.key"
+    server.key_file.write_text(f'key "{KEY_NAME}" {{\n\talgorithm hmac-sha256;\n\tsecret "{server.secret_b64}";\n}};\n')
+    os.chmod(server.key_file, 0o600)
+    (server.dir / zone_file).write_text(
+        "$TTL 300\n"
+        f"@ IN SOA ns.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 60\n"
+        f"@ IN NS ns.{ZONE}.\n"
+        "ns IN A 127.0.0.1\n"
+    )
+
+
+def _launch(server: "NamedServer | KnotServer", cmd: list[str]) -> None:
+    """Start ``cmd`` (the server's daemon, logging to its log file); return once it answers the zone's SOA."""
+    program = Path(cmd[0]).name
+    log = open(server.log_path, "ab")
+    server.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=server.dir)
+    log.close()
+
+    def ready() -> bool:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"{program} exited with {server.proc.returncode}: {server.log_tail()}")
+        return server.soa_serial() is not None
+
+    try:
+        wait_until(ready, timeout=15, what=f"{program} answering the SOA")
+    except AssertionError:
+        server.stop()
+        raise AssertionError(f"{program} did not start: {server.log_tail()}") from None
+
+
 class NamedServer:
     """A private ``named`` serving ZONE; start/stop/restart keep the zone (and its journal)."""
 
@@ -100,18 +133,9 @@ class NamedServer:
         self.port = free_udp_tcp_port(address)
         self.zone = ZONE
         self.key_name = KEY_NAME
-        self.secret_b64 = base64.b64encode(secrets.token_bytes(32)).decode()
         self.proc: subprocess.Popen | None = None
         self.log_path = self.dir / "named.log"
-        self.key_file = self.dir / "client.key"
-        self.key_file.write_text(f'key "{KEY_NAME}" {{\n\talgorithm hmac-sha256;\n\tsecret "{self.secret_b64}";\n}};\n')
-        os.chmod(self.key_file, 0o600)
-        (self.dir / f"{ZONE}.db").write_text(
-            "$TTL 300\n"
-            f"@ IN SOA ns.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 60\n"
-            f"@ IN NS ns.{ZONE}.\n"
-            "ns IN A 127.0.0.1\n"
-        )
+        _key_and_zone(self, f"{ZONE}.db")
         self.write_conf(
             # IXFR even for this tiny zone (BIND answers AXFR-style when the differences outweigh the zone).
             "  recursion no;\n  notify no;\n  max-ixfr-ratio unlimited;\n",
@@ -138,21 +162,7 @@ class NamedServer:
     def start(self) -> None:
         """Start named and return once it answers the zone's SOA over TCP."""
         assert self.proc is None or self.proc.poll() is not None
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([require_program("named"), "-g", "-n", "1", "-c", str(self.dir / "named.conf")],
-                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
-        log.close()
-
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"named exited with {self.proc.returncode}: {self.log_tail()}")
-            return self.soa_serial() is not None
-
-        try:
-            wait_until(ready, timeout=15, what="named answering the SOA")
-        except AssertionError:
-            self.stop()
-            raise AssertionError(f"named did not start: {self.log_tail()}") from None
+        _launch(self, [require_program("named"), "-g", "-n", "1", "-c", str(self.dir / "named.conf")])
 
     def stop(self) -> None:
         """Stop named (SIGTERM, then SIGKILL after 5 s)."""
@@ -271,7 +281,7 @@ class KnotServer:
     ``journal`` is Knot's ``journal-content``: ``changes`` (Knot's default) keeps the differences and
     serves IXFR from them; ``none`` (this class's default) keeps none, so an IXFR is answered with the whole
     zone (AXFR-style) and the arbiter falls back to reading every alias. Same ``update``, ``soa_serial``,
-    ``dig`` and ``nsupdate`` helpers as NamedServer.
+    ``dig`` and ``nsupdate`` as NamedServer.
     """
 
     def __init__(self, workdir: Path, journal: str = "none") -> None:
@@ -283,19 +293,10 @@ class KnotServer:
         self.port = free_udp_tcp_port()
         self.zone = ZONE
         self.key_name = KEY_NAME
-        self.secret_b64 = base64.b64encode(secrets.token_bytes(32)).decode()
         self.proc: subprocess.Popen | None = None
         self.log_path = self.dir / "knotd.log"
         (self.dir / "db").mkdir(exist_ok=True)  # the journal and timers (knotd does not create it)
-        self.key_file = self.dir / "client.key"
-        self.key_file.write_text(f'key "{KEY_NAME}" {{\n\talgorithm hmac-sha256;\n\tsecret "{self.secret_b64}";\n}};\n')
-        os.chmod(self.key_file, 0o600)
-        (self.dir / f"{ZONE}.zone").write_text(
-            "$TTL 300\n"
-            f"@ IN SOA ns.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 60\n"
-            f"@ IN NS ns.{ZONE}.\n"
-            "ns IN A 127.0.0.1\n"
-        )
+        _key_and_zone(self, f"{ZONE}.zone")
         (self.dir / "knot.conf").write_text(
             "server:\n"
             f'    rundir: "{self.dir}"\n'
@@ -315,21 +316,7 @@ class KnotServer:
 
     def start(self) -> None:
         """Start knotd and return once it answers the zone's SOA over TCP."""
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([require_program("knotd"), "-c", str(self.dir / "knot.conf")],
-                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
-        log.close()
-
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"knotd exited with {self.proc.returncode}: {self.log_tail()}")
-            return self.soa_serial() is not None
-
-        try:
-            wait_until(ready, timeout=15, what="knotd answering the SOA")
-        except AssertionError:
-            self.stop()
-            raise
+        _launch(self, [require_program("knotd"), "-c", str(self.dir / "knot.conf")])
 
     stop = NamedServer.stop
     log_tail = NamedServer.log_tail
