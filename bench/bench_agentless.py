@@ -38,7 +38,7 @@ import statistics
 import urllib.request
 from pathlib import Path
 
-from bench.support import (ROOT, child_env, free_port, poll_histogram, proc_cpu, proc_rss_mib, replica_address,
+from bench.support import (ROOT, child_env, cycle_window, free_port, poll_histogram, proc_rss_mib, replica_address,
                            status, wait_for_port)
 from lbserver.config import Node
 from lbserver.core.agentless import promgroup
@@ -78,17 +78,10 @@ def measure(config: str, tmp: str, env: dict, interval: float, cycles: int, sett
         while poll_histogram(mgmt)[0] < 2 and time.monotonic() < deadline:  # past the first (cold) cycles
             time.sleep(0.2)
         time.sleep(settle)
-        count0, sum0 = poll_histogram(mgmt)
-        cpu0, t0 = proc_cpu(lb.pid), time.monotonic()
         # Nothing talks to the balancer meanwhile (a /status of 10,000 nodes would cost more than a cycle).
-        time.sleep(cycles * interval + interval / 2)
-        count1, sum1 = poll_histogram(mgmt)
-        cpu1, t1 = proc_cpu(lb.pid), time.monotonic()
-        mean = (sum1 - sum0) / max(1, count1 - count0)
+        window = cycle_window(mgmt, lb.pid, interval, cycles)
         doc = status(mgmt)
-        return {"mean": mean, "cycles": count1 - count0,
-                "cpu_per_cycle": (cpu1 - cpu0) * max(interval, mean) / (t1 - t0),
-                "rss": proc_rss_mib(lb.pid), "failed": doc["last_poll"]["failed"],
+        return {**window, "rss": proc_rss_mib(lb.pid), "failed": doc["last_poll"]["failed"],
                 "polled": doc["last_poll"]["polled"], "errors": [g["error"] for g in doc["groups"].values()
                                                                   if g.get("error")]}
     finally:

@@ -39,8 +39,7 @@ import time
 import urllib.request
 import xmlrpc.client
 
-from bench.support import (child_env, free_port, poll_histogram, proc_cpu, proc_rss_mib, replica_address, status,
-                           wait_for_port)
+from bench.support import child_env, cycle_window, free_port, proc_rss_mib, replica_address, status, wait_for_port
 
 PORT = 8001
 
@@ -168,14 +167,8 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
 </lbsconfig>""")
         lb = subprocess.Popen([sys.executable, "-m", "lbserver", "-f", "-c", cfg], env=env, stderr=subprocess.DEVNULL)
         wait_for_port("127.0.0.1", mgmt, lb, timeout=60)
-        # Read the balancer's own poll-duration histogram around a window of
-        # cycles; nothing else talks to it meanwhile, so its CPU time is the cycles'.
         time.sleep(interval)
-        count0, sum0 = poll_histogram(mgmt)
-        cpu0, t0 = proc_cpu(lb.pid), time.monotonic()
-        time.sleep(cycles * interval + interval / 2)
-        count1, sum1 = poll_histogram(mgmt)
-        cpu1, t1 = proc_cpu(lb.pid), time.monotonic()
+        window = cycle_window(mgmt, lb.pid, interval, cycles)
         rss = proc_rss_mib(lb.pid)
         # Then as many cycles with a terminal (and the management reads) asking meanwhile.
         prober, reader = Prober(lb_port), Reader(mgmt)
@@ -186,16 +179,11 @@ def run_case(tmp: str, env: dict, reply: str, nodes: int, blackhole: int, cycles
         for thread in probes:
             thread.done.set()
             thread.join()
-        done = count1 - count0
-        mean = (sum1 - sum0) / done
-        # A cycle starts every max(interval, duration) seconds: the window's CPU
-        # time over the cycles it spans, counted in fractions rather than in
-        # whole cycles finished (which is off by up to one cycle in a few).
-        cpu_per_cycle = (cpu1 - cpu0) * max(interval, mean) / (t1 - t0)
         last = status(mgmt)["last_poll"]
-        return {"nodes": nodes, "blackhole": blackhole, "mean": mean, "last": last["duration"],
-                "floor": floor, "cpu_per_cycle": cpu_per_cycle, "rss": rss, "rss_probed": proc_rss_mib(lb.pid),
-                "failed": last["failed"], "cycles": done, "waits": prober.figures(),
+        return {"nodes": nodes, "blackhole": blackhole, "mean": window["mean"], "last": last["duration"],
+                "floor": floor, "cpu_per_cycle": window["cpu_per_cycle"], "rss": rss,
+                "rss_probed": proc_rss_mib(lb.pid), "failed": last["failed"], "cycles": window["cycles"],
+                "waits": prober.figures(),
                 "answers_failed": prober.failed, "reads": reader.reads, "reads_failed": reader.failed}
     finally:
         for p in (lb, replicas):

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -26,9 +27,9 @@ from tests.support.dns import NamedServer, write_config
 ROOT = Path(__file__).resolve().parent.parent
 """The top of the source tree."""
 
-__all__ = ["ROOT", "NamedServer", "cpu_sets", "child_env", "free_port", "pinned", "poll_histogram",
-           "proc_cpu", "proc_rss_mib", "replica_address", "run_wrk", "start_cluster", "status", "stop_children", "wait_for_port",
-           "write_config"]
+__all__ = ["ROOT", "NamedServer", "cpu_sets", "child_env", "cycle_window", "free_port", "pinned", "poll_histogram",
+           "proc_cpu", "proc_rss_mib", "replica_address", "run_wrk", "start_cluster", "status", "stop_children",
+           "wait_for_port", "write_config"]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -145,6 +146,25 @@ def poll_histogram(mgmt: int) -> tuple[int, float]:
     count = float(re.search(r"^lbserver_poll_duration_seconds_count (\S+)", text, re.M).group(1))
     total = float(re.search(r"^lbserver_poll_duration_seconds_sum (\S+)", text, re.M).group(1))
     return int(count), total
+
+
+def cycle_window(mgmt: int, pid: int, interval: float, cycles: int) -> dict[str, float]:
+    """The balancer's poll cycles over a window of about ``cycles`` of them: ``cycles`` done, ``mean`` seconds,
+    ``cpu_per_cycle`` seconds.
+
+    Read from its own poll-duration histogram around the window, while
+    nothing else talks to it (so its CPU time is the cycles'). A cycle starts
+    every max(interval, duration) seconds: the window's CPU time is counted
+    over the cycles it spans, in fractions rather than in whole cycles
+    finished (which is off by up to one cycle in a few).
+    """
+    count0, sum0 = poll_histogram(mgmt)
+    cpu0, t0 = proc_cpu(pid), time.monotonic()
+    time.sleep(cycles * interval + interval / 2)
+    count1, sum1 = poll_histogram(mgmt)
+    cpu1, t1 = proc_cpu(pid), time.monotonic()
+    mean = (sum1 - sum0) / max(1, count1 - count0)
+    return {"cycles": count1 - count0, "mean": mean, "cpu_per_cycle": (cpu1 - cpu0) * max(interval, mean) / (t1 - t0)}
 
 
 def status(mgmt: int) -> dict:
