@@ -206,8 +206,7 @@ X2GO_ALLOW = Element(
     "allow",
     "One address or network from which X2Go clients may ask the broker. Without any allow only loopback may; "
     "other clients are answered 403.",
-    Setting("from", "network", doc="An address, or a network in CIDR notation such as 10.0.0.0/24.",
-            required=True),
+    HAPROXY_ALLOW.from_,  # the same attribute, declared once
     parent="x2gobroker",
 )
 
