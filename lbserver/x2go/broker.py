@@ -177,8 +177,10 @@ def answer(form: Form, profiles: Callable[[], Mapping[str, Mapping[str, object]]
     ``select(profile_id)`` places the user, returning the placement and the
     profile's ssh port, or None for a profile the broker does not have
     (answered, as x2gobroker does, with its ``no-server-available``
-    server). An unknown task is answered ``Access granted`` alone on
-    ``/plain/`` and with the task echoed on ``/json/``, as x2gobroker does.
+    server). A form without a task (the clients' login check) is answered
+    ``Access granted`` alone on ``/plain/`` and with the empty task echoed
+    on ``/json/``, as x2gobroker does; a task outside :data:`TASKS` is the
+    caller's to refuse (x2gobroker would grant it too).
     """
     task = form.task
     if form.frontend == PLAIN:
