@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import time
 
@@ -78,6 +79,29 @@ def test_a_broken_or_silent_pam_is_a_503_not_a_crash(monkeypatch):
 
     data, _ = asyncio.run(serve(silent, form("x")))
     assert statuses(data) == [503] and b"did not answer in time" in data
+
+
+def test_connections_from_refused_sources_count_against_max_connections():
+    async def flood() -> tuple[list[bytes], int]:
+        config = X2goBroker(listen=("127.0.0.1", 0), allow=(ipaddress.ip_network("10.0.0.0/8"),), max_connections=3)
+        svc = X2goBrokerService(config, lambda p, u: Placement("n1"), lambda p, u: ["n1"])
+        sock = listen_socket(("127.0.0.1", 0))
+        sock.setblocking(False)
+        await svc.start(sock)
+        conns = []
+        try:
+            for _ in range(8):  # none of them sends anything, none closes
+                conns.append(await asyncio.open_connection(*sock.getsockname()[:2]))
+            replies = [await asyncio.wait_for(reader.read(200), 5) for reader, _ in conns]
+            return replies, svc.connection_count()
+        finally:
+            for _, writer in conns:
+                writer.close()
+            await svc.stop()
+
+    replies, held = asyncio.run(flood())
+    assert held == 3
+    assert sum(b" 403 " in r for r in replies) == 3 and replies.count(b"") == 5  # the rest closed unanswered
 
 
 def test_the_failure_limit_is_per_source_and_a_reload_keeps_it():

@@ -296,6 +296,10 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.host = str(peer[0]) if peer else ""
         self.since = svc._loop.time()
+        if len(svc._conns) >= svc.config.max_connections:
+            # Refused sources count too: held until they close or the sweep, they must not add up without bound.
+            self.abort()
+            return
         if svc._refuse(self.host):
             # Said, then this side shut: what the client sent is read and dropped (closing on unread
             # bytes would reset the connection before the client reads why), until it closes or the sweep.
@@ -303,9 +307,6 @@ class _Connection(asyncio.Protocol):
             transport.write_eof()
             self.closed = True
             svc._conns.add(self)
-            return
-        if len(svc._conns) >= svc.config.max_connections:
-            self.abort()
             return
         svc._conns.add(self)
 
