@@ -135,6 +135,11 @@ class Group:
     """With ``prometheus``: the HTTP Basic user, ``token`` its password (None: ``token`` is a bearer token)."""
 
     @property
+    def feed_url(self) -> str | None:
+        """The URL its nodes are read from at each poll: the other balancer's or the Prometheus server's."""
+        return self.source or self.prometheus
+
+    @property
     def feed(self) -> tuple | None:
         """What its nodes are read from at each poll (None: the file's nodes only); equal feeds, equal members."""
         if self.source is not None:

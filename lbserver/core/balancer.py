@@ -300,7 +300,7 @@ class Balancer:
         fetched: dict[str, list[RemoteNode] | PollError] = {}
         for group, outcome in zip(groups, outcomes):
             if isinstance(outcome, BaseException) and not isinstance(outcome, PollError):
-                where = group.source or group.prometheus
+                where = group.feed_url
                 log.error("reading %s for group %s failed unexpectedly", where, group.name, exc_info=outcome)
                 outcome = PollError(f"group {group.name}: {where}: {type(outcome).__name__}: {outcome}")
             fetched[group.name] = outcome
@@ -320,15 +320,13 @@ class Balancer:
                     results[node.name] = PollResult(node.name, None, str(outcome), 0.0)
                 continue
             if self._remote_errors.pop(gname, None) is not None:
-                group = self._base.groups[gname]
-                log.info("group %s: %s answers again", gname, group.source or group.prometheus)
+                log.info("group %s: %s answers again", gname, self._base.groups[gname].feed_url)
             members = []
             for rn in outcome:
                 other = taken.get(rn.node.name)
                 if other is not None and other.address != rn.node.address:
                     log.warning("group %s: node %s of %s left out: its name is taken by another node (%s)", gname,
-                                rn.node.name, self._base.groups[gname].source or self._base.groups[gname].prometheus,
-                                other.address)
+                                rn.node.name, self._base.groups[gname].feed_url, other.address)
                     continue
                 taken[rn.node.name] = rn.node
                 members.append(rn.node)
