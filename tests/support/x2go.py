@@ -150,6 +150,8 @@ def x2gobroker_over_ssh(procs: Procs, work: Path, servers: dict[str, str], socke
     must be a directory others may traverse (sshd reads the keys as the
     agent user).
     """
+    for ip in servers.values():
+        assert ip.startswith("127."), f"sshd listens on loopback addresses only, not {ip}"
     sshd = require_program("sshd")
     work.chmod(0o755)
     _ssh_keygen(work / "host_key", "ed25519")
@@ -186,4 +188,5 @@ def x2gobroker_over_ssh(procs: Procs, work: Path, servers: dict[str, str], socke
     return f"http://127.0.0.1:{http}", port
 
 
-__all__ = ["BROKER_CONF", "SYSTEM_PYTHON", "plain_ini", "python_x2go", "start_x2gobroker", "x2go_database", "x2gobroker_over_ssh"]
+__all__ = ["BROKER_CONF", "SYSTEM_PYTHON", "broker_post", "plain_ini", "python_x2go", "start_x2gobroker",
+           "x2go_database", "x2gobroker_over_ssh"]
