@@ -92,6 +92,8 @@ class X2goBrokerService:
         self._pam_slots = asyncio.Semaphore(MAX_PAM_CHECKS)
         self.counts: dict[int, int] = {}
         """Replies sent, by HTTP status."""
+        self.failures = FailureLimit(config.max_failures)
+        """Wrong passwords by source address (kept across reloads that keep max-failures)."""
         self.configure(config)
 
     def configure(self, config: X2goBroker) -> None:
@@ -107,8 +109,7 @@ class X2goBrokerService:
         elif tls is not None and self._tls is not None:
             # The certificate may have been renewed: new connections present the new one.
             self._tls.load_cert_chain(config.tls_cert, config.tls_key)
-        old = getattr(self, "failures", None)
-        if old is None or old.limit != config.max_failures:
+        if self.failures.limit != config.max_failures:
             self.failures = FailureLimit(config.max_failures)
 
     async def start(self, sock: socket.socket) -> None:
