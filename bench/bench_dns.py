@@ -40,16 +40,16 @@ import time
 from pathlib import Path
 
 import dns.message
-import dns.query
 import dns.rdatatype
 
-from bench.support import NamedServer, child_env, free_port, stop_children, wait_for_port, write_config
+from bench.support import NamedServer, child_env, free_port, status, stop_children, wait_for_port, write_config
 from lbserver import config as configmod
 from lbserver.dns import update
 from lbserver.dns import arbiter as arbitermod
 from lbserver.dns.arbiter import DnsArbiter
 from lbserver.dns.decide import Candidate
-from lbserver.dns.lease import parse
+from tests.support.aliaswatch import lease_holder
+from tests.support.processes import wait_until
 
 PER_ALIAS = 5
 
@@ -205,17 +205,11 @@ def lbserver_xml(named: NamedServer, holder: str, port: int, mgmt: int, peers: t
 """
 
 
-def holder(named: NamedServer) -> str | None:
-    q = dns.message.make_query(f"_lease-takeover.{named.zone}", "TXT")
-    resp = dns.query.tcp(q, "127.0.0.1", port=named.port, timeout=2)
-    return parse([r.strings for rrset in resp.answer for r in rrset]).holder
-
-
 def wait_holder(named: NamedServer, name: str, timeout: float) -> float:
     """Seconds until the lease names ``name``."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        if holder(named) == name:
+        if lease_holder(named, "_lease-takeover") == name:
             return time.monotonic() - start
         time.sleep(0.02)
     raise SystemExit(f"the lease never passed to {name} within {timeout:g} s")
@@ -228,7 +222,7 @@ def takeovers(named: NamedServer, tmp: Path, poll: float, heartbeat: float) -> d
     children: list[subprocess.Popen] = []
     out: dict[str, float] = {}
 
-    def start(name: str, peers: tuple[int, int]) -> subprocess.Popen:
+    def start(name: str, peers: tuple[int, int]) -> tuple[subprocess.Popen, int]:
         port, mgmt = free_port(), free_port()
         cfg = tmp / f"{name}.xml"
         cfg.write_text(lbserver_xml(named, name, port, mgmt, peers, dead, poll, heartbeat))
@@ -236,18 +230,29 @@ def takeovers(named: NamedServer, tmp: Path, poll: float, heartbeat: float) -> d
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         children.append(proc)
         wait_for_port("127.0.0.1", mgmt, proc, timeout=30)
-        return proc
+        return proc, mgmt
+
+    def standing_by(mgmt: int) -> None:
+        """Return once that balancer stands by, hears its peer, and has begun a cycle since: the writer's
+        heartbeats count only once heard after the standby first read the lease."""
+        def ready() -> float | None:
+            doc = status(mgmt)
+            lease = (doc["aliases"] or [{}])[0].get("lease") or {}
+            heard = lease.get("role") == "standby" and all(p["reachable"] for p in doc["peers"]["peers"])
+            return doc["last_poll"]["started"] if heard else None
+        since = wait_until(ready, 30, what="the standby hearing the writer")
+        wait_until(lambda: status(mgmt)["last_poll"]["started"] > since, 30, what="the standby's next cycle")
 
     try:
-        a = start("boot1", udp)
+        a, _ = start("boot1", udp)
         wait_holder(named, "boot1", 30)
-        b = start("boot2", udp[::-1])
-        time.sleep(3 * poll)  # let boot2 see boot1 hold the lease and hear its heartbeats
+        b, b_mgmt = start("boot2", udp[::-1])
+        standing_by(b_mgmt)
         a.send_signal(signal.SIGKILL)
         a.wait()
         out["kill -9"] = wait_holder(named, "boot2", 60)
-        a = start("boot1", udp)
-        time.sleep(3 * poll)
+        a, a_mgmt = start("boot1", udp)
+        standing_by(a_mgmt)
         b.send_signal(signal.SIGSTOP)
         try:
             out["SIGSTOP"] = wait_holder(named, "boot1", 60)

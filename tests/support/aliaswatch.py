@@ -71,8 +71,8 @@ class AliasWatch:
         return next(s.t for s in self.since(t0) if s.addrs == addrs)
 
 
-def lease_holder(named) -> str | None:
-    """The holder named by the lease record as ``named`` serves it (None: no record)."""
-    resp = dns.query.tcp(dns.message.make_query(f"_lbserver-lease.{named.zone}", "TXT"), named.address,
+def lease_holder(named, lease: str = "_lbserver-lease") -> str | None:
+    """The holder named by the lease record ``lease`` as ``named`` serves it (None: no record)."""
+    resp = dns.query.tcp(dns.message.make_query(f"{lease}.{named.zone}", "TXT"), named.address,
                          port=named.port, timeout=2)
     return parse([r.strings for rrset in resp.answer for r in rrset]).holder
