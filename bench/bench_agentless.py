@@ -45,6 +45,7 @@ from lbserver.core.agentless import promgroup
 from lbserver.core.agentless.promapi import Server
 from lbserver.core.agentless.scrape import build_request
 from tests.support.agentless import ExpositionServer, prometheus_yml
+from tests.support.processes import wait_until
 
 PAGE = ROOT / "tests" / "support" / "node_exporter_page.txt"
 EXPORTER_PORT = 9100
@@ -168,10 +169,10 @@ def prometheus_case(tmp: str, env: dict, count: int, cycles: int) -> None:
                                 stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         wait_for_port("127.0.0.1", port, prom, timeout=60)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while _count(url, "count(node_load1)") < count and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(12)  # two scrapes, so rate() has two samples
+        wait_until(lambda: _count(url, "count(node_load1)") >= count, 120, 0.5, what="Prometheus's first scrape")
+        # Two scrapes, so that rate() (CPUUSED) has two samples for every node.
+        wait_until(lambda: _count(url, 'count(rate(node_cpu_seconds_total{mode="idle"}[1m]))') >= count, 120, 0.5,
+                   what="Prometheus's second scrape")
         discover = "node_load1"
         server = Server(url)
         queries = [discover, promgroup.FRESHNESS_QUERY] + [promgroup.with_timestamp(q) for q in promgroup.BUILTIN_QUERIES.values()] \
