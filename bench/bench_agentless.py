@@ -39,13 +39,12 @@ import urllib.request
 from pathlib import Path
 
 from bench.support import (ROOT, child_env, cycle_window, free_port, poll_histogram, proc_rss_mib, replica_address,
-                           status, wait_for_port)
+                           status, wait_for_port, wait_until)
 from lbserver.config import Node
 from lbserver.core.agentless import promgroup
 from lbserver.core.agentless.promapi import Server
 from lbserver.core.agentless.scrape import build_request
 from tests.support.agentless import ExpositionServer, prometheus_yml
-from tests.support.processes import wait_until
 
 PAGE = ROOT / "tests" / "support" / "node_exporter_page.txt"
 EXPORTER_PORT = 9100

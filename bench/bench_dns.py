@@ -42,14 +42,14 @@ from pathlib import Path
 import dns.message
 import dns.rdatatype
 
-from bench.support import NamedServer, child_env, free_port, status, stop_children, wait_for_port, write_config
+from bench.support import (NamedServer, child_env, free_port, status, stop_children, wait_for_port, wait_until,
+                           write_config)
 from lbserver import config as configmod
 from lbserver.dns import update
 from lbserver.dns import arbiter as arbitermod
 from lbserver.dns.arbiter import DnsArbiter
 from lbserver.dns.decide import Candidate
 from tests.support.aliaswatch import lease_holder
-from tests.support.processes import wait_until
 
 PER_ALIAS = 5
 

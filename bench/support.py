@@ -3,7 +3,8 @@
 Every script in bench/ runs from the top of the source tree as a module
 (``.venv/bin/python -m bench.bench_terminal``) and imports what it shares
 from here, never from another script. Readiness comes from
-the loops of :mod:`common.children`, which the demo and the tests use too; the real
+the loops of :mod:`common.children`, which the demo and the tests use too, and
+the tests' ``wait_until`` for anything else; the real
 BIND of the DNS benchmark is the tests' own (:mod:`tests.support.dns`).
 Loopback only. No threads of its own.
 """
@@ -23,13 +24,14 @@ import common.children
 from common.children import free_port
 from common.children import stop_children
 from tests.support.dns import NamedServer, write_config
+from tests.support.processes import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 """The top of the source tree."""
 
 __all__ = ["ROOT", "NamedServer", "cpu_sets", "child_env", "cycle_window", "free_port", "pinned", "poll_histogram",
            "proc_cpu", "proc_rss_mib", "replica_address", "run_wrk", "start_cluster", "status", "stop_children",
-           "wait_for_port", "write_config"]
+           "wait_for_port", "wait_until", "write_config"]
 
 
 def child_env(**extra: str) -> dict[str, str]:
