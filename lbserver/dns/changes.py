@@ -41,7 +41,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from lbserver.config.tsigkey import TsigKey
-from lbserver.dns.update import DnsError, RRsets, _classify, _server_address, _tcp
+from lbserver.dns.update import DnsError, RRsets, classify_error, server_address, tcp_query
 
 MAX_RECORDS = 200_000
 """Records of one IXFR answer read at most; a longer history is not worth reading (a full read is cheaper)."""
@@ -69,9 +69,9 @@ def soa_serial(server: str, port: int, zone: str, timeout: float) -> int:
     q = dns.message.make_query(origin, dns.rdatatype.SOA)
     q.flags &= ~dns.flags.RD
     try:
-        resp = _tcp(q, server, port, timeout)
+        resp = tcp_query(q, server, port, timeout)
     except Exception as exc:  # classified into one clear message
-        raise _classify(exc, server, port, timeout, None) from None
+        raise classify_error(exc, server, port, timeout, None) from None
     if resp.rcode() != dns.rcode.NOERROR:
         raise DnsError(dns.rcode.to_text(resp.rcode()), f"SOA query for {zone} answered "
                                                         f"{dns.rcode.to_text(resp.rcode())}")
@@ -121,7 +121,7 @@ def changed_names(server: str, port: int, zone: str, serial: int, key: TsigKey |
     q = _ixfr_query(origin, serial, key)
     expiration = time.monotonic() + timeout
     try:
-        where = _server_address(server)
+        where = server_address(server)
         family = socket.AF_INET6 if ":" in where else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
@@ -132,7 +132,7 @@ def changed_names(server: str, port: int, zone: str, serial: int, key: TsigKey |
     except NoDifferences:
         raise
     except Exception as exc:  # any failure of the transfer: read everything instead
-        raise NoDifferences(f"the IXFR failed: {_classify(exc, server, port, timeout, key)}") from None
+        raise NoDifferences(f"the IXFR failed: {classify_error(exc, server, port, timeout, key)}") from None
 
 
 def _read_differences(sock: socket.socket, q: dns.message.Message, origin: dns.name.Name, serial: int,

@@ -166,7 +166,8 @@ def _rcode_error(rcode: int, zone: str, key: TsigKey | None) -> DnsError:
     return DnsError(text, hints.get(text, f"the server answered {text}"))
 
 
-def _classify(exc: BaseException, server: str, port: int, timeout: float, key: TsigKey | None) -> DnsError:
+def classify_error(exc: BaseException, server: str, port: int, timeout: float, key: TsigKey | None) -> DnsError:
+    """``exc``, raised while talking to ``server``, as a named :class:`DnsError` with the admin's hint."""
     keyname = key.name if key else "?"
     if isinstance(exc, DnsError):
         return exc
@@ -197,7 +198,7 @@ def _classify(exc: BaseException, server: str, port: int, timeout: float, key: T
     return DnsError("error", f"{type(exc).__name__}: {exc}")
 
 
-def _server_address(server: str) -> str:
+def server_address(server: str) -> str:
     """dnspython needs an IP: resolve a server host name (TCP semantics, first address)."""
     try:
         ipaddress.ip_address(server)
@@ -264,7 +265,7 @@ class Channel:
 
     def _connect(self) -> None:
         if self._sock is None:
-            self.where = _server_address(self.server)
+            self.where = server_address(self.server)
             family = socket.AF_INET6 if ":" in self.where else socket.AF_INET
             self._sock = socket.socket(family, socket.SOCK_STREAM)
             self._sock.settimeout(self.timeout)
@@ -314,11 +315,12 @@ def _open_channel(server: str, port: int) -> Channel | None:
     return ch if ch is not None and (ch.server, ch.port) == (server, port) else None
 
 
-def _tcp(msg: dns.message.Message, server: str, port: int, timeout: float) -> dns.message.Message:
+def tcp_query(msg: dns.message.Message, server: str, port: int, timeout: float) -> dns.message.Message:
+    """Send ``msg`` over TCP and return the answer, on this thread's open channel to ``server`` when there is one."""
     ch = _open_channel(server, port)
     if ch is not None:
         return ch.exchange(msg)
-    return dns.query.tcp(msg, _server_address(server), timeout=timeout, port=port)
+    return dns.query.tcp(msg, server_address(server), timeout=timeout, port=port)
 
 
 def _any_query(name: dns.name.Name) -> dns.message.Message:
@@ -336,9 +338,9 @@ def query_current(server: str, port: int, zone: str, alias: str, timeout: float)
     except ValueError as exc:
         raise DnsError("name", str(exc)) from None
     try:
-        resp = _tcp(_any_query(name), server, port, timeout)
+        resp = tcp_query(_any_query(name), server, port, timeout)
     except Exception as exc:  # classified into one clear message
-        raise _classify(exc, server, port, timeout, None) from None
+        raise classify_error(exc, server, port, timeout, None) from None
     return _rrsets(resp, name, server, port, zone, timeout)
 
 
@@ -361,7 +363,7 @@ def query_many(server: str, port: int, zone: str, aliases: Iterable[str], timeou
     try:
         answers = ch.exchange_many([_any_query(n) for n in names.values()])
     except Exception as exc:  # the whole batch failed: every alias says why
-        err = _classify(exc, server, port, timeout, None)
+        err = classify_error(exc, server, port, timeout, None)
         return {**out, **{alias: err for alias in names}}
     finally:
         if own:
@@ -384,7 +386,7 @@ def _rrsets(resp: dns.message.Message, name: dns.name.Name, server: str, port: i
             found[rrset.rdtype].update(str(ipaddress.ip_address(r.address)) for r in rrset)
             ttls[rrset.rdtype] = rrset.ttl
     except Exception as exc:  # classified into one clear message
-        raise _classify(exc, server, port, timeout, None) from None
+        raise classify_error(exc, server, port, timeout, None) from None
     return RRsets(a=frozenset(found[dns.rdatatype.A]), aaaa=frozenset(found[dns.rdatatype.AAAA]),
                   a_ttl=ttls.get(dns.rdatatype.A), aaaa_ttl=ttls.get(dns.rdatatype.AAAA))
 
@@ -449,11 +451,11 @@ def query_records(server: str, port: int, zone: str, name: str, rdtype: str,
     try:
         q = dns.message.make_query(qname, wanted)
         q.flags &= ~dns.flags.RD
-        resp = _tcp(q, server, port, timeout)
+        resp = tcp_query(q, server, port, timeout)
         found = [rdata for rrset in _checked_answer(resp, qname, (wanted,), server, port, zone, addresses=False)
                  for rdata in rrset]
     except Exception as exc:  # classified into one clear message
-        raise _classify(exc, server, port, timeout, None) from None
+        raise classify_error(exc, server, port, timeout, None) from None
     return tuple(found)
 
 
@@ -491,9 +493,9 @@ def send_update(msg: dns.update.UpdateMessage, server: str, port: int, zone: str
                 timeout: float, key: TsigKey) -> None:
     """Send an update over TCP and check the answer; raise :class:`DnsError` on any failure."""
     try:
-        resp = _tcp(msg, server, port, timeout)
+        resp = tcp_query(msg, server, port, timeout)
     except Exception as exc:  # classified into one clear message
-        raise _classify(exc, server, port, timeout, key) from None
+        raise classify_error(exc, server, port, timeout, key) from None
     if resp.rcode() != dns.rcode.NOERROR:
         raise _rcode_error(resp.rcode(), zone, key)
 
