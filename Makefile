@@ -33,6 +33,9 @@ bench:
 	.venv/bin/python -m bench.bench_dns
 	.venv/bin/python -m bench.bench_peers
 	.venv/bin/python -m bench.bench_x2go
+	.venv/bin/python -m bench.bench_agentless
+	.venv/bin/python -m bench.bench_sessions
+	.venv/bin/python -m bench.bench_sessionmap
 
 # Built in a copy of the tree under build/deb, so the working tree stays clean.
 deb:
