@@ -226,23 +226,25 @@ class PrometheusGroup:
         except PollError as exc:
             raise self._words(what, exc) from None
 
-    async def _answer(self, name: str, q: Query) -> _Answer:
-        """Variable ``name``'s answer, reduced at once to its values and timestamps by instance.
+    async def _reduced(self, what: str, expr: str, name: str, per_node: int = 2) -> _Answer:
+        """The answer to ``expr``, reduced at once to its values and timestamps by instance.
 
         Reduced as soon as it arrives, so that at ten thousand nodes the
         answers' series never all live at once; an answer of plain
         ``by (instance)`` series goes straight to values by instance.
         """
-        what = f"variable {name}"
         try:
-            body = await answer(self.server, with_timestamp(q), self.timeout, self.max_bytes)
-            plain = plain_by_instance(body, 2 * self.max_series) if name != "DRAINED" else None
+            body = await answer(self.server, expr, self.timeout, self.max_bytes)
+            plain = plain_by_instance(body, per_node * self.max_series) if name != "DRAINED" else None
             if plain is not None:
-                reduced = _Answer(plain[0], {}, plain[1])
-            else:
-                reduced = _split(parse_vector(body, 2 * self.max_series), name)
+                return _Answer(plain[0], {}, plain[1])
+            return _split(parse_vector(body, per_node * self.max_series), name)
         except PollError as exc:
             raise self._words(what, exc) from None
+
+    async def _answer(self, name: str, q: Query) -> _Answer:
+        """Variable ``name``'s answer, its values already in the variable's unit (:attr:`_Answer.converted`)."""
+        reduced = await self._reduced(f"variable {name}", with_timestamp(q), name)
         if name != "DRAINED":
             reduced.converted = _column(q, reduced.values)
         return reduced
@@ -264,12 +266,12 @@ class PrometheusGroup:
         asks = [self._answer(n, self.queries[n]) for n in self.queries]
         asks.append(self._answer("DRAINED", DRAIN_QUERY))
         members, fresh, *answers = await asyncio.gather(
-            self.instances(), self._ask("freshness query", FRESHNESS_QUERY, per_node=1), *asks,
+            self.instances(), self._reduced("freshness query", FRESHNESS_QUERY, "", per_node=1), *asks,
             return_exceptions=True)
         for outcome in (members, fresh):
             if isinstance(outcome, BaseException):
                 raise outcome
-        self.fresh = _split(fresh, "")
+        self.fresh = fresh
         self.sampled_at = time.time()
         by_name: dict[str, _Answer] = {}
         for name, answer in zip(names, answers):
