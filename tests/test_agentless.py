@@ -326,3 +326,41 @@ def test_the_agentless_example_loads():
     cfg = configmod.load(str(ROOT / "etc" / "examples" / "lbsconfig-agentless.xml"))
     assert {n.source for n in cfg.nodes.values()} == {"agent", "node-exporter"}
     assert cfg.groups["HPC"].prometheus and cfg.promql == {"GPUUSED": "avg by (instance) (DCGM_FI_DEV_GPU_UTIL)"}
+
+
+def test_a_group_makes_each_node_as_its_figures_one_by_one_would():
+    """The states of a whole group (every figure there: made at once) are those :meth:`_state` makes node by node."""
+    instances = [f"10.0.0.{i}:9100" for i in range(9)]
+    nan, inf = float("nan"), float("inf")
+    odd = {("LOADAVG", 1): None, ("MEMUSEDPCT", 2): nan, ("NBPROC", 3): nan, ("UPTIME", 4): -inf,
+           ("NBUSERS", 5): nan, ("MEMTOTAL", 6): -3.0 * 2**20, ("CPUFREQ", 7): 2.4e9}   # None: no sample
+    answers = {}
+    for name, q in promgroup.BUILTIN_QUERIES.items():
+        samples = [Sample({"instance": inst}, odd.get((name, i), 1.5 + i), 100.0) for i, inst in enumerate(instances)
+                   if odd.get((name, i), 0.0) is not None and (q.required or name in ("NBUSERS", "CPUFREQ"))]
+        answers[name] = promgroup._split(samples, name)
+        if name != "LOADAVG5":   # converted as it arrived, or (LOADAVG5) when the nodes are made
+            answers[name].converted = promgroup._column(q, answers[name].values)
+    gpu = [Sample({"instance": inst}, 55.0, 100.0) for inst in instances]
+    gpu.append(Sample({"instance": instances[8], promgroup.TIMESTAMP_LABEL: "1"}, 60.0, 100.0))  # 40 s old
+    answers["GPU"] = promgroup._split(gpu, "GPU")
+    answers["DRAINED"] = promgroup._split([Sample({"instance": instances[0], "reason": " up  grade "}, 1, 100.0)],
+                                          "DRAINED")
+    group = _group()
+    group.fresh = promgroup._split([Sample({"instance": inst}, 99.0 if i != 6 else 50.0, 100.0)
+                                    for i, inst in enumerate(instances)], "")
+    for name, answer in answers.items():
+        if name in group.queries:
+            assert answer.converted is None or answer.converted == {
+                i: promgroup._convert(group.queries[name], v) for i, v in answer.values.items()}
+    members = [(inst, None) for inst in instances]
+    made = group._nodes(members, answers)
+    expected = [group._state(n.node.name, inst, group._columns(answers), answers["DRAINED"])
+                for n, (inst, _) in zip(made, members)]
+    assert [(n.state, n.error) for n in made] == expected
+    assert sum(n.state is not None for n in made) == 4 and made[0].state["variables"]["DRAIN_REASON"] == "up grade"
+    answers["MEMTOTAL"].error = "several series for instance 10.0.0.0:9100 (aggregate by (instance))"
+    made = group._nodes(members, answers)
+    assert [(n.state, n.error) for n in made] == [group._state(n.node.name, inst, group._columns(answers),
+                                                               answers["DRAINED"]) for n, (inst, _) in zip(made, members)]
+    assert made[0].state is None and made[0].error == f"variable MEMTOTAL: {answers['MEMTOTAL'].error}"

@@ -180,15 +180,22 @@ def evaluate(variables: Mapping, rules: Sequence[Rule], requires: Sequence[Requi
     results: list[RuleResult] = []
     nbproc = _nbproc(variables)
     total = 0.0
+    plain = _lookup(variables, False)  # made once a node, not once a rule: ten thousand nodes a poll
     for rule in rules:
-        lookup = _lookup(variables, rule.kb_memory)
+        lookup = _lookup(variables, True) if rule.kb_memory else plain
         value = lookup(rule.name)
         raw = _number(value)
-        cap, problem = _capacity(rule, lookup)
-        try:
-            crit = _limit(rule.critical, lookup)
-        except EvalError as exc:
-            crit, problem = None, f"critical {rule.critical} has no value here: {exc}"
+        cap = rule.capacity
+        if type(cap) is float and cap > 0:  # the usual constant capacity: nothing to evaluate, nothing to say
+            problem = None
+        else:
+            cap, problem = _capacity(rule, lookup)
+        crit = rule.critical
+        if crit is not None and type(crit) is not float:
+            try:
+                crit = _limit(crit, lookup)
+            except EvalError as exc:
+                crit, problem = None, f"critical {rule.critical} has no value here: {exc}"
         if value is None:
             reasons.append(f"variable {rule.name} missing from agent reply")
             results.append(RuleResult(rule.name, None, cap, crit, 0.0, "missing from agent reply"))
@@ -305,11 +312,14 @@ def compensation(variables: Mapping, rules: Sequence[Rule]) -> Compensation:
     nbproc = _nbproc(variables)
     fixed = fixed_load = rule_weight = 0.0
     terms, lags = [], []
+    plain = _lookup(variables, False)
     for rule in rules:
-        lookup = _lookup(variables, rule.kb_memory)
-        cap, problem = _capacity(rule, lookup)
-        if problem is not None:
-            continue  # adds nothing, whatever the sessions
+        lookup = _lookup(variables, True) if rule.kb_memory else plain
+        cap = rule.capacity
+        if type(cap) is not float or cap <= 0:
+            cap, problem = _capacity(rule, lookup)
+            if problem is not None:
+                continue  # adds nothing, whatever the sessions
         scale = cap * (nbproc if rule.per_cpu else 1.0)
         base = (_number(lookup(rule.name)) or 0.0) / scale
         rule_weight += rule.weight

@@ -136,6 +136,23 @@ def _convert(q: Query, value: float) -> float | int | None:
     return round(value, 2)
 
 
+def _column(q: Query, values: dict[str, float]) -> dict[str, float | int | None]:
+    """Every value of one answer in the variable's unit, as :func:`_convert` gives each (None: not finite).
+
+    One comprehension per kind when every value is finite (the scales are
+    at most 1, so a finite value stays finite): at ten thousand nodes a
+    fifth of the time of a call per value.
+    """
+    s = q.scale
+    if not all(map(math.isfinite, values.values())):
+        return {i: _convert(q, v) for i, v in values.items()}
+    if q.kind == "int":
+        return {i: int(v * s) if v * s > 0 else 0 for i, v in values.items()}
+    if q.kind == "round":
+        return {i: int(round(v * s)) for i, v in values.items()}
+    return {i: round(v * s, 2) for i, v in values.items()}
+
+
 @functools.lru_cache(maxsize=65536)  # the same nodes poll after poll: one Node each, not one a poll
 def node_for(instance: str, name: str | None, max_sessions: int | None) -> Node:
     """The node of ``instance`` (a ``host:port`` label) in a group whose nodes take ``max_sessions``.
@@ -153,12 +170,17 @@ def node_for(instance: str, name: str | None, max_sessions: int | None) -> Node:
 
 @dataclass
 class _Answer:
-    """One variable's answer, by instance: values, source sample times, and its error."""
+    """One variable's answer, by instance: values, source sample times, and its error.
+
+    ``converted``: the values in the variable's unit (:func:`_column`), made
+    as soon as the answer arrives, while the other queries are still out.
+    """
 
     values: dict[str, float]
     stamps: dict[str, float]
     at: float
     error: str | None = None
+    converted: dict | None = None
 
 
 def _split(samples: list[Sample], name: str) -> _Answer:
@@ -204,22 +226,28 @@ class PrometheusGroup:
         except PollError as exc:
             raise self._words(what, exc) from None
 
-    async def _answer(self, name: str, q: Query) -> _Answer:
-        """Variable ``name``'s answer, reduced at once to its values and timestamps by instance.
+    async def _reduced(self, what: str, expr: str, name: str, per_node: int = 2) -> _Answer:
+        """The answer to ``expr``, reduced at once to its values and timestamps by instance.
 
         Reduced as soon as it arrives, so that at ten thousand nodes the
         answers' series never all live at once; an answer of plain
         ``by (instance)`` series goes straight to values by instance.
         """
-        what = f"variable {name}"
         try:
-            body = await answer(self.server, with_timestamp(q), self.timeout, self.max_bytes)
-            plain = plain_by_instance(body, 2 * self.max_series) if name != "DRAINED" else None
+            body = await answer(self.server, expr, self.timeout, self.max_bytes)
+            plain = plain_by_instance(body, per_node * self.max_series) if name != "DRAINED" else None
             if plain is not None:
                 return _Answer(plain[0], {}, plain[1])
-            return _split(parse_vector(body, 2 * self.max_series), name)
+            return _split(parse_vector(body, per_node * self.max_series), name)
         except PollError as exc:
             raise self._words(what, exc) from None
+
+    async def _answer(self, name: str, q: Query) -> _Answer:
+        """Variable ``name``'s answer, its values already in the variable's unit (:attr:`_Answer.converted`)."""
+        reduced = await self._reduced(f"variable {name}", with_timestamp(q), name)
+        if name != "DRAINED":
+            reduced.converted = _column(q, reduced.values)
+        return reduced
 
     async def instances(self) -> list[tuple[str, str | None]]:
         """(instance, name or None) of every member: the explicit ones, then the discovered ones, sorted."""
@@ -238,12 +266,12 @@ class PrometheusGroup:
         asks = [self._answer(n, self.queries[n]) for n in self.queries]
         asks.append(self._answer("DRAINED", DRAIN_QUERY))
         members, fresh, *answers = await asyncio.gather(
-            self.instances(), self._ask("freshness query", FRESHNESS_QUERY, per_node=1), *asks,
+            self.instances(), self._reduced("freshness query", FRESHNESS_QUERY, "", per_node=1), *asks,
             return_exceptions=True)
         for outcome in (members, fresh):
             if isinstance(outcome, BaseException):
                 raise outcome
-        self.fresh = _split(fresh, "")
+        self.fresh = fresh
         self.sampled_at = time.time()
         by_name: dict[str, _Answer] = {}
         for name, answer in zip(names, answers):
@@ -264,11 +292,23 @@ class PrometheusGroup:
 
         At ten thousand nodes, much less time than converting each node's figures one by one.
         """
-        return [(var, q, answers[var], {i: _convert(q, v) for i, v in answers[var].values.items()})
+        return [(var, q, answers[var], answers[var].converted if answers[var].converted is not None
+                 else _column(q, answers[var].values))
                 for var, q in self.queries.items() if var in answers]
 
     def _nodes(self, members: list[tuple[str, str | None]], answers: dict[str, _Answer]) -> list[RemoteNode]:
         columns = self._columns(answers)
+        drained = answers.get("DRAINED")
+        # The columns a node's figures come from when all is well: a required one that failed sends every node
+        # the slow way (:meth:`_state` says why); an optional one that answered nothing adds nothing.
+        fast = [(var, converted, answer) for var, q, answer, converted in columns if converted or q.required]
+        if any(answer.error is not None and self.queries[var].required for var, _, answer in fast):
+            fast = None
+        else:
+            names = tuple(var for var, _, _ in fast)
+            convs = [converted for _, converted, _ in fast]
+            stamped = [answer for _, _, answer in fast if answer.stamps]
+        fresh, fresh_at, window = self.fresh.values, self.fresh.at, self.fall_window
         out: list[RemoteNode] = []
         taken: set[str] = set()
         for instance, name in members:
@@ -280,8 +320,20 @@ class PrometheusGroup:
             if node.name in taken:  # two exporters on one host: the port tells them apart
                 node = node_for(instance, f"{node.name}-{node.port}", self.group.max_sessions)
             taken.add(node.name)
-            state, error = self._state(node.name, instance, columns, answers.get("DRAINED"))
-            out.append(RemoteNode(node, state, error))
+            state = None
+            if fast is not None:
+                # Every figure there, finite, fresh: the state at once, as _state would make it.
+                row = [conv.get(instance, _MISSING) for conv in convs]
+                stamp = fresh.get(instance)
+                if (_MISSING not in row and None not in row and (stamp is None or fresh_at - stamp <= window)
+                        and not any(a.at - a.stamps.get(instance, a.at) > window for a in stamped)):
+                    variables = {"CPUFREQ": 0, "DRAINED": False, "DRAIN_REASON": ""}
+                    variables.update(zip(names, row))
+                    state = self._made(node.name, instance, variables, drained)
+            if state is not None:
+                out.append(RemoteNode(node, state, None))
+            else:
+                out.append(RemoteNode(node, *self._state(node.name, instance, columns, drained)))
         return out
 
     def _state(self, name: str, instance: str, columns: list, drained: _Answer | None) -> tuple[dict | None, str | None]:
@@ -309,6 +361,10 @@ class PrometheusGroup:
                     return None, f"variable {var}: not a finite number for {instance}"
                 continue
             variables[var] = value
+        return self._made(name, instance, variables, drained), None
+
+    def _made(self, name: str, instance: str, variables: dict, drained: _Answer | None) -> dict:
+        """The agent-shaped state of node ``name`` from its checked ``variables`` and the drain answer."""
         if drained is not None and instance in drained.values:
             stamp = drained.stamps.get(instance)
             if stamp is None or drained.at - stamp <= self.fall_window:
@@ -317,7 +373,7 @@ class PrometheusGroup:
         # The shape validate_state gives an agent's reply, built here from figures checked one by one above
         # (finite numbers, a reason cut to 200 characters): at ten thousand nodes, checking again costs a tenth.
         return {"hostname": name, "agent_version": "prometheus", "sampled_at": self.sampled_at,
-                "variables": variables, "users": [], "sessions": None, "sessions_error": None}, None
+                "variables": variables, "users": [], "sessions": None, "sessions_error": None}
 
 
 async def fetch_group(group: Group, promql: dict[str, str], timeout: float, max_bytes: int,
