@@ -242,10 +242,20 @@ def test_bad_agentless_configuration_is_refused_with_its_line(tmp_path, body, wo
     assert words in str(info.value) and ":1:" in str(info.value)
 
 
-def test_credentials_in_the_prometheus_url_are_refused_and_never_repeated(tmp_path):
+@pytest.mark.parametrize("nodes, attr", [
+    ('<group name="P" prometheus="http://admin:s3cret@p:9090" discover="up"/>', "<group> attribute prometheus"),
+    ('<group name="N"><node name="n1" address="http://admin:s3cret@127.0.0.1:9100/metrics" '
+     'source="node-exporter"/></group>', "<node> attribute address"),
+    ('<group name="A"><node name="n1" address="http://admin:s3cret@127.0.0.1:8001"/></group>',
+     "<node> attribute address"),
+    ('<group name="R" from="http://admin:s3cret@127.0.0.1:8009"/>', "<group> attribute from"),
+])
+def test_credentials_in_a_url_are_refused_and_never_repeated(tmp_path, nodes, attr):
     with pytest.raises(configmod.ConfigError) as info:
-        _load(tmp_path, '<nodes><group name="P" prometheus="http://admin:s3cret@p:9090" discover="up"/></nodes>')
-    assert "user and token-file" in str(info.value) and "s3cret" not in str(info.value)
+        _load(tmp_path, f"<nodes>{nodes}</nodes>")
+    said = str(info.value)
+    assert f"{attr} holds credentials" in said and "token-file" in said and ":1:" in said
+    assert "s3cret" not in said and "admin" not in said
 
 
 def test_the_fast_path_reads_every_plain_line_as_the_parser_does_and_leaves_the_rest_to_it():

@@ -46,8 +46,21 @@ LEASE_HOLDER = re.compile(r"^[A-Za-z0-9._:\[\]@/-]{1,100}$")
 log = logging.getLogger(__name__)
 
 
+def _refuse_credentials(r: Reader, elem: etree._Element, attr: str, url: str) -> None:
+    """Refuse ``url`` (``elem``'s ``attr``) when it carries ``user:password@``: URLs are shown in the log and
+    /status, so the error does not echo it and the secret belongs in a file (secret-file, token-file)."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError:
+        return  # the caller names what is wrong with it
+    if parsed.username is not None or parsed.password is not None:
+        raise r.error(elem, f"<{elem.tag}> attribute {attr} holds credentials: give them in a file "
+                            "(secret-file or token-file, and user for a Prometheus server)")
+
+
 def _node_url(r: Reader, elem: etree._Element, raw: str) -> tuple[str, int]:
     """(host, port) of a <node address>, the port defaulting by scheme."""
+    _refuse_credentials(r, elem, "address", raw)
     try:
         return agent_host_port(raw)
     except ValueError:
@@ -197,9 +210,7 @@ def _prometheus_group(r: Reader, g: etree._Element, group: dict, creds: "_Creden
         parsed.port  # noqa: B018 (raises on a bad port)
     except ValueError:
         parsed = None
-    if parsed is not None and (parsed.username is not None or parsed.password is not None):
-        # Not echoed: the URL is shown in the log and /status, so a password in it would be too.
-        raise r.error(g, "<group> attribute prometheus holds credentials: give them as user and token-file")
+    _refuse_credentials(r, g, "prometheus", url)
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query \
             or parsed.fragment:
         raise r.error(g, f"<group> attribute prometheus={url!r}: expected the base URL of a Prometheus server, "
@@ -239,6 +250,7 @@ def _remote_group(r: Reader, g: etree._Element, group: dict, creds: "_Credential
     """A <group from=...> (``group`` its attributes): its URL checked, its token read now (a bad token file fails
     the load)."""
     source = group["from_"]
+    _refuse_credentials(r, g, "from", source)
     try:
         parsed = urllib.parse.urlsplit(source)
         parsed.port  # noqa: B018 (raises on a bad port)
