@@ -10,9 +10,11 @@ are the two halves of that move, around the caller's own way of closing.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import socket
+from typing import Any, Callable
 
 from common.netutil import hosts_overlap
 
@@ -122,3 +124,15 @@ def bind_after_close(new: Address, old: Address, backlog: int = 1024) -> tuple[s
             return listen_socket(old, backlog), exc
         except OSError as lost:
             raise OSError(lost.errno, f"no listening socket: {lost} (after {exc})") from None
+
+
+async def close_listener(server: "asyncio.AbstractServer | None", conns: set, abort: Callable[[Any], None]) -> None:
+    """Stop ``server`` accepting, ``abort`` each of its connections in ``conns`` (emptied), and wait until it is
+    closed; nothing if ``server`` is None. The services' ``stop()``: they may be started again after it."""
+    if server is None:
+        return
+    server.close()
+    for conn in list(conns):
+        abort(conn)
+    conns.clear()
+    await server.wait_closed()

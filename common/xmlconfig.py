@@ -11,6 +11,7 @@ kind of error, naming the element and attribute, when a value is wrong.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from functools import lru_cache
@@ -185,6 +186,15 @@ class Reader:
         raw = self.required(elem, attr)
         return self._convert(elem, attr, raw, lambda s: ipaddress.ip_network(s, strict=False),
                              "an address or CIDR network such as 10.0.0.0/24")
+
+
+def warn_loopback_only(r: Reader, elem: etree._Element, host: str, allow: tuple, clients: str) -> None:
+    """Warn that ``elem``'s service listens on ``host`` beyond loopback yet, with no ``<allow>``, answers
+    loopback only (the safe default, and a likely surprise): the admin is told to list ``clients``."""
+    if not allow and host not in ("localhost", "::1") and not host.startswith("127."):
+        logging.getLogger(__name__).warning(
+            "%s:%s: <%s> listens on %s but, without <allow>, answers loopback only: add <allow from=\"...\"/> "
+            "for %s", r.path, elem.sourceline, elem.tag, host, clients)
 
 
 def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:

@@ -27,7 +27,7 @@ from common.builtins import BUILTIN_VARIABLES
 from common.secretfile import SecretFileError, permission_problem, read_secret_file
 from common.settings import parse_config, read, read_all
 from common.tls import TlsConfigError, client_context
-from common.xmlconfig import ConfigError, Reader, parse_hostport
+from common.xmlconfig import ConfigError, Reader, parse_hostport, warn_loopback_only
 from lbserver.config import tsigkey, x2go
 from lbserver.config.expr import Expr, ExprError, parse
 from lbserver.config.model import (DEFAULT_RULES, Alias, Dns, Group, HaproxyAgent, HaproxyMap, Node, Peer, Peers,
@@ -513,10 +513,7 @@ def _load_haproxy(r: Reader, elem: etree._Element) -> HaproxyAgent:
     cfg = HaproxyAgent(**read_all(r, elem, HAPROXY_AGENT),
                        allow=tuple(read(r, a, HAPROXY_ALLOW.from_) for a in elem.iter("allow")),
                        line=elem.sourceline)
-    host = cfg.listen[0]
-    if not cfg.allow and host not in ("localhost", "::1") and not host.startswith("127."):
-        log.warning("%s:%s: <haproxy-agent> listens on %s but, without <allow>, answers loopback only: add "
-                    "<allow from=\"...\"/> for the HAProxy hosts", r.path, elem.sourceline, host)
+    warn_loopback_only(r, elem, cfg.listen[0], cfg.allow, "the HAProxy hosts")
     return cfg
 
 

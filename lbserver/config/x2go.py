@@ -15,7 +15,7 @@ from lxml import etree
 
 from common.settings import read, read_all
 from common.tls import TlsConfigError, server_context
-from common.xmlconfig import Reader
+from common.xmlconfig import Reader, warn_loopback_only
 from lbserver.config.model import Group, X2goBroker, X2goLoadChecker, X2goProfile
 from lbserver.config.settings import X2GO_ALLOW, X2GO_LOADCHECKER, X2GO_PROFILE, X2GOBROKER
 
@@ -64,10 +64,7 @@ def load_broker(r: Reader, elem: etree._Element, groups: dict[str, Group],
         log.warning("%s:%s: <x2gobroker auth=\"pam\"> without tls-cert refuses every password (they would cross "
                     "the network in clear): give it tls-cert, or password-over-http=\"true\"", r.path,
                     elem.sourceline)
-    host = cfg.listen[0]
-    if not cfg.allow and host not in ("localhost", "::1") and not host.startswith("127."):
-        log.warning("%s:%s: <x2gobroker> listens on %s but, without <allow>, answers loopback only: add "
-                    "<allow from=\"...\"/> for the X2Go clients' networks", r.path, elem.sourceline, host)
+    warn_loopback_only(r, elem, cfg.listen[0], cfg.allow, "the X2Go clients' networks")
     return cfg
 
 

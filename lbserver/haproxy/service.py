@@ -26,6 +26,7 @@ import socket
 from collections import Counter
 
 from common.ratelimit import DenyLog
+from common.sockets import close_listener
 from lbserver.config import HaproxyAgent
 from lbserver.core.view import BalancerView
 from lbserver.haproxy.access import effective_allow, is_allowed
@@ -75,13 +76,7 @@ class HaproxyAgentService:
     async def stop(self) -> None:
         """Stop accepting and close every connection; the service may be started again."""
         server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        for conn in list(self.conns):
-            conn.abort()
-        self.conns.clear()
-        await server.wait_closed()
+        await close_listener(server, self.conns, _Connection.abort)
 
     def connection_count(self) -> int:
         """Open agent-check connections right now."""

@@ -32,6 +32,7 @@ import time
 from email.utils import formatdate
 from typing import Callable, Mapping, NamedTuple, Optional
 
+from common.sockets import close_listener
 from lbserver.config import ServerConfig
 from lbserver.terminal.request import (MAX_HEAD, HttpError, Request, find_head_end, parse_head, parse_query,
                                        wants_json)
@@ -149,13 +150,7 @@ class TerminalService:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        if server is None:
-            return
-        server.close()
-        for conn in list(self.conns):
-            conn.close(abort=True)
-        self.conns.clear()
-        await server.wait_closed()
+        await close_listener(server, self.conns, lambda conn: conn.close(abort=True))
 
     def set_answer(self, answer: Answer) -> None:
         """Use ``answer`` for requests from now on (config reload)."""

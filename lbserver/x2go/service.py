@@ -34,6 +34,7 @@ import time
 from typing import Awaitable, Callable, Mapping
 
 from common.ratelimit import DenyLog
+from common.sockets import close_listener
 from common.tls import server_context
 from lbserver.config import X2goBroker, X2goProfile
 from lbserver.core.selection import UnknownGroup
@@ -127,12 +128,7 @@ class X2goBrokerService:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        if server is None:
-            return
-        server.close()
-        for conn in list(self._conns):
-            conn.abort()
-        await server.wait_closed()
+        await close_listener(server, self._conns, _Connection.abort)
 
     def _sweep(self) -> None:
         """Answer 408 to connections whose request is late, close idle ones (one timer for all of them)."""
